@@ -1,0 +1,5 @@
+import sys
+
+from bidirect.cli import main
+
+sys.exit(main())

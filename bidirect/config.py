@@ -1,0 +1,395 @@
+"""Experiment configuration: typed dataclasses loaded from YAML and validated on load.
+
+Every field's default lives here, in one place. A YAML file only states what differs.
+Loading rejects unknown keys, wrong types and out-of-range values with a `ConfigError`
+that names the field (``pretrain.lr``) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+# Sizes of the shipped pools; kept here so that validation needs no file access.
+N_FIRST, N_MIDDLE, N_LAST = 400, 400, 1000
+MAX_INDIVIDUALS = N_FIRST * N_MIDDLE * N_LAST
+
+ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "company", "company_city")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the field and what is allowed."""
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """How the biographies of one person are written (STUDY.md, Data).
+
+    ``multi`` template draws per person; each draw is written ``max(permute, 1)`` times,
+    with the sentence order shuffled when ``permute > 0``; ``fullname`` puts the full
+    name where a pronoun would be. So ``multi5+permute`` is 5 bios, ``single+permute5``
+    is one template set shuffled 5 times.
+    """
+
+    multi: int = 1
+    permute: int = 0
+    fullname: bool = False
+
+    @property
+    def bios_per_person(self) -> int:
+        return self.multi * max(self.permute, 1)
+
+    @property
+    def name(self) -> str:
+        parts = ["single" if self.multi == 1 else f"multi{self.multi}"]
+        if self.permute == 1:
+            parts.append("permute")
+        elif self.permute > 1:
+            parts.append(f"permute{self.permute}")
+        if self.fullname:
+            parts.append("fullname")
+        return "+".join(parts)
+
+    @classmethod
+    def parse(cls, spec: str, where: str = "data.augmentations") -> Augmentation:
+        """Parse the study's own notation, e.g. ``multi5+permute+fullname``."""
+        allowed = "single, multiM (M >= 1), permute, permuteP (P >= 1), fullname joined by '+'"
+        if not isinstance(spec, str) or not spec:
+            raise ConfigError(f"{where}: expected a string like 'multi5+permute', got {spec!r}; allowed: {allowed}")
+        multi, permute, fullname = 1, 0, False
+        for part in spec.split("+"):
+            if part == "single":
+                multi = 1
+            elif m := re.fullmatch(r"multi(\d+)", part):
+                multi = int(m.group(1))
+            elif m := re.fullmatch(r"permute(\d*)", part):
+                permute = int(m.group(1) or 1)
+            elif part == "fullname":
+                fullname = True
+            else:
+                raise ConfigError(f"{where}: unknown augmentation {part!r} in {spec!r}; allowed: {allowed}")
+        if multi < 1:
+            raise ConfigError(f"{where}: multi must be >= 1 in {spec!r}")
+        if "permute" in spec and permute < 1:
+            raise ConfigError(f"{where}: permuteP needs P >= 1 in {spec!r}")
+        return cls(multi=multi, permute=permute, fullname=fullname)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class DataConfig:
+    """The bioS population and its split (STUDY.md, Data)."""
+
+    individuals: int = 1000  # N
+    p_train: float = 0.5  # p: share of individuals whose QA is fine-tuning data (P_train)
+    augmentations: list[str] = field(default_factory=lambda: ["single"])
+
+
+@dataclass
+class TokenizerConfig:
+    kind: Literal["bpe", "word"] = "bpe"
+    vocab_size: int = 4096  # BPE only; a word-level vocabulary is every word of the corpus
+
+
+@dataclass
+class ModelSize:
+    """Size spec shared by every backbone of a study, so that only the architecture differs."""
+
+    layers: int = 4
+    heads: int = 4
+    width: int = 128
+    mlp_width: int = 512
+    context: int = 256  # longest sequence (packed window) in tokens
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """One training phase. Paper values are in configs/paper.yaml."""
+
+    steps: int = 1000
+    batch_size: int = 32  # sequences per optimizer step, summed over processes and accumulation
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr: float = 1e-4  # cosine decays to this
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    adam_eps: float = 1e-6
+    adam_betas: tuple[float, float] = (0.9, 0.98)
+    clip_norm: float = 1.0
+    checkpoint_every: int = 0  # 0: only at the end of the phase
+    log_every: int = 50
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    compile: bool = False
+    finetune_mode: Literal["full", "lora"] = "full"  # fine-tuning only
+    lora_rank: int = 8
+    qa_share: float = 0.8  # mixed protocol only: share of windows that are QA
+
+
+@dataclass
+class MaskingConfig:
+    """Masked-LM objective (STUDY.md, Objectives)."""
+
+    probability: float = 0.15
+    replace_mask: float = 0.8
+    replace_random: float = 0.1
+    # Decoding of masked answers at evaluation: one forward pass, or left-to-right filling.
+    fill: Literal["one_pass", "left_to_right"] = "one_pass"
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 64
+    max_individuals: int = 0  # 0: every individual; else a deterministic subsample per level
+    num_beams: int = 1  # causal decoding; the paper used 4 and saw little difference
+
+
+@dataclass
+class BackboneConfig:
+    """A backbone in the study with optional per-backbone training overrides."""
+
+    name: str = "gpt2"
+    pretrain: dict[str, Any] = field(default_factory=dict)
+    finetune: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StudyConfig:
+    name: str = "study"
+    seed: int = 0
+    protocol: Literal["pretrain_finetune", "mixed"] = "pretrain_finetune"
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelSize = field(default_factory=ModelSize)
+    backbones: list[BackboneConfig] = field(default_factory=lambda: [BackboneConfig("gpt2")])
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+    finetune: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=500, lr=3e-4, min_lr=3e-5, warmup_steps=0, weight_decay=0.01)
+    )
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def augmentations(self) -> list[Augmentation]:
+        return [Augmentation.parse(a, f"data.augmentations[{i}]") for i, a in enumerate(self.data.augmentations)]
+
+    def train_config(self, backbone: BackboneConfig, phase: Literal["pretrain", "finetune"]) -> TrainConfig:
+        """The phase's settings with the backbone's overrides applied (validated)."""
+        base = getattr(self, phase)
+        overrides = getattr(backbone, phase)
+        merged = {**dataclasses.asdict(base), **overrides}
+        return _build(TrainConfig, merged, f"backbones.{backbone.name}.{phase}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted where lossless."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: got {value!r}; allowed: {', '.join(repr(a) for a in args)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+            return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if isinstance(raw, cls):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping of {cls.__name__} fields, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}; allowed keys: {', '.join(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def _backbone(raw: Any, where: str) -> BackboneConfig:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    return _build(BackboneConfig, raw, where)
+
+
+def _positive(where: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{where}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate(cfg: StudyConfig) -> StudyConfig:
+    """Range checks that types alone cannot express. Returns ``cfg`` for chaining."""
+    d = cfg.data
+    _positive("data.individuals", d.individuals)
+    if d.individuals > MAX_INDIVIDUALS:
+        raise ConfigError(
+            f"data.individuals: {d.individuals} is more than the {MAX_INDIVIDUALS} distinct full names "
+            f"the pools allow ({N_FIRST} first x {N_MIDDLE} middle x {N_LAST} last)"
+        )
+    if not 0.0 < d.p_train < 1.0:
+        raise ConfigError(f"data.p_train: must be strictly between 0 and 1, got {d.p_train}")
+    if round(d.individuals * d.p_train) < 1 or round(d.individuals * d.p_train) >= d.individuals:
+        raise ConfigError(
+            f"data.p_train: {d.p_train} of {d.individuals} individuals leaves P_train or P_test empty"
+        )
+    if not d.augmentations:
+        raise ConfigError("data.augmentations: needs at least one, e.g. ['single', 'multi5+permute']")
+    names = [a.name for a in cfg.augmentations()]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"data.augmentations: listed twice: {names}")
+
+    _positive("tokenizer.vocab_size", cfg.tokenizer.vocab_size)
+    m = cfg.model
+    for k in ("layers", "heads", "width", "mlp_width", "context"):
+        _positive(f"model.{k}", getattr(m, k))
+    if m.width % m.heads:
+        raise ConfigError(f"model.heads: {m.heads} does not divide model.width {m.width}")
+    if (m.width // m.heads) % 2:
+        raise ConfigError(f"model.width / model.heads = {m.width // m.heads} must be even for rotary positions")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout}")
+
+    from bidirect.models import BACKBONES  # local: models imports torch, config must stay light
+
+    if not cfg.backbones:
+        raise ConfigError(f"backbones: needs at least one of {', '.join(BACKBONES)}")
+    seen = set()
+    for i, b in enumerate(cfg.backbones):
+        if b.name not in BACKBONES:
+            raise ConfigError(f"backbones[{i}]: unknown backbone {b.name!r}; known: {', '.join(BACKBONES)}")
+        if b.name in seen:
+            raise ConfigError(f"backbones[{i}]: {b.name!r} listed twice")
+        seen.add(b.name)
+        for phase in ("pretrain", "finetune"):
+            validate_train(cfg.train_config(b, phase), f"backbones.{b.name}.{phase}")
+    validate_train(cfg.pretrain, "pretrain")
+    validate_train(cfg.finetune, "finetune")
+
+    mk = cfg.masking
+    if not 0.0 < mk.probability < 1.0:
+        raise ConfigError(f"masking.probability: must be strictly between 0 and 1, got {mk.probability}")
+    if mk.replace_mask < 0 or mk.replace_random < 0 or mk.replace_mask + mk.replace_random > 1:
+        raise ConfigError("masking.replace_mask + masking.replace_random: each >= 0 and together <= 1")
+    _positive("eval.batch_size", cfg.eval.batch_size)
+    _positive("eval.max_individuals", cfg.eval.max_individuals, allow_zero=True)
+    _positive("eval.num_beams", cfg.eval.num_beams)
+    return cfg
+
+
+def validate_train(t: TrainConfig, where: str) -> None:
+    for k in ("steps", "batch_size", "grad_accum", "lr", "lora_rank"):
+        _positive(f"{where}.{k}", getattr(t, k))
+    for k in ("min_lr", "warmup_steps", "weight_decay", "adam_eps", "clip_norm", "checkpoint_every"):
+        _positive(f"{where}.{k}", getattr(t, k), allow_zero=True)
+    _positive(f"{where}.log_every", t.log_every)
+    if t.min_lr > t.lr:
+        raise ConfigError(f"{where}.min_lr: {t.min_lr} is larger than {where}.lr {t.lr}")
+    if t.batch_size % t.grad_accum:
+        raise ConfigError(f"{where}.grad_accum: {t.grad_accum} does not divide {where}.batch_size {t.batch_size}")
+    if not all(0.0 <= b < 1.0 for b in t.adam_betas):
+        raise ConfigError(f"{where}.adam_betas: each must be in [0, 1), got {t.adam_betas}")
+    if not 0.0 < t.qa_share < 1.0:
+        raise ConfigError(f"{where}.qa_share: must be strictly between 0 and 1, got {t.qa_share}")
+
+
+def from_dict(raw: Any) -> StudyConfig:
+    """Build and validate a study from a plain mapping (a parsed YAML file)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = dict(raw)
+    backbones = raw.pop("backbones", None)
+    cfg = _build(StudyConfig, raw, "")
+    if backbones is not None:
+        if not isinstance(backbones, list):
+            raise ConfigError(f"backbones: expected a list of names or mappings, got {backbones!r}")
+        cfg.backbones = [_backbone(b, f"backbones[{i}]") for i, b in enumerate(backbones)]
+    return validate(cfg)
+
+
+def load(path: str | Path) -> StudyConfig:
+    """Load a study YAML file; every problem is a `ConfigError` naming the file and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    try:
+        return from_dict(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def dump(cfg: StudyConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,81 @@
+"""The one tokenizer every backbone of a study shares.
+
+Trained on the generated corpus with the `tokenizers` library and wrapped as a
+`PreTrainedTokenizerFast`, so that `AutoTokenizer.from_pretrained(RUN_DIR / "tokenizer")`
+loads it back without any hub access.
+
+Both kinds split text with the byte-level pre-tokenizer, which keeps a word's leading
+space inside the word. An attribute value is always preceded by a space, in a biography
+and after a question alike, so the value is the same token ids wherever it appears.
+That is the property QA extraction depends on, and `answer_ids` relies on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+PAD, MASK, EOS, UNK = "<|pad|>", "<|mask|>", "<|endoftext|>", "<|unk|>"
+SPECIAL_TOKENS = [PAD, MASK, EOS, UNK]
+
+
+def train_tokenizer(texts: Iterable[str], kind: str = "bpe", vocab_size: int = 4096) -> PreTrainedTokenizerFast:
+    """Train a BPE (default) or word-level tokenizer on ``texts``."""
+    if kind == "bpe":
+        tok = Tokenizer(models.BPE())
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+    elif kind == "word":
+        tok = Tokenizer(models.WordLevel(unk_token=UNK))
+        trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, show_progress=False)
+    else:
+        raise ValueError(f"tokenizer.kind: unknown kind {kind!r}; allowed: 'bpe', 'word'")
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, mask_token=MASK, eos_token=EOS, bos_token=EOS, unk_token=UNK
+    )
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"no tokenizer at {path} (expected {path / 'tokenizer.json'})")
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def qa_text(question: str, answer: str) -> str:
+    """A QA example as one string: the question, one space, the answer."""
+    return f"{question} {answer}"
+
+
+def question_ids(tokenizer: PreTrainedTokenizerFast, question: str) -> list[int]:
+    return tokenizer(question, add_special_tokens=False)["input_ids"]
+
+
+def answer_ids(tokenizer: PreTrainedTokenizerFast, answer: str) -> list[int]:
+    """Token ids of an answer as it follows a question or sits inside a biography."""
+    return tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+
+
+def decode_answer(tokenizer: PreTrainedTokenizerFast, ids: Iterable[int]) -> str:
+    return tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+
+def value_token_span(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
+    """Token range [i, j) of the value at characters [start, end) of an encoded text.
+
+    The space before the value belongs to its first word (byte-level pre-tokenization),
+    and with a small vocabulary it can be a token of its own, so the range starts at
+    the first token that overlaps [start - 1, end). These are exactly `answer_ids`.
+    """
+    inside = [t for t, (s, e) in enumerate(offsets) if s < end and e > start - 1]
+    return inside[0], inside[-1] + 1

@@ -1,0 +1,24 @@
+"""Shared fixtures: a small generated study and its tokenizer (built once per session)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bidirect.config import Augmentation, DataConfig
+from bidirect.data.generate import generate
+from bidirect.tokenizer import qa_text, train_tokenizer
+
+AUGS = ["single", "multi3+permute+fullname", "single+permute2"]
+
+
+@pytest.fixture(scope="session")
+def study_data():
+    return generate(DataConfig(individuals=60, p_train=0.5, augmentations=AUGS), [Augmentation.parse(a) for a in AUGS],
+                    seed=0)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(study_data):
+    corpus = [t for aug in study_data.bios for t in study_data.bios[aug]["text"]]
+    corpus += [qa_text(q, a) for q, a in zip(study_data.qa_train["question"], study_data.qa_train["answer"])]
+    return train_tokenizer(corpus, "bpe", vocab_size=600)

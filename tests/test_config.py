@@ -1,0 +1,97 @@
+"""Configs load from YAML into typed dataclasses; every bad value gets one clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bidirect.config import MAX_INDIVIDUALS, ConfigError, StudyConfig, from_dict, load, validate
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    if path.name.startswith("accelerate"):
+        pytest.skip("an accelerate launch config, not a study")
+    cfg = load(path)
+    assert cfg.backbones and cfg.augmentations()
+
+
+def test_quick_yaml_is_the_embedded_default():
+    assert load(CONFIGS / "quick.yaml").to_dict() == validate(StudyConfig()).to_dict()
+
+
+def test_paper_yaml_has_the_papers_setup():
+    cfg = load(CONFIGS / "paper.yaml")
+    assert (cfg.data.individuals, cfg.data.p_train) == (100_000, 0.5)
+    assert (cfg.model.layers, cfg.model.heads, cfg.model.width, cfg.model.context) == (12, 12, 768, 512)
+    assert (cfg.pretrain.lr, cfg.pretrain.weight_decay, cfg.pretrain.adam_eps) == (1e-3, 0.1, 1e-6)
+    assert (cfg.pretrain.warmup_steps, cfg.pretrain.min_lr, cfg.pretrain.batch_size) == (1000, 1e-4, 96)
+    assert cfg.pretrain.steps == 80_000 and cfg.finetune.batch_size == 48 and cfg.finetune.steps == 50_000
+    gbert = next(b for b in cfg.backbones if b.name == "gbert")
+    assert cfg.train_config(gbert, "pretrain").steps == 150_000
+    assert cfg.train_config(gbert, "pretrain").lr == 3e-4
+
+
+def test_yaml_scientific_notation_without_dot(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("pretrain:\n  lr: 1e-3\n")  # YAML 1.1 reads this as a string
+    assert load(path).pretrain.lr == 1e-3
+
+
+BAD = [
+    ({"data": {"individual": 10}}, "unknown key data.individual"),
+    ({"nonsense": 1}, "unknown key nonsense"),
+    ({"data": {"individuals": "many"}}, "data.individuals: expected an integer"),
+    ({"data": {"individuals": -5}}, "data.individuals: must be > 0"),
+    ({"data": {"individuals": 0}}, "data.individuals: must be > 0"),
+    ({"data": {"individuals": MAX_INDIVIDUALS + 1}}, "distinct full names"),
+    ({"data": {"p_train": 0}}, "data.p_train: must be strictly between 0 and 1"),
+    ({"data": {"p_train": 1.0}}, "data.p_train"),
+    ({"data": {"augmentations": ["multi0"]}}, "multi must be >= 1"),
+    ({"data": {"augmentations": ["shuffle"]}}, "unknown augmentation 'shuffle'"),
+    ({"data": {"augmentations": []}}, "data.augmentations"),
+    ({"model": {"heads": 3}}, "model.heads: 3 does not divide model.width"),
+    ({"model": {"layers": 0}}, "model.layers: must be > 0"),
+    ({"model": {"width": -128}}, "model.width"),
+    ({"backbones": ["gpt5"]}, "unknown backbone 'gpt5'; known: gpt2"),
+    ({"backbones": ["gpt2", "gpt2"]}, "listed twice"),
+    ({"backbones": [{"name": "gpt2", "pretrain": {"lr": -1}}]}, "backbones.gpt2.pretrain.lr: must be > 0"),
+    ({"backbones": [{"name": "gpt2", "pretrain": {"lrr": 1}}]}, "unknown key backbones.gpt2.pretrain.lrr"),
+    ({"pretrain": {"steps": 0}}, "pretrain.steps: must be > 0"),
+    ({"pretrain": {"batch_size": 10, "grad_accum": 3}}, "pretrain.grad_accum: 3 does not divide"),
+    ({"pretrain": {"min_lr": 1.0}}, "pretrain.min_lr"),
+    ({"pretrain": {"mixed_precision": "fp8"}}, "allowed: 'auto', 'no', 'bf16', 'fp16'"),
+    ({"protocol": "pretrain"}, "protocol: got 'pretrain'; allowed: 'pretrain_finetune', 'mixed'"),
+    ({"tokenizer": {"kind": "sentencepiece"}}, "tokenizer.kind"),
+    ({"masking": {"probability": 1.5}}, "masking.probability"),
+    ({"compile": True}, "unknown key compile"),
+    ({"pretrain": {"compile": "yes"}}, "pretrain.compile: expected true or false"),
+    ([1, 2], "expected a mapping at the top level"),
+]
+
+
+@pytest.mark.parametrize("raw,message", BAD, ids=[m for _, m in BAD])
+def test_bad_config_named_clearly(raw, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        from_dict(raw)
+    assert message in str(err.value)
+
+
+def test_bad_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "missing.yaml")
+
+
+def test_backbone_overrides_merge():
+    cfg = from_dict({"backbones": ["gpt2", {"name": "bert", "pretrain": {"lr": 3e-4}}]})
+    assert cfg.train_config(cfg.backbones[0], "pretrain").lr == cfg.pretrain.lr
+    assert cfg.train_config(cfg.backbones[1], "pretrain").lr == 3e-4
+    assert yaml.safe_load(yaml.safe_dump(cfg.to_dict()))["backbones"][1]["pretrain"] == {"lr": 3e-4}
