@@ -1,0 +1,219 @@
+"""The backbones a study can train, each built from scratch out of one `ModelSize` (STUDY.md, Backbones).
+
+Every backbone is a stock `transformers` class, so runs save and load with ``save_pretrained`` and
+the Auto classes and need no code of ours to be read back. All are called the same way,
+``model(input_ids=..., attention_mask=..., position_ids=...).logits``, and the trainer computes
+the loss itself, so the only thing a backbone decides beyond its network is its `Kind`.
+
+``gbert`` is the paper's "BERT": the ``gpt2-rope`` network, parameter for parameter, with the
+causal mask removed (``config.is_causal = False``, which transformers 5 turns into a
+bidirectional mask and which is saved in config.json). Comparing the two isolates bidirectionality.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    BertConfig,
+    BertForMaskedLM,
+    DebertaV2Config,
+    DebertaV2ForMaskedLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    ModernBertConfig,
+    ModernBertForMaskedLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+from bidirect.config import ModelSize
+
+Kind = Literal["causal", "masked"]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    kind: Kind  # objective follows the kind: causal -> next token, masked -> masked LM
+    build: Callable[[ModelSize, PreTrainedTokenizerFast], PreTrainedModel]
+    about: str  # one line, shown in `bidirect backbones` and error messages
+
+
+def _ids(tok: PreTrainedTokenizerFast) -> dict:
+    """What every config takes from the tokenizer. The LM head is tied to the input embedding so
+    that the parameter count depends on the network, not on the vocabulary twice."""
+    return dict(
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
+
+
+# --------------------------------------------------------------------------- causal
+
+
+def _gpt2(size: ModelSize, tok: PreTrainedTokenizerFast) -> PreTrainedModel:
+    config = GPT2Config(
+        n_layer=size.layers, n_head=size.heads, n_embd=size.width, n_inner=size.mlp_width, n_positions=size.context,
+        resid_pdrop=size.dropout, embd_pdrop=size.dropout, attn_pdrop=size.dropout,
+        attn_implementation="sdpa", **_ids(tok),
+    )
+    return GPT2LMHeadModel(config)
+
+
+def _neox_config(size: ModelSize, tok: PreTrainedTokenizerFast) -> GPTNeoXConfig:
+    # Sequential residual + LayerNorm + GELU: GPT-2's block; only the positions differ (rotary, 1/4 of each head).
+    return GPTNeoXConfig(
+        num_hidden_layers=size.layers, num_attention_heads=size.heads, hidden_size=size.width,
+        intermediate_size=size.mlp_width, max_position_embeddings=size.context,
+        hidden_act="gelu", use_parallel_residual=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+        attention_dropout=size.dropout, hidden_dropout=size.dropout,
+        attn_implementation="sdpa", **_ids(tok),
+    )
+
+
+def _gpt2_rope(size: ModelSize, tok: PreTrainedTokenizerFast) -> PreTrainedModel:
+    return GPTNeoXForCausalLM(_neox_config(size, tok))
+
+
+def _llama(size: ModelSize, tok: PreTrainedTokenizerFast) -> PreTrainedModel:
+    # Llama has no residual or embedding dropout to set: attention dropout is all it offers.
+    config = LlamaConfig(
+        num_hidden_layers=size.layers, num_attention_heads=size.heads, hidden_size=size.width,
+        intermediate_size=size.mlp_width, max_position_embeddings=size.context,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        attention_dropout=size.dropout, attn_implementation="sdpa", **_ids(tok),
+    )
+    return LlamaForCausalLM(config)
+
+
+# --------------------------------------------------------------------------- masked
+
+
+def _mask_id(tok: PreTrainedTokenizerFast) -> int:
+    if tok.mask_token_id is None:
+        raise ValueError("a masked backbone needs a tokenizer with a mask token; bidirect.tokenizer adds one")
+    return tok.mask_token_id
+
+
+def _gbert(size: ModelSize, tok: PreTrainedTokenizerFast) -> PreTrainedModel:
+    _mask_id(tok)
+    config = _neox_config(size, tok)
+    config.is_causal = False  # the only difference from gpt2-rope
+    return GPTNeoXForCausalLM(config)
+
+
+def _bert(size: ModelSize, tok: PreTrainedTokenizerFast) -> PreTrainedModel:
+    _mask_id(tok)
+    config = BertConfig(
+        num_hidden_layers=size.layers, num_attention_heads=size.heads, hidden_size=size.width,
+        intermediate_size=size.mlp_width, max_position_embeddings=size.context, type_vocab_size=1,
+        hidden_dropout_prob=size.dropout, attention_probs_dropout_prob=size.dropout,
+        attn_implementation="sdpa", **_ids(tok),
+    )
+    return BertForMaskedLM(config)
+
+
+def _deberta(size: ModelSize, tok: PreTrainedTokenizerFast) -> PreTrainedModel:
+    _mask_id(tok)
+    # DeBERTa-v3 style: disentangled relative attention only, no absolute positions added to the input.
+    # DebertaV2 has no SDPA path in transformers 5, so it runs eager attention.
+    config = DebertaV2Config(
+        num_hidden_layers=size.layers, num_attention_heads=size.heads, hidden_size=size.width,
+        intermediate_size=size.mlp_width, max_position_embeddings=size.context,
+        relative_attention=True, position_biased_input=False, pos_att_type=["p2c", "c2p"],
+        hidden_dropout_prob=size.dropout, attention_probs_dropout_prob=size.dropout,
+        attn_implementation="eager", **_ids(tok),
+    )
+    return DebertaV2ForMaskedLM(config)
+
+
+def _modernbert(size: ModelSize, tok: PreTrainedTokenizerFast) -> PreTrainedModel:
+    _mask_id(tok)
+    ids = _ids(tok)
+    rope = {"rope_type": "default", "rope_theta": 10000.0}
+    # Every layer global: a sliding window would make the comparison depend on the context length.
+    config = ModernBertConfig(
+        num_hidden_layers=size.layers, num_attention_heads=size.heads, hidden_size=size.width,
+        intermediate_size=size.mlp_width, max_position_embeddings=size.context,
+        layer_types=["full_attention"] * size.layers,
+        rope_parameters={"full_attention": dict(rope), "sliding_attention": dict(rope)},
+        attention_dropout=size.dropout, embedding_dropout=size.dropout, mlp_dropout=size.dropout,
+        cls_token_id=ids["bos_token_id"], sep_token_id=ids["eos_token_id"],
+        attn_implementation="sdpa", **ids,
+    )
+    return ModernBertForMaskedLM(config)
+
+
+# --------------------------------------------------------------------------- registry
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in [
+        BackboneSpec("gpt2", "causal", _gpt2, "GPT-2, learned absolute positions"),
+        BackboneSpec("gpt2-rope", "causal", _gpt2_rope, "the paper's GPT-2: rotary on 1/4 of each head"),
+        BackboneSpec("gbert", "masked", _gbert, "gpt2-rope with full attention (the paper's BERT)"),
+        BackboneSpec("llama", "causal", _llama, "Llama: rotary, RMSNorm, SwiGLU"),
+        BackboneSpec("bert", "masked", _bert, "BERT: post-LN, learned absolute positions"),
+        BackboneSpec("deberta", "masked", _deberta, "DeBERTa-v2: relative positions only"),
+        BackboneSpec("modernbert", "masked", _modernbert, "ModernBERT: rotary, every layer global"),
+    ]
+}
+
+
+def _spec(name: str) -> BackboneSpec:
+    if name not in BACKBONES:
+        known = "; ".join(f"{n} ({s.kind}: {s.about})" for n, s in BACKBONES.items())
+        raise ValueError(f"unknown backbone {name!r}; known: {known}")
+    return BACKBONES[name]
+
+
+def build_backbone(name: str, size: ModelSize, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
+    """A freshly initialised backbone (seed torch first for a reproducible init)."""
+    return _spec(name).build(size, tokenizer)
+
+
+def backbone_kind(name: str) -> Kind:
+    return _spec(name).kind
+
+
+def load_backbone(path: str | Path) -> PreTrainedModel:
+    """Load a ``save_pretrained`` folder with the Auto class its config names."""
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"no saved model at {path} (expected {config_file})")
+    try:
+        architectures = json.loads(config_file.read_text()).get("architectures") or []
+    except json.JSONDecodeError as err:
+        raise ValueError(f"corrupt model config {config_file}: {err}") from None
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise FileNotFoundError(f"no weights in {path} (expected model.safetensors next to config.json)")
+    auto = AutoModelForMaskedLM if any(a.endswith("ForMaskedLM") for a in architectures) else AutoModelForCausalLM
+    try:
+        return auto.from_pretrained(str(path))
+    except Exception as err:  # safetensors, torch and OS errors alike: say which folder, not where deep inside
+        raise ValueError(f"could not load the model saved at {path}: {type(err).__name__}: {err}") from None
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Total and non-embedding parameters. Non-embedding leaves out every `nn.Embedding` (tokens,
+    learned positions, relative positions) as Kaplan et al. do; a tied LM head is counted once."""
+    total = sum(p.numel() for p in model.parameters())
+    embedding = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding)}
+    return {"total": total, "non_embedding": total - sum(embedding.values())}

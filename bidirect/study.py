@@ -1,0 +1,269 @@
+"""A study from one config: data, tokenizer, every (augmentation, backbone) trained and evaluated.
+
+Layout of a run folder::
+
+    RUN_DIR/config.yaml            the study as run (a resume must match it)
+    RUN_DIR/data/                  individuals, qa_train, qa_test, bios/<augmentation>  (datasets)
+    RUN_DIR/tokenizer/             the shared tokenizer (PreTrainedTokenizerFast)
+    RUN_DIR/models/<aug>/<backbone>/<phase>/model   save_pretrained folders; checkpoints/ while training
+    RUN_DIR/results.json           every number of the tables, written after each cell
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from datasets import Dataset, interleave_datasets
+
+from bidirect import config as config_lib
+from bidirect.config import StudyConfig, TrainConfig
+from bidirect.data.generate import StudyData, generate
+from bidirect.evaluate import evaluate_model, majority_baseline
+from bidirect.models import backbone_kind, build_backbone, load_backbone, parameter_counts
+from bidirect.objectives import IGNORE, encode_qa, make_objective, tokenize_bios
+from bidirect.tokenizer import load_tokenizer, qa_text, train_tokenizer
+from bidirect.trainer import phase_done, train_phase, write_json_atomic
+
+RESULTS = "results.json"
+FULL_NAME = re.compile(r"\b[A-Z][a-zA-Z]+ [A-Z][a-zA-Z]+ [A-Z][a-zA-Z]+\b")  # first middle last
+
+
+class RunDirError(ValueError):
+    """The run folder cannot be used as asked; the message says why and what to do."""
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: bool = False) -> None:
+    """Make ``run_dir`` ready for ``cfg``: new, resumed (same config) or, with ``force``, wiped."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--out {run_dir}: is a file, not a folder")
+    existing = run_dir.is_dir() and any(run_dir.iterdir())
+    saved = run_dir / "config.yaml"
+    if existing and force:
+        shutil.rmtree(run_dir)
+    elif existing and resume:
+        if not saved.is_file():
+            raise RunDirError(f"--resume {run_dir}: no config.yaml there, so it is not a bidirect run folder")
+        if config_lib.load(saved).to_dict() != cfg.to_dict():
+            raise RunDirError(
+                f"--resume {run_dir}: the config differs from the one this run started with ({saved}); "
+                "resume with that config or start a new run folder"
+            )
+        return
+    elif existing:
+        finished = (run_dir / RESULTS).is_file()
+        raise RunDirError(
+            f"--out {run_dir}: folder is not empty{' and holds a finished run' if finished else ''}; "
+            "use --resume to continue it, --force to delete and start over, or another --out"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_lib.dump(cfg, saved)
+
+
+def require_run_dir(run_dir: Path) -> StudyConfig:
+    """The config of an existing run folder, or a clear error."""
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: no such run folder")
+    if not (run_dir / "config.yaml").is_file():
+        raise RunDirError(f"{run_dir}: not a bidirect run folder (no config.yaml)")
+    return config_lib.load(run_dir / "config.yaml")
+
+
+def read_results(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RESULTS
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: no {RESULTS} (the run has not evaluated anything yet)")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RunDirError(f"{path}: corrupt JSON ({err}); re-create it with `bidirect eval {run_dir}`") from None
+    if not isinstance(results, dict) or "results" not in results:
+        raise RunDirError(f"{path}: not a bidirect results file (no 'results' key)")
+    return results
+
+
+# --------------------------------------------------------------------------- data
+
+
+def prepare_data(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None = None):
+    """Generate (or load, when already there) the data and the tokenizer of a study."""
+    data_dir, tok_dir = run_dir / "data", run_dir / "tokenizer"
+    is_main = accelerator is None or accelerator.is_main_process
+    if is_main and not (tok_dir / "tokenizer.json").is_file():
+        data = generate(cfg.data, cfg.augmentations(), cfg.seed)
+        tmp = run_dir / ".data.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        data.save(tmp)
+        shutil.rmtree(data_dir, ignore_errors=True)
+        tmp.rename(data_dir)
+        # P_test QA never reaches the tokenizer either: bios and P_train QA only.
+        corpus = [t for aug in data.bios for t in data.bios[aug]["text"]]
+        corpus += [qa_text(q, a) for q, a in zip(data.qa_train["question"], data.qa_train["answer"])]
+        tokenizer = train_tokenizer(corpus, cfg.tokenizer.kind, cfg.tokenizer.vocab_size)
+        tokenizer.save_pretrained(str(tok_dir))
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return StudyData.load(data_dir), load_tokenizer(tok_dir)
+
+
+# --------------------------------------------------------------------------- leak guard
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def leak_check(stream: Dataset, tokenizer, data: StudyData) -> dict[str, Any]:
+    """Prove that no P_test QA reaches a training stream, from the stream's own tokens.
+
+    Every document of the stream is decoded back to text. A document with a '?' is a
+    question (templates of bios never have one); its question is hashed and compared
+    with the hashes of P_test's questions, and every full name in it is looked up among
+    P_test's individuals. Nothing here trusts the split code that built the stream.
+    """
+    test_questions = {_sha(q) for q in data.qa_test["question"]}
+    test_names = {n for n, s in zip(data.individuals["full_name"], data.individuals["split"]) if s == "test"}
+    checked, leaked = 0, []
+    for text in tokenizer.batch_decode(list(stream["input_ids"]), skip_special_tokens=False):
+        for doc in text.split(tokenizer.eos_token):
+            if "?" not in doc:
+                continue
+            question = doc.split("?")[0].strip() + "?"
+            checked += 1
+            if _sha(question) in test_questions or any(n in test_names for n in FULL_NAME.findall(doc)):
+                leaked.append(question)
+    return {
+        "qa_documents_checked": checked,
+        "p_test_questions": len(test_questions),
+        "leaked": len(leaked),
+        "examples": leaked[:5],
+        "p_test_questions_sha256": _sha("\n".join(sorted(test_questions))),
+    }
+
+
+# --------------------------------------------------------------------------- one cell
+
+
+def _streams(cfg: StudyConfig, objective, data: StudyData, tokenizer, augmentation: str) -> dict[str, Dataset]:
+    """The training streams of a protocol: name -> dataset of examples."""
+    bios = objective.bio_examples(tokenize_bios(data.bios[augmentation], tokenizer), cfg.seed)
+    qa = objective.qa_examples(encode_qa(data.qa_train, tokenizer), cfg.seed)
+    if cfg.protocol == "mixed":
+        share = cfg.pretrain.qa_share
+        mixed = interleave_datasets([bios, qa], probabilities=[1 - share, share], seed=cfg.seed,
+                                    stopping_strategy="all_exhausted")
+        return {"mixed": mixed}
+    return {"pretrain": bios, "finetune": qa}
+
+
+def _phase_config(cfg: StudyConfig, backbone, phase: str) -> TrainConfig:
+    return cfg.train_config(backbone, "finetune" if phase == "finetune" else "pretrain")
+
+
+def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmentation: str, backbone,
+             accelerator: Accelerator) -> dict[str, Any]:
+    """Train one backbone on one augmentation through the protocol, then evaluate it."""
+    kind = backbone_kind(backbone.name)
+    cell_dir = run_dir / "models" / augmentation / backbone.name
+    objective = make_objective(kind, tokenizer, cfg.model.context, cfg.masking, cfg.seed)
+    streams = _streams(cfg, objective, data, tokenizer, augmentation)
+    guard = leak_check(streams.get("finetune", streams.get("mixed")), tokenizer, data)
+    if guard["leaked"]:
+        where = f"{augmentation}/{backbone.name}"
+        raise RuntimeError(f"P_test QA found in a training stream of {where}: {guard['examples']}")
+
+    set_seed(cfg.seed)
+    model = build_backbone(backbone.name, cfg.model, tokenizer)
+    counts = parameter_counts(model)
+    phases = {}
+    for phase, stream in streams.items():
+        phase_dir = cell_dir / phase
+        done = phase_done(phase_dir)
+        if done is None:
+            set_seed(cfg.seed)
+            done = train_phase(model, objective, stream, _phase_config(cfg, backbone, phase), phase_dir,
+                               accelerator, f"{augmentation}/{backbone.name}/{phase}", cfg.seed)
+        model = load_backbone(phase_dir / "model")  # what was saved is what gets evaluated
+        labelled = sum(sum(1 for x in labels if x != IGNORE) for labels in stream["labels"]) if kind == "causal" else 0
+        phases[phase] = {**asdict(done), "stream_examples": len(stream),
+                         "exposures": done.tokens / labelled if labelled else None}
+    model.to(accelerator.device)
+    results = evaluate_model(model, kind, tokenizer, data, augmentation, cfg.eval, cfg.masking, accelerator)
+    return {"kind": kind, "parameters": counts, "phases": phases, "leak_check": guard, "results": results}
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def make_accelerator(cfg: StudyConfig) -> Accelerator:
+    precision = cfg.pretrain.mixed_precision
+    if precision == "auto":
+        import torch
+
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return Accelerator(mixed_precision=precision, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+
+
+def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None = None, on_cell=None) -> dict[str, Any]:
+    """Every cell of the study; results.json is rewritten after each, so a killed run loses
+    at most the cell in flight (and that one resumes from its last checkpoint)."""
+    accelerator = accelerator or make_accelerator(cfg)
+    started = time.time()
+    data, tokenizer = prepare_data(cfg, run_dir, accelerator)
+    path = run_dir / RESULTS
+    out: dict[str, Any] = {"study": cfg.name, "seed": cfg.seed, "protocol": cfg.protocol,
+                           "majority_baseline": majority_baseline(data), "results": {}, "training": {},
+                           "parameters": {}, "leak_check": {}, "config": cfg.to_dict()}
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    for augmentation in [a.name for a in cfg.augmentations()]:
+        for backbone in cfg.backbones:
+            done = previous.get("results", {}).get(augmentation, {}).get(backbone.name)
+            if done is not None:
+                cell = {"results": done, "phases": previous["training"][augmentation][backbone.name],
+                        "parameters": previous["parameters"][backbone.name],
+                        "leak_check": previous["leak_check"][augmentation][backbone.name]}
+            else:
+                cell = run_cell(cfg, run_dir, data, tokenizer, augmentation, backbone, accelerator)
+            out["results"].setdefault(augmentation, {})[backbone.name] = cell["results"]
+            out["training"].setdefault(augmentation, {})[backbone.name] = cell["phases"]
+            out["leak_check"].setdefault(augmentation, {})[backbone.name] = cell["leak_check"]
+            out["parameters"][backbone.name] = cell["parameters"]
+            out["wall_seconds"] = round(time.time() - started + previous.get("wall_seconds", 0.0), 1)
+            if accelerator.is_main_process:
+                write_json_atomic(path, out)
+            if on_cell is not None:
+                on_cell(augmentation, backbone.name, cell)
+    return out
+
+
+def reevaluate(run_dir: Path, accelerator: Accelerator | None = None) -> dict[str, Any]:
+    """Evaluate the saved final models of a run again and rewrite its results.json."""
+    cfg = require_run_dir(run_dir)
+    accelerator = accelerator or make_accelerator(cfg)
+    data, tokenizer = StudyData.load(run_dir / "data"), load_tokenizer(run_dir / "tokenizer")
+    results = read_results(run_dir) if (run_dir / RESULTS).is_file() else {"results": {}}
+    last_phase = "mixed" if cfg.protocol == "mixed" else "finetune"
+    for augmentation in [a.name for a in cfg.augmentations()]:
+        for backbone in cfg.backbones:
+            model_dir = run_dir / "models" / augmentation / backbone.name / last_phase / "model"
+            if not model_dir.is_dir():
+                raise RunDirError(f"{model_dir}: no trained model; finish the run with `bidirect run ... --resume`")
+            model = load_backbone(model_dir).to(accelerator.device)
+            scores = evaluate_model(model, backbone_kind(backbone.name), tokenizer, data, augmentation, cfg.eval,
+                                    cfg.masking, accelerator)
+            results["results"].setdefault(augmentation, {})[backbone.name] = scores
+    results["majority_baseline"] = majority_baseline(data)
+    if accelerator.is_main_process:
+        write_json_atomic(run_dir / RESULTS, results)
+    return results

@@ -1,0 +1,259 @@
+"""One accelerate training loop for every backbone, objective and protocol.
+
+The loop sees batches of ``input_ids`` and aligned ``labels`` (see objectives.py) and
+minimises the mean cross-entropy per labelled token. Under gradient accumulation and
+several processes the mean is taken over every labelled token of the whole optimizer
+step (``num_items_in_batch``), not averaged per micro-batch, so that a micro-batch with
+few answer tokens does not weigh as much as one with many.
+
+Checkpoints (``accelerator.save_state``: model, optimizer, scheduler, RNG states) are
+written to a temporary folder and renamed when complete, so a run killed mid-write
+resumes from the last complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from datasets import Dataset
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel, get_cosine_with_min_lr_schedule_with_warmup
+
+from bidirect.config import TrainConfig
+from bidirect.objectives import IGNORE
+
+STATE_FILE = "trainer_state.json"  # written last into a checkpoint: its presence marks it complete
+DONE_FILE = "phase.json"  # written last into a phase folder: the phase is finished
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says where it stopped and what to do."""
+
+
+@dataclass
+class PhaseSummary:
+    name: str
+    steps: int
+    tokens: int  # labelled tokens seen, summed over processes
+    seconds: float
+    final_loss: float
+    tokens_per_second: float
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write, then rename: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy over labelled positions (labels already aligned with logits)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+
+
+def complete_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints, oldest first; half-written ones are reported and skipped."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith("step_") and (path / STATE_FILE).is_file():
+            found.append(path)
+        else:
+            print(f"[bidirect] skipping incomplete checkpoint {path} (killed while it was written)")
+    return found
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
+    # Decay matrices only: norms and biases are 1-D and should not be pulled to zero.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=fused)
+
+
+def train_phase(
+    model: PreTrainedModel,
+    collate,
+    stream: Dataset,
+    cfg: TrainConfig,
+    out_dir: Path,
+    accelerator: Accelerator,
+    name: str,
+    seed: int,
+) -> PhaseSummary:
+    """Train ``model`` on ``stream`` for ``cfg.steps`` optimizer steps, resuming from the
+    last complete checkpoint in ``out_dir/checkpoints`` if there is one.
+
+    Returns the summary; the trained model is saved with ``save_pretrained`` to
+    ``out_dir/model`` and the phase is marked done by ``out_dir/phase.json``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    world = accelerator.num_processes
+    if cfg.batch_size % (cfg.grad_accum * world):
+        raise TrainingError(
+            f"{name}: batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum} x "
+            f"{world} processes"
+        )
+    micro = cfg.batch_size // (cfg.grad_accum * world)
+    if len(stream) < micro * world:
+        raise TrainingError(f"{name}: only {len(stream)} training examples for a batch of {cfg.batch_size}")
+
+    accelerator.gradient_accumulation_steps = cfg.grad_accum
+    # The seedable sampler takes its seed from the global RNG when the loader is prepared:
+    # seed it here, so the data order is the same in a fresh and in a resumed process.
+    set_seed(seed)
+    stream = stream.add_column("index", list(range(len(stream))))
+    loader = DataLoader(stream, batch_size=micro, shuffle=True, collate_fn=collate, drop_last=True)
+    optimizer = _optimizer(model, cfg, fused=accelerator.device.type == "cuda")
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps, min_lr=cfg.min_lr
+    )
+    if cfg.compile:
+        model = torch.compile(model)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    accelerator.register_for_checkpointing(scheduler)
+
+    step, tokens, seconds = 0, 0, 0.0
+    checkpoints = complete_checkpoints(out_dir / "checkpoints")
+    if checkpoints:
+        last = checkpoints[-1]
+        try:
+            accelerator.load_state(str(last))
+        except Exception as err:  # a renamed checkpoint is complete; failing to read it means damage
+            raise TrainingError(
+                f"{name}: checkpoint {last} is corrupt ({type(err).__name__}: {str(err)[:200]}). "
+                f"Delete it to resume from the one before, or rerun without --resume."
+            ) from None
+        state = json.loads((last / STATE_FILE).read_text())
+        step, tokens, seconds = state["step"], state["tokens"], state["seconds"]
+        accelerator.print(f"[bidirect] {name}: resumed from {last} at step {step}/{cfg.steps}")
+
+    batches_per_epoch = len(loader)
+    consumed = step * cfg.grad_accum  # micro-batches per process already seen
+
+    def batches():
+        nonlocal consumed
+        while True:
+            epoch, offset = divmod(consumed, batches_per_epoch)
+            loader.set_epoch(epoch)
+            if hasattr(collate, "set_epoch"):  # an objective that draws random masks per epoch
+                collate.set_epoch(epoch)
+            for batch in accelerator.skip_first_batches(loader, offset) if offset else loader:
+                consumed += 1
+                yield batch
+
+    source = batches()
+    log_path = out_dir / "log.jsonl"
+    model.train()
+    loss_value, last_checkpoint = float("nan"), (checkpoints[-1] if checkpoints else None)
+    progress = Progress(
+        TextColumn(f"[bold]{name}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("{task.fields[tps]:,.0f} tok/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not accelerator.is_main_process,
+    )
+    with progress:
+        task = progress.add_task(name, total=cfg.steps, completed=step, loss=float("nan"), tps=0.0)
+        while step < cfg.steps:
+            started = time.perf_counter()
+            micro_batches = [next(source) for _ in range(cfg.grad_accum)]
+            # Count labelled tokens over the whole optimizer step and every process first,
+            # so that each micro-batch's summed loss is divided by the same number.
+            local = sum(int((b["labels"] != IGNORE).sum()) for b in micro_batches)
+            num_items = int(accelerator.gather(torch.tensor([local], device=accelerator.device)).sum())
+            step_loss = 0.0
+            for batch in micro_batches:
+                index = batch.pop("index")
+                labels = batch.pop("labels")
+                with accelerator.accumulate(model):
+                    logits = model(**batch).logits
+                    loss_sum = token_loss_sum(logits, labels)
+                    if not torch.isfinite(loss_sum):
+                        raise TrainingError(
+                            f"{name}: non-finite loss at step {step + 1}; examples {index.tolist()[:16]} of this "
+                            f"stream; last good checkpoint: {last_checkpoint or 'none (the phase start)'}"
+                        )
+                    # accelerate divides by grad_accum and DDP averages over processes; undo both
+                    # so that the gradient is that of (summed loss / num_items).
+                    accelerator.backward(loss_sum * cfg.grad_accum * world / max(num_items, 1))
+                    step_loss += loss_sum.item()
+                    if accelerator.sync_gradients and cfg.clip_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            tokens += num_items
+            seconds += time.perf_counter() - started
+            loss_value = float(accelerator.gather(torch.tensor([step_loss], device=accelerator.device)).sum()) / max(
+                num_items, 1
+            )
+            progress.update(task, completed=step, loss=loss_value, tps=tokens / max(seconds, 1e-9))
+            if accelerator.is_main_process and (step % cfg.log_every == 0 or step == cfg.steps):
+                with log_path.open("a") as f:
+                    f.write(json.dumps({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0]}) + "\n")
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                last_checkpoint = save_checkpoint(accelerator, out_dir / "checkpoints", step, tokens, seconds)
+
+    summary = PhaseSummary(name, step, tokens, seconds, loss_value, tokens / max(seconds, 1e-9))
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        tmp = out_dir / ".model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        getattr(unwrapped, "_orig_mod", unwrapped).save_pretrained(tmp)
+        shutil.rmtree(out_dir / "model", ignore_errors=True)
+        os.replace(tmp, out_dir / "model")
+        write_json_atomic(out_dir / DONE_FILE, asdict(summary))
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # the phase is done; they are dead weight
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()  # forget this phase's model/optimizer so the next save_state holds only its own
+    return summary
+
+
+def save_checkpoint(accelerator: Accelerator, directory: Path, step: int, tokens: int, seconds: float) -> Path:
+    final = directory / f"step_{step:08d}"
+    tmp = directory / f".tmp_step_{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json_atomic(tmp / STATE_FILE, {"step": step, "tokens": tokens, "seconds": seconds})
+        os.replace(tmp, final)
+        for old in complete_checkpoints(directory)[:-2]:  # keep the last two
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def phase_done(out_dir: Path) -> PhaseSummary | None:
+    path = out_dir / DONE_FILE
+    if path.is_file() and (out_dir / "model").is_dir():
+        return PhaseSummary(**json.loads(path.read_text()))
+    return None
+
+
+def exposures(summary: PhaseSummary, stream_tokens: int) -> float:
+    """Passes over the stream: labelled tokens seen / labelled tokens in the stream."""
+    return summary.tokens / stream_tokens if stream_tokens else math.nan

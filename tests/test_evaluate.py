@@ -1,0 +1,216 @@
+"""The evaluator against predictors whose answers are known: perfect, wrong, and wrong only at
+the last answer token; the teacher-forced causal path against `generate`."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from bidirect.config import ATTRIBUTES, Augmentation, DataConfig, EvalConfig, MaskingConfig
+from bidirect.data.generate import StudyData, generate
+from bidirect.evaluate import LEVELS, _generate, _score, evaluate_model, level_items, majority_baseline, predict
+from bidirect.tokenizer import answer_ids, qa_text, question_ids, train_tokenizer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The models here are tiny: a second thread only adds contention on a shared machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def study():
+    data = generate(DataConfig(individuals=40, p_train=0.5), [Augmentation.parse("single")], seed=0)
+    qa = [qa_text(q, a) for d in (data.qa_train, data.qa_test) for q, a in zip(d["question"], d["answer"], strict=True)]
+    tokenizer = train_tokenizer(list(data.bios["single"]["text"]) + qa, vocab_size=1000)
+    return data, tokenizer
+
+
+class Table(torch.nn.Module):
+    """Puts all mass on ``rule(ids)[t]`` at each position t of each (unpadded) row."""
+
+    def __init__(self, vocab_size: int, rule):
+        super().__init__()
+        self.vocab_size, self.rule = vocab_size, rule
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the module a device
+
+    def forward(self, input_ids, attention_mask, position_ids=None):
+        logits = torch.zeros(*input_ids.shape, self.vocab_size)
+        for r, (ids, keep) in enumerate(zip(input_ids.tolist(), attention_mask.tolist(), strict=True)):
+            n = sum(keep)
+            logits[r, torch.arange(n), torch.tensor(self.rule(ids[:n]))] = 1.0
+        return SimpleNamespace(logits=logits)
+
+
+def causal_rule(tokenizer, break_last: bool = False):
+    eos, unk = tokenizer.eos_token_id, tokenizer.unk_token_id
+
+    def rule(ids):
+        out = ids[1:] + [eos]  # the next token, always
+        if break_last:  # the position predicting the token just before eos: the last answer token
+            out = [unk if t + 2 < len(ids) and ids[t + 2] == eos else x for t, x in enumerate(out)]
+        return out
+
+    return rule
+
+
+def masked_rule(tokenizer, data: StudyData, break_last: bool = False):
+    """Looks up the sequence the masks were cut from: the evaluator never shows the truth."""
+    eos, mask, unk = tokenizer.eos_token_id, tokenizer.mask_token_id, tokenizer.unk_token_id
+    truths = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in data.bios["single"]["text"]]
+    for d in (data.qa_train, data.qa_test):
+        for q, a in zip(d["question"], d["answer"], strict=True):
+            truths.append(question_ids(tokenizer, q) + answer_ids(tokenizer, a) + [eos])
+
+    by_length: dict[int, list[list[int]]] = {}
+    for t in truths:
+        by_length.setdefault(len(t), []).append(t)
+
+    def rule(ids):
+        # unk: a broken last token that left-to-right filling has put into the input
+        fits = [t for t in by_length.get(len(ids), []) if all(x in (mask, unk, y) for x, y in zip(ids, t, strict=True))]
+        assert len(fits) == 1, "ambiguous or unknown input"
+        out = list(fits[0])
+        if break_last:
+            out = [unk if x == mask and t + 1 < len(ids) and ids[t + 1] == eos else y for t, (x, y) in
+                   enumerate(zip(ids, out, strict=True))]
+        return out
+
+    return rule
+
+
+def run(study, kind, rule, levels=LEVELS, fill="one_pass", **eval_kw):
+    data, tokenizer = study
+    cfg = EvalConfig(**{"batch_size": 16, "max_individuals": 12, **eval_kw})  # 12 people: the fake is slow
+    model = Table(len(tokenizer), rule)
+    return evaluate_model(model, kind, tokenizer, data, "single", cfg, MaskingConfig(fill=fill), levels=levels)
+
+
+def accuracies(results, expected):
+    return {level: {a: r[a] for a in (*ATTRIBUTES, "mean")} == dict.fromkeys((*ATTRIBUTES, "mean"), expected)
+            for level, r in results.items()}
+
+
+def test_bio_value_tokens_are_the_answer_ids(study):
+    """Bio recall checks the same token ids that QA asks for, leading space included."""
+    data, tokenizer = study
+    items = level_items("bio_recall", tokenizer, data, "single", "causal")
+    people = {p["id"]: p for p in data.individuals}
+    assert len(items) == 6 * 40
+    for i, it in enumerate(items):
+        value = people[i // 6][ATTRIBUTES[it.attribute]]
+        assert tokenizer.decode(it.want).strip() == value
+        assert it.want == answer_ids(tokenizer, value)
+        assert it.want == [it.ids[t + 1] for t in it.where]
+
+
+KINDS_AND_FILLS = [("causal", "one_pass"), ("masked", "one_pass"), ("masked", "left_to_right")]
+
+
+@pytest.mark.parametrize(("kind", "fill"), KINDS_AND_FILLS)
+def test_perfect_wrong_and_last_token_wrong(study, kind, fill):
+    data, tokenizer = study
+
+    def rule(break_last=False):
+        return causal_rule(tokenizer, break_last) if kind == "causal" else masked_rule(tokenizer, data, break_last)
+
+    perfect = run(study, kind, rule(), fill=fill)
+    assert all(accuracies(perfect, 1.0).values()), perfect
+    assert [perfect[level]["n"] for level in LEVELS] == [72, 72, 72]
+
+    wrong = run(study, kind, lambda ids: [tokenizer.unk_token_id] * len(ids), fill=fill)
+    assert all(accuracies(wrong, 0.0).values()), wrong
+
+    last_wrong = run(study, kind, rule(break_last=True), levels=("qa_train", "qa_test"), fill=fill)
+    assert all(accuracies(last_wrong, 0.0).values()), last_wrong
+
+
+def test_max_individuals_scores_the_first_people(study):
+    results = run(study, "causal", causal_rule(study[1]), max_individuals=7, batch_size=5)
+    assert [results[level]["n"] for level in LEVELS] == [42, 42, 42]
+    data, tokenizer = study
+    items = level_items("qa_test", tokenizer, data, "single", "causal", max_individuals=7)
+    first = sorted(set(data.qa_test["id"]))[:7]
+    assert [it.answer for it in items] == [q["answer"] for q in data.qa_test if q["id"] in first]
+
+
+def test_majority_baseline():
+    rows = []
+    for i in range(20):
+        split = "train" if i < 10 else "test"
+        # P_train: "New York" 7 of 10; P_test: 6 of 10. Other attributes are all distinct.
+        city = "New York, NY" if (i < 7 or 10 <= i < 16) else f"City {i}"
+        rows.append({"id": i, "split": split, **{a: f"{a} {i}" for a in ATTRIBUTES}, "company_city": city})
+    people = Dataset.from_list(rows)
+    base = majority_baseline(StudyData(individuals=people, qa_train=None, qa_test=None, bios=None))
+    assert base["company_city"] == pytest.approx(0.6)
+    assert base["birth_date"] == 0.0
+    assert base["mean"] == pytest.approx(0.1)
+
+
+@pytest.fixture(scope="module")
+def gpt2(study):
+    """A tiny GPT-2 trained a little on the QA of 8 P_train people: right on some items, wrong on others."""
+    data, tokenizer = study
+    torch.manual_seed(0)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=2, n_head=2,
+                        bos_token_id=eos, eos_token_id=eos, pad_token_id=pad)
+    model = GPT2LMHeadModel(config)
+    seqs = [question_ids(tokenizer, q) + answer_ids(tokenizer, a) + [eos]
+            for q, a in zip(data.qa_train["question"][:48], data.qa_train["answer"][:48], strict=True)]
+    n = max(map(len, seqs))
+    ids = torch.tensor([s + [pad] * (n - len(s)) for s in seqs])
+    labels = torch.tensor([s + [-100] * (n - len(s)) for s in seqs])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
+def test_teacher_forcing_agrees_with_greedy_generate(study, gpt2):
+    data, tokenizer = study
+    eos = tokenizer.eos_token_id
+    items = [*level_items("qa_train", tokenizer, data, "single", "causal", max_individuals=8),
+             *level_items("qa_test", tokenizer, data, "single", "causal", max_individuals=3)]
+    with torch.no_grad():
+        scored = _score(gpt2, "causal", tokenizer, items, True, EvalConfig(batch_size=16), MaskingConfig(),
+                        torch.device("cpu"), False, "")
+        batched = _generate(gpt2, tokenizer, items, 1, torch.device("cpu"))  # left-padded, as beams use
+        for it, tf, got in zip(items, scored, batched, strict=True):
+            prompt = torch.tensor([it.ids[: it.where[0] + 1]])
+            out = gpt2.generate(prompt, do_sample=False, use_cache=True, max_new_tokens=len(it.want),
+                                eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+            reference = out[0, prompt.shape[1]:].tolist()
+            assert tf == (reference == it.want), (it.answer, reference)
+            # the batch decodes up to its longest answer + 1, the reference up to this one's
+            assert got[: len(reference)] == reference[: len(got)], (got, reference)
+    assert 0 < sum(scored) < len(items), "needs right and wrong items to mean anything"
+
+
+def test_beams_and_predict(study, gpt2):
+    data, tokenizer = study
+    cfg = EvalConfig(batch_size=16, num_beams=2, max_individuals=5)
+    results = evaluate_model(gpt2, "causal", tokenizer, data, "single", cfg, MaskingConfig(), levels=("qa_train",))
+    assert results["qa_train"]["n"] == 30 and 0.0 <= results["qa_train"]["mean"] <= 1.0
+
+    greedy = EvalConfig(batch_size=16, max_individuals=5)
+    scores = evaluate_model(gpt2, "causal", tokenizer, data, "single", greedy, MaskingConfig(), levels=("qa_train",))
+    qa = data.qa_train.select(range(30))
+    said = predict(gpt2, "causal", tokenizer, qa["question"], qa["answer"], greedy, MaskingConfig())
+    hits = sum(s == a for s, a in zip(said, qa["answer"], strict=True))
+    assert hits / 30 == pytest.approx(scores["qa_train"]["mean"])  # 5 items per attribute: mean == overall
+
+    masked = Table(len(tokenizer), masked_rule(tokenizer, data))
+    said = predict(masked, "masked", tokenizer, qa["question"], qa["answer"], greedy, MaskingConfig())
+    assert said == list(qa["answer"])
