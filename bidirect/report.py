@@ -46,8 +46,8 @@ def results_tables(results: dict[str, Any]) -> list[Table]:
     baseline = results.get("majority_baseline", {})
     for aug, by_backbone in results["results"].items():
         table = Table(title=f"{results.get('study', '')} | {aug} | exact-match accuracy (%)")
-        table.add_column("backbone")
-        table.add_column("level")
+        table.add_column("backbone", no_wrap=True)
+        table.add_column("level", no_wrap=True)
         for a in ATTRIBUTES:
             table.add_column(SHORT[a], justify="right")
         table.add_column("mean", justify="right", style="bold")
@@ -92,7 +92,7 @@ def comparison_table(runs: dict[str, dict[str, Any]]) -> Table:
     """Several runs side by side: the mean of each level per (run, augmentation, backbone)."""
     table = Table(title="bidirect summary: mean exact-match accuracy over the six attributes (%)")
     for col in ("run", "augmentation", "backbone", "bio recall", "QA P_train", "QA P_test", "majority"):
-        table.add_column(col, justify="left" if col in ("run", "augmentation", "backbone") else "right")
+        table.add_column(col, justify="left" if col in ("run", "augmentation", "backbone") else "right", no_wrap=True)
     for run, results in runs.items():
         base = results.get("majority_baseline", {}).get("mean")
         for aug, by_backbone in results["results"].items():

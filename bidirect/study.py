@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from datasets import Dataset, interleave_datasets
@@ -81,6 +82,8 @@ def require_run_dir(run_dir: Path) -> StudyConfig:
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: no such run folder")
     path = run_dir / RESULTS
     if not path.is_file():
         raise RunDirError(f"{run_dir}: no {RESULTS} (the run has not evaluated anything yet)")
@@ -207,12 +210,16 @@ def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmen
 
 
 def make_accelerator(cfg: StudyConfig) -> Accelerator:
+    """bf16 where the GPU has it. Without a GPU, ``cpu=True`` lets several processes
+    started by ``accelerate launch --multi_gpu`` or ``torchrun`` find each other (gloo)."""
     precision = cfg.pretrain.mixed_precision
     if precision == "auto":
-        import torch
-
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(mixed_precision=precision, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=precision,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
 
 
 def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None = None, on_cell=None) -> dict[str, Any]:

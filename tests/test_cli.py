@@ -1,0 +1,153 @@
+"""The command line end to end on a tiny study, and its answers to bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bidirect.cli import main
+
+TINY = {
+    "name": "tiny",
+    "data": {"individuals": 24, "augmentations": ["single", "multi2+permute"]},
+    "tokenizer": {"vocab_size": 400},
+    "model": {"layers": 1, "heads": 2, "width": 32, "mlp_width": 64, "context": 128},
+    "backbones": ["gpt2-rope", "gbert"],
+    "pretrain": {"steps": 6, "batch_size": 4, "warmup_steps": 1, "log_every": 2, "checkpoint_every": 3},
+    "finetune": {"steps": 3, "batch_size": 4, "log_every": 1},
+}
+
+
+def write_config(path: Path, **changes) -> Path:
+    cfg = json.loads(json.dumps(TINY))
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            cfg[section][field] = value
+        else:
+            cfg[section] = value
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    config = write_config(root / "tiny.yaml")
+    assert main(["run", str(config), "--out", str(root / "run")]) == 0
+    return config, root / "run"
+
+
+def test_run_writes_every_level_for_every_cell(finished_run):
+    _, run = finished_run
+    results = json.loads((run / "results.json").read_text())
+    for aug in ("single", "multi2+permute"):
+        for backbone in ("gpt2-rope", "gbert"):
+            levels = results["results"][aug][backbone]
+            assert set(levels) == {"bio_recall", "qa_train", "qa_test"}
+            assert levels["qa_test"]["n"] == 12 * 6 and levels["bio_recall"]["n"] == 24 * 6
+            assert (run / "models" / aug / backbone / "finetune" / "model" / "config.json").is_file()
+            assert results["leak_check"][aug][backbone]["leaked"] == 0
+            assert results["leak_check"][aug][backbone]["qa_documents_checked"] == 12 * 6
+    assert set(results["majority_baseline"]) >= {"birth_city", "mean"}
+    assert results["parameters"]["gbert"] == results["parameters"]["gpt2-rope"]
+
+
+def test_finished_run_is_never_overwritten(finished_run, capsys):
+    config, run = finished_run
+    before = (run / "results.json").read_bytes()
+    assert main(["run", str(config), "--out", str(run)]) == 2
+    assert "holds a finished run" in capsys.readouterr().out
+    assert (run / "results.json").read_bytes() == before
+
+
+def test_resume_of_finished_run_trains_nothing(finished_run, capsys):
+    config, run = finished_run
+    before = json.loads((run / "results.json").read_text())["results"]
+    assert main(["run", str(config), "--out", str(run), "--resume"]) == 0
+    assert json.loads((run / "results.json").read_text())["results"] == before
+
+
+def test_eval_and_summary(finished_run, capsys):
+    _, run = finished_run
+    before = json.loads((run / "results.json").read_text())["results"]
+    assert main(["eval", str(run)]) == 0
+    assert json.loads((run / "results.json").read_text())["results"] == before  # deterministic
+    assert main(["summary", str(run), str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "QA P_test" in out and "gbert" in out
+
+
+def test_resume_with_other_config_refused(finished_run, tmp_path, capsys):
+    _, run = finished_run
+    other = write_config(tmp_path / "other.yaml", data__individuals=30)
+    assert main(["run", str(other), "--out", str(run), "--resume"]) == 2
+    assert "config differs" in capsys.readouterr().out
+
+
+def _bad_cases(tmp_path: Path, finished: Path) -> list[tuple[list[str], str]]:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(finished, corrupt, ignore=shutil.ignore_patterns("models", "data"))
+    (corrupt / "results.json").write_text("{not json")
+    cfg = lambda **kw: str(write_config(tmp_path / f"c{len(kw)}{abs(hash(str(kw)))}.yaml", **kw))  # noqa: E731
+    return [
+        (["run", cfg(backbones=["gpt5"]), "--out", str(tmp_path / "r1")], "unknown backbone 'gpt5'"),
+        (["run", cfg(data__augmentations=["shuffle"]), "--out", str(tmp_path / "r2")], "unknown augmentation"),
+        (["run", cfg(model__width=-32), "--out", str(tmp_path / "r3")], "model.width: must be > 0"),
+        (["run", cfg(model__heads=3), "--out", str(tmp_path / "r4")], "model.heads: 3 does not divide"),
+        (["run", cfg(data__p_train=1.0), "--out", str(tmp_path / "r5")], "data.p_train"),
+        (["run", cfg(data__colour="red"), "--out", str(tmp_path / "r6")], "unknown key data.colour"),
+        (["run", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "r7")], "does not exist"),
+        (["run", cfg(), "--out", str(a_file)], "is a file, not a folder"),
+        (["eval", str(tmp_path / "no_such_run")], "no such run folder"),
+        (["summary", str(tmp_path / "no_such_run")], "no such run folder"),
+        (["summary", str(corrupt)], "corrupt JSON"),
+        (["eval", str(a_file)], "no such run folder"),
+    ]
+
+
+def test_bad_input_one_clear_error(finished_run, tmp_path, capsys):
+    _, run = finished_run
+    for argv, message in _bad_cases(tmp_path, run):
+        listing = sorted(p.name for p in tmp_path.iterdir())
+        assert main(argv) == 2, argv
+        out = capsys.readouterr().out
+        assert message in out.replace("\n", ""), (argv, out)
+        assert "Traceback" not in out
+        assert sorted(p.name for p in tmp_path.iterdir()) == listing  # nothing created or deleted
+
+
+def test_two_processes_match_one(tmp_path):
+    """`accelerate launch` with 2 CPU processes: same data, same counts, close metrics."""
+    config = write_config(tmp_path / "tiny.yaml", backbones=["gpt2-rope"], data__augmentations=["single"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bidirect"]
+    two = subprocess.run([*launch, "run", str(config), "--out", str(tmp_path / "two")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "bidirect", "run", str(config), "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    r1 = json.loads((tmp_path / "one" / "results.json").read_text())
+    r2 = json.loads((tmp_path / "two" / "results.json").read_text())
+    for name in ("individuals", "qa_train", "qa_test", "bios/single"):
+        files = sorted((tmp_path / "one" / "data" / name).glob("*.arrow"))
+        assert files and all(f.read_bytes() == (tmp_path / "two" / "data" / name / f.name).read_bytes() for f in files)
+    for level in ("bio_recall", "qa_train", "qa_test"):
+        s1, s2 = r1["results"]["single"]["gpt2-rope"][level], r2["results"]["single"]["gpt2-rope"][level]
+        assert s1["n"] == s2["n"]  # no item dropped or counted twice by the distributed sampler
+        # Same global batch and order; only float reductions differ between 1 and 2 processes.
+        assert abs(s1["mean"] - s2["mean"]) <= 0.1
+    loss1 = r1["training"]["single"]["gpt2-rope"]["pretrain"]["final_loss"]
+    loss2 = r2["training"]["single"]["gpt2-rope"]["pretrain"]["final_loss"]
+    assert abs(loss1 - loss2) < 0.05 * loss1
