@@ -136,7 +136,7 @@ def _generate(model, tokenizer: PreTrainedTokenizerFast, items: list[Item], num_
     """Causal decoding from each question; the new tokens up to and with the first eos."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     ids, attention = _pad([it.ids[: it.where[0] + 1] for it in items], pad, device, left=True)
-    out = model.generate(input_ids=ids, attention_mask=attention, num_beams=num_beams, do_sample=False,
+    out = model.generate(input_ids=ids, attention_mask=attention, num_beams=num_beams, do_sample=False, use_cache=True,
                          max_new_tokens=max(len(it.want) for it in items), eos_token_id=eos, pad_token_id=pad)
     rows = out[:, ids.shape[1]:].tolist()
     return [row[: row.index(eos) + 1] if eos in row else row for row in rows]

@@ -53,8 +53,13 @@ class BackboneSpec:
 
 def _ids(tok: PreTrainedTokenizerFast) -> dict:
     """What every config takes from the tokenizer. The LM head is tied to the input embedding so
-    that the parameter count depends on the network, not on the vocabulary twice."""
+    that the parameter count depends on the network, not on the vocabulary twice.
+
+    ``use_cache=False``: with a KV cache present transformers does not look for packed
+    documents in the position ids, so packed windows would attend across documents.
+    Generation asks for the cache explicitly."""
     return dict(
+        use_cache=False,
         vocab_size=len(tok),
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,

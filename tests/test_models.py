@@ -180,3 +180,18 @@ def test_saved_config_names_an_auto_class(tok, tmp_path):
         architectures = json.loads((tmp_path / name / "config.json").read_text())["architectures"]
         masked_head = architectures[0].endswith("ForMaskedLM")
         assert masked_head == (backbone_kind(name) == "masked" and name != "gbert")
+
+
+@pytest.mark.parametrize("name", [n for n, k in EXPECTED_KINDS.items() if k == "causal"])
+def test_packed_documents_do_not_attend_to_each_other(name, tok):
+    """A document packed behind another (position ids restart, no attention mask: how the
+    causal objective feeds windows) gets the logits it gets alone, in training mode too:
+    a KV cache, for one, silently turns transformers' packed-sequence mask off."""
+    model = _build(name, tok).train()  # dropout is 0; train() is what the trainer calls
+    first, second = _ids(tok, seed=1)[0, :10], _ids(tok, seed=2)[0, :12]
+    packed = torch.cat([first, second])[None]
+    positions = torch.cat([torch.arange(10), torch.arange(12)])[None]
+    with torch.no_grad():
+        together = model(input_ids=packed, position_ids=positions).logits[0, 10:]
+        alone = model(input_ids=second[None], position_ids=torch.arange(12)[None]).logits[0]
+    torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)
