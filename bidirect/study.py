@@ -5,6 +5,7 @@ Layout of a run folder::
     RUN_DIR/config.yaml            the study as run (a resume must match it)
     RUN_DIR/data/                  individuals, qa_train, qa_test, bios/<augmentation>  (datasets)
     RUN_DIR/tokenizer/             the shared tokenizer (PreTrainedTokenizerFast)
+    RUN_DIR/tokenizer.sha256       its tokenizer.json's hash: a resume or eval with another tokenizer is refused
     RUN_DIR/models/<aug>/<backbone>/<phase>/model   save_pretrained folders; checkpoints/ while training
     RUN_DIR/results.json           every number of the tables, written after each cell
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import time
@@ -26,15 +28,16 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from datasets import Dataset, interleave_datasets
 
 from bidirect import config as config_lib
-from bidirect.config import StudyConfig, TrainConfig
+from bidirect.config import ConfigError, StudyConfig, TrainConfig
 from bidirect.data.generate import StudyData, generate
 from bidirect.evaluate import evaluate_model, majority_baseline
 from bidirect.models import backbone_kind, build_backbone, load_backbone, parameter_counts
 from bidirect.objectives import IGNORE, encode_qa, make_objective, tokenize_bios
 from bidirect.tokenizer import load_tokenizer, qa_text, train_tokenizer
-from bidirect.trainer import phase_done, train_phase, write_json_atomic
+from bidirect.trainer import TrainingError, phase_done, train_phase, write_json_atomic
 
 RESULTS = "results.json"
+TOKENIZER_SHA = "tokenizer.sha256"  # sha256 of tokenizer/tokenizer.json, written with it: a swapped tokenizer is caught
 FULL_NAME = re.compile(r"\b[A-Z][a-zA-Z]+ [A-Z][a-zA-Z]+ [A-Z][a-zA-Z]+\b")  # first middle last
 
 
@@ -114,10 +117,65 @@ def prepare_data(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | Non
         corpus = [t for aug in data.bios for t in data.bios[aug]["text"]]
         corpus += [qa_text(q, a) for q, a in zip(data.qa_train["question"], data.qa_train["answer"])]
         tokenizer = train_tokenizer(corpus, cfg.tokenizer.kind, cfg.tokenizer.vocab_size)
-        tokenizer.save_pretrained(str(tok_dir))
+        # Written aside, hashed, then renamed: a kill leaves either no tokenizer (regenerated) or a whole one.
+        tmp_tok = run_dir / ".tokenizer.tmp"
+        shutil.rmtree(tmp_tok, ignore_errors=True)
+        tokenizer.save_pretrained(str(tmp_tok))
+        sha = tmp_tok / ".sha256.tmp"
+        sha.write_text(f"{_file_sha(tmp_tok / 'tokenizer.json')}  tokenizer/tokenizer.json\n")
+        os.replace(sha, run_dir / TOKENIZER_SHA)
+        shutil.rmtree(tok_dir, ignore_errors=True)
+        os.replace(tmp_tok, tok_dir)
     if accelerator is not None:
         accelerator.wait_for_everyone()
-    return StudyData.load(data_dir), load_tokenizer(tok_dir)
+    return StudyData.load(data_dir), run_tokenizer(run_dir)
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_tokenizer(run_dir: Path):
+    """The tokenizer of a run, checked against the hash recorded when the run made it: token ids
+    mean nothing with another tokenizer, so a tokenizer/ copied from another run is refused."""
+    tok_dir = run_dir / "tokenizer"
+    tokenizer = load_tokenizer(tok_dir)
+    recorded = run_dir / TOKENIZER_SHA
+    if recorded.is_file():  # runs made before the hash was recorded are not checked
+        expected = (recorded.read_text().split() or [""])[0]
+        actual = _file_sha(tok_dir / "tokenizer.json")
+        if actual != expected:
+            raise RunDirError(
+                f"{tok_dir}: the tokenizer does not match the run (sha256 of tokenizer.json is {actual[:12]}..., "
+                f"the run recorded {expected[:12]}... in {recorded}; vocabulary of {len(tokenizer)} tokens). "
+                "Put back the tokenizer/ this run was made with, or start a new run."
+            )
+    return tokenizer
+
+
+def check_context(cfg: StudyConfig, data: StudyData, tokenizer) -> None:
+    """Every training document must fit one window of ``model.context`` tokens with its
+    end-of-text; packing would otherwise cut it, and the facts at its end, silently."""
+    longest = (0, "")
+    for aug in [a.name for a in cfg.augmentations()]:
+        bios = data.bios[aug]
+        lengths = [len(ids) for ids in tokenizer(list(bios["text"]), add_special_tokens=False)["input_ids"]]
+        i = max(range(len(lengths)), key=lengths.__getitem__)
+        longest = max(longest, (lengths[i], f"the longest biography ({aug}, individual {bios[i]['id']})"))
+    for name, qa in (("qa_train", data.qa_train), ("qa_test", data.qa_test)):
+        # Batched question_ids / answer_ids: the answer follows a space.
+        questions = tokenizer(list(qa["question"]), add_special_tokens=False)["input_ids"]
+        answers = tokenizer([" " + a for a in qa["answer"]], add_special_tokens=False)["input_ids"]
+        lengths = [len(q) + len(a) for q, a in zip(questions, answers)]
+        i = max(range(len(lengths)), key=lengths.__getitem__)
+        longest = max(longest, (lengths[i], f"the longest QA example ({name}: {qa[i]['question']!r})"))
+    need = longest[0] + 1  # + end-of-text
+    if cfg.model.context < need:
+        raise ConfigError(
+            f"model.context: {cfg.model.context} tokens is too short for {longest[1]}, which is {longest[0]} tokens "
+            f"(+1 for end-of-text); training would cut it. Raise model.context to at least {need} "
+            "(a changed config needs a new --out, or --force). Nothing was trained."
+        )
 
 
 # --------------------------------------------------------------------------- leak guard
@@ -127,8 +185,8 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def leak_check(stream: Dataset, tokenizer, data: StudyData) -> dict[str, Any]:
-    """Prove that no P_test QA reaches a training stream, from the stream's own tokens.
+def leak_check(stream: Dataset | list[Dataset], tokenizer, data: StudyData) -> dict[str, Any]:
+    """Prove that no P_test QA reaches a training stream (or any of a list), from the stream's own tokens.
 
     Every document of the stream is decoded back to text. A document with a '?' is a
     question (templates of bios never have one); its question is hashed and compared
@@ -138,7 +196,8 @@ def leak_check(stream: Dataset, tokenizer, data: StudyData) -> dict[str, Any]:
     test_questions = {_sha(q) for q in data.qa_test["question"]}
     test_names = {n for n, s in zip(data.individuals["full_name"], data.individuals["split"]) if s == "test"}
     checked, leaked = 0, []
-    for text in tokenizer.batch_decode(list(stream["input_ids"]), skip_special_tokens=False):
+    rows = [ids for s in (stream if isinstance(stream, list) else [stream]) for ids in s["input_ids"]]
+    for text in tokenizer.batch_decode(rows, skip_special_tokens=False):
         for doc in text.split(tokenizer.eos_token):
             if "?" not in doc:
                 continue
@@ -181,10 +240,13 @@ def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmen
     cell_dir = run_dir / "models" / augmentation / backbone.name
     objective = make_objective(kind, tokenizer, cfg.model.context, cfg.masking, cfg.seed)
     streams = _streams(cfg, objective, data, tokenizer, augmentation)
-    guard = leak_check(streams.get("finetune", streams.get("mixed")), tokenizer, data)
+    guard = leak_check(list(streams.values()), tokenizer, data)  # every stream, bios included
     if guard["leaked"]:
-        where = f"{augmentation}/{backbone.name}"
-        raise RuntimeError(f"P_test QA found in a training stream of {where}: {guard['examples']}")
+        raise TrainingError(
+            f"{augmentation}/{backbone.name}: {guard['leaked']} P_test QA document(s) found in the training streams "
+            f"({', '.join(streams)}), e.g. {guard['examples'][:2]}; refusing to train. P_test QA must never reach "
+            "training: this is a bug in the split or the stream code."
+        )
 
     set_seed(cfg.seed)
     model = build_backbone(backbone.name, cfg.model, tokenizer)
@@ -201,9 +263,25 @@ def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmen
         labelled = sum(sum(1 for x in labels if x != IGNORE) for labels in stream["labels"]) if kind == "causal" else 0
         phases[phase] = {**asdict(done), "stream_examples": len(stream),
                          "exposures": done.tokens / labelled if labelled else None}
-    model.to(accelerator.device)
-    results = evaluate_model(model, kind, tokenizer, data, augmentation, cfg.eval, cfg.masking, accelerator)
+    results = evaluate_cell(cfg, cell_dir, kind, tokenizer, data, augmentation, accelerator)
     return {"kind": kind, "parameters": counts, "phases": phases, "leak_check": guard, "results": results}
+
+
+def evaluate_cell(cfg: StudyConfig, cell_dir: Path, kind: str, tokenizer, data: StudyData, augmentation: str,
+                  accelerator: Accelerator) -> dict[str, dict[str, float]]:
+    """Bio recall of the model that was trained on the bios (memorization is a property of
+    pretraining; QA fine-tuning is free to overwrite the bios' wording), QA levels of the
+    final model. Under the mixed protocol both are the one model."""
+    phases = ["mixed"] if cfg.protocol == "mixed" else ["pretrain", "finetune"]
+    results = {}
+    for phase, levels in ((phases[0], ["bio_recall"]), (phases[-1], ["qa_train", "qa_test"])):
+        model_dir = cell_dir / phase / "model"
+        if not model_dir.is_dir():
+            raise RunDirError(f"{model_dir}: no trained model; finish the run with `bidirect run ... --resume`")
+        model = load_backbone(model_dir).to(accelerator.device)
+        results.update(evaluate_model(model, kind, tokenizer, data, augmentation, cfg.eval, cfg.masking,
+                                      accelerator, levels=levels))
+    return results
 
 
 # --------------------------------------------------------------------------- the study
@@ -228,6 +306,7 @@ def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None =
     accelerator = accelerator or make_accelerator(cfg)
     started = time.time()
     data, tokenizer = prepare_data(cfg, run_dir, accelerator)
+    check_context(cfg, data, tokenizer)
     path = run_dir / RESULTS
     out: dict[str, Any] = {"study": cfg.name, "seed": cfg.seed, "protocol": cfg.protocol,
                            "majority_baseline": majority_baseline(data), "results": {}, "training": {},
@@ -258,17 +337,13 @@ def reevaluate(run_dir: Path, accelerator: Accelerator | None = None) -> dict[st
     """Evaluate the saved final models of a run again and rewrite its results.json."""
     cfg = require_run_dir(run_dir)
     accelerator = accelerator or make_accelerator(cfg)
-    data, tokenizer = StudyData.load(run_dir / "data"), load_tokenizer(run_dir / "tokenizer")
+    data, tokenizer = StudyData.load(run_dir / "data"), run_tokenizer(run_dir)
     results = read_results(run_dir) if (run_dir / RESULTS).is_file() else {"results": {}}
-    last_phase = "mixed" if cfg.protocol == "mixed" else "finetune"
     for augmentation in [a.name for a in cfg.augmentations()]:
         for backbone in cfg.backbones:
-            model_dir = run_dir / "models" / augmentation / backbone.name / last_phase / "model"
-            if not model_dir.is_dir():
-                raise RunDirError(f"{model_dir}: no trained model; finish the run with `bidirect run ... --resume`")
-            model = load_backbone(model_dir).to(accelerator.device)
-            scores = evaluate_model(model, backbone_kind(backbone.name), tokenizer, data, augmentation, cfg.eval,
-                                    cfg.masking, accelerator)
+            cell_dir = run_dir / "models" / augmentation / backbone.name
+            scores = evaluate_cell(cfg, cell_dir, backbone_kind(backbone.name), tokenizer, data, augmentation,
+                                   accelerator)
             results["results"].setdefault(augmentation, {})[backbone.name] = scores
     results["majority_baseline"] = majority_baseline(data)
     if accelerator.is_main_process:

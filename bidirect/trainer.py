@@ -64,7 +64,7 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
 
 
-def complete_checkpoints(directory: Path) -> list[Path]:
+def complete_checkpoints(directory: Path, quiet: bool = False) -> list[Path]:
     """Complete checkpoints, oldest first; half-written ones are reported and skipped."""
     if not directory.is_dir():
         return []
@@ -72,9 +72,28 @@ def complete_checkpoints(directory: Path) -> list[Path]:
     for path in sorted(directory.iterdir()):
         if path.name.startswith("step_") and (path / STATE_FILE).is_file():
             found.append(path)
-        else:
+        elif not quiet:
             print(f"[bidirect] skipping incomplete checkpoint {path} (killed while it was written)")
     return found
+
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Forget the log lines of steps after ``step``: a killed run logged them, the resumed
+    run will log them again."""
+    if not log_path.is_file():
+        return
+    lines = log_path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):  # a line cut by the kill
+            continue
+    if kept != lines:
+        tmp = log_path.with_name(f".{log_path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, log_path)
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
@@ -138,7 +157,7 @@ def train_phase(
         except Exception as err:  # a renamed checkpoint is complete; failing to read it means damage
             raise TrainingError(
                 f"{name}: checkpoint {last} is corrupt ({type(err).__name__}: {str(err)[:200]}). "
-                f"Delete it to resume from the one before, or rerun without --resume."
+                f"Delete it to resume from the one before, or start the run over with --force."
             ) from None
         state = json.loads((last / STATE_FILE).read_text())
         step, tokens, seconds = state["step"], state["tokens"], state["seconds"]
@@ -160,6 +179,8 @@ def train_phase(
 
     source = batches()
     log_path = out_dir / "log.jsonl"
+    if accelerator.is_main_process:
+        _truncate_log(log_path, step)
     model.train()
     loss_value, last_checkpoint = float("nan"), (checkpoints[-1] if checkpoints else None)
     progress = Progress(
@@ -240,8 +261,10 @@ def save_checkpoint(accelerator: Accelerator, directory: Path, step: int, tokens
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(tmp / STATE_FILE, {"step": step, "tokens": tokens, "seconds": seconds})
+        if final.exists():  # a half-written leftover of a killed run (complete ones are resumed from)
+            shutil.rmtree(final)
         os.replace(tmp, final)
-        for old in complete_checkpoints(directory)[:-2]:  # keep the last two
+        for old in complete_checkpoints(directory, quiet=True)[:-2]:  # keep the last two
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
