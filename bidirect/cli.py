@@ -5,6 +5,7 @@
     bidirect eval RUN_DIR                        evaluate the saved models of a run again
     bidirect summary RUN_DIR [RUN_DIR ...]       runs side by side
     bidirect backbones                           the registry
+    bidirect bench [--size S] [--backbone B ...] training tokens/s: the package's path against a plain loop
 
 Without CONFIG the embedded default study runs: the dataclass defaults of config.py,
 spelled out in configs/quick.yaml. Works unchanged under `accelerate launch`.
@@ -80,6 +81,32 @@ def cmd_backbones(args: argparse.Namespace) -> None:
         console.print(f"[bold]{name:12s}[/bold] {spec.kind:7s} {spec.about}")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from bidirect.bench import (
+        DEFAULT_BACKBONES,
+        BenchConfig,
+        default_out,
+        parse_size,
+        print_bench,
+        run_bench,
+        write_report,
+    )
+
+    size, batch = parse_size(args.size)
+    cfg = BenchConfig(
+        backbones=args.backbone or list(DEFAULT_BACKBONES), size=size, size_name=args.size,
+        batch=batch if args.batch is None else args.batch, steps=args.steps, warmup=args.warmup,
+        individuals=args.individuals, augmentation=args.augmentation, mixed_precision=args.mixed_precision,
+        compile=args.compile, eval_batch=args.eval_batch, peak_tflops=args.peak_tflops, threads=args.threads,
+        seed=args.seed,
+    ).check()
+    report = run_bench(cfg, console)
+    print_bench(console, report)
+    out = Path(args.out) if args.out else default_out(report)
+    write_report(report, out)
+    console.print(f"report: {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bidirect", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +135,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backbones", help="list the backbones")
     p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("bench", help="time training per backbone: the package's path against a plain loop")
+    p.add_argument("--backbone", action="append", metavar="NAME",
+                   help="a backbone to time; repeat for several (default: gpt2-rope, gbert, bert)")
+    p.add_argument("--size", default="quick",
+                   help="tiny, quick, gpt2-small, bert-base, LxW (e.g. 8x512) or "
+                        "layers=8,heads=8,width=512,mlp=2048,context=256 (default: quick)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per path (default: 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
+    p.add_argument("--batch", type=int, help="windows of `context` tokens per step (default: the size's, 32)")
+    p.add_argument("--individuals", type=int, default=1000, help="people in the bioS corpus (default: 1000)")
+    p.add_argument("--augmentation", default="multi5+permute", help="bios to train on (default: multi5+permute)")
+    p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"],
+                   help="the package path's precision (default: auto, bf16 where the GPU has it)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the package path's model")
+    p.add_argument("--eval-batch", type=int, default=256, help="evaluation batch size (default: 256)")
+    p.add_argument("--peak-tflops", type=float, help="the device's peak for MFU (default: from the GPU's name)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default: one per core); 1 on a CPU shared with other jobs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="JSON report (default: runs/bench/<device>.json)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -1,0 +1,147 @@
+"""`bidirect bench` on a tiny model: the report's shape, the FLOPs formula, clear errors; and the FSDP launch config.
+
+No speed is asserted: CI machines are shared and the figures only mean something on the device they describe.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bidirect.bench import FLOPS_FORMULA, flops_per_token, parse_size, peak_tflops
+from bidirect.cli import main
+from bidirect.config import ConfigError, ModelSize
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+TINY = ["bench", "--size", "tiny", "--steps", "2", "--warmup", "1", "--batch", "2", "--individuals", "30",
+        "--augmentation", "single", "--eval-batch", "64", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "sub" / "cpu.json"  # the parent folder does not exist yet
+    assert main([*TINY, "--backbone", "gpt2-rope", "--backbone", "bert", "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_report_has_both_paths_and_their_ratio(report):
+    assert set(report["backbones"]) == {"gpt2-rope", "bert"}
+    for name, r in report["backbones"].items():
+        assert r["kind"] == ("causal" if name == "gpt2-rope" else "masked")
+        for path in ("package", "plain"):
+            f = r[path]
+            assert f["tokens_per_second"] > 0 and f["real_tokens_per_step"] > 0, (name, path)
+            assert 0 <= f["padding_share"] < 1 and 0 <= f["data_share"] <= 1
+            assert f["timed_steps"] == 2 and f["warmup_steps"] == 1
+            assert f["peak_memory_bytes"] > 0
+            assert f["mfu"] is None  # a CPU has no listed peak
+            assert f["tflops"] == pytest.approx(f["tokens_per_second"] * r["flops_per_token"]["total"] / 1e12)
+        assert r["package"]["attention"] == "sdpa" and r["plain"]["attention"] == "eager"
+        assert r["speedup"] == pytest.approx(r["package"]["tokens_per_second"] / r["plain"]["tokens_per_second"])
+        assert r["eval"]["items"] == 15 * 6 and r["eval"]["qa_per_second"] > 0
+    assert report["data"]["generate_seconds"] > 0 and report["data"]["bios"] == 30
+    assert report["device_type"] == "cpu" and report["peak_tflops"] is None
+    assert {"torch", "transformers", "accelerate"} <= set(report["versions"])
+    assert report["config"]["size"]["layers"] == 2 and report["cpu_threads"] == 1
+
+
+def test_flops_fields_follow_the_formula(report):
+    assert report["flops_formula"] == FLOPS_FORMULA == "6*N_nonembedding + 6*N_lm_head + 12*layers*context*width"
+    size = report["config"]["size"]
+    for r in report["backbones"].values():
+        f = r["flops_per_token"]
+        assert f["non_embedding_params"] == r["parameters"]["non_embedding"]
+        assert f["lm_head_params"] == report["data"]["vocab_size"] * size["width"]  # tied head: V x W
+        attention = 12 * size["layers"] * size["context"] * size["width"]
+        assert f["total"] == 6 * f["non_embedding_params"] + 6 * f["lm_head_params"] + attention
+
+
+def test_flops_per_token_by_hand(tokenizer):
+    from bidirect.models import build_backbone
+
+    size = ModelSize(layers=1, heads=2, width=16, mlp_width=32, context=8)
+    model = build_backbone("gpt2", size, tokenizer)
+    # one GPT-2 block: qkv 16x48+48, proj 16x16+16, mlp 16x32+32 and 32x16+16, two LayerNorms, the final one
+    block = (16 * 48 + 48) + (16 * 16 + 16) + (16 * 32 + 32) + (32 * 16 + 16) + 2 * 2 * 16
+    non_embedding = block + 2 * 16
+    got = flops_per_token(model, size)
+    assert got["non_embedding_params"] == non_embedding
+    assert got["total"] == 6 * non_embedding + 6 * len(tokenizer) * 16 + 12 * 1 * 8 * 16
+
+
+def test_sizes():
+    assert parse_size("quick") == (ModelSize(), 32)  # the quick study's model, whatever config.py makes it
+    assert parse_size("gpt2-small")[0] == ModelSize(layers=12, heads=12, width=768, mlp_width=3072, context=512)
+    assert parse_size("bert-base")[0] == parse_size("gpt2-small")[0]
+    assert parse_size("8x512")[0] == ModelSize(layers=8, heads=8, width=512, mlp_width=2048, context=256)
+    size, _ = parse_size("layers=2,heads=2,width=32,context=64")
+    assert size == ModelSize(layers=2, heads=2, width=32, mlp_width=128, context=64)
+    for bad, says in [("huge", "not a size"), ("layers=2,depth=3", "unknown key 'depth'"),
+                      ("layers=2,heads=3,width=32", "does not divide"), ("layers=x", "positive integer"),
+                      ("0x64", "model.layers")]:
+        with pytest.raises(ConfigError, match=says):
+            parse_size(bad)
+
+
+def test_peaks_from_device_names():
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989
+    assert peak_tflops("NVIDIA H100 PCIe") == 756
+    assert peak_tflops("NVIDIA H200") == 989
+    assert peak_tflops("NVIDIA A100-SXM4-80GB") == 312
+    assert peak_tflops("cpu: AMD EPYC") is None
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--backbone", "gpt5"], "unknown backbone 'gpt5'"),
+        (["--size", "12x"], "not a size"),
+        (["--size", "layers=2,heads=3,width=32"], "does not divide"),
+        (["--steps", "0"], "--steps: must be >= 1"),
+        (["--augmentation", "multi5+shuffle"], "unknown augmentation"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_error(argv, says, tmp_path, capsys):
+    assert main([*TINY, *argv, "--out", str(tmp_path / "x.json")]) == 2
+    out = capsys.readouterr().out
+    assert "error:" in out and says in " ".join(out.split()), out
+    assert not (tmp_path / "x.json").exists()
+
+
+# --------------------------------------------------------------------------- the FSDP launch config
+
+
+def test_accelerate_fsdp_config(tokenizer):
+    """What `accelerate launch --config_file configs/accelerate_fsdp.yaml` reads, checked with accelerate's own
+    loader. A CPU launch cannot test it: accelerate turns FSDP on only for GPU-like distributed types (on CPU it
+    stays MULTI_CPU, i.e. DDP over gloo), so such a run would not shard anything."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+    from accelerate.utils.dataclasses import get_module_class_from_name
+
+    from bidirect.config import load
+    from bidirect.models import build_backbone
+
+    path = CONFIGS / "accelerate_fsdp.yaml"
+    raw = yaml.safe_load(path.read_text())
+    assert raw["distributed_type"] == "FSDP" and raw["num_processes"] == 8 and raw["mixed_precision"] == "bf16"
+    assert raw["use_cpu"] is False
+    fsdp = raw["fsdp_config"]
+    # FSDP2: accelerate re-points an optimizer built before prepare() (as the trainer builds it) only for FSDP2.
+    assert fsdp["fsdp_version"] == 2
+    assert fsdp["fsdp_reshard_after_forward"] is True  # FSDP2's FULL_SHARD
+    assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert fsdp["fsdp_state_dict_type"] in ("SHARDED_STATE_DICT", "FULL_STATE_DICT")
+    # The block class to wrap must exist in every backbone of the paper study, or accelerate stops at prepare().
+    paper = load(CONFIGS / "paper.yaml")
+    size = ModelSize(layers=1, heads=2, width=16, mlp_width=32, context=8)
+    for backbone in paper.backbones:
+        model = build_backbone(backbone.name, size, tokenizer)
+        assert get_module_class_from_name(model, fsdp["fsdp_transformer_layer_cls_to_wrap"]) is not None, backbone
+
+    cluster = load_config_from_file(str(path))
+    assert cluster.distributed_type == DistributedType.FSDP and cluster.num_processes == 8
+    assert cluster.fsdp_config["fsdp_version"] == 2
