@@ -1,8 +1,10 @@
 """The held-out-entity evaluator (STUDY.md, Evaluation): exact match of whole answers, per attribute.
 
 - ``bio_recall``: did the model memorize the biographies? On each person's first biography,
-  every token of an attribute value must be predicted: continued (causal) or filled in with
-  the value masked (masked).
+  every token of an attribute value must be predicted from the true text before it: continued
+  (causal), or, with the whole value masked, filled in left to right (masked), which is the
+  masked analogue of the causal continuation. One-pass filling of a multi-word value asks more
+  than memorization: each word without its neighbours, which whole-word masking rarely trains.
 - ``qa_train``: was the QA format learned? ``qa_test``: is the knowledge extractable for
   people never seen in QA (the headline)?
 
@@ -151,7 +153,7 @@ def _batches(items: list[Item], batch_size: int, show: bool, label: str) -> Iter
 def _score(model, kind: str, tokenizer: PreTrainedTokenizerFast, items: list[Item], qa: bool, cfg: EvalConfig,
            masking: MaskingConfig, device: torch.device, show: bool, label: str) -> list[bool]:
     correct = [False] * len(items)
-    left_to_right = kind == "masked" and qa and masking.fill == "left_to_right"
+    left_to_right = kind == "masked" and (not qa or masking.fill == "left_to_right")
     eos = tokenizer.eos_token_id
     for batch in _batches(items, cfg.batch_size, show, label):
         its = [items[i] for i in batch]
