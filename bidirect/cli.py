@@ -3,7 +3,9 @@
     bidirect data [CONFIG] --out RUN_DIR         generate bioS and the tokenizer
     bidirect run [CONFIG] --out RUN_DIR          the whole study: data, training, evaluation, table
     bidirect eval RUN_DIR                        evaluate the saved models of a run again
-    bidirect summary RUN_DIR [RUN_DIR ...]       runs side by side
+    bidirect summary RUN_DIR [RUN_DIR ...]       runs side by side; a sweep folder: seeds pooled, 95% CIs
+    bidirect sweep SWEEP_CONFIG --out DIR        a grid of studies, one run folder per combination
+    bidirect report DIR [--out FILE.md]          Markdown report with PNG figures of a run or sweep folder
     bidirect backbones                           the registry
     bidirect bench [--size S] [--backbone B ...] training tokens/s: the package's path against a plain loop
 
@@ -67,11 +69,43 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_summary(args: argparse.Namespace) -> None:
     from bidirect.report import comparison_table, print_results
     from bidirect.study import read_results
+    from bidirect.sweep import aggregate, is_sweep_dir, summary_table, write_summary
 
-    runs = {d: read_results(Path(d)) for d in args.run_dirs}
-    if len(runs) == 1:
+    sweeps = [Path(d) for d in args.run_dirs if is_sweep_dir(Path(d))]
+    for sweep_dir in sweeps:
+        summary = aggregate(sweep_dir)
+        console.print(summary_table(summary))
+        console.print(f"summary: {write_summary(sweep_dir, summary)}")
+    runs = {d: read_results(Path(d)) for d in args.run_dirs if Path(d) not in sweeps}
+    if len(runs) == 1 and not sweeps:
         print_results(console, next(iter(runs.values())))
-    console.print(comparison_table(runs))
+    if runs:
+        console.print(comparison_table(runs))
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from bidirect import sweep as sweep_lib
+    from bidirect.study import make_accelerator
+
+    sweep = sweep_lib.load(args.config)  # every cell validated before anything is created
+    out = Path(args.out)
+    accelerator = make_accelerator(sweep.cells[0].config)
+    if accelerator.is_main_process:
+        opened = sweep_lib.open_sweep_dir(out, sweep, Path(args.config), force=args.force)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:  # the same cells, read from what the main process wrote
+        opened = sweep_lib.open_sweep_dir(out, sweep, Path(args.config), write=False)
+    summary = sweep_lib.run_sweep(opened, out, accelerator, console)
+    if accelerator.is_main_process:
+        console.print(sweep_lib.summary_table(summary))
+        console.print(f"summary: {out / sweep_lib.SUMMARY}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from bidirect.report_md import write_report
+
+    path = write_report(Path(args.dir), Path(args.out) if args.out else None)
+    console.print(f"report: {path} (figures in {path.with_suffix('')})")
 
 
 def cmd_backbones(args: argparse.Namespace) -> None:
@@ -129,9 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("summary", help="print the tables of one or several runs")
+    p = sub.add_parser("summary", help="print the tables of runs; of a sweep folder: seeds pooled with 95% CIs")
     p.add_argument("run_dirs", nargs="+")
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("sweep", help="run a grid of studies (a study file with a top-level sweep: mapping)")
+    p.add_argument("config", help="sweep YAML: a study plus sweep: {dotted.field: [values, ...]}")
+    p.add_argument("--out", required=True, help="sweep folder; run again to resume it or to add values")
+    p.add_argument("--force", action="store_true", help="delete a non-empty sweep folder first")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="write a Markdown report with PNG figures of a run or sweep folder")
+    p.add_argument("dir", help="run folder or sweep folder")
+    p.add_argument("--out", help="Markdown file (default: DIR/report.md); figures go next to it in FILE's stem/")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("backbones", help="list the backbones")
     p.set_defaults(func=cmd_backbones)

@@ -330,6 +330,11 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         seen.add(b.name)
         for phase in ("pretrain", "finetune"):
             validate_train(cfg.train_config(b, phase), f"backbones.{b.name}.{phase}")
+        for phase in ("pretrain", "finetune"):  # LoRA is a way to fine-tune; nothing else reads the field
+            if cfg.train_config(b, phase).finetune_mode == "lora" and (phase == "pretrain" or cfg.protocol == "mixed"):
+                where = phase if getattr(cfg, phase).finetune_mode == "lora" else f"backbones.{b.name}.{phase}"
+                raise ConfigError(f"{where}.finetune_mode: 'lora' applies to the fine-tuning phase of protocol "
+                                  "pretrain_finetune only; pretraining and the mixed stream train every weight")
     validate_train(cfg.pretrain, "pretrain")
     validate_train(cfg.finetune, "finetune")
 
@@ -385,6 +390,8 @@ def load(path: str | Path) -> StudyConfig:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if isinstance(raw, dict) and "sweep" in raw:
+        raise ConfigError(f"{path}: a sweep file (top-level sweep:); run it with `bidirect sweep {path} --out DIR`")
     try:
         return from_dict(raw)
     except ConfigError as err:

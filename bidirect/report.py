@@ -40,6 +40,12 @@ def data_summary(console: Console, data, tokenizer) -> None:
     console.print(f"[bold]QA[/bold]: {qa['question']} -> {qa['answer']}")
 
 
+def backbone_label(results: dict[str, Any], aug: str, name: str) -> str:
+    """The backbone's name, with ``(LoRA r=8)`` when its fine-tuning was LoRA (full is the default)."""
+    phase = results.get("training", {}).get(aug, {}).get(name, {}).get("finetune", {})
+    return f"{name} (LoRA r={phase.get('lora_rank')})" if phase.get("mode") == "lora" else name
+
+
 def results_tables(results: dict[str, Any]) -> list[Table]:
     """One table per augmentation: a row per backbone and level, a column per attribute."""
     tables = []
@@ -55,7 +61,9 @@ def results_tables(results: dict[str, Any]) -> list[Table]:
             for i, level in enumerate(lv for lv in LEVELS if lv in levels):
                 scores = levels[level]
                 style = "bold" if level == "qa_test" else None
-                table.add_row(name if i == 0 else "", LEVEL_NAMES[level], *[pct(scores.get(a)) for a in ATTRIBUTES],
+                # a LoRA fine-tune says so on a second line under the name
+                label = backbone_label(results, aug, name).replace(" (", "\n(") if i == 0 else ""
+                table.add_row(label, LEVEL_NAMES[level], *[pct(scores.get(a)) for a in ATTRIBUTES],
                               pct(scores.get("mean")), style=style)
             table.add_section()
         if baseline:
@@ -80,7 +88,8 @@ def markdown(results: dict[str, Any]) -> str:
             for level in (lv for lv in LEVELS if lv in levels):
                 s = levels[level]
                 cells = " | ".join(pct(s.get(a)) for a in ATTRIBUTES)
-                lines.append(f"| {aug} | {name} | {LEVEL_NAMES[level]} | {cells} | **{pct(s.get('mean'))}** |")
+                label = backbone_label(results, aug, name)
+                lines.append(f"| {aug} | {label} | {LEVEL_NAMES[level]} | {cells} | **{pct(s.get('mean'))}** |")
     base = results.get("majority_baseline")
     if base:
         cells = " | ".join(pct(base.get(a)) for a in ATTRIBUTES)
@@ -97,5 +106,6 @@ def comparison_table(runs: dict[str, dict[str, Any]]) -> Table:
         base = results.get("majority_baseline", {}).get("mean")
         for aug, by_backbone in results["results"].items():
             for name, levels in by_backbone.items():
-                table.add_row(run, aug, name, *[pct(levels.get(lv, {}).get("mean")) for lv in LEVELS], pct(base))
+                table.add_row(run, aug, backbone_label(results, aug, name),
+                              *[pct(levels.get(lv, {}).get("mean")) for lv in LEVELS], pct(base))
     return table

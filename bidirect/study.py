@@ -31,6 +31,7 @@ from bidirect import config as config_lib
 from bidirect.config import ConfigError, StudyConfig, TrainConfig
 from bidirect.data.generate import StudyData, generate
 from bidirect.evaluate import evaluate_model, majority_baseline
+from bidirect.lora import add_lora, merge_lora, trainable_parameters
 from bidirect.models import backbone_kind, build_backbone, load_backbone, parameter_counts
 from bidirect.objectives import IGNORE, encode_qa, make_objective, tokenize_bios
 from bidirect.tokenizer import load_tokenizer, qa_text, train_tokenizer
@@ -255,14 +256,23 @@ def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmen
     for phase, stream in streams.items():
         phase_dir = cell_dir / phase
         done = phase_done(phase_dir)
+        train_cfg = _phase_config(cfg, backbone, phase)
+        lora = phase == "finetune" and train_cfg.finetune_mode == "lora"
+        if lora:  # query/value + embedding only, merged into the weights before save_pretrained
+            set_seed(cfg.seed)
+            model = add_lora(model, train_cfg.lora_rank)
+        trainable = trainable_parameters(model)
         if done is None:
             set_seed(cfg.seed)
-            done = train_phase(model, objective, stream, _phase_config(cfg, backbone, phase), phase_dir,
-                               accelerator, f"{augmentation}/{backbone.name}/{phase}", cfg.seed)
+            done = train_phase(model, objective, stream, train_cfg, phase_dir, accelerator,
+                               f"{augmentation}/{backbone.name}/{phase}", cfg.seed,
+                               finalize=merge_lora if lora else None)
         model = load_backbone(phase_dir / "model")  # what was saved is what gets evaluated
         labelled = sum(sum(1 for x in labels if x != IGNORE) for labels in stream["labels"]) if kind == "causal" else 0
         phases[phase] = {**asdict(done), "stream_examples": len(stream),
-                         "exposures": done.tokens / labelled if labelled else None}
+                         "exposures": done.tokens / labelled if labelled else None,
+                         "mode": "lora" if lora else "full", "lora_rank": train_cfg.lora_rank if lora else None,
+                         "trainable_parameters": trainable}
     results = evaluate_cell(cfg, cell_dir, kind, tokenizer, data, augmentation, accelerator)
     return {"kind": kind, "parameters": counts, "phases": phases, "leak_check": guard, "results": results}
 

@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -115,12 +116,14 @@ def train_phase(
     accelerator: Accelerator,
     name: str,
     seed: int,
+    finalize: Callable[[torch.nn.Module], PreTrainedModel] | None = None,
 ) -> PhaseSummary:
     """Train ``model`` on ``stream`` for ``cfg.steps`` optimizer steps, resuming from the
     last complete checkpoint in ``out_dir/checkpoints`` if there is one.
 
     Returns the summary; the trained model is saved with ``save_pretrained`` to
-    ``out_dir/model`` and the phase is marked done by ``out_dir/phase.json``.
+    ``out_dir/model`` and the phase is marked done by ``out_dir/phase.json``. ``finalize``, when
+    given, turns the trained model into the one to save (LoRA: merge the adapters into the weights).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     world = accelerator.num_processes
@@ -146,6 +149,11 @@ def train_phase(
     if cfg.compile:
         model = torch.compile(model)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    # A phase's checkpoints hold its own scheduler only. free_memory() does not forget the objects
+    # registered for checkpointing, so without this a fine-tune checkpoint written in the process
+    # that also pretrained holds two schedulers, and a fresh process resuming it (which registers
+    # one) refuses it as corrupt.
+    accelerator._custom_objects.clear()
     accelerator.register_for_checkpointing(scheduler)
 
     step, tokens, seconds = 0, 0, 0.0
@@ -241,7 +249,8 @@ def train_phase(
     if accelerator.is_main_process:
         tmp = out_dir / ".model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        getattr(unwrapped, "_orig_mod", unwrapped).save_pretrained(tmp)
+        to_save = getattr(unwrapped, "_orig_mod", unwrapped)
+        (finalize(to_save) if finalize is not None else to_save).save_pretrained(tmp)
         shutil.rmtree(out_dir / "model", ignore_errors=True)
         os.replace(tmp, out_dir / "model")
         write_json_atomic(out_dir / DONE_FILE, asdict(summary))

@@ -16,8 +16,13 @@ CONFIGS = Path(__file__).parent.parent / "configs"
 def test_shipped_configs_load(path):
     if path.name.startswith("accelerate"):
         pytest.skip("an accelerate launch config, not a study")
-    cfg = load(path)
-    assert cfg.backbones and cfg.augmentations()
+    if "sweep" in (yaml.safe_load(path.read_text()) or {}):  # a sweep file: every cell is a study
+        from bidirect import sweep
+
+        configs = [cell.config for cell in sweep.load(path).cells]
+    else:
+        configs = [load(path)]
+    assert all(cfg.backbones and cfg.augmentations() for cfg in configs)
 
 
 def test_quick_yaml_is_the_embedded_default():

@@ -1,0 +1,458 @@
+"""`bidirect report DIR`: a self-contained Markdown report of a run or sweep folder, with PNG figures.
+
+Written to ``DIR/report.md`` (or ``--out FILE.md``) and, next to it, ``report/`` (``FILE``'s stem)
+holding the figures the Markdown links to by relative path, so the two can be committed or
+copied together. Figures are drawn with matplotlib's Agg canvas (no display, no pyplot state):
+
+- accuracy: per augmentation, one panel per backbone, the three levels as grouped bars per
+  attribute and for the mean, the majority guess as a dashed line over each group; for a sweep
+  the bars are the means over seeds with their 95% interval as error bars;
+- loss: every phase's training loss from its ``log.jsonl``;
+- for a sweep: the three levels, QA P_test first, against each numeric swept value (and against
+  pretraining exposures when they vary), 95% interval as error bars; with only seeds swept, each
+  backbone's QA P_test per seed and its interval side by side.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
+
+from bidirect.config import ATTRIBUTES
+from bidirect.report import LEVEL_NAMES, SHORT, markdown
+from bidirect.study import RunDirError, read_results
+from bidirect.sweep import (
+    LEVELS,
+    MANIFEST,
+    SEED,
+    SWEEP_FILE,
+    _label,
+    aggregate,
+    is_sweep_dir,
+    read_cells,
+    summary_markdown,
+    write_summary,
+)
+
+LEVEL_COLORS = {"bio_recall": "#9ecae1", "qa_train": "#4292c6", "qa_test": "#08306b"}
+PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
+LINESTYLES = ["-", "--", ":", "-."]
+DPI = 110
+LEVELS_NOTE = ("Bio recall: did it memorize the biographies; QA P_train: did it learn the QA format; QA P_test: "
+               "is the knowledge extractable for people whose QA it never saw (the headline). Majority: the "
+               "accuracy of always answering P_train's most common value.")
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def accuracy_figure(title: str, panels: dict[str, dict[str, dict[str, float]]], baseline: dict[str, float],
+                    path: Path, errors: dict[str, dict[str, dict[str, float]]] | None = None) -> Path:
+    """One panel per backbone: per attribute (and the mean) a bar per level, in percent.
+
+    ``panels[backbone][level][attr]`` is a score in [0, 1]; ``errors`` the same shape, the 95%
+    half-width, drawn as error bars."""
+    groups = [*ATTRIBUTES, "mean"]
+    labels = [SHORT[a] for a in ATTRIBUTES] + ["mean of 6"]
+    n = len(panels)
+    fig = Figure(figsize=(10, 2.3 * n + 1.0), layout="constrained")
+    axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
+    width = 0.26
+    for ax, (backbone, levels) in zip(axes, panels.items()):
+        for j, level in enumerate(LEVELS):
+            scores = levels.get(level, {})
+            xs = [i + (j - 1) * width for i in range(len(groups))]
+            ys = [100 * scores.get(a, float("nan")) for a in groups]
+            err, up = None, [0.0] * len(ys)
+            if errors and backbone in errors:  # the interval, clipped to what an accuracy can be
+                half = errors[backbone].get(level, {})
+                e = [100 * half[a] if half.get(a) is not None else 0.0 for a in groups]
+                up = [min(h, max(100 - y, 0.0)) if y == y else 0.0 for h, y in zip(e, ys)]
+                err = [[min(h, y) if y == y else 0.0 for h, y in zip(e, ys)], up]
+            ax.bar(xs, ys, width, color=LEVEL_COLORS[level], label=LEVEL_NAMES[level], yerr=err,
+                   error_kw={"elinewidth": 0.9, "capsize": 2, "ecolor": "#444444"})
+            if level == "qa_test":  # the headline: its value over its bar (and over the majority line)
+                for x, y, u, a in zip(xs, ys, up, groups):
+                    if y == y:  # not NaN
+                        floor = 100 * baseline[a] if baseline.get(a) is not None else 0.0
+                        ax.text(x, max(y + u, floor) + 1.5, f"{y:.0f}", ha="center", va="bottom", fontsize=7,
+                                color=LEVEL_COLORS[level])
+        for i, a in enumerate(groups):
+            if baseline.get(a) is not None:
+                ax.hlines(100 * baseline[a], i - 1.5 * width, i + 1.5 * width, colors="black", linestyles="--",
+                          linewidth=1.2, label="majority guess" if i == 0 else None)
+        ax.set_ylim(0, 112)
+        ax.set_yticks([0, 25, 50, 75, 100])
+        ax.set_ylabel("exact match (%)")
+        ax.set_title(backbone, loc="left", fontsize=10)
+        ax.axvline(len(ATTRIBUTES) - 0.5, color="#bbbbbb", linewidth=0.8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[-1].set_xticks(range(len(groups)))
+    axes[-1].set_xticklabels(labels)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncol=4, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def read_log(path: Path) -> tuple[list[int], list[float]]:
+    steps, losses = [], []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                steps.append(int(row["step"]))
+                losses.append(float(row["loss"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    return steps, losses
+
+
+def loss_figure(title: str, curves: list[dict[str, Any]], path: Path) -> Path | None:
+    """One panel per phase; ``curves``: {phase, label, color_key, style_key, steps, losses}."""
+    phases = list(dict.fromkeys(c["phase"] for c in curves if c["steps"]))
+    if not phases:
+        return None
+    colors = {k: PALETTE[i % len(PALETTE)] for i, k in enumerate(dict.fromkeys(c["color_key"] for c in curves))}
+    styles = {k: LINESTYLES[i % len(LINESTYLES)] for i, k in enumerate(dict.fromkeys(c["style_key"] for c in curves))}
+    fig = Figure(figsize=(5.2 * len(phases) + 2.6, 3.6))
+    axes = fig.subplots(1, len(phases), squeeze=False)[0]
+    seen: set[str] = set()
+    for ax, phase in zip(axes, phases):
+        for c in (c for c in curves if c["phase"] == phase and c["steps"]):
+            label = None if c["label"] in seen else c["label"]
+            seen.add(c["label"])
+            ax.plot(c["steps"], c["losses"], color=colors[c["color_key"]], linestyle=styles[c["style_key"]],
+                    linewidth=1.3, alpha=c.get("alpha", 1.0), label=label, marker="." if len(c["steps"]) < 8 else None)
+        losses = [x for c in curves if c["phase"] == phase for x in c["losses"] if x > 0]
+        if losses and max(losses) / min(losses) > 4:  # log only where the loss falls by a factor
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: ""))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss per labelled token")
+        ax.set_title(phase, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    handles, names = [], []
+    for ax in axes:
+        h, n = ax.get_legend_handles_labels()
+        handles += h
+        names += n
+    fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def trend_figure(title: str, xlabel: str, series: list[dict[str, Any]], path: Path, log_x: bool = False,
+                 baseline: float | None = None, exact_ticks: bool = True) -> Path:
+    """The three levels against a numeric value, QA P_test (the headline) first: one panel per level,
+    one line per series ``{label, xs, levels}`` (``levels[k]`` a summary row's levels at ``xs[k]``),
+    the mean over seeds with its 95% interval as error bars."""
+    panels = ["qa_test", "qa_train", "bio_recall"]
+    fig = Figure(figsize=(12.5, 3.9), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=True)
+    ticks = sorted({x for s in series for x in s["xs"]})
+    for ax, level in zip(axes, panels):
+        for i, s in enumerate(series):
+            points = sorted((x, lv.get(level, {}).get("mean")) for x, lv in zip(s["xs"], s["levels"]))
+            points = [(x, st) for x, st in points if st is not None]
+            if not points:
+                continue
+            xs = [x for x, _ in points]
+            ys = [100 * st["mean"] for _, st in points]
+            half = [100 * (st["ci95"] or 0.0) for _, st in points]
+            yerr = [[min(h, y) for h, y in zip(half, ys)], [min(h, max(100 - y, 0.0)) for h, y in zip(half, ys)]]
+            ax.errorbar(xs, ys, yerr=yerr, color=PALETTE[i % len(PALETTE)],
+                        linestyle=LINESTYLES[(i // len(PALETTE)) % 4], marker="o", markersize=4, capsize=3,
+                        linewidth=1.4, label=s["label"])
+        if baseline is not None and level == "qa_test":
+            ax.axhline(100 * baseline, color="black", linestyle="--", linewidth=1.0, label="majority guess (mean)")
+        if log_x:
+            ax.set_xscale("log")
+        if exact_ticks and len(ticks) <= 8:  # the swept values themselves, written plainly (no 2x10^2)
+            ax.set_xticks(ticks, [f"{x:.4g}" for x in ticks])
+            ax.minorticks_off()
+        else:
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.4g}"))
+            ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: ""))
+        ax.set_ylim(-3, 104)  # a line at 0% stays visible above the axis
+        ax.grid(alpha=0.3)
+        ax.set_title(LEVEL_NAMES[level] + (" (held out)" if level == "qa_test" else ""), fontsize=10,
+                     fontweight="bold" if level == "qa_test" else "normal")
+    axes[0].set_ylabel("exact match, mean of 6 (%)")
+    axes[len(axes) // 2].set_xlabel(xlabel)  # one label under the middle panel
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 4), frameon=False, fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def seeds_figure(title: str, rows: list[dict[str, Any]], path: Path, baseline: float | None = None) -> Path:
+    """Per row (augmentation, backbone, other values): every seed's QA P_test as a dot, the mean and
+    its 95% interval as a bar; for sweeps over seeds only."""
+    fig = Figure(figsize=(max(4.5, 1.25 * len(rows) + 2.0), 4.0))
+    ax = fig.subplots()
+    for i, row in enumerate(rows):
+        stat = row["stat"]
+        values = stat.get("values", [])
+        jitter = [(k - (len(values) - 1) / 2) * 0.05 for k in range(len(values))]
+        ax.scatter([i - 0.2 + j for j in jitter], [100 * v for v in values], s=14, color="#888888", zorder=2,
+                   label="one seed" if i == 0 else None)
+        half, m = 100 * (stat.get("ci95") or 0.0), 100 * stat["mean"]
+        ax.errorbar([i + 0.1], [m], yerr=[[min(half, m)], [min(half, max(100 - m, 0.0))]], fmt="s", color="#08306b",
+                    capsize=5, markersize=6, zorder=3, label="mean ± 95% CI" if i == 0 else None)
+    if baseline is not None:
+        ax.axhline(100 * baseline, color="black", linestyle="--", linewidth=1.0, label="majority guess (mean)")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([row["label"] for row in rows], fontsize=8)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_ylabel("QA P_test, mean of 6 (%)")
+    top = ax.get_ylim()[1]
+    ax.set_ylim(-0.04 * top, 1.04 * top)  # seeds at 0% stay visible above the axis
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- markdown pieces
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "+-." else "_" for ch in text)
+
+
+def _rel(path: Path, base: Path) -> str:
+    return path.relative_to(base).as_posix()
+
+
+def training_markdown(results: dict[str, Any]) -> str:
+    lines = ["| augmentation | backbone | phase | mode | trainable params | steps | labelled tokens | final loss | "
+             "exposures | seconds |", "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for aug, by_backbone in results.get("training", {}).items():
+        for backbone, phases in by_backbone.items():
+            for phase, t in phases.items():
+                mode = t.get("mode", "full") + (f" (r={t['lora_rank']})" if t.get("lora_rank") else "")
+                exp = "-" if t.get("exposures") is None else f"{t['exposures']:.1f}"
+                trainable = t.get("trainable_parameters")
+                lines.append(f"| {aug} | {backbone} | {phase} | {mode} | "
+                             f"{'-' if trainable is None else f'{trainable:,}'} | {t.get('steps', '-')} | "
+                             f"{t.get('tokens', 0):,} | {t.get('final_loss', float('nan')):.3f} | {exp} | "
+                             f"{t.get('seconds', 0.0):.1f} |")
+    return "\n".join(lines)
+
+
+def _leaks(results: list[dict[str, Any]]) -> str:
+    checks = [c for r in results for by_b in r.get("leak_check", {}).values() for c in by_b.values()]
+    if not checks:
+        return "no leak check recorded"
+    leaked = sum(c.get("leaked", 0) for c in checks)
+    docs = sum(c.get("qa_documents_checked", 0) for c in checks)
+    return (f"{leaked} P_test QA documents found in the training streams ({docs:,} QA documents decoded and "
+            f"checked, {len(checks)} trained model{'s' if len(checks) != 1 else ''})")
+
+
+def _loss_curves(run_dir: Path, results: dict[str, Any], prefix: str = "", alpha: float = 1.0,
+                 label_extra: str = "") -> list[dict[str, Any]]:
+    curves = []
+    for aug, by_backbone in results.get("training", {}).items():
+        for backbone, phases in by_backbone.items():
+            for phase in phases:
+                steps, losses = read_log(run_dir / "models" / aug / backbone / phase / "log.jsonl")
+                curves.append({"phase": phase, "label": f"{label_extra}{backbone} / {aug}", "color_key": backbone,
+                               "style_key": f"{label_extra}{aug}", "steps": steps, "losses": losses, "alpha": alpha})
+    return curves
+
+
+def _config_block(text: str) -> str:
+    return "```yaml\n" + text.strip() + "\n```"
+
+
+def _fresh_figure_dir(fig_dir: Path) -> None:
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for old in fig_dir.glob("*.png"):  # figures of an earlier report that this one may not redraw
+        old.unlink()
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def run_report(run_dir: Path, out: Path) -> str:
+    results = read_results(run_dir)
+    fig_dir = out.with_suffix("")
+    _fresh_figure_dir(fig_dir)
+    base = out.parent
+    cfg = results.get("config", {})
+    data = cfg.get("data", {})
+    lines = [f"# bidirect report: {results.get('study', run_dir.name)}", ""]
+    lines += [f"Run folder `{run_dir}`; protocol `{results.get('protocol')}`, seed {results.get('seed')}, "
+              f"{data.get('individuals', '?')} individuals (P_train share {data.get('p_train', '?')}), "
+              f"wall time {results.get('wall_seconds', 0):.0f} s.", ""]
+    params = results.get("parameters", {})
+    if params:
+        lines += ["| backbone | parameters | non-embedding | fine-tuning |", "| --- | ---: | ---: | --- |"]
+        for name, counts in params.items():
+            modes = {t.get("mode", "full") + (f" r={t['lora_rank']}" if t.get("lora_rank") else "")
+                     for by_b in results.get("training", {}).values() for n, ph in by_b.items() if n == name
+                     for p, t in ph.items() if p != "pretrain"}
+            lines.append(f"| {name} | {counts['total']:,} | {counts['non_embedding']:,} | "
+                         f"{', '.join(sorted(modes)) or '-'} |")
+        lines.append("")
+    lines += ["## Exact-match accuracy (%)", "",
+              LEVELS_NOTE, "",
+              markdown(results), ""]
+    baseline = results.get("majority_baseline", {})
+    for aug, by_backbone in results["results"].items():
+        path = accuracy_figure(f"{results.get('study', '')} | {aug}: exact match per attribute", by_backbone,
+                               baseline, fig_dir / f"accuracy_{_slug(aug)}.png")
+        lines += [f"![accuracy, {aug}]({_rel(path, base)})", ""]
+    lines += ["## Training", "", training_markdown(results), ""]
+    loss = loss_figure(f"{results.get('study', '')}: training loss", _loss_curves(run_dir, results),
+                       fig_dir / "loss.png")
+    if loss:
+        lines += [f"![training loss]({_rel(loss, base)})", ""]
+    lines += [f"Leak check: {_leaks([results])}.", "", "## Config", "",
+              _config_block((run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file()
+                            else yaml.safe_dump(cfg, sort_keys=False)), ""]
+    return "\n".join(lines)
+
+
+def _numeric_axes(axes: dict[str, list]) -> list[str]:
+    return [k for k, vs in axes.items() if k != SEED and len(vs) > 1
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vs)]
+
+
+def _row_label(row: dict[str, Any], keys: Iterable[str]) -> str:
+    extra = ", ".join(f"{k}={_label(row['values'][k])}" for k in keys)
+    return f"{row['backbone']} / {row['augmentation']}" + (f" ({extra})" if extra else "")
+
+
+def sweep_report(sweep_dir: Path, out: Path) -> str:
+    summary = aggregate(sweep_dir)
+    write_summary(sweep_dir, summary)
+    axes, cells = read_cells(sweep_dir)
+    fig_dir = out.with_suffix("")
+    _fresh_figure_dir(fig_dir)
+    base = out.parent
+    rows, keys = summary["rows"], summary["group_by"]
+    first = cells[0]["results"]
+    majority = [r["majority"] for r in rows if r["majority"] is not None]
+    mean_majority = sum(majority) / len(majority) if majority else None
+    planned = len(json.loads((sweep_dir / MANIFEST).read_text())["cells"]) if (sweep_dir / MANIFEST).is_file() \
+        else len(cells)
+    lines = [f"# bidirect sweep report: {first.get('study', sweep_dir.name)}", ""]
+    lines += [f"Sweep folder `{sweep_dir}`: {len(cells)} of {planned} cells have results. Swept: "
+              + "; ".join(f"`{k}` in {', '.join(_label(v) for v in vs)}" for k, vs in axes.items()) + ".", "",
+              f"Pooled over `{SEED}`: each number is the mean over seeds and, with two seeds or more, its 95% "
+              "confidence interval `± t(0.975, n-1) s / sqrt(n)` (Student t, s the standard deviation over "
+              "seeds); one seed shows no interval. Every number is in `summary.json`.", ""]
+    lines += ["## Mean exact-match accuracy over the six attributes (%)", "", LEVELS_NOTE, "",
+              summary_markdown(summary), ""]
+
+    # (a) per (other values, augmentation): bars of the means, 95% intervals as error bars
+    by_panel: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        key = json.dumps([row["values"], row["augmentation"]], sort_keys=True)
+        panel = by_panel.setdefault(key, {"values": row["values"], "aug": row["augmentation"], "means": {},
+                                          "errs": {}, "majority": []})
+        panel["means"][row["backbone"]] = {lv: {a: s["mean"] for a, s in d.items()} for lv, d in row["levels"].items()}
+        panel["errs"][row["backbone"]] = {lv: {a: s["ci95"] for a, s in d.items()} for lv, d in row["levels"].items()}
+    lines += ["## Per attribute", ""]
+    baseline_attrs = first.get("majority_baseline", {})
+    for i, panel in enumerate(by_panel.values()):
+        other = ", ".join(f"{k}={_label(panel['values'][k])}" for k in keys)
+        title = f"{panel['aug']}{' | ' + other if other else ''}: mean over seeds, 95% CI"
+        path = accuracy_figure(title, panel["means"], baseline_attrs,
+                               fig_dir / f"accuracy_{i:02d}_{_slug(panel['aug'] + ('_' + other if other else ''))}.png",
+                               errors=panel["errs"])
+        lines += [f"![{title}]({_rel(path, base)})", ""]
+
+    # (c) QA P_test against the numeric swept values, or the seeds side by side
+    lines += ["## Against the swept values", ""]
+    numeric = _numeric_axes(axes)
+    for axis in numeric:
+        others = [k for k in keys if k != axis]
+        series: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            label = _row_label(row, others)
+            s = series.setdefault(label, {"label": label, "xs": [], "levels": []})
+            s["xs"].append(row["values"][axis])
+            s["levels"].append(row["levels"])
+        values = sorted(axes[axis])
+        log_x = min(values) > 0 and max(values) / min(values) >= 8
+        path = trend_figure(f"against {axis}: mean over seeds, 95% CI", axis, list(series.values()),
+                            fig_dir / f"levels_vs_{_slug(axis)}.png", log_x=log_x, baseline=mean_majority)
+        lines += [f"![the three levels against {axis}]({_rel(path, base)})", ""]
+    exposures = {round(r["exposures"]["pretrain"], 3) for r in rows if r["exposures"].get("pretrain") is not None}
+    if len(exposures) > 1:
+        series = {}
+        for row in rows:
+            if row["exposures"].get("pretrain") is None:
+                continue
+            label = _row_label(row, [k for k in keys if k not in numeric])
+            s = series.setdefault(label, {"label": label, "xs": [], "levels": []})
+            s["xs"].append(row["exposures"]["pretrain"])
+            s["levels"].append(row["levels"])
+        path = trend_figure("against pretraining exposures (causal backbones): mean over seeds, 95% CI",
+                            "pretraining exposures (labelled tokens seen / labelled tokens in the bios)",
+                            list(series.values()), fig_dir / "levels_vs_exposures.png",
+                            log_x=max(exposures) / max(min(exposures), 1e-9) >= 8, baseline=mean_majority,
+                            exact_ticks=False)
+        lines += [f"![the three levels against exposures]({_rel(path, base)})", ""]
+    if not numeric:
+        points = [{"label": _row_label(r, keys).replace(" / ", "\n", 1), "stat": r["levels"]["qa_test"]["mean"]}
+                  for r in rows if "qa_test" in r["levels"]]
+        path = seeds_figure("QA P_test per seed, mean and 95% CI", points, fig_dir / "qa_test_seeds.png",
+                            baseline=mean_majority)
+        lines += [f"![QA P_test per seed]({_rel(path, base)})", ""]
+
+    # (b) loss curves of every cell
+    curves = []
+    for cell in cells:
+        other = ",".join(f"{k}={_label(cell['values'][k])}" for k in keys)
+        curves += _loss_curves(sweep_dir / cell["name"], cell["results"], alpha=0.75,
+                               label_extra=f"{other} " if other else "")
+    lines += ["## Training", "", "Every cell's loss; the seeds of one setting share a colour and line style.", ""]
+    loss = loss_figure("training loss of every cell", curves, fig_dir / "loss.png")
+    if loss:
+        lines += [f"![training loss]({_rel(loss, base)})", ""]
+    lines += [f"Leak check over every cell: {_leaks([c['results'] for c in cells])}.", ""]
+
+    lines += ["## Every cell", ""]
+    for cell in cells:
+        res = cell["results"]
+        lines += ["<details>", f"<summary>{cell['name']}</summary>", "", markdown(res), "",
+                  training_markdown(res), "", "</details>", ""]
+    sweep_file = sweep_dir / SWEEP_FILE
+    lines += ["## Sweep file", "", _config_block(sweep_file.read_text() if sweep_file.is_file()
+                                                  else yaml.safe_dump(first.get("config", {}), sort_keys=False)), ""]
+    return "\n".join(lines)
+
+
+def write_report(directory: Path, out: Path | None = None) -> Path:
+    """Write the report of a run folder or a sweep folder; returns the Markdown file."""
+    if not directory.is_dir():
+        raise RunDirError(f"{directory}: no such folder")
+    out = out or directory / "report.md"
+    if out.suffix != ".md":
+        raise RunDirError(f"--out {out}: expected a .md file (its figures go to {out.with_suffix('')}/)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = sweep_report(directory, out) if is_sweep_dir(directory) else run_report(directory, out)
+    out.write_text(text)
+    return out
+

@@ -1,0 +1,460 @@
+"""Sweeps: one study file, a grid of values, one run folder per combination, and the seeds pooled.
+
+A sweep file is a study file with one extra top-level mapping, ``sweep:``, from dotted field
+paths of the study to lists of values::
+
+    sweep:
+      seed: [0, 1, 2]
+      pretrain.steps: [100, 200]
+
+`bidirect sweep FILE --out DIR` runs the cartesian product, each combination ("cell") as an
+ordinary run folder ``DIR/<cell name>/`` named from its values (``seed=1,pretrain.steps=200``).
+Every cell is built and validated with the study's own loader before anything runs, so a bad
+key or value stops the sweep with one error that names it. A second invocation skips finished
+cells and resumes an unfinished one from its checkpoints (the run folder's own resume);
+adding values to a list later adds cells. ``sweep`` is not a field of `StudyConfig`: it is
+parsed here and never reaches a run's config.yaml.
+
+Layout::
+
+    DIR/sweep.yaml           the sweep file as given (study + sweep:)
+    DIR/sweep.json           the axes and every cell's name and values
+    DIR/<cell>/              a run folder (config.yaml, results.json, models/ ...)
+    DIR/summary.json         `aggregate`: per (other values, augmentation, backbone), mean and
+                             95% t-interval over seeds of every level and attribute
+
+The interval is mean +- t(0.975, n-1) * s / sqrt(n), s the sample standard deviation over the
+n seeds; one seed gives no interval.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import json
+import math
+import re
+import shutil
+import statistics
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bidirect.config import ATTRIBUTES, ConfigError, StudyConfig, from_dict
+
+SWEEP_FILE, MANIFEST, SUMMARY = "sweep.yaml", "sweep.json", "summary.json"
+SEED = "seed"  # the axis pooled by `aggregate`
+LEVELS = ("bio_recall", "qa_train", "qa_test")
+
+
+@dataclass
+class Cell:
+    name: str
+    values: dict[str, Any]  # dotted path -> value
+    config: StudyConfig | None = None
+
+
+@dataclass
+class Sweep:
+    study: dict[str, Any]  # the study part of the file, as written
+    axes: dict[str, list[Any]]  # dotted path -> values, in the file's order
+    cells: list[Cell] = field(default_factory=list)
+
+    def manifest(self) -> dict[str, Any]:
+        return {"axes": self.axes, "cells": [{"name": c.name, "values": c.values} for c in self.cells]}
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _set_path(raw: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    node = raw
+    for i, key in enumerate(parents):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"sweep.{path}: {'.'.join(parents[:i + 1])} is not a mapping in the study, "
+                              f"so {path} cannot be set")
+        node = child
+    node[last] = copy.deepcopy(value)
+
+
+def _label(value: Any) -> str:
+    """A value as it appears in a cell's folder name."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return str(value.get("name", "-".join(f"{k}-{_label(v)}" for k, v in value.items())))
+    if isinstance(value, (list, tuple)):
+        return "_".join(_label(v) for v in value)
+    return str(value)
+
+
+def check_key(key: str) -> None:
+    """``key`` names a field of the study: each part a field of the section before it."""
+    cls, where = StudyConfig, []
+    for part in key.split("."):
+        if cls is None:
+            raise ConfigError(f"sweep.{key}: {'.'.join(where)} is a single value, not a section with fields")
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            inside = f" of {'.'.join(where)}" if where else ""
+            raise ConfigError(f"sweep.{key}: unknown key {'.'.join([*where, part])}; the keys{inside} are "
+                              f"{', '.join(names)}")
+        hint = typing.get_type_hints(cls)[part]
+        cls = hint if dataclasses.is_dataclass(hint) else None
+        where.append(part)
+
+
+def cell_name(values: dict[str, Any]) -> str:
+    name = ",".join(f"{k}={_label(v)}" for k, v in values.items())
+    return re.sub(r"[^A-Za-z0-9._+=,-]", "-", name)
+
+
+def parse(raw: Any, where: str = "sweep file") -> Sweep:
+    """Split a parsed sweep file into study and axes and build every cell's config.
+
+    Every problem is a `ConfigError` naming the sweep key (``sweep.pretrain.steps[1]``)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
+    study = dict(raw)
+    axes = study.pop("sweep", None)
+    if not isinstance(axes, dict) or not axes:
+        raise ConfigError(f"{where}: needs a top-level 'sweep:' mapping of dotted field paths to lists of values, "
+                          "e.g. sweep: {seed: [0, 1, 2], pretrain.steps: [100, 200]}; got "
+                          f"{axes!r}. A study without one runs with `bidirect run`.")
+    try:
+        from_dict(copy.deepcopy(study))
+    except ConfigError as err:
+        raise ConfigError(f"{where}: the study part (without sweep:): {err}") from None
+    for key, values in axes.items():
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):
+            raise ConfigError(f"sweep: key {key!r} is not a dotted field path like pretrain.steps")
+        check_key(key)
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep.{key}: expected a non-empty list of values, got {values!r}")
+        for other in axes:
+            if other != key and other.startswith(key + "."):
+                raise ConfigError(f"sweep.{key}: overlaps sweep.{other}; sweep one or the other")
+        labels = [_label(v) for v in values]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"sweep.{key}: a value is listed twice: {values!r}")
+        # Each value alone on the study first: an error names the key and the value.
+        for i, value in enumerate(values):
+            trial = copy.deepcopy(study)
+            _set_path(trial, key, value)
+            try:
+                from_dict(trial)
+            except ConfigError as err:
+                raise ConfigError(f"sweep.{key}[{i}] = {value!r}: {err}") from None
+    sweep = Sweep(study=study, axes={k: list(v) for k, v in axes.items()})
+    for combo in itertools.product(*axes.values()):
+        values = dict(zip(axes, combo))
+        merged = copy.deepcopy(study)
+        for key, value in values.items():
+            _set_path(merged, key, value)
+        name = cell_name(values)
+        try:
+            cfg = from_dict(merged)
+        except ConfigError as err:  # valid values that do not go together (heads that do not divide a width)
+            raise ConfigError(f"sweep cell {name}: {err}") from None
+        sweep.cells.append(Cell(name, values, cfg))
+    return sweep
+
+
+def load(path: str | Path) -> Sweep:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    try:
+        return parse(raw, str(path))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if not str(err).startswith(str(path)) else str(err)) from None
+
+
+# --------------------------------------------------------------------------- running
+
+
+def is_sweep_dir(path: Path) -> bool:
+    """A sweep folder: has sweep.json, or has no results.json of its own but run folders with one."""
+    if not path.is_dir():
+        return False
+    if (path / MANIFEST).is_file():
+        return True
+    return not (path / "results.json").is_file() and any(path.glob("*/results.json"))
+
+
+def cell_finished(run_dir: Path, cfg: StudyConfig) -> bool:
+    """Every (augmentation, backbone) of the cell has its three levels in results.json."""
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return False
+    try:
+        results = json.loads(path.read_text()).get("results", {})
+    except json.JSONDecodeError:
+        return False
+    return all(backbone.name in results.get(aug.name, {}) for aug in cfg.augmentations() for backbone in cfg.backbones)
+
+
+def open_sweep_dir(out: Path, sweep: Sweep, source: Path, force: bool = False, write: bool = True) -> Sweep:
+    """Make ``out`` ready for ``sweep``: new, continued (same study and keys), or wiped with ``force``.
+    Returns the sweep whose cells are those already there plus the new ones. ``write=False``: only
+    read (the other processes of a distributed sweep)."""
+    from bidirect.study import RunDirError
+
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out}: is a file, not a folder")
+    if force and write and out.is_dir():
+        shutil.rmtree(out)
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MANIFEST).is_file():
+            raise RunDirError(f"--out {out}: not empty and not a sweep folder (no {MANIFEST}); use another --out "
+                              "or --force to delete it and start over")
+        old = json.loads((out / MANIFEST).read_text())
+        old_study = yaml.safe_load((out / SWEEP_FILE).read_text())
+        old_study.pop("sweep", None)
+        if list(old["axes"]) != list(sweep.axes) or old_study != sweep.study:
+            raise RunDirError(
+                f"--out {out}: holds a sweep of another study or over other keys ({', '.join(old['axes'])}); "
+                "a sweep folder can only gain values. Use another --out, or --force to start over."
+            )
+        known = {c.name for c in sweep.cells}
+        extra = [Cell(c["name"], c["values"]) for c in old["cells"] if c["name"] not in known]
+        axes = {}  # the old values first, then the new ones
+        for key, values in sweep.axes.items():
+            axes[key] = list(old["axes"][key]) + [v for v in values if v not in old["axes"][key]]
+        sweep = Sweep(sweep.study, axes, extra + sweep.cells)
+    if not write:
+        return sweep
+    out.mkdir(parents=True, exist_ok=True)
+    sweep_file = copy.deepcopy(sweep.study)
+    sweep_file["sweep"] = sweep.axes
+    (out / SWEEP_FILE).write_text(f"# {source} as swept\n" + yaml.safe_dump(sweep_file, sort_keys=False))
+    (out / MANIFEST).write_text(json.dumps(sweep.manifest(), indent=2))
+    return sweep
+
+
+def run_sweep(sweep: Sweep, out: Path, accelerator=None, console=None) -> dict[str, Any]:
+    """Every cell of ``sweep`` in order, skipping finished ones; returns `aggregate`'s summary.
+    Cells of an earlier invocation that this sweep file no longer lists are kept, not run."""
+    from bidirect.study import make_accelerator, open_run_dir, run_study
+
+    cells = [c for c in sweep.cells if c.config is not None]
+    accelerator = accelerator or make_accelerator(cells[0].config)
+    for i, cell in enumerate(cells, 1):
+        run_dir = out / cell.name
+        if cell_finished(run_dir, cell.config):
+            if console is not None and accelerator.is_main_process:
+                console.print(f"[dim]sweep {i}/{len(cells)} {cell.name}: finished, skipped[/dim]")
+            continue
+        if console is not None and accelerator.is_main_process:
+            console.print(f"[bold]sweep {i}/{len(cells)} {cell.name}[/bold]")
+        if accelerator.is_main_process:
+            open_run_dir(run_dir, cell.config, resume=True)
+        accelerator.wait_for_everyone()
+        run_study(cell.config, run_dir, accelerator)
+    summary = aggregate(out)
+    if accelerator.is_main_process:
+        write_summary(out, summary)
+    return summary
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def t_quantile_975(dof: int) -> float:
+    """The 0.975 quantile of Student's t with ``dof`` degrees of freedom (two-sided 95%).
+
+    Bisection on the closed form of P(|T| < t) for integer dof (Abramowitz & Stegun 26.7.3-4),
+    so that no scipy is needed; matches the tables to 4 decimals (12.7062 at 1, 2.0423 at 30)."""
+    if dof < 1:
+        raise ValueError("a t interval needs at least 2 values")
+
+    def inside(t: float) -> float:  # P(|T| < t)
+        theta = math.atan(t / math.sqrt(dof))
+        s, c2 = math.sin(theta), math.cos(theta) ** 2
+        if dof % 2:
+            total, term = 0.0, 1.0
+            for k in range(1, (dof - 1) // 2 + 1):
+                total += term
+                term *= c2 * (2 * k) / (2 * k + 1)
+            return 2 / math.pi * (theta + (s * math.cos(theta) * total if dof > 1 else 0.0))
+        total, term = 0.0, 1.0
+        for k in range(1, dof // 2 + 1):
+            total += term
+            term *= c2 * (2 * k - 1) / (2 * k)
+        return s * total
+
+    low, high = 0.0, 1000.0
+    for _ in range(100):
+        mid = (low + high) / 2
+        low, high = (mid, high) if inside(mid) < 0.95 else (low, mid)
+    return (low + high) / 2
+
+
+def interval(values: list[float]) -> dict[str, Any]:
+    """Mean and 95% t-interval of ``values`` (seeds); with one value, no interval."""
+    n = len(values)
+    m = statistics.fmean(values)
+    if n < 2:
+        return {"mean": m, "ci95": None, "low": None, "high": None, "n": n}
+    half = t_quantile_975(n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return {"mean": m, "ci95": half, "low": m - half, "high": m + half, "n": n}
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(obj, sort_keys=True)}
+
+
+def read_cells(sweep_dir: Path) -> tuple[dict[str, list], list[dict[str, Any]]]:
+    """(axes, cells with their values and results) of a sweep folder. Without sweep.json the axes
+    are the config fields whose values differ between the run folders."""
+    from bidirect.study import RunDirError, read_results
+
+    if not sweep_dir.is_dir():
+        raise RunDirError(f"{sweep_dir}: no such folder")
+    manifest = sweep_dir / MANIFEST
+    if manifest.is_file():
+        meta = json.loads(manifest.read_text())
+        axes, cells = meta["axes"], meta["cells"]
+        found = [{**c, "results": read_results(sweep_dir / c["name"])} for c in cells
+                 if (sweep_dir / c["name"] / "results.json").is_file()]
+    else:
+        runs = {p.parent.name: read_results(p.parent) for p in sorted(sweep_dir.glob("*/results.json"))}
+        flat = {name: _flatten(r.get("config", {})) for name, r in runs.items()}
+        keys = sorted({k for f in flat.values() for k in f})
+        varied = [k for k in keys if len({f.get(k) for f in flat.values()}) > 1]
+        axes = {k: sorted({f.get(k) for f in flat.values()}, key=str) for k in varied}
+        axes = {k: [json.loads(v) for v in vs] for k, vs in axes.items()}
+        found = [{"name": name, "values": {k: json.loads(flat[name][k]) for k in varied}, "results": r}
+                 for name, r in runs.items()]
+    if not found:
+        raise RunDirError(f"{sweep_dir}: no finished cell yet (no */results.json); run the sweep first")
+    return axes, found
+
+
+def aggregate(sweep_dir: Path) -> dict[str, Any]:
+    """Pool the seeds: one row per (other swept values, augmentation, backbone)."""
+    axes, cells = read_cells(sweep_dir)
+    group_keys = [k for k in axes if k != SEED]
+    groups: dict[str, dict[str, Any]] = {}
+    for cell in cells:
+        res = cell["results"]
+        values = {k: cell["values"].get(k) for k in group_keys}
+        for aug, by_backbone in res["results"].items():
+            for backbone, levels in by_backbone.items():
+                key = json.dumps([values, aug, backbone], sort_keys=True)
+                g = groups.setdefault(key, {"values": values, "augmentation": aug, "backbone": backbone,
+                                            "cells": [], "seeds": [], "scores": {}, "exposures": {},
+                                            "majority": [], "modes": set()})
+                g["cells"].append(cell["name"])
+                g["seeds"].append(cell["values"].get(SEED, res.get("seed")))
+                for level in LEVELS:
+                    for attr in (*ATTRIBUTES, "mean"):
+                        score = levels.get(level, {}).get(attr)
+                        if score is not None:
+                            g["scores"].setdefault(level, {}).setdefault(attr, []).append(score)
+                for phase, t in res.get("training", {}).get(aug, {}).get(backbone, {}).items():
+                    if t.get("exposures") is not None:
+                        g["exposures"].setdefault(phase, []).append(t["exposures"])
+                    g["modes"].add(f"{phase}:{t.get('mode', 'full')}" + (f"(r={t['lora_rank']})"
+                                                                          if t.get("lora_rank") else ""))
+                if res.get("majority_baseline", {}).get("mean") is not None:
+                    g["majority"].append(res["majority_baseline"]["mean"])
+    rows = []
+    for g in groups.values():
+        rows.append({
+            "values": g["values"], "augmentation": g["augmentation"], "backbone": g["backbone"],
+            "n": len(g["cells"]), "seeds": g["seeds"], "cells": g["cells"],
+            "modes": sorted(g["modes"]),
+            "levels": {level: {attr: {**interval(v), "values": v} for attr, v in by_attr.items()}
+                       for level, by_attr in g["scores"].items()},
+            "exposures": {phase: statistics.fmean(v) for phase, v in g["exposures"].items()},
+            "majority": statistics.fmean(g["majority"]) if g["majority"] else None,
+        })
+    return {"sweep_dir": str(sweep_dir), "axes": axes, "group_by": group_keys, "pooled": SEED,
+            "interval": "95% Student t over seeds: mean +- t(0.975, n-1) s / sqrt(n); none for n = 1",
+            "rows": rows}
+
+
+def write_summary(sweep_dir: Path, summary: dict[str, Any]) -> Path:
+    from bidirect.trainer import write_json_atomic
+
+    path = sweep_dir / SUMMARY
+    write_json_atomic(path, summary)
+    return path
+
+
+def fmt_ci(stat: dict[str, Any] | None) -> str:
+    """``41.2 ± 3.1`` in percent; ``41.2`` with one seed; ``-`` when missing."""
+    if not stat:
+        return "-"
+    if stat.get("ci95") is None:
+        return f"{100 * stat['mean']:.1f}"
+    return f"{100 * stat['mean']:.1f} ± {100 * stat['ci95']:.1f}"
+
+
+def backbone_label(row: dict[str, Any]) -> str:
+    """A summary row's backbone, with its LoRA rank when it was fine-tuned with LoRA."""
+    lora = [m.split(":", 1)[1] for m in row.get("modes", []) if m.startswith("finetune:lora")]
+    return f"{row['backbone']} (LoRA {lora[0].removeprefix('lora(').rstrip(')')})" if lora else row["backbone"]
+
+
+def summary_table(summary: dict[str, Any]):
+    """One row per (backbone, augmentation, other swept values); fits an 80-column terminal."""
+    from rich.table import Table
+
+    table = Table(title=f"sweep {summary['sweep_dir']}: mean of the six attributes (%), mean ± 95% CI over "
+                        f"{summary['pooled']}s", caption=f"majority guess: {_majority_range(summary)}")
+    table.add_column("backbone / augmentation" + "".join(f" / {k}" for k in summary["group_by"]), ratio=1,
+                     overflow="fold")
+    for col in ("seeds", "bio recall", "QA P_train", "QA P_test"):
+        table.add_column(col, justify="right", no_wrap=True, style="bold" if col == "QA P_test" else None)
+    for row in summary["rows"]:
+        levels = row["levels"]
+        name = f"{backbone_label(row)} / {row['augmentation']}"
+        if summary["group_by"]:
+            name += "\n" + ", ".join(f"{k}={_label(row['values'][k])}" for k in summary["group_by"])
+        table.add_row(name, str(row["n"]), *[fmt_ci(levels.get(lv, {}).get("mean")) for lv in LEVELS],
+                      end_section=bool(summary["group_by"]))
+    return table
+
+
+def _majority_range(summary: dict[str, Any]) -> str:
+    values = [r["majority"] for r in summary["rows"] if r["majority"] is not None]
+    if not values:
+        return "-"
+    low, high = 100 * min(values), 100 * max(values)
+    return f"{low:.1f}%" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}% to {high:.1f}% (the split differs per seed)"
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    keys = summary["group_by"]
+    head = [*keys, "augmentation", "backbone", "seeds", "bio recall", "QA P_train", "QA P_test", "majority"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(keys) + " --- | --- |" + " ---: |" * 5]
+    for row in summary["rows"]:
+        levels = row["levels"]
+        cells = [*[_label(row["values"][k]) for k in keys], row["augmentation"], backbone_label(row), str(row["n"]),
+                 fmt_ci(levels.get("bio_recall", {}).get("mean")), fmt_ci(levels.get("qa_train", {}).get("mean")),
+                 f"**{fmt_ci(levels.get('qa_test', {}).get('mean'))}**",
+                 "-" if row["majority"] is None else f"{100 * row['majority']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,431 @@
+"""LoRA fine-tuning, sweeps with confidence intervals over seeds, and the Markdown report, on tiny runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_cli import TINY, write_config
+
+from bidirect import study
+from bidirect import sweep as sweep_lib
+from bidirect.cli import main
+from bidirect.config import ConfigError, ModelSize, from_dict
+from bidirect.lora import TARGETS, add_lora, key_rows, merge_lora, trainable_parameters
+from bidirect.models import BACKBONES, build_backbone, load_backbone, parameter_counts
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny(**changes) -> dict:
+    cfg = json.loads(json.dumps(TINY))
+    cfg["data"]["augmentations"] = ["single"]
+    cfg["backbones"] = ["gpt2-rope"]
+    cfg["pretrain"]["checkpoint_every"] = 0
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            cfg[section][field] = value
+        else:
+            cfg[section] = value
+    return cfg
+
+
+def write_sweep(path: Path, axes: dict, **changes) -> Path:
+    path.write_text(yaml.safe_dump({**tiny(**changes), "sweep": axes}, sort_keys=False))
+    return path
+
+
+def check_pngs(folder: Path, md: Path) -> list[Path]:
+    pngs = sorted(folder.glob("*.png"))
+    assert pngs
+    for png in pngs:
+        data = png.read_bytes()
+        assert data[:8] == PNG and len(data) > 5000, png
+    text = md.read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert links and all((md.parent / link).is_file() for link in links)  # every figure it shows is there
+    assert {md.parent / link for link in links} == set(pngs)  # and nothing it does not show
+    return pngs
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+def _qv_rows(name: str, shape: torch.Size, model_type: str, heads: int) -> torch.Tensor | None:
+    """Rows a LoRA update may change in weight ``name``: all for a separate q/v projection, the q
+    and v rows for a fused one, None where nothing may change."""
+    targets = TARGETS[model_type]
+    module = name.rsplit(".", 2)[-2] if name.endswith(".weight") else None
+    if module not in targets.modules:
+        return None
+    if targets.fused is None:
+        return torch.ones(shape[0], dtype=torch.bool)
+    out = shape[1] if model_type == "gpt2" else shape[0]  # Conv1D stores (in, out)
+    return ~key_rows(out, heads, targets.fused)
+
+
+def _assert_only_qv_and_embedding(before: dict, after: dict, model, model_type: str, heads: int) -> set[str]:
+    embedding = model.get_input_embeddings().weight
+    tied = {k for k, v in model.state_dict().items() if v.data_ptr() == embedding.data_ptr()}
+    assert set(before) == set(after)
+    changed = set()
+    for name, old in before.items():
+        new = after[name]
+        if torch.equal(old, new):
+            continue
+        changed.add(name)
+        if name in tied:
+            continue
+        rows = _qv_rows(name, old.shape, model_type, heads)
+        assert rows is not None, f"{name} changed but LoRA may only change query/value and the embedding"
+        if rows.all():
+            continue
+        diff = (new - old).abs()
+        diff = diff.T if model_type == "gpt2" else diff
+        assert diff[~rows].max() == 0, f"{name}: key rows changed"
+    return changed
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_lora_trains_and_merges_only_query_value_and_embedding(name, tokenizer):
+    """One AdamW step on every trainable parameter, then merge: only q/v (not k) rows and the
+    (tied) embedding move, and the merged model computes what the LoRA model computed."""
+    torch.manual_seed(0)
+    model = build_backbone(name, ModelSize(layers=1, heads=2, width=32, mlp_width=64, context=64), tokenizer)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    peft_model = add_lora(model, 4)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=0.05, weight_decay=0.1)
+    ids = torch.randint(10, len(tokenizer), (2, 12))
+    for _ in range(2):  # B starts at zero: the second step is the first to move the merged weights
+        peft_model(input_ids=ids).logits.float().pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    peft_model.eval()
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids).logits
+    merged = merge_lora(peft_model)
+    assert type(merged).__name__ == type(model).__name__ and not hasattr(merged, "peft_config")
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-4)
+    changed = _assert_only_qv_and_embedding(before, merged.state_dict(), merged, merged.config.model_type,
+                                            merged.config.num_attention_heads)
+    assert len(changed) >= 2  # the embedding and at least one q/v projection moved
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora")
+    config = root / "lora.yaml"
+    config.write_text(yaml.safe_dump(tiny(backbones=["gpt2-rope", "gpt2"],
+                                          finetune={"steps": 3, "batch_size": 4, "log_every": 1, "lr": 0.01,
+                                                    "finetune_mode": "lora", "lora_rank": 4})))
+    assert main(["run", str(config), "--out", str(root / "run")]) == 0
+    return root / "run"
+
+
+@pytest.mark.parametrize("backbone", ["gpt2-rope", "gpt2"])
+def test_lora_run_saves_a_merged_model(lora_run, backbone):
+    results = json.loads((lora_run / "results.json").read_text())
+    phases = results["training"]["single"][backbone]
+    assert phases["pretrain"]["mode"] == "full" and phases["pretrain"]["lora_rank"] is None
+    assert phases["finetune"]["mode"] == "lora" and phases["finetune"]["lora_rank"] == 4
+    counts = results["parameters"][backbone]
+    assert phases["pretrain"]["trainable_parameters"] == counts["total"]
+    cell = lora_run / "models" / "single" / backbone
+    pre, fine = load_backbone(cell / "pretrain" / "model"), load_backbone(cell / "finetune" / "model")
+    assert type(fine) is type(pre)  # a plain transformers model, loaded by the Auto classes
+    assert not any("lora" in k for k in fine.state_dict())
+    embedding = fine.get_input_embeddings().weight.numel()
+    lora = phases["finetune"]["trainable_parameters"] - embedding
+    # The LoRA matrices are a few percent of the network; the embedding is trained in full.
+    assert 0 < lora < 0.1 * counts["non_embedding"]
+    assert phases["finetune"]["trainable_parameters"] < 0.75 * counts["total"]
+    changed = _assert_only_qv_and_embedding(pre.state_dict(), fine.state_dict(), fine, fine.config.model_type,
+                                            fine.config.num_attention_heads)
+    assert any(TARGETS[fine.config.model_type].modules[0] in k for k in changed)  # the merged update is there
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_killed_finetune_resumes_to_the_same_model(mode, tmp_path, monkeypatch):
+    """Killed after its step-2 checkpoint, in the process that also pretrained, the fine-tune resumes
+    there and saves the same model as an uninterrupted run (LoRA: the checkpoint holds the adapters)."""
+    config = tmp_path / "ft.yaml"
+    config.write_text(yaml.safe_dump(tiny(finetune={"steps": 4, "batch_size": 4, "log_every": 1, "lr": 0.01,
+                                                    "finetune_mode": mode, "lora_rank": 4, "checkpoint_every": 2})))
+    assert main(["run", str(config), "--out", str(tmp_path / "straight")]) == 0
+    real = study.train_phase
+
+    def dying(model, collate, stream, cfg, out_dir, *args, **kwargs):
+        if out_dir.name != "finetune":
+            return real(model, collate, stream, cfg, out_dir, *args, **kwargs)
+        calls = {"n": 0}
+
+        def die_in_step_3(items):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise Interrupt
+            return collate(items)
+
+        return real(model, die_in_step_3, stream, cfg, out_dir, *args, **kwargs)
+
+    monkeypatch.setattr(study, "train_phase", dying)
+    with pytest.raises(Interrupt):
+        main(["run", str(config), "--out", str(tmp_path / "resumed")])
+    phase = tmp_path / "resumed" / "models" / "single" / "gpt2-rope" / "finetune"
+    assert [p.name for p in (phase / "checkpoints").iterdir()] == ["step_00000002"]
+    monkeypatch.setattr(study, "train_phase", real)
+    assert main(["run", str(config), "--out", str(tmp_path / "resumed"), "--resume"]) == 0
+    straight = load_backbone(tmp_path / "straight" / phase.relative_to(tmp_path / "resumed") / "model").state_dict()
+    resumed = load_backbone(phase / "model").state_dict()
+    for key in straight:
+        torch.testing.assert_close(straight[key], resumed[key], rtol=0, atol=0)
+
+
+def test_lora_is_refused_outside_finetuning():
+    with pytest.raises(ConfigError, match=r"pretrain\.finetune_mode: 'lora' applies to the fine-tuning phase"):
+        from_dict(tiny(pretrain={"finetune_mode": "lora"}))
+    with pytest.raises(ConfigError, match=r"finetune\.finetune_mode: .*pretrain_finetune only"):
+        from_dict(tiny(protocol="mixed", finetune={"finetune_mode": "lora"}))
+    with pytest.raises(ConfigError, match=r"backbones\.gpt2-rope\.pretrain\.finetune_mode"):
+        from_dict(tiny(backbones=[{"name": "gpt2-rope", "pretrain": {"finetune_mode": "lora"}}]))
+
+
+# --------------------------------------------------------------------------- statistics and parsing
+
+
+def test_t_quantile_matches_tables():
+    table = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 9: 2.2622, 30: 2.0423, 120: 1.9799}
+    for dof, value in table.items():
+        assert sweep_lib.t_quantile_975(dof) == pytest.approx(value, abs=1e-4)
+
+
+def test_interval():
+    one = sweep_lib.interval([0.4])
+    assert one["mean"] == 0.4 and one["ci95"] is None and one["low"] is None
+    three = sweep_lib.interval([0.2, 0.4, 0.6])
+    assert three["mean"] == pytest.approx(0.4)
+    assert three["ci95"] == pytest.approx(4.3027 * 0.2 / 3 ** 0.5, rel=1e-4)  # s = 0.2
+    assert three["low"] < 0.4 < three["high"]
+
+
+def test_cells_are_the_cartesian_product_in_file_order():
+    sweep = sweep_lib.parse({**tiny(), "sweep": {"seed": [0, 1, 2], "pretrain.steps": [4, 8],
+                                                  "data.augmentations": [["single"], ["single", "multi2+permute"]]}})
+    assert len(sweep.cells) == 12
+    assert sweep.cells[0].name == "seed=0,pretrain.steps=4,data.augmentations=single"
+    assert sweep.cells[-1].name == "seed=2,pretrain.steps=8,data.augmentations=single_multi2+permute"
+    last = sweep.cells[-1].config
+    assert (last.seed, last.pretrain.steps, last.data.augmentations) == (2, 8, ["single", "multi2+permute"])
+    assert last.finetune.steps == TINY["finetune"]["steps"]  # the rest is the study's
+
+
+BAD_SWEEPS = [
+    ({"pretrain.stepz": [1, 2]}, r"sweep\.pretrain\.stepz: unknown key pretrain\.stepz; the keys of pretrain are"),
+    ({"seedz": [1]}, r"sweep\.seedz: unknown key seedz; the keys are name, seed,"),
+    ({"pretrain.steps": [4, 0]}, r"sweep\.pretrain\.steps\[1\] = 0: .*pretrain\.steps: must be > 0"),
+    ({"pretrain.steps": 4}, r"sweep\.pretrain\.steps: expected a non-empty list"),
+    ({"seed": []}, r"sweep\.seed: expected a non-empty list"),
+    ({"seed": [1, 1]}, r"sweep\.seed: a value is listed twice"),
+    ({"seed.x": [1]}, r"sweep\.seed\.x: seed is a single value, not a section"),
+    ({"backbones.gpt2.pretrain.lr": [1]}, r"sweep\.backbones\.gpt2\.pretrain\.lr: backbones is a single value"),
+    ({"model.heads": [2, 3]}, r"sweep\.model\.heads\[1\] = 3: model\.heads: 3 does not divide"),
+    ({"pretrain": [{}], "pretrain.steps": [4]}, r"sweep\.pretrain: overlaps sweep\.pretrain\.steps"),
+    ({"backbones": [["gpt5"]]}, r"sweep\.backbones\[0\] = \['gpt5'\]: backbones\[0\]: unknown backbone"),
+]
+
+
+@pytest.mark.parametrize("axes,message", BAD_SWEEPS, ids=[str(list(a)) for a, _ in BAD_SWEEPS])
+def test_bad_sweep_is_refused_before_anything_is_created(axes, message, tmp_path, capsys):
+    config = write_sweep(tmp_path / "bad.yaml", axes)
+    out = tmp_path / "out"
+    assert main(["sweep", str(config), "--out", str(out)]) == 2
+    text = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert re.search(message, text), text
+    assert not out.exists()
+
+
+def test_sweep_without_sweep_key_and_run_with_one(tmp_path, capsys):
+    plain = write_config(tmp_path / "plain.yaml")
+    assert main(["sweep", str(plain), "--out", str(tmp_path / "a")]) == 2
+    assert "needs a top-level 'sweep:' mapping" in " ".join(capsys.readouterr().out.split())
+    swept = write_sweep(tmp_path / "s.yaml", {"seed": [0, 1]})
+    assert main(["run", str(swept), "--out", str(tmp_path / "b")]) == 2
+    assert "run it with `bidirect sweep" in " ".join(capsys.readouterr().out.split())
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# --------------------------------------------------------------------------- a tiny sweep end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    config = write_sweep(root / "sweep.yaml", {"seed": [0, 1], "pretrain.steps": [4]})
+    out = root / "out"
+    assert main(["sweep", str(config), "--out", str(out)]) == 0
+    return config, out
+
+
+def test_sweep_runs_every_cell_and_pools_the_seeds(tiny_sweep):
+    _, out = tiny_sweep
+    cells = ["seed=0,pretrain.steps=4", "seed=1,pretrain.steps=4"]
+    for name in cells:
+        results = json.loads((out / name / "results.json").read_text())
+        assert results["seed"] == int(name[5]) and results["config"]["pretrain"]["steps"] == 4
+        assert "sweep" not in yaml.safe_load((out / name / "config.yaml").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["group_by"] == ["pretrain.steps"] and summary["pooled"] == "seed"
+    [row] = summary["rows"]
+    assert (row["values"], row["augmentation"], row["backbone"]) == ({"pretrain.steps": 4}, "single", "gpt2-rope")
+    assert row["n"] == 2 and sorted(row["seeds"]) == [0, 1] and row["cells"] == cells
+    for level in ("bio_recall", "qa_train", "qa_test"):
+        for attr in ("mean", "birth_date", "company_city"):
+            stat = row["levels"][level][attr]
+            assert stat["n"] == 2 and len(stat["values"]) == 2
+            assert stat["ci95"] is not None and stat["ci95"] >= 0
+            assert stat["low"] <= stat["mean"] <= stat["high"]
+            assert stat["mean"] == pytest.approx(sum(stat["values"]) / 2)
+    assert row["exposures"]["pretrain"] > 0 and row["modes"] == ["finetune:full", "pretrain:full"]
+
+
+def test_second_sweep_trains_nothing(tiny_sweep, monkeypatch):
+    config, out = tiny_sweep
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/results.json")}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished sweep cell was trained again")
+
+    monkeypatch.setattr(study, "train_phase", refuse)
+    monkeypatch.setattr(study, "run_study", refuse)
+    assert main(["sweep", str(config), "--out", str(out)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/results.json")} == stamps
+
+
+def test_unfinished_cell_is_resumed(tiny_sweep, tmp_path, monkeypatch):
+    """A cell killed after its pretraining: only its fine-tuning runs again."""
+    config, out = tiny_sweep
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    cell = copy / "seed=1,pretrain.steps=4"
+    (cell / "results.json").unlink()
+    shutil.rmtree(cell / "models" / "single" / "gpt2-rope" / "finetune")
+    trained, real = [], study.train_phase
+
+    def spy(model, collate, stream, cfg, out_dir, *args, **kwargs):
+        trained.append(out_dir.relative_to(copy).as_posix())
+        return real(model, collate, stream, cfg, out_dir, *args, **kwargs)
+
+    monkeypatch.setattr(study, "train_phase", spy)
+    assert main(["sweep", str(config), "--out", str(copy)]) == 0
+    assert trained == ["seed=1,pretrain.steps=4/models/single/gpt2-rope/finetune"]
+    assert json.loads((cell / "results.json").read_text())["results"]["single"]["gpt2-rope"]["qa_test"]["n"] == 72
+
+
+def test_sweep_folder_of_another_study_is_refused(tiny_sweep, tmp_path, capsys):
+    _, out = tiny_sweep
+    other = write_sweep(tmp_path / "other.yaml", {"seed": [0, 1], "pretrain.steps": [4]}, data__individuals=30)
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["sweep", str(other), "--out", str(out)]) == 2
+    assert "holds a sweep of another study" in " ".join(capsys.readouterr().out.split())
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_a_sweep_folder_can_gain_values(tmp_path):
+    """Opening a sweep folder again with more values keeps the old cells and adds the new ones."""
+    first = sweep_lib.load(write_sweep(tmp_path / "a.yaml", {"seed": [0, 1], "pretrain.steps": [4]}))
+    sweep_lib.open_sweep_dir(tmp_path / "out", first, tmp_path / "a.yaml")
+    second = sweep_lib.load(write_sweep(tmp_path / "b.yaml", {"seed": [2, 1], "pretrain.steps": [4]}))
+    merged = sweep_lib.open_sweep_dir(tmp_path / "out", second, tmp_path / "b.yaml")
+    assert merged.axes == {"seed": [0, 1, 2], "pretrain.steps": [4]}
+    assert [c.name for c in merged.cells] == ["seed=0,pretrain.steps=4", "seed=2,pretrain.steps=4",
+                                              "seed=1,pretrain.steps=4"]
+    assert merged.cells[0].config is None  # kept for the summary, not run by this file
+    manifest = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert [c["name"] for c in manifest["cells"]] == [c.name for c in merged.cells]
+    assert yaml.safe_load((tmp_path / "out" / "sweep.yaml").read_text())["sweep"]["seed"] == [0, 1, 2]
+
+
+def test_summary_command_on_a_sweep_folder(tiny_sweep, tmp_path, capsys):
+    _, out = tiny_sweep
+    copy = tmp_path / "s"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("models", "data", "tokenizer", "summary.json"))
+    assert main(["summary", str(copy)]) == 0
+    text = capsys.readouterr().out
+    assert "±" in text and "gpt2-rope" in text
+    assert json.loads((copy / "summary.json").read_text())["rows"][0]["n"] == 2
+    # Without sweep.json the axes are read off the cells' configs: what differs between them.
+    (copy / "sweep.json").unlink()
+    axes, cells = sweep_lib.read_cells(copy)
+    assert axes == {"seed": [0, 1]} and len(cells) == 2
+    assert main(["summary", str(tmp_path / "nowhere")]) == 2
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def test_report_of_a_sweep_folder(tiny_sweep, tmp_path):
+    _, out = tiny_sweep
+    copy = tmp_path / "s"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("data", "tokenizer"))
+    assert main(["report", str(copy)]) == 0
+    md = copy / "report.md"
+    pngs = check_pngs(copy / "report", md)
+    assert {"loss.png", "qa_test_seeds.png"} <= {p.name for p in pngs}
+    text = md.read_text()
+    assert "± " in text and "95% confidence interval" in text and "seed=1,pretrain.steps=4" in text
+    assert "sweep:" in text  # the sweep file, quoted
+
+
+def test_report_of_a_sweep_over_a_number(tiny_sweep, tmp_path):
+    """The tiny sweep's two cells relabelled as one seed at two pretraining lengths: the report
+    plots the levels against the swept number and, as they differ, against exposures."""
+    _, out = tiny_sweep
+    copy = tmp_path / "s"
+    copy.mkdir()
+    cells = []
+    for old, steps in (("seed=0,pretrain.steps=4", 4), ("seed=1,pretrain.steps=4", 8)):
+        name = f"seed=0,pretrain.steps={steps}"
+        shutil.copytree(out / old, copy / name, ignore=shutil.ignore_patterns("data", "tokenizer"))
+        cells.append({"name": name, "values": {"seed": 0, "pretrain.steps": steps}})
+    (copy / "sweep.json").write_text(json.dumps({"axes": {"seed": [0], "pretrain.steps": [4, 8]}, "cells": cells}))
+    assert main(["report", str(copy)]) == 0
+    pngs = {p.name for p in check_pngs(copy / "report", copy / "report.md")}
+    assert {"levels_vs_pretrain.steps.png", "loss.png"} <= pngs and "qa_test_seeds.png" not in pngs
+    summary = json.loads((copy / "summary.json").read_text())
+    assert [row["n"] for row in summary["rows"]] == [1, 1]
+    assert all(row["levels"]["qa_test"]["mean"]["ci95"] is None for row in summary["rows"])  # one seed: no interval
+    assert "| 4 | single | gpt2-rope | 1 |" in (copy / "report.md").read_text()
+
+
+def test_report_of_a_run_folder(lora_run, tmp_path):
+    out = tmp_path / "elsewhere" / "lora.md"
+    assert main(["report", str(lora_run), "--out", str(out)]) == 0
+    pngs = check_pngs(tmp_path / "elsewhere" / "lora", out)
+    assert {p.name for p in pngs} == {"accuracy_single.png", "loss.png"}
+    text = out.read_text()
+    assert "gpt2-rope (LoRA r=4)" in text and "| finetune | lora (r=4) |" in text
+    assert "finetune_mode: lora" in text  # the config
+    assert not (lora_run / "report.md").exists()
+
+
+def test_report_refuses_what_is_not_a_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "no results.json" in " ".join(capsys.readouterr().out.split())
+
+
+def test_trainable_parameters_of_a_full_model_are_all(tokenizer):
+    model = build_backbone("gpt2-rope", ModelSize(layers=1, heads=2, width=32, mlp_width=64, context=64), tokenizer)
+    assert trainable_parameters(model) == parameter_counts(model)["total"]
