@@ -270,6 +270,13 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     if unknown:
         prefix = f"{where}." if where else ""
         raise ConfigError(f"unknown key {prefix}{unknown[0]}; allowed keys: {', '.join(names)}")
+    raw = dict(raw)
+    for f in dataclasses.fields(cls):
+        # A partial section starts from the study's default for that section, not from the
+        # section class's: `finetune: {steps: 300}` keeps the fine-tuning defaults above.
+        if f.name in raw and isinstance(raw[f.name], dict) and dataclasses.is_dataclass(hints[f.name]):
+            if f.default_factory is not dataclasses.MISSING:
+                raw[f.name] = {**dataclasses.asdict(f.default_factory()), **raw[f.name]}
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in raw.items()}
     return cls(**kwargs)
 

@@ -100,3 +100,11 @@ def test_backbone_overrides_merge():
     assert cfg.train_config(cfg.backbones[0], "pretrain").lr == cfg.pretrain.lr
     assert cfg.train_config(cfg.backbones[1], "pretrain").lr == 3e-4
     assert yaml.safe_load(yaml.safe_dump(cfg.to_dict()))["backbones"][1]["pretrain"] == {"lr": 3e-4}
+
+
+def test_partial_section_keeps_that_sections_defaults():
+    cfg = from_dict({"finetune": {"steps": 7}})
+    default = StudyConfig().finetune
+    assert cfg.finetune.steps == 7
+    assert (cfg.finetune.lr, cfg.finetune.warmup_steps, cfg.finetune.weight_decay) == (
+        default.lr, default.warmup_steps, default.weight_decay)
