@@ -95,6 +95,9 @@ class DataConfig:
     individuals: int = 1000  # N
     p_train: float = 0.5  # p: share of individuals whose QA is fine-tuning data (P_train)
     augmentations: list[str] = field(default_factory=lambda: ["single"])
+    # Inverse search (STUDY.md, Part 3.2): also write "Who was born on <date> in <city>?" -> full name
+    # QA; P_train's is fine-tuning data, P_test's is evaluated (levels inverse_train / inverse_test).
+    inverse: bool = False
 
 
 @dataclass
@@ -145,6 +148,10 @@ class MaskingConfig:
     probability: float = 0.15
     replace_mask: float = 0.8
     replace_random: float = 0.1
+    # MLM variants: ``uniform`` draws each bio's mask probability from U(0, 1) (MLM-U; ``probability``
+    # is then unused); ``attribute`` masks a whole attribute value when any of its words is chosen.
+    rate: Literal["fixed", "uniform"] = "fixed"
+    span: Literal["word", "attribute"] = "word"
     # Decoding of masked answers at evaluation: one forward pass, or left-to-right filling.
     fill: Literal["one_pass", "left_to_right"] = "one_pass"
 

@@ -7,6 +7,8 @@
   than memorization: each word without its neighbours, which whole-word masking rarely trains.
 - ``qa_train``: was the QA format learned? ``qa_test``: is the knowledge extractable for
   people never seen in QA (the headline)?
+- ``inverse_train`` / ``inverse_test`` (``data.inverse`` only): inverse search, the full name
+  from birth date and birth city, scored like QA (one number, under ``full_name`` and ``mean``).
 
 Every level reduces to `Item`s: a sequence the model reads, the positions whose argmax is
 read, and the token each must be. An item counts only if all of them are right.
@@ -30,6 +32,7 @@ from bidirect.data.generate import StudyData
 from bidirect.tokenizer import answer_ids, decode_answer, question_ids, value_token_span
 
 LEVELS = ("bio_recall", "qa_train", "qa_test")
+INVERSE_LEVELS = ("inverse_train", "inverse_test")  # only where the data has inverse QA
 
 
 @dataclass
@@ -37,7 +40,7 @@ class Item:
     ids: list[int]  # what the model reads
     where: list[int]  # positions whose argmax is read
     want: list[int]  # the token each of those must be
-    attribute: int  # index into ATTRIBUTES
+    attribute: int  # index into ATTRIBUTES; -1: inverse search (the answer is the full name)
     answer: str = ""  # QA only: beam search compares decoded text
 
 
@@ -92,10 +95,11 @@ def level_items(level: str, tokenizer: PreTrainedTokenizerFast, data: StudyData,
                 max_individuals: int = 0) -> list[Item]:
     if level == "bio_recall":
         return bio_items(tokenizer, data.bios[augmentation], kind, max_individuals)
-    qa = {"qa_train": data.qa_train, "qa_test": data.qa_test}[level]
+    qa = data.qa_sets()[level]
     keep = set(_first_people(qa["id"], max_individuals))
     qa = qa.select([row for row, person in enumerate(qa["id"]) if person in keep])
-    return qa_items(tokenizer, qa["question"], qa["answer"], [ATTRIBUTES.index(a) for a in qa["attribute"]], kind)
+    attributes = [ATTRIBUTES.index(a) if a in ATTRIBUTES else -1 for a in qa["attribute"]]
+    return qa_items(tokenizer, qa["question"], qa["answer"], attributes, kind)
 
 
 # --------------------------------------------------------------------------- running the model
@@ -168,7 +172,10 @@ def _score(model, kind: str, tokenizer: PreTrainedTokenizerFast, items: list[Ite
     return correct
 
 
-def _accuracy(items: list[Item], correct: list[bool]) -> dict[str, float]:
+def _accuracy(items: list[Item], correct: list[bool], inverse: bool = False) -> dict[str, float]:
+    if inverse:
+        acc = sum(correct) / len(correct) if correct else float("nan")
+        return {"full_name": acc, "mean": acc, "n": len(items)}
     out: dict[str, float] = {}
     for a, name in enumerate(ATTRIBUTES):
         hits = [c for it, c in zip(items, correct, strict=True) if it.attribute == a]
@@ -184,7 +191,8 @@ def _accuracy(items: list[Item], correct: list[bool]) -> dict[str, float]:
 def evaluate_model(model, kind: str, tokenizer: PreTrainedTokenizerFast, data: StudyData, augmentation: str,
                    cfg: EvalConfig, masking: MaskingConfig, accelerator: Accelerator | None = None,
                    levels: Sequence[str] = LEVELS) -> dict[str, dict[str, float]]:
-    """Per level, per attribute exact-match accuracy, plus "mean" (of the six) and "n" (items).
+    """Per level, per attribute exact-match accuracy, plus "mean" (of the six) and "n" (items);
+    inverse levels have "full_name" (= "mean") and "n".
 
     With several processes each scores a share of the items and every process returns the
     same numbers."""
@@ -212,7 +220,7 @@ def evaluate_model(model, kind: str, tokenizer: PreTrainedTokenizerFast, data: S
                 done = dict(gather_object(pairs) if split else pairs)  # a dict: an index counts once
                 if sorted(done) != list(range(len(items))):
                     raise RuntimeError(f"{level}: scored {len(done)} distinct items of {len(items)}")
-                results[level] = _accuracy(items, [done[i] for i in range(len(items))])
+                results[level] = _accuracy(items, [done[i] for i in range(len(items))], level in INVERSE_LEVELS)
     finally:
         model.train(was_training)
     return results

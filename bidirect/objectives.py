@@ -13,6 +13,8 @@ nothing about which kind it trains.
   word boundaries from the byte-level pre-tokenizer (each word keeps its leading space),
   not from WordPiece ``##`` pieces. QA: the question, then as many mask tokens as the
   answer has tokens (the paper's rule), loss on those only.
+  Variants (``masking.rate``, ``masking.span``): a per-bio rate drawn from U(0, 1) (MLM-U) and
+  masking of whole attribute values.
 """
 
 from __future__ import annotations
@@ -31,15 +33,26 @@ IGNORE = -100
 MASKED_FEATURES = Features(
     {"input_ids": Sequence(Value("int32")), "word_ids": Sequence(Value("int32")), "labels": Sequence(Value("int64"))}
 )
+VALUE_FEATURES = Features({**MASKED_FEATURES, "value_ids": Sequence(Value("int32"))})  # masking.span: attribute
 
 
-def tokenize_bios(bios: Dataset, tokenizer: PreTrainedTokenizerFast) -> Dataset:
-    """Token ids and word ids of every bio (word ids drive whole-word masking)."""
+def tokenize_bios(bios: Dataset, tokenizer: PreTrainedTokenizerFast, values: bool = False) -> Dataset:
+    """Token ids and word ids of every bio (word ids drive whole-word masking).
+
+    ``values``: also ``value_ids``, the attribute index of each token inside an attribute value
+    (-1 elsewhere), from the bios' character spans, with the same tokens as `value_token_span`
+    (for attribute-span masking)."""
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        enc = tokenizer(batch["text"], add_special_tokens=False)
+        enc = tokenizer(batch["text"], add_special_tokens=False, return_offsets_mapping=values)
         word_ids = [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(batch["text"]))]
-        return {"input_ids": enc["input_ids"], "word_ids": word_ids}
+        out = {"input_ids": enc["input_ids"], "word_ids": word_ids}
+        if values:
+            out["value_ids"] = [
+                [next((a for a, (i, j) in enumerate(zip(starts, ends)) if s < j and e > i - 1), -1) for s, e in offsets]
+                for offsets, starts, ends in zip(enc["offset_mapping"], batch["value_start"], batch["value_end"])
+            ]
+        return out
 
     return bios.map(encode, batched=True, remove_columns=["text"], keep_in_memory=True, desc="tokenize bios")
 
@@ -130,16 +143,21 @@ class MaskedLM:
         self.mask, self.pad, self.eos = tokenizer.mask_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id
         self.vocab_size = len(tokenizer)
         self.special = set(tokenizer.all_special_ids)
+        self.values = masking.span == "attribute"  # examples carry value_ids (see tokenize_bios)
+        self.features = VALUE_FEATURES if self.values else MASKED_FEATURES
 
     def bio_examples(self, bios: Dataset, seed: int) -> Dataset:
-        # Every example has the same three columns, so that bios and QA can share a stream
+        # Every example has the same columns (three, or four with value_ids), so that bios and QA can share a stream
         # (the mixed protocol); ``word_ids`` non-empty means "mask me in the collator".
         def keep(row: dict[str, Any]) -> dict[str, list[int]]:
             n = self.context
-            return {"input_ids": row["input_ids"][:n], "word_ids": row["word_ids"][:n], "labels": []}
+            out = {"input_ids": row["input_ids"][:n], "word_ids": row["word_ids"][:n], "labels": []}
+            if self.values:
+                out["value_ids"] = row["value_ids"][:n]
+            return out
 
-        cols = [c for c in bios.column_names if c not in ("input_ids", "word_ids")]
-        out = bios.map(keep, remove_columns=cols, features=MASKED_FEATURES, keep_in_memory=True)
+        cols = [c for c in bios.column_names if c not in self.features]
+        out = bios.map(keep, remove_columns=cols, features=self.features, keep_in_memory=True)
         return out.shuffle(seed=seed, keep_in_memory=True)
 
     def qa_examples(self, qa: Dataset, seed: int) -> Dataset:
@@ -147,31 +165,49 @@ class MaskedLM:
             q, a = row["question_ids"], row["answer_ids"]
             ids = q + [self.mask] * len(a) + [self.eos]
             labels = [IGNORE] * len(q) + a + [IGNORE]
-            return {"input_ids": ids[: self.context], "labels": labels[: self.context], "word_ids": []}
+            out = {"input_ids": ids[: self.context], "labels": labels[: self.context], "word_ids": []}
+            if self.values:
+                out["value_ids"] = []
+            return out
 
-        out = qa.map(encode, remove_columns=qa.column_names, features=MASKED_FEATURES, keep_in_memory=True)
+        out = qa.map(encode, remove_columns=qa.column_names, features=self.features, keep_in_memory=True)
         return out.shuffle(seed=seed, keep_in_memory=True)
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the trainer at each pass over the stream, like a sampler's set_epoch."""
         self.epoch = epoch
 
-    def mask_words(self, ids: list[int], word_ids: list[int], rng: torch.Generator | None = None
-                   ) -> tuple[list[int], list[int]]:
+    def mask_words(self, ids: list[int], word_ids: list[int], rng: torch.Generator | None = None,
+                   value_ids: list[int] | None = None) -> tuple[list[int], list[int]]:
         """Whole-word masking. ``word_ids[t]`` is the word of token t (-1: none); special
-        tokens are never masked."""
+        tokens are never masked.
+
+        ``masking.rate: uniform`` draws this bio's probability from U(0, 1) first (MLM-U).
+        ``value_ids`` (``masking.span: attribute``): the attribute value of each token (-1: none);
+        a value with a chosen word is chosen whole, with one fate (its first word's) for all of it.
+        """
+        p = self.masking.probability
+        if self.masking.rate == "uniform":
+            p = float(torch.rand((), generator=rng))
         words = sorted({w for w in word_ids if w >= 0})
         draws = torch.rand(2 * len(words) + 1, generator=rng).tolist()
-        chosen = {w for w, r in zip(words, draws) if r < self.masking.probability}
+        chosen = {w for w, r in zip(words, draws) if r < p}
         if not chosen and words:  # a bio with no masked word teaches nothing; mask one
             chosen = {words[int(draws[-1] * len(words))]}
         fate = dict(zip(words, draws[len(words):]))  # one fate per word: masked, kept or replaced whole
+        unit = {w: w for w in words}  # the word whose choice and fate a word follows
+        if value_ids:
+            first: dict[int, int] = {}
+            for w, v in zip(word_ids, value_ids):
+                if w >= 0 and v >= 0:
+                    unit[w] = first.setdefault(v, w)
+            chosen = {unit[w] for w in chosen}
         out, labels = list(ids), [IGNORE] * len(ids)
         for t, w in enumerate(word_ids):
-            if w < 0 or w not in chosen or ids[t] in self.special:
+            if w < 0 or unit[w] not in chosen or ids[t] in self.special:
                 continue
             labels[t] = ids[t]
-            r = fate[w]
+            r = fate[unit[w]]
             if r < self.masking.replace_mask:
                 out[t] = self.mask
             elif r < self.masking.replace_mask + self.masking.replace_random:
@@ -193,7 +229,8 @@ class MaskedLM:
                 rng = None
                 if "index" in item:
                     rng = torch.Generator().manual_seed(hash((self.seed, self.epoch, item["index"])) & (2**63 - 1))
-                row["input_ids"], row["labels"] = self.mask_words(item["input_ids"], item["word_ids"], rng)
+                row["input_ids"], row["labels"] = self.mask_words(item["input_ids"], item["word_ids"], rng,
+                                                                  item.get("value_ids"))
             rows.append(row)
         return _pad(rows, self.pad, with_positions=False)
 

@@ -9,11 +9,13 @@ from rich.console import Console
 from rich.table import Table
 
 from bidirect.config import ATTRIBUTES
-from bidirect.evaluate import LEVELS
+from bidirect.evaluate import INVERSE_LEVELS, LEVELS
 
 SHORT = {"birth_date": "date", "birth_city": "b.city", "university": "univ", "major": "major",
          "company": "company", "company_city": "c.city"}
-LEVEL_NAMES = {"bio_recall": "bio recall", "qa_train": "QA P_train", "qa_test": "QA P_test"}
+LEVEL_NAMES = {"bio_recall": "bio recall", "qa_train": "QA P_train", "qa_test": "QA P_test",
+               "inverse_train": "inverse P_train", "inverse_test": "inverse P_test"}
+ALL_LEVELS = (*LEVELS, *INVERSE_LEVELS)  # inverse levels are shown only where a run has them
 
 
 def pct(x: float | None) -> str:
@@ -58,9 +60,9 @@ def results_tables(results: dict[str, Any]) -> list[Table]:
             table.add_column(SHORT[a], justify="right")
         table.add_column("mean", justify="right", style="bold")
         for name, levels in by_backbone.items():
-            for i, level in enumerate(lv for lv in LEVELS if lv in levels):
+            for i, level in enumerate(lv for lv in ALL_LEVELS if lv in levels):
                 scores = levels[level]
-                style = "bold" if level == "qa_test" else None
+                style = "bold" if level in ("qa_test", "inverse_test") else None
                 # a LoRA fine-tune says so on a second line under the name
                 label = backbone_label(results, aug, name).replace(" (", "\n(") if i == 0 else ""
                 table.add_row(label, LEVEL_NAMES[level], *[pct(scores.get(a)) for a in ATTRIBUTES],
@@ -85,7 +87,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [header, "|" + " --- |" * (len(ATTRIBUTES) + 4)]
     for aug, by_backbone in results["results"].items():
         for name, levels in by_backbone.items():
-            for level in (lv for lv in LEVELS if lv in levels):
+            for level in (lv for lv in ALL_LEVELS if lv in levels):
                 s = levels[level]
                 cells = " | ".join(pct(s.get(a)) for a in ATTRIBUTES)
                 label = backbone_label(results, aug, name)
@@ -100,12 +102,15 @@ def markdown(results: dict[str, Any]) -> str:
 def comparison_table(runs: dict[str, dict[str, Any]]) -> Table:
     """Several runs side by side: the mean of each level per (run, augmentation, backbone)."""
     table = Table(title="bidirect summary: mean exact-match accuracy over the six attributes (%)")
-    for col in ("run", "augmentation", "backbone", "bio recall", "QA P_train", "QA P_test", "majority"):
+    present = {lv for r in runs.values() for by_backbone in r["results"].values() for lvs in by_backbone.values()
+               for lv in lvs}
+    shown = [*LEVELS, *(lv for lv in INVERSE_LEVELS if lv in present)]
+    for col in ("run", "augmentation", "backbone", *(LEVEL_NAMES[lv] for lv in shown), "majority"):
         table.add_column(col, justify="left" if col in ("run", "augmentation", "backbone") else "right", no_wrap=True)
     for run, results in runs.items():
         base = results.get("majority_baseline", {}).get("mean")
         for aug, by_backbone in results["results"].items():
             for name, levels in by_backbone.items():
                 table.add_row(run, aug, backbone_label(results, aug, name),
-                              *[pct(levels.get(lv, {}).get("mean")) for lv in LEVELS], pct(base))
+                              *[pct(levels.get(lv, {}).get("mean")) for lv in shown], pct(base))
     return table

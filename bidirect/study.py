@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from datasets import Dataset, interleave_datasets
+from datasets import Dataset, concatenate_datasets, interleave_datasets
 
 from bidirect import config as config_lib
 from bidirect.config import ConfigError, StudyConfig, TrainConfig
 from bidirect.data.generate import StudyData, generate
-from bidirect.evaluate import evaluate_model, majority_baseline
+from bidirect.evaluate import INVERSE_LEVELS, evaluate_model, majority_baseline
 from bidirect.lora import add_lora, merge_lora, trainable_parameters
 from bidirect.models import backbone_kind, build_backbone, load_backbone, parameter_counts
 from bidirect.objectives import IGNORE, encode_qa, make_objective, tokenize_bios
@@ -116,7 +116,8 @@ def prepare_data(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | Non
         tmp.rename(data_dir)
         # P_test QA never reaches the tokenizer either: bios and P_train QA only.
         corpus = [t for aug in data.bios for t in data.bios[aug]["text"]]
-        corpus += [qa_text(q, a) for q, a in zip(data.qa_train["question"], data.qa_train["answer"])]
+        for qa in [data.qa_train] + ([data.inverse_train] if data.inverse_train is not None else []):
+            corpus += [qa_text(q, a) for q, a in zip(qa["question"], qa["answer"])]
         tokenizer = train_tokenizer(corpus, cfg.tokenizer.kind, cfg.tokenizer.vocab_size)
         # Written aside, hashed, then renamed: a kill leaves either no tokenizer (regenerated) or a whole one.
         tmp_tok = run_dir / ".tokenizer.tmp"
@@ -163,7 +164,7 @@ def check_context(cfg: StudyConfig, data: StudyData, tokenizer) -> None:
         lengths = [len(ids) for ids in tokenizer(list(bios["text"]), add_special_tokens=False)["input_ids"]]
         i = max(range(len(lengths)), key=lengths.__getitem__)
         longest = max(longest, (lengths[i], f"the longest biography ({aug}, individual {bios[i]['id']})"))
-    for name, qa in (("qa_train", data.qa_train), ("qa_test", data.qa_test)):
+    for name, qa in data.qa_sets().items():  # inverse QA too, under data.inverse
         # Batched question_ids / answer_ids: the answer follows a space.
         questions = tokenizer(list(qa["question"]), add_special_tokens=False)["input_ids"]
         answers = tokenizer([" " + a for a in qa["answer"]], add_special_tokens=False)["input_ids"]
@@ -191,10 +192,11 @@ def leak_check(stream: Dataset | list[Dataset], tokenizer, data: StudyData) -> d
 
     Every document of the stream is decoded back to text. A document with a '?' is a
     question (templates of bios never have one); its question is hashed and compared
-    with the hashes of P_test's questions, and every full name in it is looked up among
-    P_test's individuals. Nothing here trusts the split code that built the stream.
+    with the hashes of P_test's questions (inverse search ones included), and every full
+    name in it, and the answer after the '?' (an inverse answer is a full name), is looked
+    up among P_test's individuals. Nothing here trusts the split code that built the stream.
     """
-    test_questions = {_sha(q) for q in data.qa_test["question"]}
+    test_questions = {_sha(q) for qa in (data.qa_test, data.inverse_test) if qa is not None for q in qa["question"]}
     test_names = {n for n, s in zip(data.individuals["full_name"], data.individuals["split"]) if s == "test"}
     checked, leaked = 0, []
     rows = [ids for s in (stream if isinstance(stream, list) else [stream]) for ids in s["input_ids"]]
@@ -204,7 +206,9 @@ def leak_check(stream: Dataset | list[Dataset], tokenizer, data: StudyData) -> d
                 continue
             question = doc.split("?")[0].strip() + "?"
             checked += 1
-            if _sha(question) in test_questions or any(n in test_names for n in FULL_NAME.findall(doc)):
+            answer = doc.split("?", 1)[1].strip()  # an inverse answer is a full name
+            if (_sha(question) in test_questions or answer in test_names
+                    or any(n in test_names for n in FULL_NAME.findall(doc))):
                 leaked.append(question)
     return {
         "qa_documents_checked": checked,
@@ -220,8 +224,12 @@ def leak_check(stream: Dataset | list[Dataset], tokenizer, data: StudyData) -> d
 
 def _streams(cfg: StudyConfig, objective, data: StudyData, tokenizer, augmentation: str) -> dict[str, Dataset]:
     """The training streams of a protocol: name -> dataset of examples."""
-    bios = objective.bio_examples(tokenize_bios(data.bios[augmentation], tokenizer), cfg.seed)
-    qa = objective.qa_examples(encode_qa(data.qa_train, tokenizer), cfg.seed)
+    values = cfg.masking.span == "attribute"  # value spans for attribute-span masking
+    bios = objective.bio_examples(tokenize_bios(data.bios[augmentation], tokenizer, values), cfg.seed)
+    qa_train = data.qa_train  # and P_train's inverse search QA under data.inverse
+    if data.inverse_train is not None:
+        qa_train = concatenate_datasets([qa_train, data.inverse_train])
+    qa = objective.qa_examples(encode_qa(qa_train, tokenizer), cfg.seed)
     if cfg.protocol == "mixed":
         share = cfg.pretrain.qa_share
         mixed = interleave_datasets([bios, qa], probabilities=[1 - share, share], seed=cfg.seed,
@@ -284,7 +292,8 @@ def evaluate_cell(cfg: StudyConfig, cell_dir: Path, kind: str, tokenizer, data: 
     final model. Under the mixed protocol both are the one model."""
     phases = ["mixed"] if cfg.protocol == "mixed" else ["pretrain", "finetune"]
     results = {}
-    for phase, levels in ((phases[0], ["bio_recall"]), (phases[-1], ["qa_train", "qa_test"])):
+    qa_levels = ["qa_train", "qa_test", *(lv for lv in INVERSE_LEVELS if lv in data.qa_sets())]
+    for phase, levels in ((phases[0], ["bio_recall"]), (phases[-1], qa_levels)):
         model_dir = cell_dir / phase / "model"
         if not model_dir.is_dir():
             raise RunDirError(f"{model_dir}: no trained model; finish the run with `bidirect run ... --resume`")

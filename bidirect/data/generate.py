@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 import string
+from collections import Counter
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -18,7 +19,7 @@ from datasets import Dataset, DatasetDict, Features, Sequence, Value, load_from_
 
 from bidirect.config import ATTRIBUTES, Augmentation, DataConfig
 from bidirect.data.pools import Pools, load_pools
-from bidirect.data.templates import QUESTIONS, TEMPLATES
+from bidirect.data.templates import INVERSE_QUESTION, QUESTIONS, TEMPLATES
 
 MONTHS = (
     "January", "February", "March", "April", "May", "June",
@@ -177,6 +178,21 @@ def write_qa(people: list[dict]) -> list[dict]:
     ]
 
 
+def write_inverse_qa(people: list[dict], population: list[dict] | None = None) -> list[dict]:
+    """Inverse search QA of ``people``: their birth date and birth city -> their full name.
+
+    A (birth date, birth city) pair shared by two individuals of ``population`` (default:
+    ``people``) has no single answer; those individuals get no inverse question."""
+    key = "birth_date", "birth_city"
+    counts = Counter(tuple(p[k] for k in key) for p in population or people)
+    return [
+        {"id": p["id"], "attribute": "full_name", "answer": p["full_name"],
+         "question": INVERSE_QUESTION.format(birth_date=p["birth_date"], birth_city=p["birth_city"])}
+        for p in people
+        if counts[tuple(p[k] for k in key)] == 1
+    ]
+
+
 def _dataset(rows: list[dict], features: Features, tag: str) -> Dataset:
     columns = {k: [r[k] for r in rows] for k in features}
     ds = Dataset.from_dict(columns, features=features)
@@ -197,22 +213,34 @@ class StudyData:
     qa_train: Dataset  # QA of P_train: fine-tuning data
     qa_test: Dataset  # QA of P_test: evaluation only, never trained on
     bios: DatasetDict  # augmentation name -> biographies of every individual
+    # data.inverse only (else None): inverse search QA of P_train (fine-tuning) and P_test (evaluation)
+    inverse_train: Dataset | None = None
+    inverse_test: Dataset | None = None
+
+    def qa_sets(self) -> dict[str, Dataset]:
+        """Every QA dataset there is, by name: qa_train, qa_test and, when written, the inverse ones."""
+        sets = {"qa_train": self.qa_train, "qa_test": self.qa_test,
+                "inverse_train": self.inverse_train, "inverse_test": self.inverse_test}
+        return {name: ds for name, ds in sets.items() if ds is not None}
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         self.individuals.save_to_disk(directory / "individuals")
-        self.qa_train.save_to_disk(directory / "qa_train")
-        self.qa_test.save_to_disk(directory / "qa_test")
+        for name, ds in self.qa_sets().items():
+            ds.save_to_disk(directory / name)
         self.bios.save_to_disk(directory / "bios")
 
     @classmethod
     def load(cls, directory: str | Path) -> StudyData:
         directory = Path(directory)
+        inverse = {name: load_from_disk(str(directory / name)) if (directory / name).is_dir() else None
+                   for name in ("inverse_train", "inverse_test")}
         return cls(
             individuals=load_from_disk(str(directory / "individuals")),
             qa_train=load_from_disk(str(directory / "qa_train")),
             qa_test=load_from_disk(str(directory / "qa_test")),
             bios=load_from_disk(str(directory / "bios")),
+            **inverse,
         )
 
 
@@ -226,9 +254,14 @@ def generate(cfg: DataConfig, augmentations: list[Augmentation], seed: int) -> S
             for aug in augmentations
         }
     )
+    inverse = {}
+    if cfg.inverse:
+        inverse = {f"inverse_{split}": _dataset(write_inverse_qa(group, people), QA_FEATURES, f"inverse_{split}-{seed}")
+                   for split, group in (("train", train), ("test", test))}
     return StudyData(
         individuals=_dataset(people, INDIVIDUAL_FEATURES, f"individuals-{seed}"),
         qa_train=_dataset(write_qa(train), QA_FEATURES, f"qa_train-{seed}"),
         qa_test=_dataset(write_qa(test), QA_FEATURES, f"qa_test-{seed}"),
         bios=bios,
+        **inverse,
     )

@@ -330,3 +330,7 @@ QUESTIONS: dict[str, str] = {
     "company": "Which company did {name} work for?",
     "company_city": "Where did {name} work?",
 }
+
+# Inverse search (STUDY.md, Part 3.2): from attributes back to the person; the answer is the full
+# name. Birth date and birth city together identify almost everyone (people sharing both are skipped).
+INVERSE_QUESTION = "Who was born on {birth_date} in {birth_city}?"

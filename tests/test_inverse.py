@@ -1,0 +1,144 @@
+"""Inverse search (data.inverse): the generator's inverse QA, its evaluation levels, the
+fine-tuning stream and the leak guard."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from datasets import concatenate_datasets
+
+from bidirect import report, study
+from bidirect.config import Augmentation, DataConfig, EvalConfig, MaskingConfig, from_dict
+from bidirect.data.generate import StudyData, generate, write_inverse_qa
+from bidirect.evaluate import INVERSE_LEVELS, evaluate_model
+from bidirect.objectives import encode_qa, make_objective
+from bidirect.tokenizer import answer_ids, qa_text, question_ids, train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def inverse_study():
+    data = generate(DataConfig(individuals=40, p_train=0.5, inverse=True), [Augmentation.parse("single")], seed=0)
+    corpus = list(data.bios["single"]["text"])
+    corpus += [qa_text(q, a) for d in data.qa_sets().values() for q, a in zip(d["question"], d["answer"])]
+    return data, train_tokenizer(corpus, vocab_size=1000)
+
+
+def test_generator_writes_inverse_qa_of_each_split(inverse_study):
+    data, _ = inverse_study
+    people = {p["id"]: p for p in data.individuals}
+    for split, qa in (("train", data.inverse_train), ("test", data.inverse_test)):
+        assert len(qa) == sum(p["split"] == split for p in people.values())  # 40 people: no shared (date, city)
+        for row in qa:
+            person = people[row["id"]]
+            assert person["split"] == split and row["attribute"] == "full_name"
+            assert row["answer"] == person["full_name"]
+            assert person["birth_date"] in row["question"] and person["birth_city"] in row["question"]
+            assert person["full_name"] not in row["question"]
+    assert not set(data.inverse_train["id"]) & set(data.inverse_test["id"])
+    assert not set(data.inverse_train["question"]) & set(data.inverse_test["question"])
+    plain = generate(DataConfig(individuals=40, p_train=0.5), [Augmentation.parse("single")], seed=0)
+    assert plain.inverse_train is None and list(plain.qa_sets()) == ["qa_train", "qa_test"]
+    assert plain.qa_train["question"] == data.qa_train["question"]  # the switch adds, changes nothing
+
+
+def test_ambiguous_attribute_pairs_are_skipped():
+    a = {"id": 0, "full_name": "A B C", "birth_date": "May 1, 1990", "birth_city": "Boston, MA"}
+    b = {**a, "id": 1, "full_name": "D E F"}
+    c = {**a, "id": 2, "full_name": "G H I", "birth_city": "Austin, TX"}
+    assert [r["id"] for r in write_inverse_qa([a, c])] == [0, 2]
+    assert [r["id"] for r in write_inverse_qa([a, c], population=[a, b, c])] == [2]  # b lives in the other split
+
+
+def test_inverse_data_saves_and_loads(inverse_study, tmp_path):
+    data, _ = inverse_study
+    data.save(tmp_path / "inv")
+    loaded = StudyData.load(tmp_path / "inv")
+    assert loaded.inverse_test["question"] == data.inverse_test["question"]
+    generate(DataConfig(individuals=10, p_train=0.5), [Augmentation.parse("single")], seed=0).save(tmp_path / "plain")
+    assert StudyData.load(tmp_path / "plain").inverse_test is None
+
+
+class Table(torch.nn.Module):
+    """All mass on ``rule(ids)[t]`` at each position t of each (unpadded) row."""
+
+    def __init__(self, vocab_size: int, rule):
+        super().__init__()
+        self.vocab_size, self.rule = vocab_size, rule
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, input_ids, attention_mask, position_ids=None):
+        logits = torch.zeros(*input_ids.shape, self.vocab_size)
+        for r, (ids, keep) in enumerate(zip(input_ids.tolist(), attention_mask.tolist())):
+            n = sum(keep)
+            logits[r, torch.arange(n), torch.tensor(self.rule(ids[:n]))] = 1.0
+        return SimpleNamespace(logits=logits)
+
+
+def _rules(data, tokenizer):
+    eos, mask = tokenizer.eos_token_id, tokenizer.mask_token_id
+    truths = [question_ids(tokenizer, q) + answer_ids(tokenizer, a) + [eos]
+              for d in (data.inverse_train, data.inverse_test) for q, a in zip(d["question"], d["answer"])]
+
+    def masked(ids):  # looks the masked sequence up: the evaluator never shows the name
+        fits = [t for t in truths if len(t) == len(ids) and all(x in (mask, y) for x, y in zip(ids, t))]
+        assert len(fits) == 1
+        return fits[0]
+
+    return {"causal": lambda ids: ids[1:] + [eos], "masked": masked}
+
+
+KINDS_AND_FILLS = [("causal", "one_pass"), ("masked", "one_pass"), ("masked", "left_to_right")]
+
+
+@pytest.mark.parametrize(("kind", "fill"), KINDS_AND_FILLS)
+def test_perfect_and_wrong_predictors_on_inverse_levels(inverse_study, kind, fill):
+    data, tokenizer = inverse_study
+    cfg, masking = EvalConfig(batch_size=16), MaskingConfig(fill=fill)
+    perfect = evaluate_model(Table(len(tokenizer), _rules(data, tokenizer)[kind]), kind, tokenizer, data, "single",
+                             cfg, masking, levels=INVERSE_LEVELS)
+    assert perfect == {"inverse_train": {"full_name": 1.0, "mean": 1.0, "n": len(data.inverse_train)},
+                       "inverse_test": {"full_name": 1.0, "mean": 1.0, "n": len(data.inverse_test)}}
+    wrong = evaluate_model(Table(len(tokenizer), lambda ids: [tokenizer.unk_token_id] * len(ids)), kind, tokenizer,
+                           data, "single", cfg, masking, levels=INVERSE_LEVELS)
+    assert [wrong[lv]["mean"] for lv in INVERSE_LEVELS] == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("kind", ["causal", "masked"])
+def test_finetune_stream_has_p_train_inverse_qa_and_no_leak(inverse_study, kind):
+    data, tokenizer = inverse_study
+    cfg = from_dict({"data": {"individuals": 40, "inverse": True, "augmentations": ["single"]},
+                     "model": {"context": 256}})
+    objective = make_objective(kind, tokenizer, 256, cfg.masking)
+    streams = study._streams(cfg, objective, data, tokenizer, "single")
+    guard = study.leak_check(list(streams.values()), tokenizer, data)
+    assert guard["leaked"] == 0
+    assert guard["qa_documents_checked"] == len(data.qa_train) + len(data.inverse_train)
+    assert guard["p_test_questions"] == len(data.qa_test) + len(data.inverse_test)
+
+
+@pytest.mark.parametrize("kind", ["causal", "masked"])
+def test_leak_guard_catches_a_p_test_inverse_qa(inverse_study, kind):
+    data, tokenizer = inverse_study
+    objective = make_objective(kind, tokenizer, 256, MaskingConfig())
+    leaky = concatenate_datasets([data.qa_train, data.inverse_train, data.inverse_test.select([2])])
+    guard = study.leak_check(objective.qa_examples(encode_qa(leaky, tokenizer), 0), tokenizer, data)
+    assert guard["leaked"] == 1 and guard["examples"] == [data.inverse_test[2]["question"]]
+    # A P_test name as the answer is a leak whatever the question (causal streams hold the answer).
+    if kind == "causal":
+        row = {**data.inverse_test[2], "question": "Who was born on a day nobody knows?"}
+        odd = concatenate_datasets([data.qa_train, data.qa_train.from_list([row], features=data.qa_train.features)])
+        assert study.leak_check(objective.qa_examples(encode_qa(odd, tokenizer), 0), tokenizer, data)["leaked"] == 1
+
+
+def test_report_shows_inverse_levels_only_when_present():
+    scores = {a: 0.5 for a in ("birth_date", "birth_city", "university", "major", "company", "company_city", "mean")}
+    plain = {"study": "s", "results": {"single": {"gbert": {"qa_train": scores, "qa_test": scores}}}}
+    inverse = {"study": "s", "results": {"single": {"gbert": {
+        "qa_train": scores, "qa_test": scores, "inverse_test": {"full_name": 0.25, "mean": 0.25, "n": 4}}}}}
+    assert "inverse" not in report.markdown(plain)
+    assert "| single | gbert | inverse P_test | - | - | - | - | - | - | **25.0** |" in report.markdown(inverse)
+    assert [c.header for c in report.comparison_table({"a": plain}).columns][-2] == "QA P_test"
+    assert [c.header for c in report.comparison_table({"a": plain, "b": inverse}).columns][-2] == "inverse P_test"
+    assert len(report.results_tables(inverse)[0].rows) == 3

@@ -1,0 +1,103 @@
+"""MLM variants (masking.rate, masking.span): MLM-U's per-bio mask rate, attribute-span masking,
+their validation, and masks that stay a function of (seed, epoch, row index)."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+
+from bidirect.config import ConfigError, MaskingConfig, from_dict
+from bidirect.objectives import IGNORE, MaskedLM, tokenize_bios
+from bidirect.tokenizer import value_token_span
+
+AUG = "multi3+permute+fullname"  # 180 bios of the shared fixture
+
+
+@pytest.mark.parametrize(("key", "allowed"), [("rate", "'fixed', 'uniform'"), ("span", "'word', 'attribute'")])
+def test_unknown_variant_named_with_allowed_values(key, allowed):
+    with pytest.raises(ConfigError, match=f"masking.{key}: got 'bogus'; allowed: {allowed}"):
+        from_dict({"masking": {key: "bogus"}})
+
+
+def _examples(obj: MaskedLM, study_data, tokenizer, aug: str = AUG):
+    bios = tokenize_bios(study_data.bios[aug], tokenizer, values=obj.values)
+    examples = obj.bio_examples(bios, seed=0)
+    return [{**examples[i], "index": i} for i in range(len(examples))]
+
+
+def _word_shares(items, labels):
+    shares = []
+    for row, item in enumerate(items):
+        chosen = {}
+        for t, w in enumerate(item["word_ids"]):
+            if w >= 0:
+                chosen[w] = chosen.get(w, False) or labels[row][t] != IGNORE
+        shares.append(sum(chosen.values()) / len(chosen))
+    return shares
+
+
+def test_uniform_rate_varies_per_bio_and_averages_a_half(study_data, tokenizer):
+    obj = MaskedLM(tokenizer, 256, MaskingConfig(rate="uniform"), seed=0)
+    items = _examples(obj, study_data, tokenizer)
+    shares = _word_shares(items, obj.collate(items)["labels"].tolist())
+    assert 0.4 < statistics.mean(shares) < 0.6
+    assert statistics.stdev(shares) > 0.2 and min(shares) < 0.15 and max(shares) > 0.85
+    fixed = MaskedLM(tokenizer, 256, MaskingConfig(), seed=0)
+    assert statistics.mean(_word_shares(items, fixed.collate(items)["labels"].tolist())) < 0.25
+
+
+def test_value_ids_are_the_value_tokens(study_data, tokenizer):
+    """Only with values=True; the tokens of value a are exactly the answer's span in the bio."""
+    assert "value_ids" not in tokenize_bios(study_data.bios["single"], tokenizer).column_names  # default unchanged
+    bios = study_data.bios["single"]
+    tokenized = tokenize_bios(bios, tokenizer, values=True)
+    for row in range(10):
+        offsets = tokenizer(bios[row]["text"], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        value_ids = tokenized[row]["value_ids"]
+        for a, (start, end) in enumerate(zip(bios[row]["value_start"], bios[row]["value_end"])):
+            i, j = value_token_span(offsets, start, end)
+            assert [t for t, v in enumerate(value_ids) if v == a] == list(range(i, j))
+
+
+def test_attribute_span_masks_whole_values(study_data, tokenizer):
+    obj = MaskedLM(tokenizer, 256, MaskingConfig(span="attribute"), seed=0)
+    items = _examples(obj, study_data, tokenizer)
+    batch = obj.collate(items)
+    labels, inputs = batch["labels"].tolist(), batch["input_ids"].tolist()
+    whole = partial = 0
+    for row, item in enumerate(items):
+        for a in range(6):
+            tokens = [t for t, v in enumerate(item["value_ids"]) if v == a]
+            chosen = [labels[row][t] != IGNORE for t in tokens]
+            assert all(chosen) or not any(chosen)  # a masked token of a value: the whole value is masked
+            if all(chosen):
+                whole += 1
+                masked = [inputs[row][t] == tokenizer.mask_token_id for t in tokens]
+                assert all(masked) or not any(masked)  # one fate for the whole value
+            partial += not any(chosen)
+    assert whole > 0 and partial > 0
+    # More values are masked than with word spans, where each word of a value is drawn alone.
+    plain = MaskedLM(tokenizer, 256, MaskingConfig(), seed=0)
+    plain_labels = plain.collate([{k: v for k, v in it.items() if k != "value_ids"} for it in items])["labels"]
+    whole_plain = sum(all(plain_labels[row, t] != IGNORE for t, v in enumerate(it["value_ids"]) if v == a)
+                      for row, it in enumerate(items) for a in range(6))
+    assert whole > whole_plain
+
+
+@pytest.mark.parametrize("masking", [MaskingConfig(rate="uniform"), MaskingConfig(span="attribute"),
+                                     MaskingConfig(rate="uniform", span="attribute")], ids=["uniform", "attribute",
+                                                                                            "both"])
+def test_masks_are_a_function_of_seed_epoch_and_index(study_data, tokenizer, masking):
+    obj = MaskedLM(tokenizer, 256, masking, seed=3)
+    items = _examples(obj, study_data, tokenizer)[:16]
+    first = obj.collate(items)
+    again = MaskedLM(tokenizer, 256, masking, seed=3).collate(items)
+    assert torch.equal(first["input_ids"], again["input_ids"]) and torch.equal(first["labels"], again["labels"])
+    reordered = obj.collate(items[::-1])  # not a function of the batch an example lands in
+    assert torch.equal(reordered["labels"].flip(0), first["labels"])
+    obj.set_epoch(1)
+    assert not torch.equal(obj.collate(items)["labels"], first["labels"])
+    other_seed = MaskedLM(tokenizer, 256, masking, seed=4).collate(items)
+    assert not torch.equal(other_seed["labels"], first["labels"])
