@@ -1,0 +1,294 @@
+"""P-probing and Q-probing (STUDY.md, "Beyond the paper's table"): where in a trained model the knowledge sits.
+
+The backbone is frozen. A probe is
+
+- a rank-2 update of the input embedding, ``E + A @ B`` (``A``: vocabulary x 2, zero at the start, ``B``: 2 x width),
+  added to the embedding module's output by a forward hook, so the tied LM head is untouched;
+- per attribute, a LayerNorm and a linear classifier over that attribute's classes (the distinct values of the
+  attribute in the individuals table) reading the last hidden layer (``output_hidden_states=True``).
+
+The one embedding update is shared by the six attributes (one forward pass per sequence, the six losses summed):
+it is rank 2, so it can re-weight what the network computes but cannot store a table of people.
+
+- **Q-probing** reads the hidden state at the last token of the bare full name, tokenized as its own sequence with
+  a leading space (``" " + full_name``), positions from 0: the ids a name has after a word, as in every QA
+  question and in about half of the first biographies (the others open with the name, without the space).
+- **P-probing** reads, in the person's first biography, the hidden state at the token just before each attribute's
+  value (``value_token_span(...)[0] - 1``; the span starts at the value's leading space).
+
+Probes are trained on P_train individuals (Adam, ``steps`` random batches) and scored on P_test individuals.
+Majority baseline beside them: the most common P_train value, scored on P_test (`majority_baseline`).
+
+Masked backbones read the same positions. For P-probing every value of the biography is replaced by mask tokens
+(as many as it has): a bidirectional model reads the tokens after the read position, so an unmasked biography
+would let it copy the value from the very next tokens and the probe would measure copying, not knowledge. All six
+are masked at once (not only the probed one) to keep one forward pass per biography; the masked model then sees
+the name and the sentence templates but no value, while a causal model at attribute k sees the values written
+before it. Q-probing needs no masking: the name is all there is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.table import Table
+from torch import nn
+
+from bidirect.config import ATTRIBUTES, StudyConfig
+from bidirect.data.generate import StudyData
+from bidirect.evaluate import _pad, majority_baseline
+from bidirect.models import backbone_kind, load_backbone
+from bidirect.study import RunDirError, require_run_dir, run_tokenizer
+from bidirect.tokenizer import value_token_span
+from bidirect.trainer import write_json_atomic
+
+PROBE_FILE = "probe.json"
+RANK = 2
+
+
+# --------------------------------------------------------------------------- the probe
+
+
+class EmbeddingDelta(nn.Module):
+    """A trainable rank-``rank`` update of an embedding's output: ``E[t] + A[t] @ B``, hooked onto the module."""
+
+    def __init__(self, embedding: nn.Embedding, rank: int = RANK, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.a = nn.Parameter(torch.zeros(embedding.num_embeddings, rank))
+        self.b = nn.Parameter(torch.randn(rank, embedding.embedding_dim, generator=g) / math.sqrt(rank))
+        self._handle = embedding.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output + (F.embedding(args[0], self.a) @ self.b).to(output.dtype)
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+class ProbeHeads(nn.Module):
+    """Per attribute a LayerNorm and a linear classifier; input (batch, attributes, width)."""
+
+    def __init__(self, width: int, classes: Sequence[int]):
+        super().__init__()
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in classes)
+        self.linears = nn.ModuleList(nn.Linear(width, n) for n in classes)
+
+    def forward(self, reps: torch.Tensor) -> list[torch.Tensor]:
+        return [lin(norm(reps[:, a])) for a, (norm, lin) in enumerate(zip(self.norms, self.linears, strict=True))]
+
+
+Reps = Callable[[list[int]], torch.Tensor]  # row indices -> (rows, attributes, width)
+
+
+def train_heads(heads: ProbeHeads, reps: Reps, labels: torch.Tensor, train_rows: Sequence[int], steps: int,
+                extra: Sequence[nn.Parameter] = (), batch_size: int = 32, lr: float = 3e-3,
+                seed: int = 0) -> list[float]:
+    """Adam on the heads (and ``extra``, the embedding update) over random batches of ``train_rows``; the losses."""
+    params = [*heads.parameters(), *extra]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.tensor(list(train_rows))
+    losses = []
+    for _ in range(steps):
+        batch = rows[torch.randint(len(rows), (min(batch_size, len(rows)),), generator=g)].tolist()
+        logits = heads(reps(batch))
+        target = labels[batch]
+        loss = sum(F.cross_entropy(lg, target[:, a]) for a, lg in enumerate(logits))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+@torch.no_grad()
+def score_heads(heads: ProbeHeads, reps: Reps, labels: torch.Tensor, rows: Sequence[int],
+                batch_size: int = 64) -> list[float]:
+    """Accuracy per attribute on ``rows``."""
+    hits = torch.zeros(labels.shape[1])
+    rows = list(rows)
+    for i in range(0, len(rows), batch_size):
+        batch = rows[i : i + batch_size]
+        logits = heads(reps(batch))
+        for a, lg in enumerate(logits):
+            hits[a] += (lg.argmax(-1) == labels[batch, a]).sum()
+    return (hits / max(len(rows), 1)).tolist()
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class ProbeInputs:
+    ids: list[list[int]]  # one sequence per individual
+    read: list[list[int]]  # per individual, the read position of each attribute
+    labels: torch.Tensor  # (individuals, attributes) class indices
+    train_rows: list[int]
+    test_rows: list[int]
+
+
+def _classes(data: StudyData) -> tuple[list[dict[str, int]], torch.Tensor]:
+    people = data.individuals
+    index = [{v: i for i, v in enumerate(sorted(set(people[a])))} for a in ATTRIBUTES]
+    labels = torch.tensor([[index[k][people[a][p]] for k, a in enumerate(ATTRIBUTES)] for p in range(len(people))])
+    return index, labels
+
+
+def probe_inputs(mode: str, tokenizer, data: StudyData, augmentation: str, kind: str) -> ProbeInputs:
+    """The sequences and read positions of P- (``mode="P"``) or Q-probing, one row per individual (row = id)."""
+    people = data.individuals
+    if list(people["id"]) != list(range(len(people))):
+        raise RunDirError("individuals table: ids are not 0..N-1 in order; regenerate the run's data")
+    _, labels = _classes(data)
+    split = people["split"]
+    train = [p for p in range(len(people)) if split[p] == "train"]
+    test = [p for p in range(len(people)) if split[p] == "test"]
+    if mode == "Q":
+        ids = tokenizer([" " + n for n in people["full_name"]], add_special_tokens=False)["input_ids"]
+        return ProbeInputs(ids, [[len(x) - 1] * len(ATTRIBUTES) for x in ids], labels, train, test)
+    bios = data.bios[augmentation]
+    first: dict[int, int] = {}
+    for row, person in enumerate(bios["id"]):
+        first.setdefault(person, row)
+    rows = bios.select([first[p] for p in range(len(people))])
+    enc = tokenizer(list(rows["text"]), add_special_tokens=False, return_offsets_mapping=True)
+    all_ids, reads = [], []
+    for ids, offsets, starts, ends in zip(enc["input_ids"], enc["offset_mapping"], rows["value_start"],
+                                          rows["value_end"], strict=True):
+        spans = [value_token_span(offsets, s, e) for s, e in zip(starts, ends, strict=True)]
+        ids = list(ids)
+        if kind == "masked":
+            for i, j in spans:
+                ids[i:j] = [tokenizer.mask_token_id] * (j - i)
+        all_ids.append(ids)
+        reads.append([max(i - 1, 0) for i, _ in spans])
+    return ProbeInputs(all_ids, reads, labels, train, test)
+
+
+def model_reps(model, inputs: ProbeInputs, pad: int) -> Reps:
+    """Row indices -> last-layer hidden states at each attribute's read position."""
+    device = next(model.parameters()).device
+
+    def reps(batch: list[int]) -> torch.Tensor:
+        ids, attention = _pad([inputs.ids[r] for r in batch], pad, device)
+        positions = torch.arange(ids.shape[1], device=device).expand_as(ids)
+        hidden = model(input_ids=ids, attention_mask=attention, position_ids=positions,
+                       output_hidden_states=True).hidden_states[-1]
+        where = torch.tensor([inputs.read[r] for r in batch], device=device)  # (batch, attributes)
+        return hidden[torch.arange(len(batch), device=device)[:, None], where].float()
+
+    return reps
+
+
+def probe_model(model, kind: str, tokenizer, data: StudyData, augmentation: str, steps: int, batch_size: int = 32,
+                lr: float = 3e-3, seed: int = 0) -> dict[str, dict[str, float]]:
+    """P- and Q-probing accuracy on P_test, per attribute and their mean."""
+    model.eval()
+    model.requires_grad_(False)
+    index, _ = _classes(data)
+    out = {}
+    for mode in ("P", "Q"):
+        inputs = probe_inputs(mode, tokenizer, data, augmentation, kind)
+        torch.manual_seed(seed)
+        delta = EmbeddingDelta(model.get_input_embeddings(), RANK, seed)
+        heads = ProbeHeads(model.config.hidden_size, [len(i) for i in index])
+        reps = model_reps(model, inputs, tokenizer.pad_token_id)
+        try:
+            train_heads(heads, reps, inputs.labels, inputs.train_rows, steps, list(delta.parameters()), batch_size,
+                        lr, seed)
+            acc = score_heads(heads, reps, inputs.labels, inputs.test_rows)
+        finally:
+            delta.remove()
+        out[mode] = {a: acc[k] for k, a in enumerate(ATTRIBUTES)}
+        out[mode]["mean"] = sum(acc) / len(acc)
+    return out
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def default_phase(cfg: StudyConfig) -> str:
+    return "mixed" if cfg.protocol == "mixed" else "pretrain"
+
+
+def select_cells(run_dir: Path, augmentation: str | None, backbone: str | None,
+                 phase: str | None) -> tuple[StudyConfig, list[tuple[str, str]], str]:
+    """The run's config, the (augmentation, backbone) cells asked for, and the phase; clear errors otherwise."""
+    cfg = require_run_dir(run_dir)
+    augs = [a.name for a in cfg.augmentations()]
+    backbones = [b.name for b in cfg.backbones]
+    if augmentation is not None and augmentation not in augs:
+        raise RunDirError(f"--augmentation {augmentation}: not in this run (it has {', '.join(augs)})")
+    if backbone is not None and backbone not in backbones:
+        raise RunDirError(f"--backbone {backbone}: not in this run (it has {', '.join(backbones)})")
+    phases = ["mixed"] if cfg.protocol == "mixed" else ["pretrain", "finetune"]
+    phase = phase or default_phase(cfg)
+    if phase not in phases:
+        raise RunDirError(f"--phase {phase}: this run's protocol ({cfg.protocol}) has the phases {', '.join(phases)}")
+    if not (run_dir / "data").is_dir() or not (run_dir / "tokenizer").is_dir():
+        raise RunDirError(f"{run_dir}: no data/ or tokenizer/ yet; run `bidirect run CONFIG --out {run_dir}` first")
+    cells = [(a, b) for a in augs for b in backbones
+             if (augmentation is None or a == augmentation) and (backbone is None or b == backbone)]
+    for a, b in cells:
+        model_dir = run_dir / "models" / a / b / phase / "model"
+        if not (model_dir / "config.json").is_file():
+            raise RunDirError(f"{model_dir}: no trained model; finish the run with `bidirect run ... --resume`")
+    return cfg, cells, phase
+
+
+def _merge_json(path: Path, out: dict[str, Any], same: Sequence[str] = ("phase",)) -> dict[str, Any]:
+    """Cells computed now replace the same cells of an earlier file; its other cells are kept when it was made
+    with the same settings (``same``: keys that must match), else the earlier file is replaced whole."""
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if not isinstance(old, dict) or any(old.get(k) != out.get(k) for k in same):
+            old = {}
+        for backbone, augs in old.get("results", {}).items():
+            for aug, cell in augs.items():
+                out["results"].setdefault(backbone, {}).setdefault(aug, cell)
+    return out
+
+
+def run_probe(run_dir: Path, augmentation: str | None = None, backbone: str | None = None, phase: str | None = None,
+              steps: int = 300, batch_size: int = 32, lr: float = 3e-3) -> dict[str, Any]:
+    """Probe every asked cell of a run and write RUN_DIR/probe.json (``results``: backbone -> aug -> P/Q)."""
+    cfg, cells, phase = select_cells(run_dir, augmentation, backbone, phase)
+    data, tokenizer = StudyData.load(run_dir / "data"), run_tokenizer(run_dir)
+    out: dict[str, Any] = {"phase": phase, "steps": steps, "batch_size": batch_size, "lr": lr, "rank": RANK,
+                           "majority_baseline": majority_baseline(data), "results": {}}
+    for aug, name in cells:
+        model = load_backbone(run_dir / "models" / aug / name / phase / "model")
+        out["results"].setdefault(name, {})[aug] = probe_model(model, backbone_kind(name), tokenizer, data, aug,
+                                                               steps, batch_size, lr, cfg.seed)
+    out = _merge_json(run_dir / PROBE_FILE, out, ("phase", "steps", "batch_size", "lr", "rank"))
+    write_json_atomic(run_dir / PROBE_FILE, out)
+    return out
+
+
+def probe_table(out: dict[str, Any]) -> Table:
+    table = Table(title=f"Probing accuracy on P_test (%), {out['phase']} models, {out['steps']} steps; "
+                        "P: before the value in the first bio, Q: end of the bare name")
+    table.add_column("augmentation")
+    table.add_column("backbone")
+    table.add_column("probe")
+    for a in ATTRIBUTES:
+        table.add_column(a.replace("_", " "), justify="right")
+    table.add_column("mean", justify="right")
+    for name, augs in out["results"].items():
+        for aug, cell in augs.items():
+            for mode in ("P", "Q"):
+                table.add_row(aug, name, mode, *(f"{100 * cell[mode][a]:.1f}" for a in [*ATTRIBUTES, "mean"]))
+    base = out["majority_baseline"]
+    table.add_row("", "majority", "", *(f"{100 * base[a]:.1f}" for a in [*ATTRIBUTES, "mean"]), style="dim")
+    return table

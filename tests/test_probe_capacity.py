@@ -1,0 +1,159 @@
+"""P-/Q-probing and knowledge capacity: on one tiny run, and their parts on synthetic inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from tiny import write_config
+from torch import nn
+
+from bidirect import capacity as capacity_lib
+from bidirect.capacity import FIELDS, _log2_comb, bits_stored, generator_entropy
+from bidirect.cli import main
+from bidirect.config import ATTRIBUTES
+from bidirect.probe import EmbeddingDelta, ProbeHeads, probe_inputs, score_heads, train_heads
+from bidirect.tokenizer import value_token_span
+
+BACKBONES = ["gpt2-rope", "gbert"]  # one causal, one masked
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe")
+    config = write_config(root / "tiny.yaml", data__augmentations=["single"], backbones=BACKBONES)
+    assert main(["run", str(config), "--out", str(root / "run")]) == 0
+    return root / "run"
+
+
+# --------------------------------------------------------------------------- probing
+
+
+def test_probe_writes_p_and_q_for_every_attribute(tiny_run, capsys):
+    assert main(["probe", str(tiny_run), "--steps", "3"]) == 0
+    assert "Probing accuracy" in capsys.readouterr().out
+    out = json.loads((tiny_run / "probe.json").read_text())
+    assert out["phase"] == "pretrain" and set(out["majority_baseline"]) >= set(ATTRIBUTES)
+    for backbone in BACKBONES:
+        cell = out["results"][backbone]["single"]
+        for mode in ("P", "Q"):
+            assert set(cell[mode]) == {*ATTRIBUTES, "mean"}
+            assert all(0.0 <= cell[mode][a] <= 1.0 for a in ATTRIBUTES)
+
+
+def _synthetic(n: int = 600, width: int = 16, classes: int = 5, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, width, generator=g)
+    linear = torch.randint(classes, (n,), generator=g)
+    x[:, 0] += 2 * torch.randn(classes, width, generator=g)[linear]  # attribute 0: a direction per class, + noise
+    noise = torch.randint(classes, (n,), generator=g)  # attribute 1: labels unrelated to anything
+    return x, torch.stack([linear, noise], 1)
+
+
+def test_probe_trainer_reads_a_linear_code_and_not_noise():
+    x, labels = _synthetic()
+    heads = ProbeHeads(x.shape[-1], [5, 5])
+    train, test = range(0, 400), range(400, 600)
+    losses = train_heads(heads, lambda rows: x[rows], labels, train, steps=300, batch_size=64, lr=1e-2)
+    assert losses[-1] < losses[0]
+    linear, noise = score_heads(heads, lambda rows: x[rows], labels, test)
+    assert linear > 0.9
+    assert noise < 0.2 + 0.12  # chance is 1/5
+
+
+def test_embedding_delta_starts_at_zero_and_is_removable():
+    emb = nn.Embedding(10, 4)
+    ids = torch.tensor([[1, 2, 3]])
+    before = emb(ids).detach().clone()
+    delta = EmbeddingDelta(emb, rank=2)
+    assert torch.equal(emb(ids), before)  # A = 0 at the start: the probe starts from the frozen model
+    with torch.no_grad():
+        delta.a.fill_(1.0)
+    changed = emb(ids)
+    assert not torch.allclose(changed, before)
+    assert torch.allclose(changed - before, (delta.a[ids] @ delta.b).expand_as(before))
+    delta.remove()
+    assert torch.equal(emb(ids), before)
+
+
+def test_probe_inputs_read_just_before_each_value(study_data, tokenizer):
+    for kind in ("causal", "masked"):
+        p = probe_inputs("P", tokenizer, study_data, "single", kind)
+        bio = study_data.bios["single"][0]
+        assert bio["id"] == 0
+        enc = tokenizer(bio["text"], add_special_tokens=False, return_offsets_mapping=True)
+        for a, (s, e) in enumerate(zip(bio["value_start"], bio["value_end"], strict=True)):
+            i, j = value_token_span(enc["offset_mapping"], s, e)
+            assert p.read[0][a] == i - 1
+            want = [tokenizer.mask_token_id] * (j - i) if kind == "masked" else enc["input_ids"][i:j]
+            assert p.ids[0][i:j] == want
+            assert p.ids[0][i - 1] == enc["input_ids"][i - 1]  # the read token itself is never masked
+    q = probe_inputs("Q", tokenizer, study_data, "single", "causal")
+    name = study_data.individuals[0]["full_name"]
+    assert q.ids[0] == tokenizer(" " + name, add_special_tokens=False)["input_ids"]
+    assert q.read[0] == [len(q.ids[0]) - 1] * len(ATTRIBUTES)
+    assert set(q.train_rows).isdisjoint(q.test_rows) and len(q.train_rows) + len(q.test_rows) == 60
+
+
+# --------------------------------------------------------------------------- capacity
+
+
+def test_generator_entropy():
+    h = generator_entropy(24)
+    assert h["birth_date"] == pytest.approx(math.log2(12 * 28 * 200))
+    assert h["company_city"] == 0.0
+    assert _log2_comb(10, 3) == pytest.approx(math.log2(math.comb(10, 3)))
+    assert 0 < h["full_name"] < math.log2(400 * 400 * 1000)
+
+
+def test_capacity_bits_are_bounded(tiny_run, capsys):
+    assert main(["capacity", str(tiny_run)]) == 0
+    assert "Knowledge capacity" in capsys.readouterr().out
+    out = json.loads((tiny_run / "capacity.json").read_text())
+    h = out["entropy_bits"]
+    for backbone in BACKBONES:
+        cell = out["results"][backbone]["single"]
+        n = cell["individuals"]
+        assert n == 24
+        for f in FIELDS:
+            assert 0.0 <= cell["fields"][f]["bits"] <= h[f] * n + 1e-9
+            assert cell["fields"][f]["loss_bits"] >= 0.0
+        assert 0.0 <= cell["bits"] <= cell["max_bits"]
+        assert cell["bits_per_parameter"] == pytest.approx(cell["bits"] / cell["parameters"]["total"])
+
+
+def test_perfect_model_stores_the_whole_entropy(tiny_run, monkeypatch):
+    monkeypatch.setattr(capacity_lib, "field_losses", lambda model, kind, tok, data, aug, batch_size=32:
+                        torch.zeros(len(data.individuals), len(FIELDS)))
+    out = capacity_lib.run_capacity(tiny_run, backbone="gbert")
+    h = out["entropy_bits"]
+    cell = out["results"]["gbert"]["single"]
+    assert cell["bits_attributes"] == pytest.approx(24 * sum(h[a] for a in ATTRIBUTES))
+    assert cell["bits_names"] == pytest.approx(24 * h["full_name"])
+    assert cell["bits"] == pytest.approx(cell["max_bits"]) and cell["aggregate_bits"] == pytest.approx(cell["bits"])
+
+
+def test_bits_stored_clamps_per_individual():
+    h = dict.fromkeys(FIELDS, 0.0) | {"major": 4.0}
+    losses = torch.zeros(2, len(FIELDS))
+    losses[:, FIELDS.index("major")] = torch.tensor([1.0, 10.0])  # one stored 3 bits, one is confidently wrong
+    out = bits_stored(losses, h)
+    assert out["fields"]["major"]["bits"] == pytest.approx(3.0)
+    assert out["fields"]["major"]["aggregate_bits"] == 0.0  # 8 - 11 < 0
+
+
+def _said(capsys) -> str:
+    return " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+
+
+def test_bad_input_exits_2(tiny_run, tmp_path, capsys):
+    assert main(["probe", str(tmp_path / "missing")]) == 2
+    assert "no such run folder" in _said(capsys)
+    assert main(["capacity", str(tiny_run), "--backbone", "nope"]) == 2
+    assert "--backbone nope: not in this run" in _said(capsys)
+    assert main(["probe", str(tiny_run), "--augmentation", "multi9"]) == 2
+    assert "not in this run" in _said(capsys)
+    assert main(["capacity", str(tiny_run), "--phase", "mixed"]) == 2
+    assert "has the phases pretrain, finetune" in _said(capsys)
