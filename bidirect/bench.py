@@ -68,7 +68,7 @@ FLOPS_FORMULA = "6*N_nonembedding + 6*N_lm_head + 12*layers*context*width"
 # Model sizes by name, with the default batch (windows of `context` tokens per step) for each.
 PRESETS: dict[str, tuple[ModelSize, int]] = {
     "tiny": (ModelSize(layers=2, heads=2, width=32, mlp_width=64, context=64), 4),  # CI
-    "quick": (ModelSize(), 32),  # the quick study's model: config.py's defaults (4 x 128, context 256)
+    "quick": (ModelSize(), 32),  # the quick study's model: config.py's defaults
     "gpt2-small": (ModelSize(layers=12, heads=12, width=768, mlp_width=3072, context=512), 32),  # the paper's
     "bert-base": (ModelSize(layers=12, heads=12, width=768, mlp_width=3072, context=512), 32),  # same size
 }
@@ -101,7 +101,7 @@ def parse_size(spec: str) -> tuple[ModelSize, int]:
         return replace(size), batch
     if m := re.fullmatch(r"(\d+)x(\d+)", spec):
         layers, width = int(m.group(1)), int(m.group(2))
-        size = ModelSize(layers=layers, heads=max(1, width // 64), width=width, mlp_width=4 * width)
+        size = ModelSize(layers=layers, heads=max(1, width // 64), width=width, mlp_width=4 * width, context=256)
     elif "=" in spec:
         values: dict[str, int] = {}
         for part in spec.split(","):

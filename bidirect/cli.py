@@ -6,6 +6,8 @@
     bidirect summary RUN_DIR [RUN_DIR ...]       runs side by side; a sweep folder: seeds pooled, 95% CIs
     bidirect sweep SWEEP_CONFIG --out DIR        a grid of studies, one run folder per combination
     bidirect report DIR [--out FILE.md]          Markdown report with PNG figures of a run or sweep folder
+    bidirect probe RUN_DIR [--steps N]           P- and Q-probing of the trained models (RUN_DIR/probe.json)
+    bidirect capacity RUN_DIR                    knowledge capacity: bits stored per parameter (RUN_DIR/capacity.json)
     bidirect backbones                           the registry
     bidirect bench [--size S] [--backbone B ...] training tokens/s: the package's path against a plain loop
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -37,9 +40,12 @@ def cmd_data(args: argparse.Namespace) -> None:
     cfg = _config(args.config)
     run_dir = Path(args.out)
     open_run_dir(run_dir, cfg, force=args.force)
+    started = time.perf_counter()
     data, tokenizer = prepare_data(cfg, run_dir)
+    seconds = time.perf_counter() - started
     data_summary(console, data, tokenizer)
-    console.print(f"data and tokenizer written to {run_dir}")
+    # The generation benchmark of the paper's scale: `bidirect data configs/paper.yaml --out ...`.
+    console.print(f"data and tokenizer written to {run_dir} in {seconds:.1f} s")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -141,6 +147,24 @@ def cmd_bench(args: argparse.Namespace) -> None:
     console.print(f"report: {out}")
 
 
+def cmd_probe(args: argparse.Namespace) -> None:
+    from bidirect.probe import PROBE_FILE, probe_table, run_probe
+
+    if args.steps < 1:
+        raise ConfigError(f"--steps: {args.steps}; give a positive number of probe training steps")
+    out = run_probe(Path(args.run_dir), args.augmentation, args.backbone, args.phase, args.steps)
+    console.print(probe_table(out))
+    console.print(f"probe results: {Path(args.run_dir) / PROBE_FILE}")
+
+
+def cmd_capacity(args: argparse.Namespace) -> None:
+    from bidirect.capacity import CAPACITY_FILE, capacity_table, run_capacity
+
+    out = run_capacity(Path(args.run_dir), args.augmentation, args.backbone, args.phase)
+    console.print(capacity_table(out))
+    console.print(f"capacity: {Path(args.run_dir) / CAPACITY_FILE}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bidirect", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("summary", help="print the tables of runs; of a sweep folder: seeds pooled with 95% CIs")
+    p = sub.add_parser("summary", help="print the tables of runs; of a sweep folder: seeds pooled with 95%% CIs")
     p.add_argument("run_dirs", nargs="+")
     p.set_defaults(func=cmd_summary)
 
@@ -202,6 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="JSON report (default: runs/bench/<device>.json)")
     p.set_defaults(func=cmd_bench)
+
+    for name, func, about in (
+        ("probe", cmd_probe, "P- and Q-probing: a frozen model, a rank-2 embedding update and a linear probe"),
+        ("capacity", cmd_capacity, "knowledge capacity: bits stored (entropy minus the model's loss) per parameter"),
+    ):
+        p = sub.add_parser(name, help=about)
+        p.add_argument("run_dir", help="a finished run folder")
+        p.add_argument("--augmentation", help="only this augmentation (default: every one of the run)")
+        p.add_argument("--backbone", help="only this backbone (default: every one of the run)")
+        p.add_argument("--phase", help="which saved model (default: pretrain; mixed under the mixed protocol)")
+        if name == "probe":
+            p.add_argument("--steps", type=int, default=300, help="Adam steps per probe (default: 300)")
+        p.set_defaults(func=func)
     return parser
 
 

@@ -6,35 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import yaml
+from tiny import write_config
 
 from bidirect.cli import main
-
-TINY = {
-    "name": "tiny",
-    "data": {"individuals": 24, "augmentations": ["single", "multi2+permute"]},
-    "tokenizer": {"vocab_size": 400},
-    # 256: with a 400-token vocabulary a biography is about 230 tokens, and a study refuses to cut them.
-    "model": {"layers": 1, "heads": 2, "width": 32, "mlp_width": 64, "context": 256},
-    "backbones": ["gpt2-rope", "gbert"],
-    "pretrain": {"steps": 6, "batch_size": 4, "warmup_steps": 1, "log_every": 2, "checkpoint_every": 3},
-    "finetune": {"steps": 3, "batch_size": 4, "log_every": 1},
-}
-
-
-def write_config(path: Path, **changes) -> Path:
-    cfg = json.loads(json.dumps(TINY))
-    for key, value in changes.items():
-        section, _, field = key.partition("__")
-        if field:
-            cfg[section][field] = value
-        else:
-            cfg[section] = value
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +93,14 @@ def test_two_processes_match_one(tmp_path):
     loss1 = r1["training"]["single"]["gpt2-rope"]["pretrain"]["final_loss"]
     loss2 = r2["training"]["single"]["gpt2-rope"]["pretrain"]["final_loss"]
     assert abs(loss1 - loss2) < 0.05 * loss1
+
+
+def test_help_of_every_command(capsys):
+    from bidirect.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for argv in [["--help"], *[[name, "--help"] for name in commands]]:
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 0, argv
+    assert "usage: bidirect" in capsys.readouterr().out

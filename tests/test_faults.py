@@ -25,9 +25,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import yaml
 from accelerate import Accelerator
 from datasets import DatasetDict, concatenate_datasets
+from tiny import tiny_config
+from tiny import write_config as write_tiny
 
 from bidirect import study
 from bidirect.cli import main
@@ -38,15 +39,11 @@ from bidirect.tokenizer import load_tokenizer, qa_text
 from bidirect.trainer import TrainingError
 
 # One cell, small enough for seconds, long enough (60 steps, a checkpoint every 5) to be killed mid-phase.
-TINY = {
-    "name": "tiny",
-    "data": {"individuals": 24, "augmentations": ["single"]},
-    "tokenizer": {"vocab_size": 400},
-    "model": {"layers": 1, "heads": 2, "width": 32, "mlp_width": 64, "context": 256},  # bios are ~230 tokens
-    "backbones": ["gpt2-rope"],
-    "pretrain": {"steps": 60, "batch_size": 4, "warmup_steps": 1, "log_every": 2, "checkpoint_every": 5},
-    "finetune": {"steps": 3, "batch_size": 4, "log_every": 1},
-}
+TINY = tiny_config(
+    data__augmentations=["single"],
+    backbones=["gpt2-rope"],
+    pretrain={"steps": 60, "batch_size": 4, "warmup_steps": 1, "log_every": 2, "checkpoint_every": 5},
+)
 PRETRAIN = Path("models/single/gpt2-rope/pretrain")
 # Same thread count in every process: the CPU kernels' float sums then do not depend on the process.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -54,16 +51,7 @@ TIMING = re.compile(r"(seconds|per_second|_time|timestamp)$")
 
 
 def write_config(path: Path, **changes) -> Path:
-    """TINY with ``section__field=value`` (or ``section=value``) changes, as YAML."""
-    cfg = json.loads(json.dumps(TINY))
-    for key, value in changes.items():
-        section, _, field = key.partition("__")
-        if field:
-            cfg[section][field] = value
-        else:
-            cfg[section] = value
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_tiny(path, TINY, **changes)
 
 
 def _start(config: Path, out: Path, *extra: str) -> subprocess.Popen:
@@ -242,7 +230,7 @@ def world(runs):
 
     # The tokenizer of another run, with another vocabulary, copied into a run folder.
     other = root / "other_tokenizer_run"
-    other_config = write_config(root / "other.yaml", tokenizer={"vocab_size": 300})
+    other_config = write_config(root / "other.yaml", tokenizer={"kind": "bpe", "vocab_size": 300})
     assert main(["data", str(other_config), "--out", str(other)]) == 0
     assert len(load_tokenizer(other / "tokenizer")) != len(load_tokenizer(runs.straight / "tokenizer"))
     for name, src in (("foreign_eval", runs.straight), ("foreign_resume", runs.root / "killed_copy")):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_cli import TINY, write_config
+from tiny import TINY, tiny_config, write_config
 
 from bidirect import study
 from bidirect import sweep as sweep_lib
@@ -23,17 +23,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def tiny(**changes) -> dict:
-    cfg = json.loads(json.dumps(TINY))
-    cfg["data"]["augmentations"] = ["single"]
-    cfg["backbones"] = ["gpt2-rope"]
-    cfg["pretrain"]["checkpoint_every"] = 0
-    for key, value in changes.items():
-        section, _, field = key.partition("__")
-        if field:
-            cfg[section][field] = value
-        else:
-            cfg[section] = value
-    return cfg
+    base = tiny_config(data__augmentations=["single"], backbones=["gpt2-rope"], pretrain__checkpoint_every=0)
+    return tiny_config(base, **changes)
 
 
 def write_sweep(path: Path, axes: dict, **changes) -> Path:
