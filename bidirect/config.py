@@ -92,9 +92,9 @@ class Augmentation:
 class DataConfig:
     """The bioS population and its split (STUDY.md, Data)."""
 
-    individuals: int = 1000  # N
+    individuals: int = 80  # N
     p_train: float = 0.5  # p: share of individuals whose QA is fine-tuning data (P_train)
-    augmentations: list[str] = field(default_factory=lambda: ["single"])
+    augmentations: list[str] = field(default_factory=lambda: ["single", "multi5+permute"])
     # Inverse search (STUDY.md, Part 3.2): also write "Who was born on <date> in <city>?" -> full name
     # QA; P_train's is fine-tuning data, P_test's is evaluated (levels inverse_train / inverse_test).
     inverse: bool = False
@@ -102,7 +102,9 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    kind: Literal["bpe", "word"] = "bpe"
+    # Word-level by default: every name is one token, so a small model memorizes a person in
+    # fewer exposures than with names split into BPE pieces (the quick study's budget).
+    kind: Literal["bpe", "word"] = "word"
     vocab_size: int = 4096  # BPE only; a word-level vocabulary is every word of the corpus
 
 
@@ -110,11 +112,11 @@ class TokenizerConfig:
 class ModelSize:
     """Size spec shared by every backbone of a study, so that only the architecture differs."""
 
-    layers: int = 4
+    layers: int = 2
     heads: int = 4
     width: int = 128
     mlp_width: int = 512
-    context: int = 256  # longest sequence (packed window) in tokens
+    context: int = 96  # longest sequence (packed window) in tokens; must hold the longest bio
     dropout: float = 0.0
 
 
@@ -122,12 +124,12 @@ class ModelSize:
 class TrainConfig:
     """One training phase. Paper values are in configs/paper.yaml."""
 
-    steps: int = 1000
-    batch_size: int = 32  # sequences per optimizer step, summed over processes and accumulation
+    steps: int = 2000
+    batch_size: int = 16  # sequences per optimizer step, summed over processes and accumulation
     grad_accum: int = 1
-    lr: float = 1e-3
-    min_lr: float = 1e-4  # cosine decays to this
-    warmup_steps: int = 100
+    lr: float = 2e-3
+    min_lr: float = 2e-4  # cosine decays to this
+    warmup_steps: int = 50
     weight_decay: float = 0.1
     adam_eps: float = 1e-6
     adam_betas: tuple[float, float] = (0.9, 0.98)
@@ -172,18 +174,32 @@ class BackboneConfig:
     finetune: dict[str, Any] = field(default_factory=dict)
 
 
+def _quick_backbones() -> list[BackboneConfig]:
+    # The causal model memorizes from every token of a bio, the masked ones from 15% of the
+    # words per pass: it needs about a third of their steps, and a gentler fine-tuning.
+    causal = BackboneConfig(
+        "gpt2-rope",
+        pretrain={"steps": 800, "lr": 3e-3, "min_lr": 3e-4},
+        finetune={"steps": 150, "lr": 3e-4, "min_lr": 3e-5},
+    )
+    return [causal, BackboneConfig("gbert"), BackboneConfig("bert")]
+
+
 @dataclass
 class StudyConfig:
-    name: str = "study"
+    """The defaults are the quick study (configs/quick.yaml): 80 people, gpt2-rope, gbert and
+    bert of 2 layers x 128, with and without augmentation, on a 2-core CPU."""
+
+    name: str = "quick"
     seed: int = 0
     protocol: Literal["pretrain_finetune", "mixed"] = "pretrain_finetune"
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelSize = field(default_factory=ModelSize)
-    backbones: list[BackboneConfig] = field(default_factory=lambda: [BackboneConfig("gpt2")])
+    backbones: list[BackboneConfig] = field(default_factory=_quick_backbones)
     pretrain: TrainConfig = field(default_factory=TrainConfig)
     finetune: TrainConfig = field(
-        default_factory=lambda: TrainConfig(steps=500, lr=3e-4, min_lr=3e-5, warmup_steps=0, weight_decay=0.01)
+        default_factory=lambda: TrainConfig(steps=300, lr=1e-3, min_lr=1e-4, warmup_steps=0, weight_decay=0.01)
     )
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
