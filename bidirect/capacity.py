@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from rich.table import Table
 
 from bidirect.config import ATTRIBUTES
-from bidirect.data.generate import MONTHS, StudyData
+from bidirect.data.generate import MONTHS, StudyData, first_bios
 from bidirect.data.pools import Pools, load_pools
 from bidirect.evaluate import _pad
 from bidirect.models import backbone_kind, load_backbone, parameter_counts
@@ -80,17 +80,9 @@ def generator_entropy(individuals: int, pools: Pools | None = None) -> dict[str,
 # --------------------------------------------------------------------------- the model's loss
 
 
-def _first_bios(data: StudyData, augmentation: str):
-    bios = data.bios[augmentation]
-    first: dict[int, int] = {}
-    for row, person in enumerate(bios["id"]):
-        first.setdefault(person, row)
-    return bios.select([first[p] for p in sorted(first)])
-
-
 def field_spans(tokenizer, data: StudyData, augmentation: str) -> tuple[list[int], list[list[int]], list[list[tuple]]]:
     """Per individual (in id order): its id, first biography's token ids, and the token span of each of FIELDS."""
-    rows = _first_bios(data, augmentation)
+    rows = first_bios(data.bios[augmentation])
     names = dict(zip(data.individuals["id"], data.individuals["full_name"], strict=True))
     enc = tokenizer(list(rows["text"]), add_special_tokens=False, return_offsets_mapping=True)
     ids_out, spans_out = [], []

@@ -359,9 +359,10 @@ def validate(cfg: StudyConfig) -> StudyConfig:
             raise ConfigError(f"backbones[{i}]: {b.name!r} listed twice")
         seen.add(b.name)
         for phase in ("pretrain", "finetune"):
-            validate_train(cfg.train_config(b, phase), f"backbones.{b.name}.{phase}")
-        for phase in ("pretrain", "finetune"):  # LoRA is a way to fine-tune; nothing else reads the field
-            if cfg.train_config(b, phase).finetune_mode == "lora" and (phase == "pretrain" or cfg.protocol == "mixed"):
+            train = cfg.train_config(b, phase)
+            validate_train(train, f"backbones.{b.name}.{phase}")
+            # LoRA is a way to fine-tune; nothing else reads the field
+            if train.finetune_mode == "lora" and (phase == "pretrain" or cfg.protocol == "mixed"):
                 where = phase if getattr(cfg, phase).finetune_mode == "lora" else f"backbones.{b.name}.{phase}"
                 raise ConfigError(f"{where}.finetune_mode: 'lora' applies to the fine-tuning phase of protocol "
                                   "pretrain_finetune only; pretraining and the mixed stream train every weight")

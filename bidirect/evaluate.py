@@ -28,7 +28,7 @@ from rich.progress import track
 from transformers import PreTrainedTokenizerFast
 
 from bidirect.config import ATTRIBUTES, EvalConfig, MaskingConfig
-from bidirect.data.generate import StudyData
+from bidirect.data.generate import StudyData, first_bios
 from bidirect.tokenizer import answer_ids, decode_answer, question_ids, value_token_span
 
 LEVELS = ("bio_recall", "qa_train", "qa_test")
@@ -53,10 +53,9 @@ def _first_people(ids: Sequence[int], max_individuals: int) -> list[int]:
 
 def bio_items(tokenizer: PreTrainedTokenizerFast, bios: Dataset, kind: str, max_individuals: int = 0) -> list[Item]:
     """One item per attribute of each person's first biography."""
-    first: dict[int, int] = {}
-    for row, person in enumerate(bios["id"]):
-        first.setdefault(person, row)
-    rows = bios.select([first[p] for p in _first_people(list(first), max_individuals)])
+    rows = first_bios(bios)
+    if max_individuals:
+        rows = rows.select(range(min(max_individuals, len(rows))))
     enc = tokenizer(list(rows["text"]), add_special_tokens=False, return_offsets_mapping=True)
     items = []
     spans = zip(rows["value_start"], rows["value_end"], strict=True)

@@ -27,7 +27,7 @@ from datasets import Dataset, Features, Sequence, Value
 from transformers import PreTrainedTokenizerFast
 
 from bidirect.config import MaskingConfig
-from bidirect.tokenizer import answer_ids, question_ids
+from bidirect.tokenizer import qa_ids, value_token_span
 
 IGNORE = -100
 MASKED_FEATURES = Features(
@@ -48,10 +48,13 @@ def tokenize_bios(bios: Dataset, tokenizer: PreTrainedTokenizerFast, values: boo
         word_ids = [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(batch["text"]))]
         out = {"input_ids": enc["input_ids"], "word_ids": word_ids}
         if values:
-            out["value_ids"] = [
-                [next((a for a, (i, j) in enumerate(zip(starts, ends)) if s < j and e > i - 1), -1) for s, e in offsets]
-                for offsets, starts, ends in zip(enc["offset_mapping"], batch["value_start"], batch["value_end"])
-            ]
+            out["value_ids"] = []
+            for offsets, starts, ends in zip(enc["offset_mapping"], batch["value_start"], batch["value_end"]):
+                value_ids = [-1] * len(offsets)
+                for a, (start, end) in enumerate(zip(starts, ends)):
+                    i, j = value_token_span(offsets, start, end)
+                    value_ids[i:j] = [a] * (j - i)
+                out["value_ids"].append(value_ids)
         return out
 
     return bios.map(encode, batched=True, remove_columns=["text"], keep_in_memory=True, desc="tokenize bios")
@@ -60,11 +63,11 @@ def tokenize_bios(bios: Dataset, tokenizer: PreTrainedTokenizerFast, values: boo
 def encode_qa(qa: Dataset, tokenizer: PreTrainedTokenizerFast) -> Dataset:
     """Question and answer token ids, separately, so the answer is the same ids as in a bio."""
 
-    def encode(row: dict[str, Any]) -> dict[str, list[int]]:
-        q, a = question_ids(tokenizer, row["question"]), answer_ids(tokenizer, row["answer"])
+    def encode(batch: dict[str, list]) -> dict[str, list[list[int]]]:
+        q, a = qa_ids(tokenizer, batch["question"], batch["answer"])
         return {"question_ids": q, "answer_ids": a}
 
-    return qa.map(encode, keep_in_memory=True, desc="tokenize QA")
+    return qa.map(encode, batched=True, keep_in_memory=True, desc="tokenize QA")
 
 
 def _pack(docs: Iterator[tuple[list[int], list[int]]], context: int) -> dict[str, list[list[int]]]:

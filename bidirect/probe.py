@@ -42,7 +42,7 @@ from rich.table import Table
 from torch import nn
 
 from bidirect.config import ATTRIBUTES, StudyConfig
-from bidirect.data.generate import StudyData
+from bidirect.data.generate import StudyData, first_bios
 from bidirect.evaluate import _pad, majority_baseline
 from bidirect.models import backbone_kind, load_backbone
 from bidirect.study import RunDirError, require_run_dir, run_tokenizer
@@ -154,11 +154,7 @@ def probe_inputs(mode: str, tokenizer, data: StudyData, augmentation: str, kind:
     if mode == "Q":
         ids = tokenizer([" " + n for n in people["full_name"]], add_special_tokens=False)["input_ids"]
         return ProbeInputs(ids, [[len(x) - 1] * len(ATTRIBUTES) for x in ids], labels, train, test)
-    bios = data.bios[augmentation]
-    first: dict[int, int] = {}
-    for row, person in enumerate(bios["id"]):
-        first.setdefault(person, row)
-    rows = bios.select([first[p] for p in range(len(people))])
+    rows = first_bios(data.bios[augmentation])
     enc = tokenizer(list(rows["text"]), add_special_tokens=False, return_offsets_mapping=True)
     all_ids, reads = [], []
     for ids, offsets, starts, ends in zip(enc["input_ids"], enc["offset_mapping"], rows["value_start"],

@@ -34,7 +34,7 @@ from bidirect.evaluate import INVERSE_LEVELS, evaluate_model, majority_baseline
 from bidirect.lora import add_lora, merge_lora, trainable_parameters
 from bidirect.models import backbone_kind, build_backbone, load_backbone, parameter_counts
 from bidirect.objectives import IGNORE, encode_qa, make_objective, tokenize_bios
-from bidirect.tokenizer import load_tokenizer, qa_text, train_tokenizer
+from bidirect.tokenizer import load_tokenizer, qa_ids, qa_text, train_tokenizer
 from bidirect.trainer import TrainingError, phase_done, train_phase, write_json_atomic
 
 RESULTS = "results.json"
@@ -165,9 +165,7 @@ def check_context(cfg: StudyConfig, data: StudyData, tokenizer) -> None:
         i = max(range(len(lengths)), key=lengths.__getitem__)
         longest = max(longest, (lengths[i], f"the longest biography ({aug}, individual {bios[i]['id']})"))
     for name, qa in data.qa_sets().items():  # inverse QA too, under data.inverse
-        # Batched question_ids / answer_ids: the answer follows a space.
-        questions = tokenizer(list(qa["question"]), add_special_tokens=False)["input_ids"]
-        answers = tokenizer([" " + a for a in qa["answer"]], add_special_tokens=False)["input_ids"]
+        questions, answers = qa_ids(tokenizer, qa["question"], qa["answer"])
         lengths = [len(q) + len(a) for q, a in zip(questions, answers)]
         i = max(range(len(lengths)), key=lengths.__getitem__)
         longest = max(longest, (lengths[i], f"the longest QA example ({name}: {qa[i]['question']!r})"))
@@ -275,7 +273,8 @@ def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmen
             done = train_phase(model, objective, stream, train_cfg, phase_dir, accelerator,
                                f"{augmentation}/{backbone.name}/{phase}", cfg.seed,
                                finalize=merge_lora if lora else None)
-        model = load_backbone(phase_dir / "model")  # what was saved is what gets evaluated
+        if phase != list(streams)[-1]:  # the next phase starts from what was saved (evaluate_cell loads the last)
+            model = load_backbone(phase_dir / "model")
         labelled = sum(sum(1 for x in labels if x != IGNORE) for labels in stream["labels"]) if kind == "causal" else 0
         phases[phase] = {**asdict(done), "stream_examples": len(stream),
                          "exposures": done.tokens / labelled if labelled else None,
@@ -290,10 +289,13 @@ def evaluate_cell(cfg: StudyConfig, cell_dir: Path, kind: str, tokenizer, data: 
     """Bio recall of the model that was trained on the bios (memorization is a property of
     pretraining; QA fine-tuning is free to overwrite the bios' wording), QA levels of the
     final model. Under the mixed protocol both are the one model."""
-    phases = ["mixed"] if cfg.protocol == "mixed" else ["pretrain", "finetune"]
-    results = {}
     qa_levels = ["qa_train", "qa_test", *(lv for lv in INVERSE_LEVELS if lv in data.qa_sets())]
-    for phase, levels in ((phases[0], ["bio_recall"]), (phases[-1], qa_levels)):
+    if cfg.protocol == "mixed":
+        by_phase = {"mixed": ["bio_recall", *qa_levels]}
+    else:
+        by_phase = {"pretrain": ["bio_recall"], "finetune": qa_levels}
+    results = {}
+    for phase, levels in by_phase.items():
         model_dir = cell_dir / phase / "model"
         if not model_dir.is_dir():
             raise RunDirError(f"{model_dir}: no trained model; finish the run with `bidirect run ... --resume`")

@@ -12,7 +12,7 @@ That is the property QA extraction depends on, and `answer_ids` relies on it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -57,13 +57,22 @@ def qa_text(question: str, answer: str) -> str:
     return f"{question} {answer}"
 
 
+def qa_ids(tokenizer: PreTrainedTokenizerFast, questions: Sequence[str], answers: Sequence[str]
+           ) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of questions and of their answers, batched. An answer is encoded as it follows
+    a question or sits inside a biography: after a space."""
+    q = tokenizer(list(questions), add_special_tokens=False)["input_ids"] if questions else []
+    a = tokenizer([" " + x for x in answers], add_special_tokens=False)["input_ids"] if answers else []
+    return q, a
+
+
 def question_ids(tokenizer: PreTrainedTokenizerFast, question: str) -> list[int]:
-    return tokenizer(question, add_special_tokens=False)["input_ids"]
+    return qa_ids(tokenizer, [question], [])[0][0]
 
 
 def answer_ids(tokenizer: PreTrainedTokenizerFast, answer: str) -> list[int]:
     """Token ids of an answer as it follows a question or sits inside a biography."""
-    return tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+    return qa_ids(tokenizer, [], [answer])[1][0]
 
 
 def decode_answer(tokenizer: PreTrainedTokenizerFast, ids: Iterable[int]) -> str:

@@ -193,6 +193,14 @@ def write_inverse_qa(people: list[dict], population: list[dict] | None = None) -
     ]
 
 
+def first_bios(bios: Dataset) -> Dataset:
+    """Each individual's first biography, in id order: what bio recall, probing and capacity read."""
+    first: dict[int, int] = {}
+    for row, person in enumerate(bios["id"]):
+        first.setdefault(person, row)
+    return bios.select([first[p] for p in sorted(first)])
+
+
 def _dataset(rows: list[dict], features: Features, tag: str) -> Dataset:
     columns = {k: [r[k] for r in rows] for k in features}
     ds = Dataset.from_dict(columns, features=features)
