@@ -22,6 +22,10 @@ N_FIRST, N_MIDDLE, N_LAST = 400, 400, 1000
 MAX_INDIVIDUALS = N_FIRST * N_MIDDLE * N_LAST
 
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "company", "company_city")
+# The evaluation levels (bidirect.evaluate); the inverse ones exist only where the data has inverse QA.
+LEVELS = ("bio_recall", "qa_train", "qa_test")
+INVERSE_LEVELS = ("inverse_train", "inverse_test")
+ALL_LEVELS = (*LEVELS, *INVERSE_LEVELS)
 
 
 class ConfigError(ValueError):

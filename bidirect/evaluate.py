@@ -27,12 +27,9 @@ from datasets import Dataset
 from rich.progress import track
 from transformers import PreTrainedTokenizerFast
 
-from bidirect.config import ATTRIBUTES, EvalConfig, MaskingConfig
+from bidirect.config import ATTRIBUTES, INVERSE_LEVELS, LEVELS, EvalConfig, MaskingConfig
 from bidirect.data.generate import StudyData, first_bios
 from bidirect.tokenizer import answer_ids, decode_answer, question_ids, value_token_span
-
-LEVELS = ("bio_recall", "qa_train", "qa_test")
-INVERSE_LEVELS = ("inverse_train", "inverse_test")  # only where the data has inverse QA
 
 
 @dataclass

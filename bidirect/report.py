@@ -8,14 +8,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bidirect.config import ATTRIBUTES
-from bidirect.evaluate import INVERSE_LEVELS, LEVELS
+from bidirect.config import ALL_LEVELS, ATTRIBUTES, INVERSE_LEVELS, LEVELS
 
 SHORT = {"birth_date": "date", "birth_city": "b.city", "university": "univ", "major": "major",
          "company": "company", "company_city": "c.city"}
 LEVEL_NAMES = {"bio_recall": "bio recall", "qa_train": "QA P_train", "qa_test": "QA P_test",
                "inverse_train": "inverse P_train", "inverse_test": "inverse P_test"}
-ALL_LEVELS = (*LEVELS, *INVERSE_LEVELS)  # inverse levels are shown only where a run has them
 
 
 def pct(x: float | None) -> str:

@@ -24,11 +24,10 @@ import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
-from bidirect.config import ATTRIBUTES
+from bidirect.config import ATTRIBUTES, INVERSE_LEVELS, LEVELS
 from bidirect.report import LEVEL_NAMES, SHORT, markdown
 from bidirect.study import RunDirError, read_results
 from bidirect.sweep import (
-    LEVELS,
     MANIFEST,
     SEED,
     SWEEP_FILE,
@@ -40,7 +39,8 @@ from bidirect.sweep import (
     write_summary,
 )
 
-LEVEL_COLORS = {"bio_recall": "#9ecae1", "qa_train": "#4292c6", "qa_test": "#08306b"}
+LEVEL_COLORS = {"bio_recall": "#9ecae1", "qa_train": "#4292c6", "qa_test": "#08306b",
+                "inverse_train": "#fdae6b", "inverse_test": "#a63603"}
 PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
 LINESTYLES = ["-", "--", ":", "-."]
 DPI = 110
@@ -59,12 +59,16 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def accuracy_figure(title: str, panels: dict[str, dict[str, dict[str, float]]], baseline: dict[str, float],
                     path: Path, errors: dict[str, dict[str, dict[str, float]]] | None = None) -> Path:
-    """One panel per backbone: per attribute (and the mean) a bar per level, in percent.
+    """One panel per backbone: per attribute (and the mean) a bar per level, in percent; where a
+    backbone has inverse search, its two levels (full name from attributes) as a last group.
 
     ``panels[backbone][level][attr]`` is a score in [0, 1]; ``errors`` the same shape, the 95%
     half-width, drawn as error bars."""
     groups = [*ATTRIBUTES, "mean"]
     labels = [SHORT[a] for a in ATTRIBUTES] + ["mean of 6"]
+    inverse = any(lv in levels for levels in panels.values() for lv in INVERSE_LEVELS)
+    if inverse:
+        labels.append("inverse\n(full name)")
     n = len(panels)
     fig = Figure(figsize=(10, 2.3 * n + 1.0), layout="constrained")
     axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
@@ -88,6 +92,18 @@ def accuracy_figure(title: str, panels: dict[str, dict[str, dict[str, float]]], 
                         floor = 100 * baseline[a] if baseline.get(a) is not None else 0.0
                         ax.text(x, max(y + u, floor) + 1.5, f"{y:.0f}", ha="center", va="bottom", fontsize=7,
                                 color=LEVEL_COLORS[level])
+        for j, level in enumerate(INVERSE_LEVELS if inverse else ()):
+            stat = levels.get(level, {}).get("mean")
+            half = (errors or {}).get(backbone, {}).get(level, {}).get("mean")
+            if stat is None:
+                continue
+            y = 100 * stat
+            err = None if half is None else [[min(100 * half, y)], [min(100 * half, 100 - y)]]
+            ax.bar([len(groups) + (j - 0.5) * width], [y], width, color=LEVEL_COLORS[level], label=LEVEL_NAMES[level],
+                   yerr=err, error_kw={"elinewidth": 0.9, "capsize": 2, "ecolor": "#444444"})
+            if level == "inverse_test":
+                ax.text(len(groups) + 0.5 * width, y + 1.5, f"{y:.0f}", ha="center", va="bottom", fontsize=7,
+                        color=LEVEL_COLORS[level])
         for i, a in enumerate(groups):
             if baseline.get(a) is not None:
                 ax.hlines(100 * baseline[a], i - 1.5 * width, i + 1.5 * width, colors="black", linestyles="--",
@@ -97,8 +113,10 @@ def accuracy_figure(title: str, panels: dict[str, dict[str, dict[str, float]]], 
         ax.set_ylabel("exact match (%)")
         ax.set_title(backbone, loc="left", fontsize=10)
         ax.axvline(len(ATTRIBUTES) - 0.5, color="#bbbbbb", linewidth=0.8)
+        if inverse:
+            ax.axvline(len(groups) - 0.5, color="#bbbbbb", linewidth=0.8)
         ax.grid(axis="y", alpha=0.3)
-    axes[-1].set_xticks(range(len(groups)))
+    axes[-1].set_xticks(range(len(labels)))
     axes[-1].set_xticklabels(labels)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncol=4, frameon=False)
@@ -161,9 +179,12 @@ def trend_figure(title: str, xlabel: str, series: list[dict[str, Any]], path: Pa
                  baseline: float | None = None, exact_ticks: bool = True) -> Path:
     """The three levels against a numeric value, QA P_test (the headline) first: one panel per level,
     one line per series ``{label, xs, levels}`` (``levels[k]`` a summary row's levels at ``xs[k]``),
-    the mean over seeds with its 95% interval as error bars."""
+    the mean over seeds with its 95% interval as error bars. Inverse P_test gets a fourth panel where
+    any series has it."""
     panels = ["qa_test", "qa_train", "bio_recall"]
-    fig = Figure(figsize=(12.5, 3.9), layout="constrained")
+    if any("inverse_test" in lv for s in series for lv in s["levels"]):
+        panels.append("inverse_test")
+    fig = Figure(figsize=(4.2 * len(panels), 3.9), layout="constrained")
     axes = fig.subplots(1, len(panels), sharey=True)
     ticks = sorted({x for s in series for x in s["xs"]})
     for ax, level in zip(axes, panels):
@@ -192,7 +213,7 @@ def trend_figure(title: str, xlabel: str, series: list[dict[str, Any]], path: Pa
         ax.set_ylim(-3, 104)  # a line at 0% stays visible above the axis
         ax.grid(alpha=0.3)
         ax.set_title(LEVEL_NAMES[level] + (" (held out)" if level == "qa_test" else ""), fontsize=10,
-                     fontweight="bold" if level == "qa_test" else "normal")
+                     fontweight="bold" if level in ("qa_test", "inverse_test") else "normal")
     axes[0].set_ylabel("exact match, mean of 6 (%)")
     axes[len(axes) // 2].set_xlabel(xlabel)  # one label under the middle panel
     handles, names = axes[0].get_legend_handles_labels()

@@ -44,11 +44,10 @@ from typing import Any
 
 import yaml
 
-from bidirect.config import ATTRIBUTES, ConfigError, StudyConfig, from_dict
+from bidirect.config import ALL_LEVELS, ATTRIBUTES, INVERSE_LEVELS, LEVELS, ConfigError, StudyConfig, from_dict
 
 SWEEP_FILE, MANIFEST, SUMMARY = "sweep.yaml", "sweep.json", "summary.json"
 SEED = "seed"  # the axis pooled by `aggregate`
-LEVELS = ("bio_recall", "qa_train", "qa_test")
 
 
 @dataclass
@@ -367,7 +366,7 @@ def aggregate(sweep_dir: Path) -> dict[str, Any]:
                                             "majority": [], "modes": set()})
                 g["cells"].append(cell["name"])
                 g["seeds"].append(cell["values"].get(SEED, res.get("seed")))
-                for level in LEVELS:
+                for level in ALL_LEVELS:
                     for attr in (*ATTRIBUTES, "mean"):
                         score = levels.get(level, {}).get(attr)
                         if score is not None:
@@ -418,22 +417,34 @@ def backbone_label(row: dict[str, Any]) -> str:
     return f"{row['backbone']} (LoRA {lora[0].removeprefix('lora(').rstrip(')')})" if lora else row["backbone"]
 
 
+def shown_levels(summary: dict[str, Any]) -> list[str]:
+    """The three levels, and the inverse ones where any row has them."""
+    present = {lv for row in summary["rows"] for lv in row["levels"]}
+    return [*LEVELS, *(lv for lv in INVERSE_LEVELS if lv in present)]
+
+
 def summary_table(summary: dict[str, Any]):
-    """One row per (backbone, augmentation, other swept values); fits an 80-column terminal."""
+    """One row per (backbone, augmentation, other swept values); fits an 80-column terminal
+    (100 with the inverse levels)."""
     from rich.table import Table
 
+    from bidirect.report import LEVEL_NAMES
+
+    levels_shown = shown_levels(summary)
     table = Table(title=f"sweep {summary['sweep_dir']}: mean of the six attributes (%), mean ± 95% CI over "
                         f"{summary['pooled']}s", caption=f"majority guess: {_majority_range(summary)}")
     table.add_column("backbone / augmentation" + "".join(f" / {k}" for k in summary["group_by"]), ratio=1,
                      overflow="fold")
-    for col in ("seeds", "bio recall", "QA P_train", "QA P_test"):
-        table.add_column(col, justify="right", no_wrap=True, style="bold" if col == "QA P_test" else None)
+    table.add_column("seeds", justify="right", no_wrap=True)
+    for level in levels_shown:
+        table.add_column(LEVEL_NAMES[level], justify="right", no_wrap=True,
+                         style="bold" if level in ("qa_test", "inverse_test") else None)
     for row in summary["rows"]:
         levels = row["levels"]
         name = f"{backbone_label(row)} / {row['augmentation']}"
         if summary["group_by"]:
             name += "\n" + ", ".join(f"{k}={_label(row['values'][k])}" for k in summary["group_by"])
-        table.add_row(name, str(row["n"]), *[fmt_ci(levels.get(lv, {}).get("mean")) for lv in LEVELS],
+        table.add_row(name, str(row["n"]), *[fmt_ci(levels.get(lv, {}).get("mean")) for lv in levels_shown],
                       end_section=bool(summary["group_by"]))
     return table
 
@@ -447,14 +458,17 @@ def _majority_range(summary: dict[str, Any]) -> str:
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
-    keys = summary["group_by"]
-    head = [*keys, "augmentation", "backbone", "seeds", "bio recall", "QA P_train", "QA P_test", "majority"]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(keys) + " --- | --- |" + " ---: |" * 5]
+    from bidirect.report import LEVEL_NAMES
+
+    keys, levels_shown = summary["group_by"], shown_levels(summary)
+    head = [*keys, "augmentation", "backbone", "seeds", *(LEVEL_NAMES[lv] for lv in levels_shown), "majority"]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + " --- |" * len(keys) + " --- | --- |" + " ---: |" * (len(levels_shown) + 2)]
     for row in summary["rows"]:
         levels = row["levels"]
+        scores = [fmt_ci(levels.get(lv, {}).get("mean")) for lv in levels_shown]
+        scores = [f"**{x}**" if lv in ("qa_test", "inverse_test") else x for lv, x in zip(levels_shown, scores)]
         cells = [*[_label(row["values"][k]) for k in keys], row["augmentation"], backbone_label(row), str(row["n"]),
-                 fmt_ci(levels.get("bio_recall", {}).get("mean")), fmt_ci(levels.get("qa_train", {}).get("mean")),
-                 f"**{fmt_ci(levels.get('qa_test', {}).get('mean'))}**",
-                 "-" if row["majority"] is None else f"{100 * row['majority']:.1f}"]
+                 *scores, "-" if row["majority"] is None else f"{100 * row['majority']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

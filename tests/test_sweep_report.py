@@ -362,6 +362,33 @@ def test_summary_command_on_a_sweep_folder(tiny_sweep, tmp_path, capsys):
     assert main(["summary", str(tmp_path / "nowhere")]) == 2
 
 
+def test_summary_pools_inverse_levels_where_cells_have_them(tiny_sweep, tmp_path, capsys, monkeypatch):
+    """Inverse search levels (data.inverse) are pooled like the others and get their own columns
+    and panels; a sweep without them shows none."""
+    monkeypatch.setenv("COLUMNS", "110")  # two more columns than fit 80
+    _, out = tiny_sweep
+    assert main(["summary", str(out)]) == 0
+    assert "inverse" not in capsys.readouterr().out
+    copy = tmp_path / "s"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("models", "data", "tokenizer", "summary.json"))
+    for cell, (train, test) in zip(sorted(copy.glob("seed=*")), [(1.0, 0.25), (0.5, 0.75)]):
+        results = json.loads((cell / "results.json").read_text())
+        results["results"]["single"]["gpt2-rope"].update(
+            inverse_train={"full_name": train, "mean": train, "n": 4},
+            inverse_test={"full_name": test, "mean": test, "n": 4})
+        (cell / "results.json").write_text(json.dumps(results))
+    assert main(["summary", str(copy)]) == 0
+    assert "inverse P_test" in capsys.readouterr().out
+    [row] = json.loads((copy / "summary.json").read_text())["rows"]
+    assert row["levels"]["inverse_test"]["mean"]["mean"] == pytest.approx(0.5)
+    assert row["levels"]["inverse_train"]["mean"]["values"] == [1.0, 0.5]
+    assert main(["report", str(copy)]) == 0
+    text = (copy / "report.md").read_text()
+    assert "| inverse P_train | inverse P_test |" in text.replace(" | majority", "")[: text.index("majority") + 20]
+    assert "**50.0 ±" in text  # inverse P_test, bold like QA P_test
+    check_pngs(copy / "report", copy / "report.md")
+
+
 # --------------------------------------------------------------------------- reports
 
 
