@@ -79,8 +79,8 @@ def accuracy_figure(title: str, panels: dict[str, dict[str, dict[str, float]]], 
             xs = [i + (j - 1) * width for i in range(len(groups))]
             ys = [100 * scores.get(a, float("nan")) for a in groups]
             err, up = None, [0.0] * len(ys)
-            if errors and backbone in errors:  # the interval, clipped to what an accuracy can be
-                half = errors[backbone].get(level, {})
+            half = (errors or {}).get(backbone, {}).get(level, {})
+            if any(h is not None for h in half.values()):  # the interval, clipped to what an accuracy can be
                 e = [100 * half[a] if half.get(a) is not None else 0.0 for a in groups]
                 up = [min(h, max(100 - y, 0.0)) if y == y else 0.0 for h, y in zip(e, ys)]
                 err = [[min(h, y) if y == y else 0.0 for h, y in zip(e, ys)], up]
@@ -397,7 +397,9 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
     baseline_attrs = first.get("majority_baseline", {})
     for i, panel in enumerate(by_panel.values()):
         other = ", ".join(f"{k}={_label(panel['values'][k])}" for k in keys)
-        title = f"{panel['aug']}{' | ' + other if other else ''}: mean over seeds, 95% CI"
+        seeds = {r["n"] for r in rows}
+        title = f"{panel['aug']}{' | ' + other if other else ''}: " + (
+            "one seed" if seeds == {1} else "mean over seeds, 95% CI")
         path = accuracy_figure(title, panel["means"], baseline_attrs,
                                fig_dir / f"accuracy_{i:02d}_{_slug(panel['aug'] + ('_' + other if other else ''))}.png",
                                errors=panel["errs"])
@@ -436,8 +438,11 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
                             exact_ticks=False)
         lines += [f"![the three levels against exposures]({_rel(path, base)})", ""]
     if not numeric:
-        points = [{"label": _row_label(r, keys).replace(" / ", "\n", 1), "stat": r["levels"]["qa_test"]["mean"]}
-                  for r in rows if "qa_test" in r["levels"]]
+        # One line each for the backbone, the augmentation and every other value (the last part of
+        # its dotted name), so that several swept values fit under a tick.
+        points = [{"label": "\n".join([r["backbone"], r["augmentation"],
+                                       *(f"{k.rsplit('.', 1)[-1]}={_label(r['values'][k])}" for k in keys)]),
+                   "stat": r["levels"]["qa_test"]["mean"]} for r in rows if "qa_test" in r["levels"]]
         path = seeds_figure("QA P_test per seed, mean and 95% CI", points, fig_dir / "qa_test_seeds.png",
                             baseline=mean_majority)
         lines += [f"![QA P_test per seed]({_rel(path, base)})", ""]
