@@ -24,6 +24,7 @@ import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
+from bidirect.capacity import CAPACITY_FILE
 from bidirect.config import ATTRIBUTES, INVERSE_LEVELS, LEVELS
 from bidirect.report import LEVEL_NAMES, SHORT, markdown
 from bidirect.study import RunDirError, read_results
@@ -251,6 +252,37 @@ def seeds_figure(title: str, rows: list[dict[str, Any]], path: Path, baseline: f
     return _save(fig, path)
 
 
+def capacity_figure(title: str, series: list[dict[str, Any]], path: Path, max_bits: float | None = None) -> Path:
+    """Bits stored against parameters, log-log: one line per series ``{label, params, bits}``, the bits
+    the data holds as a ceiling and the paper's 2 bits per parameter as a reference."""
+    fig = Figure(figsize=(6.8, 4.4), layout="constrained")
+    ax = fig.subplots()
+    for i, s in enumerate(series):
+        points = sorted(zip(s["params"], s["bits"]))
+        ax.plot([p for p, _ in points], [b for _, b in points], color=PALETTE[i % len(PALETTE)], marker="o",
+                markersize=4, linewidth=1.4, label=s["label"])
+    params = [p for s in series for p in s["params"]]
+    low, high = min(params) / 1.3, max(params) * 1.3
+    ax.plot([low, high], [2 * low, 2 * high], color="#888888", linestyle=":", linewidth=1.0,
+            label="2 bits per parameter (the paper)")
+    if max_bits is not None:
+        ax.axhline(max_bits, color="black", linestyle="--", linewidth=1.0, label="bits the data holds")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(low, high)
+    plain = FuncFormatter(lambda x, _: f"{x / 1e6:.3g}M" if x >= 1e6 else f"{x / 1e3:.3g}k" if x >= 1e3 else f"{x:.3g}")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(FuncFormatter(lambda x, _: ""))
+    ax.set_xticks(sorted(set(params)), minor=True)
+    ax.set_xlabel("parameters (total; minor ticks at the cells)")
+    ax.set_ylabel("bits stored")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
 # --------------------------------------------------------------------------- markdown pieces
 
 
@@ -363,6 +395,39 @@ def _row_label(row: dict[str, Any], keys: Iterable[str]) -> str:
     return f"{row['backbone']} / {row['augmentation']}" + (f" ({extra})" if extra else "")
 
 
+def _capacity_section(sweep_dir: Path, cells: list[dict[str, Any]], keys: list[str], fig_dir: Path,
+                      base: Path) -> list[str]:
+    """Where cells have a capacity.json (`bidirect capacity`): bits stored against parameters."""
+    series: dict[str, dict[str, Any]] = {}
+    rows, ceilings = [], set()
+    for cell in cells:
+        path = sweep_dir / cell["name"] / CAPACITY_FILE
+        if not path.is_file():
+            continue
+        for backbone, by_aug in json.loads(path.read_text()).get("results", {}).items():
+            for aug, c in by_aug.items():
+                label = f"{backbone} / {aug}"
+                s = series.setdefault(label, {"label": label, "params": [], "bits": []})
+                s["params"].append(c["parameters"]["total"])
+                s["bits"].append(c["bits"])
+                ceilings.add(round(c["max_bits"], 1))
+                rows.append(f"| {cell['name']} | {label} | {c['parameters']['total']:,} "
+                            f"({c['parameters']['non_embedding']:,}) | {c['bits']:,.0f} | "
+                            f"{100 * c['bits'] / c['max_bits']:.1f}% | {c['bits_per_parameter']:.3f} "
+                            f"({c['bits_per_non_embedding_parameter']:.3f}) |")
+    if not rows:
+        return []
+    path = capacity_figure("knowledge capacity: bits stored against model size", list(series.values()),
+                           fig_dir / "capacity.png", max_bits=ceilings.pop() if len(ceilings) == 1 else None)
+    return ["## Knowledge capacity", "",
+            "From each cell's `capacity.json` (`bidirect capacity CELL`): bits of the generator's draws the model "
+            "stores (first biography of each person), the share of what the data holds, and per parameter "
+            "(total, and without embeddings).", "",
+            "| cell | backbone / augmentation | parameters (non-embedding) | bits stored | of the data | "
+            "bits per parameter (non-embedding) |", "| --- | --- | ---: | ---: | ---: | ---: |", *rows, "",
+            f"![bits stored against parameters]({_rel(path, base)})", ""]
+
+
 def sweep_report(sweep_dir: Path, out: Path) -> str:
     summary = aggregate(sweep_dir)
     write_summary(sweep_dir, summary)
@@ -446,6 +511,8 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
         path = seeds_figure("QA P_test per seed, mean and 95% CI", points, fig_dir / "qa_test_seeds.png",
                             baseline=mean_majority)
         lines += [f"![QA P_test per seed]({_rel(path, base)})", ""]
+
+    lines += _capacity_section(sweep_dir, cells, keys, fig_dir, base)
 
     # (b) loss curves of every cell
     curves = []

@@ -405,6 +405,23 @@ def test_report_of_a_sweep_folder(tiny_sweep, tmp_path):
     assert "sweep:" in text  # the sweep file, quoted
 
 
+def test_report_of_a_sweep_shows_capacity_where_cells_have_it(tiny_sweep, tmp_path):
+    _, out = tiny_sweep
+    copy = tmp_path / "s"
+    shutil.copytree(out, copy)
+    assert main(["report", str(copy)]) == 0
+    assert "Knowledge capacity" not in (copy / "report.md").read_text()
+    cell = copy / "seed=1,pretrain.steps=4"
+    assert main(["capacity", str(cell)]) == 0
+    stored = json.loads((cell / "capacity.json").read_text())["results"]["gpt2-rope"]["single"]
+    assert main(["report", str(copy)]) == 0
+    text = (copy / "report.md").read_text()
+    assert "## Knowledge capacity" in text and "capacity.png" in text
+    assert f"| seed=1,pretrain.steps=4 | gpt2-rope / single | {stored['parameters']['total']:,} " in text
+    assert "seed=0,pretrain.steps=4 | gpt2-rope" not in text.split("## Knowledge capacity")[1].split("![")[0]
+    assert "capacity.png" in {p.name for p in check_pngs(copy / "report", copy / "report.md")}
+
+
 def test_report_of_a_sweep_over_a_number(tiny_sweep, tmp_path):
     """The tiny sweep's two cells relabelled as one seed at two pretraining lengths: the report
     plots the levels against the swept number and, as they differ, against exposures."""
