@@ -27,9 +27,12 @@ head (tied to the input embedding, so not in N_nonembedding, but a matmul all th
 12 L T W for the attention scores and their weighted sum at the nominal context T. The same
 number is used for both paths (as MFU conventionally does), so their MFU ratio is their tokens/s
 ratio; it overstates the attention work of short padded documents and of block-diagonal packed
-windows, which is small next to 6N at these sizes. MFU divides achieved FLOP/s by the device's
-dense bf16 peak (H100 SXM / H200 989 TFLOP/s, H100 PCIe 756, A100 312); a CPU has no listed peak,
-so MFU is null unless ``--peak-tflops`` is given.
+windows, which is small next to 6N at these sizes. The package path runs the LM head only at
+labelled positions (`trainer.LabelledHead`; about 15% of a masked model's), and is still credited
+the head at every position, like the plain path: for masked models its FLOP/s and MFU are rates
+equivalent to the plain path's work, which is what a comparison of the two needs. MFU divides
+achieved FLOP/s by the device's dense bf16 peak (H100 SXM / H200 989 TFLOP/s, H100 PCIe 756,
+A100 312); a CPU has no listed peak, so MFU is null unless ``--peak-tflops`` is given.
 """
 
 from __future__ import annotations
@@ -310,10 +313,11 @@ def _package_path(model, accelerator, train: TrainConfig, compile_model: bool) -
     """The step of trainer.train_phase with one process and no accumulation (so nothing to gather), without its
     checkpointing and logging."""
     from bidirect.objectives import IGNORE
-    from bidirect.trainer import _optimizer, token_loss_sum
+    from bidirect.trainer import LabelledHead, _optimizer, token_loss_sum
 
     device = accelerator.device
     optimizer = _optimizer(model, train, fused=device.type == "cuda")
+    head = LabelledHead(model) if train.labelled_logits_only and not compile_model else None
     if compile_model:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -323,8 +327,13 @@ def _package_path(model, accelerator, train: TrainConfig, compile_model: bool) -
         labels = batch.pop("labels")
         num_items = int((labels != IGNORE).sum())  # the trainer counts them before the forward pass too
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        labels = labels.to(device, non_blocking=True)
+        if head is not None:
+            head.mask = labels != IGNORE
         logits = model(**batch).logits
-        loss_sum = token_loss_sum(logits, labels.to(device, non_blocking=True))
+        if head is not None:
+            head.mask = None  # inert until the next step: the evaluator reads this model whole
+        loss_sum = token_loss_sum(logits, labels)
         accelerator.backward(loss_sum / max(num_items, 1))
         if train.clip_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), train.clip_norm)
@@ -495,7 +504,9 @@ def _run_bench(cfg: BenchConfig, console: Console | None) -> dict[str, Any]:
                      "transformers": transformers.__version__, "accelerate": accelerate.__version__},
         "config": {**asdict(cfg), "size": asdict(size)},
         "flops_formula": FLOPS_FORMULA,
-        "flops_note": "per token, forward + backward, attention at the nominal context (Kaplan et al. 2020)",
+        "flops_note": "per token, forward + backward, attention at the nominal context (Kaplan et al. 2020); "
+                      "the LM head counted at every position on both paths, though the package path runs it at "
+                      "labelled positions only (trainer.LabelledHead)",
         "peak_tflops": peak,
         "peak_source": "--peak-tflops" if cfg.peak_tflops else ("device name" if peak else None),
         "data": {"individuals": cfg.individuals, "augmentation": aug.name, "bios": len(bios),

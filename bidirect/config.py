@@ -142,6 +142,8 @@ class TrainConfig:
     log_every: int = 50
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     compile: bool = False
+    # The LM head only where there is a label (trainer.LabelledHead): the same loss, less work.
+    labelled_logits_only: bool = True
     finetune_mode: Literal["full", "lora"] = "full"  # fine-tuning only
     lora_rank: int = 8
     qa_share: float = 0.8  # mixed protocol only: share of windows that are QA

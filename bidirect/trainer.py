@@ -13,6 +13,7 @@ resumes from the last complete one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from datasets import Dataset
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
@@ -61,8 +62,47 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy over labelled positions (labels already aligned with logits)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    """Summed cross-entropy over labelled positions (labels already aligned with logits).
+
+    ``logits`` is (batch, length, vocabulary), or (labelled positions, vocabulary) when the head
+    ran on those only (`LabelledHead`), in the row-major order of ``labels != IGNORE``."""
+    if logits.dim() == 2:
+        labels = labels[labels != IGNORE]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.flatten(), ignore_index=IGNORE,
+                           reduction="sum")
+
+
+class LabelledHead:
+    """Runs a model's LM head only at the positions that have a label.
+
+    A masked LM has a label at about 15% of its positions, and the head (vocabulary x width per
+    position) is a large share of a small model's step: at the quick study's size a masked step
+    takes about a quarter less time. The loss and its gradient are the same, since the other
+    logits are never read. A forward pre-hook on the output embedding selects the positions of
+    ``mask`` (set before each forward pass), so the model stays a stock transformers model, called
+    as usual and through DDP. Where the hidden states do not have the mask's shape the hook leaves
+    them alone and the logits come back whole, which `token_loss_sum` also takes.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.mask: torch.Tensor | None = None
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        self._handle = head.register_forward_pre_hook(self._select) if head is not None else None
+
+    def _select(self, module: torch.nn.Module, args: tuple) -> tuple | None:
+        hidden = args[0]
+        if self.mask is None or hidden.shape[:-1] != self.mask.shape:
+            return None
+        return (hidden[self.mask], *args[1:])
+
+    def __enter__(self) -> LabelledHead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:  # the model leaves training as it came: no hook
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self.mask = None
 
 
 def complete_checkpoints(directory: Path, quiet: bool = False) -> list[Path]:
@@ -146,6 +186,10 @@ def train_phase(
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps, min_lr=cfg.min_lr
     )
+    # Not under torch.compile (a new shape every step) nor FSDP (hooks on sharded modules, untested).
+    head = None
+    if cfg.labelled_logits_only and not cfg.compile and accelerator.distributed_type != DistributedType.FSDP:
+        head = LabelledHead(model)
     if cfg.compile:
         model = torch.compile(model)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -201,7 +245,7 @@ def train_phase(
         TimeRemainingColumn(),
         disable=not accelerator.is_main_process,
     )
-    with progress:
+    with progress, head if head is not None else contextlib.nullcontext():
         task = progress.add_task(name, total=cfg.steps, completed=step, loss=float("nan"), tps=0.0)
         while step < cfg.steps:
             started = time.perf_counter()
@@ -215,6 +259,8 @@ def train_phase(
                 index = batch.pop("index")
                 labels = batch.pop("labels")
                 with accelerator.accumulate(model):
+                    if head is not None:
+                        head.mask = labels != IGNORE
                     logits = model(**batch).logits
                     loss_sum = token_loss_sum(logits, labels)
                     if not torch.isfinite(loss_sum):

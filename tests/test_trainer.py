@@ -11,8 +11,8 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 
 from bidirect.config import MaskingConfig, ModelSize, TrainConfig
 from bidirect.models import BACKBONES, backbone_kind, build_backbone, load_backbone
-from bidirect.objectives import make_objective, tokenize_bios
-from bidirect.trainer import TrainingError, complete_checkpoints, train_phase
+from bidirect.objectives import IGNORE, make_objective, tokenize_bios
+from bidirect.trainer import LabelledHead, TrainingError, complete_checkpoints, token_loss_sum, train_phase
 
 SIZE = ModelSize(layers=2, heads=2, width=32, mlp_width=64, context=128)
 
@@ -52,6 +52,46 @@ def test_gradient_accumulation_is_exact(study_data, tokenizer, tmp_path):
         cfg = TrainConfig(steps=3, batch_size=8, grad_accum=accum, lr=1e-3, warmup_steps=0, clip_norm=0.0)
         train_phase(model, objective, stream, cfg, tmp_path / str(accum), _accelerator(), "t", seed=0)
         results.append(_params(load_backbone(tmp_path / str(accum) / "model")))
+    for key in results[0]:
+        torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_labelled_head_gives_the_same_loss_and_gradients(name, study_data, tokenizer):
+    """The LM head run at the labelled positions only: for every backbone the logits it returns are
+    those positions' rows of the whole logits, so loss and gradients do not change."""
+    model, objective, stream = _setup(name, study_data, tokenizer)
+    batch = objective([stream[i] for i in range(4)])
+    labels = batch.pop("labels")
+    assert 0 < int((labels != IGNORE).sum()) < labels.numel()  # some positions have no label
+    model.train()
+    whole = model(**batch).logits
+    assert whole.dim() == 3
+    full = token_loss_sum(whole, labels)
+    full.backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    with LabelledHead(model) as head:
+        head.mask = labels != IGNORE
+        logits = model(**batch).logits
+        assert logits.shape == (int(head.mask.sum()), whole.shape[-1])
+        torch.testing.assert_close(logits, whole[labels != IGNORE], rtol=1e-4, atol=1e-5)
+        sparse = token_loss_sum(logits, labels)
+        sparse.backward()
+    torch.testing.assert_close(sparse, full, rtol=1e-5, atol=1e-5)
+    for k, p in model.named_parameters():
+        if k in grads:
+            torch.testing.assert_close(p.grad, grads[k], rtol=1e-4, atol=1e-6)
+    assert model(**batch).logits.dim() == 3  # the hook is gone once training is over
+
+
+def test_labelled_head_trains_the_same_model(study_data, tokenizer, tmp_path):
+    results = []
+    for only in (True, False):
+        model, objective, stream = _setup("gbert", study_data, tokenizer)
+        cfg = TrainConfig(steps=3, batch_size=8, lr=1e-3, warmup_steps=0, labelled_logits_only=only)
+        train_phase(model, objective, stream, cfg, tmp_path / str(only), _accelerator(), "t", seed=0)
+        results.append(_params(load_backbone(tmp_path / str(only) / "model")))
     for key in results[0]:
         torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-4, atol=1e-5)
 
