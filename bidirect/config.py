@@ -98,7 +98,9 @@ class DataConfig:
 
     individuals: int = 80  # N
     p_train: float = 0.5  # p: share of individuals whose QA is fine-tuning data (P_train)
-    augmentations: list[str] = field(default_factory=lambda: ["single", "multi5+permute"])
+    # The quick study's augmentation is fullname (the name in every sentence): at its budget every
+    # backbone memorizes it, which multi5+permute's masked cells do not (configs/quick_multi5.yaml).
+    augmentations: list[str] = field(default_factory=lambda: ["single", "single+fullname"])
     # Inverse search (STUDY.md, Part 3.2): also write "Who was born on <date> in <city>?" -> full name
     # QA; P_train's is fine-tuning data, P_test's is evaluated (levels inverse_train / inverse_test).
     inverse: bool = False
@@ -120,7 +122,7 @@ class ModelSize:
     heads: int = 4
     width: int = 128
     mlp_width: int = 512
-    context: int = 96  # longest sequence (packed window) in tokens; must hold the longest bio
+    context: int = 112  # longest sequence (packed window) in tokens; must hold the longest bio (fullname: 109)
     dropout: float = 0.0
 
 
