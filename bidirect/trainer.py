@@ -172,6 +172,10 @@ def train_phase(
             f"{name}: batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum} x "
             f"{world} processes"
         )
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if fsdp and finalize is not None:
+        raise TrainingError(f"{name}: LoRA fine-tuning under FSDP is not supported (merging needs the whole model); "
+                            "fine-tune without FSDP, e.g. one process or DDP")
     micro = cfg.batch_size // (cfg.grad_accum * world)
     if len(stream) < micro * world:
         raise TrainingError(f"{name}: only {len(stream)} training examples for a batch of {cfg.batch_size}")
@@ -188,7 +192,7 @@ def train_phase(
     )
     # Not under torch.compile (a new shape every step) nor FSDP (hooks on sharded modules, untested).
     head = None
-    if cfg.labelled_logits_only and not cfg.compile and accelerator.distributed_type != DistributedType.FSDP:
+    if cfg.labelled_logits_only and not cfg.compile and not fsdp:
         head = LabelledHead(model)
     if cfg.compile:
         model = torch.compile(model)
@@ -292,11 +296,17 @@ def train_phase(
 
     summary = PhaseSummary(name, step, tokens, seconds, loss_value, tokens / max(seconds, 1e-9))
     unwrapped = accelerator.unwrap_model(model)
+    # Under FSDP each process holds a shard: the full state dict is gathered by every process
+    # together (a collective) and written by the main one, as in the accelerate examples.
+    full_state = accelerator.get_state_dict(model) if fsdp else None
     if accelerator.is_main_process:
         tmp = out_dir / ".model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         to_save = getattr(unwrapped, "_orig_mod", unwrapped)
-        (finalize(to_save) if finalize is not None else to_save).save_pretrained(tmp)
+        if full_state is not None:
+            to_save.save_pretrained(tmp, state_dict=full_state)
+        else:
+            (finalize(to_save) if finalize is not None else to_save).save_pretrained(tmp)
         shutil.rmtree(out_dir / "model", ignore_errors=True)
         os.replace(tmp, out_dir / "model")
         write_json_atomic(out_dir / DONE_FILE, asdict(summary))

@@ -144,3 +144,17 @@ def test_non_finite_loss_stops_with_where(study_data, tokenizer, tmp_path):
     cfg = TrainConfig(steps=3, batch_size=8, warmup_steps=0)
     with pytest.raises(TrainingError, match=r"non-finite loss at step 1; examples \[.*\].*last good checkpoint"):
         train_phase(model, objective, stream, cfg, tmp_path, _accelerator(), "t", seed=0)
+
+
+def test_lora_under_fsdp_is_refused_before_training(tmp_path):
+    """The LoRA merge needs the whole model, which no FSDP process holds: one clear error, nothing trained."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    fsdp = SimpleNamespace(num_processes=2, distributed_type=DistributedType.FSDP)
+    with pytest.raises(TrainingError, match="LoRA fine-tuning under FSDP is not supported"):
+        train_phase(torch.nn.Linear(2, 2), None, [], TrainConfig(), tmp_path, fsdp, "ft", seed=0,
+                    finalize=lambda m: m)
+    assert not (tmp_path / "model").exists()
+
