@@ -26,6 +26,7 @@ ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "company", "com
 LEVELS = ("bio_recall", "qa_train", "qa_test")
 INVERSE_LEVELS = ("inverse_train", "inverse_test")
 ALL_LEVELS = (*LEVELS, *INVERSE_LEVELS)
+HELD_OUT_LEVELS = ("qa_test", "inverse_test")  # the headline: people whose QA was never trained on
 
 
 class ConfigError(ValueError):

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from statistics import mean
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from bidirect.config import ALL_LEVELS, ATTRIBUTES, INVERSE_LEVELS, LEVELS
+from bidirect.config import ALL_LEVELS, ATTRIBUTES, HELD_OUT_LEVELS, INVERSE_LEVELS, LEVELS
 
 SHORT = {"birth_date": "date", "birth_city": "b.city", "university": "univ", "major": "major",
          "company": "company", "company_city": "c.city"}
 LEVEL_NAMES = {"bio_recall": "bio recall", "qa_train": "QA P_train", "qa_test": "QA P_test",
                "inverse_train": "inverse P_train", "inverse_test": "inverse P_test"}
+
+
+def shown_levels(present: Iterable[str]) -> list[str]:
+    """The columns of a comparison: the three levels always, the inverse ones where present."""
+    present = set(present)
+    return [*LEVELS, *(lv for lv in INVERSE_LEVELS if lv in present)]
 
 
 def pct(x: float | None) -> str:
@@ -60,7 +67,7 @@ def results_tables(results: dict[str, Any]) -> list[Table]:
         for name, levels in by_backbone.items():
             for i, level in enumerate(lv for lv in ALL_LEVELS if lv in levels):
                 scores = levels[level]
-                style = "bold" if level in ("qa_test", "inverse_test") else None
+                style = "bold" if level in HELD_OUT_LEVELS else None
                 # a LoRA fine-tune says so on a second line under the name
                 label = backbone_label(results, aug, name).replace(" (", "\n(") if i == 0 else ""
                 table.add_row(label, LEVEL_NAMES[level], *[pct(scores.get(a)) for a in ATTRIBUTES],
@@ -100,9 +107,8 @@ def markdown(results: dict[str, Any]) -> str:
 def comparison_table(runs: dict[str, dict[str, Any]]) -> Table:
     """Several runs side by side: the mean of each level per (run, augmentation, backbone)."""
     table = Table(title="bidirect summary: mean exact-match accuracy over the six attributes (%)")
-    present = {lv for r in runs.values() for by_backbone in r["results"].values() for lvs in by_backbone.values()
-               for lv in lvs}
-    shown = [*LEVELS, *(lv for lv in INVERSE_LEVELS if lv in present)]
+    shown = shown_levels(lv for r in runs.values() for by_backbone in r["results"].values()
+                         for lvs in by_backbone.values() for lv in lvs)
     for col in ("run", "augmentation", "backbone", *(LEVEL_NAMES[lv] for lv in shown), "majority"):
         table.add_column(col, justify="left" if col in ("run", "augmentation", "backbone") else "right", no_wrap=True)
     for run, results in runs.items():

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from bidirect.capacity import CAPACITY_FILE
-from bidirect.config import ATTRIBUTES, INVERSE_LEVELS, LEVELS
+from bidirect.config import ATTRIBUTES, HELD_OUT_LEVELS, INVERSE_LEVELS, LEVELS
 from bidirect.report import LEVEL_NAMES, SHORT, markdown
 from bidirect.study import RunDirError, read_results
 from bidirect.sweep import (
@@ -214,7 +214,7 @@ def trend_figure(title: str, xlabel: str, series: list[dict[str, Any]], path: Pa
         ax.set_ylim(-3, 104)  # a line at 0% stays visible above the axis
         ax.grid(alpha=0.3)
         ax.set_title(LEVEL_NAMES[level] + (" (held out)" if level == "qa_test" else ""), fontsize=10,
-                     fontweight="bold" if level in ("qa_test", "inverse_test") else "normal")
+                     fontweight="bold" if level in HELD_OUT_LEVELS else "normal")
     axes[0].set_ylabel("exact match, mean of 6 (%)")
     axes[len(axes) // 2].set_xlabel(xlabel)  # one label under the middle panel
     handles, names = axes[0].get_legend_handles_labels()
@@ -460,11 +460,11 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
         panel["errs"][row["backbone"]] = {lv: {a: s["ci95"] for a, s in d.items()} for lv, d in row["levels"].items()}
     lines += ["## Per attribute", ""]
     baseline_attrs = first.get("majority_baseline", {})
+    one_seed = all(r["n"] == 1 for r in rows)
     for i, panel in enumerate(by_panel.values()):
         other = ", ".join(f"{k}={_label(panel['values'][k])}" for k in keys)
-        seeds = {r["n"] for r in rows}
         title = f"{panel['aug']}{' | ' + other if other else ''}: " + (
-            "one seed" if seeds == {1} else "mean over seeds, 95% CI")
+            "one seed" if one_seed else "mean over seeds, 95% CI")
         path = accuracy_figure(title, panel["means"], baseline_attrs,
                                fig_dir / f"accuracy_{i:02d}_{_slug(panel['aug'] + ('_' + other if other else ''))}.png",
                                errors=panel["errs"])

@@ -44,7 +44,7 @@ from typing import Any
 
 import yaml
 
-from bidirect.config import ALL_LEVELS, ATTRIBUTES, INVERSE_LEVELS, LEVELS, ConfigError, StudyConfig, from_dict
+from bidirect.config import ALL_LEVELS, ATTRIBUTES, HELD_OUT_LEVELS, ConfigError, StudyConfig, from_dict
 
 SWEEP_FILE, MANIFEST, SUMMARY = "sweep.yaml", "sweep.json", "summary.json"
 SEED = "seed"  # the axis pooled by `aggregate`
@@ -417,10 +417,10 @@ def backbone_label(row: dict[str, Any]) -> str:
     return f"{row['backbone']} (LoRA {lora[0].removeprefix('lora(').rstrip(')')})" if lora else row["backbone"]
 
 
-def shown_levels(summary: dict[str, Any]) -> list[str]:
-    """The three levels, and the inverse ones where any row has them."""
-    present = {lv for row in summary["rows"] for lv in row["levels"]}
-    return [*LEVELS, *(lv for lv in INVERSE_LEVELS if lv in present)]
+def _levels_shown(summary: dict[str, Any]) -> list[str]:
+    from bidirect.report import shown_levels
+
+    return shown_levels(lv for row in summary["rows"] for lv in row["levels"])
 
 
 def summary_table(summary: dict[str, Any]):
@@ -430,7 +430,7 @@ def summary_table(summary: dict[str, Any]):
 
     from bidirect.report import LEVEL_NAMES
 
-    levels_shown = shown_levels(summary)
+    levels_shown = _levels_shown(summary)
     table = Table(title=f"sweep {summary['sweep_dir']}: mean of the six attributes (%), mean ± 95% CI over "
                         f"{summary['pooled']}s", caption=f"majority guess: {_majority_range(summary)}")
     table.add_column("backbone / augmentation" + "".join(f" / {k}" for k in summary["group_by"]), ratio=1,
@@ -438,7 +438,7 @@ def summary_table(summary: dict[str, Any]):
     table.add_column("seeds", justify="right", no_wrap=True)
     for level in levels_shown:
         table.add_column(LEVEL_NAMES[level], justify="right", no_wrap=True,
-                         style="bold" if level in ("qa_test", "inverse_test") else None)
+                         style="bold" if level in HELD_OUT_LEVELS else None)
     for row in summary["rows"]:
         levels = row["levels"]
         name = f"{backbone_label(row)} / {row['augmentation']}"
@@ -460,14 +460,14 @@ def _majority_range(summary: dict[str, Any]) -> str:
 def summary_markdown(summary: dict[str, Any]) -> str:
     from bidirect.report import LEVEL_NAMES
 
-    keys, levels_shown = summary["group_by"], shown_levels(summary)
+    keys, levels_shown = summary["group_by"], _levels_shown(summary)
     head = [*keys, "augmentation", "backbone", "seeds", *(LEVEL_NAMES[lv] for lv in levels_shown), "majority"]
     lines = ["| " + " | ".join(head) + " |",
              "|" + " --- |" * len(keys) + " --- | --- |" + " ---: |" * (len(levels_shown) + 2)]
     for row in summary["rows"]:
         levels = row["levels"]
         scores = [fmt_ci(levels.get(lv, {}).get("mean")) for lv in levels_shown]
-        scores = [f"**{x}**" if lv in ("qa_test", "inverse_test") else x for lv, x in zip(levels_shown, scores)]
+        scores = [f"**{x}**" if lv in HELD_OUT_LEVELS else x for lv, x in zip(levels_shown, scores)]
         cells = [*[_label(row["values"][k]) for k in keys], row["augmentation"], backbone_label(row), str(row["n"]),
                  *scores, "-" if row["majority"] is None else f"{100 * row['majority']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
