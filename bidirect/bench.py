@@ -331,8 +331,6 @@ def _package_path(model, accelerator, train: TrainConfig, compile_model: bool) -
         if head is not None:
             head.mask = labels != IGNORE
         logits = model(**batch).logits
-        if head is not None:
-            head.mask = None  # inert until the next step: the evaluator reads this model whole
         loss_sum = token_loss_sum(logits, labels)
         accelerator.backward(loss_sum / max(num_items, 1))
         if train.clip_norm > 0:

@@ -79,8 +79,9 @@ class LabelledHead:
     position) is a large share of a small model's step: at the quick study's size a masked step
     takes about a quarter less time. The loss and its gradient are the same, since the other
     logits are never read. A forward pre-hook on the output embedding selects the positions of
-    ``mask`` (set before each forward pass), so the model stays a stock transformers model, called
-    as usual and through DDP. Where the hidden states do not have the mask's shape the hook leaves
+    ``mask``, set before a forward pass and used up by it (a pass with no mask set reads every
+    position, as the evaluator does), so the model stays a stock transformers model, called as
+    usual and through DDP. Where the hidden states do not have the mask's shape the hook leaves
     them alone and the logits come back whole, which `token_loss_sum` also takes.
     """
 
@@ -90,10 +91,11 @@ class LabelledHead:
         self._handle = head.register_forward_pre_hook(self._select) if head is not None else None
 
     def _select(self, module: torch.nn.Module, args: tuple) -> tuple | None:
+        mask, self.mask = self.mask, None
         hidden = args[0]
-        if self.mask is None or hidden.shape[:-1] != self.mask.shape:
+        if mask is None or hidden.shape[:-1] != mask.shape:
             return None
-        return (hidden[self.mask], *args[1:])
+        return (hidden[mask], *args[1:])
 
     def __enter__(self) -> LabelledHead:
         return self
