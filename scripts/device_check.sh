@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The GPU measurement as one command, for the rare session that is lent a GPU for ~15 minutes.
+#
+#   scripts/device_check.sh OUT_DIR BUDGET_SECONDS [--resume]
+#
+# 1. installs the wheels the GPU image lacks from .whl/ (scripts/fetch_device_wheels.sh fills it here);
+# 2. `bidirect bench --size gpt2-small` (gpt2-rope, gbert, bert at 12 x 768, context 512, bf16);
+# 3. `bidirect run configs/gpu_study.yaml` into runs/gpu_study, stopped before BUDGET_SECONDS run out.
+# With --resume it skips the bench and continues runs/gpu_study: a run folder resumes cell by cell, so a
+# study longer than one call (10 minutes at most) finishes over two calls on the same warm machine.
+# OUT_DIR gets at most 8 files: nvidia-smi.txt, the bench JSON and log, the study log and a tarball of the
+# run folder without its model weights.
+set -uo pipefail
+out=${1:?usage: scripts/device_check.sh OUT_DIR BUDGET_SECONDS [--resume]}
+budget=${2:?usage: scripts/device_check.sh OUT_DIR BUDGET_SECONDS [--resume]}
+resume=${3:-}
+deadline=$((SECONDS + budget))
+# smaller sizes for a rehearsal on the CPU
+bench_size=${BENCH_SIZE:-gpt2-small}
+study=${STUDY_CONFIG:-configs/gpu_study.yaml}
+run_dir=${RUN_DIR:-runs/gpu_study}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+if ! python3 -c "import datasets" 2>/dev/null; then
+    wheels=(.whl/datasets-*.whl .whl/dill-*.whl .whl/multiprocess-*.whl)
+    # datasets needs pyarrow >= 24; carry a newer one only where the image's is older
+    python3 -c "import pyarrow, sys; sys.exit(int(pyarrow.__version__.split('.')[0]) < 24)" \
+        || wheels+=(.whl/pyarrow-*.whl)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        "${wheels[@]}" || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+python3 -c "import torch, transformers, accelerate, datasets, pyarrow; print('torch', torch.__version__, \
+'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'datasets', datasets.__version__, \
+'pyarrow', pyarrow.__version__, 'cuda', torch.cuda.is_available())" | tee "$out/versions.txt"
+nvidia-smi >"$out/nvidia-smi.txt" 2>&1
+
+if [ "$resume" != "--resume" ]; then
+    timeout 200 python3 -m bidirect bench --size "$bench_size" --out "$out/bench_gpt2-small.json" 2>&1 \
+        | tee "$out/bench_gpt2-small.log"
+fi
+
+left=$((deadline - SECONDS - 25))  # room to pack the run folder
+flag=()
+[ "$resume" = "--resume" ] && flag=(--resume)
+if [ "$left" -gt 30 ]; then
+    started=$SECONDS
+    timeout "$left" python3 -m bidirect run "$study" --out "$run_dir" "${flag[@]}" >>"$out/gpu_study.log" 2>&1
+    echo "bidirect run exit code $? after $((SECONDS - started)) s (limit $left s)" | tee -a "$out/gpu_study.log"
+fi
+[ -f "$out/gpu_study.log" ] && tail -40 "$out/gpu_study.log"
+tar czf "$out/gpu_study.tgz" --exclude='*.safetensors' "$run_dir"
