@@ -18,15 +18,20 @@ spelled out in configs/quick.yaml. Works unchanged under `accelerate launch`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from bidirect.config import ConfigError, StudyConfig, load, validate
+from bidirect.rundir import RunDirError, environment_fault
 
-console = Console()
+# Piped or logged output is read by people later and by scripts: no wrapping at 80 columns in the
+# middle of a path or a number (a terminal keeps its own width).
+console = Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=True)
 
 
 def _config(path: str | None) -> StudyConfig:
@@ -35,13 +40,14 @@ def _config(path: str | None) -> StudyConfig:
 
 def cmd_data(args: argparse.Namespace) -> None:
     from bidirect.report import data_summary
-    from bidirect.study import open_run_dir, prepare_data
+    from bidirect.study import open_run_dir, start_study
 
     cfg = _config(args.config)
     run_dir = Path(args.out)
-    open_run_dir(run_dir, cfg, force=args.force)
+    opened = open_run_dir(run_dir, cfg, force=args.force, command="data")
     started = time.perf_counter()
-    data, tokenizer = prepare_data(cfg, run_dir)
+    with contextlib.closing(opened):
+        data, tokenizer = start_study(cfg, run_dir, opened=opened)
     seconds = time.perf_counter() - started
     data_summary(console, data, tokenizer)
     # The generation benchmark of the paper's scale: `bidirect data configs/paper.yaml --out ...`.
@@ -55,10 +61,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     cfg = _config(args.config)
     run_dir = Path(args.out)
     accelerator = make_accelerator(cfg)
-    if accelerator.is_main_process:
-        open_run_dir(run_dir, cfg, resume=args.resume, force=args.force)
+    # The main process locks the folder; the other processes of an `accelerate launch` write under its lock.
+    opened = open_run_dir(run_dir, cfg, resume=args.resume, force=args.force) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
-    results = run_study(cfg, run_dir, accelerator)
+    with contextlib.closing(opened) if opened is not None else contextlib.nullcontext():
+        results = run_study(cfg, run_dir, accelerator, opened=opened)
     if accelerator.is_main_process:
         print_results(console, results)
         console.print(f"results: {run_dir / 'results.json'} ({results['wall_seconds']:.0f} s)")
@@ -101,7 +108,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:  # the same cells, read from what the main process wrote
         opened = sweep_lib.open_sweep_dir(out, sweep, Path(args.config), write=False)
-    summary = sweep_lib.run_sweep(opened, out, accelerator, console)
+    with contextlib.closing(opened.opened) if opened.opened is not None else contextlib.nullcontext():
+        summary = sweep_lib.run_sweep(opened, out, accelerator, console)
     if accelerator.is_main_process:
         console.print(sweep_lib.summary_table(summary))
         console.print(f"summary: {out / sweep_lib.SUMMARY}")
@@ -242,15 +250,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _again(args: argparse.Namespace) -> str:
+    """How to continue a command that stopped: only what that command can do."""
+    if args.command == "run":
+        config = f"{args.config} " if args.config else ""
+        return f"continue with `bidirect run {config}--out {args.out} --resume`"
+    if args.command == "sweep":
+        return f"continue with `bidirect sweep {args.config} --out {args.out}` (finished cells are kept)"
+    if args.command == "data":
+        return f"start it again with `bidirect data ... --out {args.out} --force`"
+    return "run the same command again"
+
+
+def _error(text: str) -> None:
+    # escape: a message holds paths and fields like backbones[0], which are not markup
+    console.print(f"[bold red]error:[/bold red] {escape(text)}", highlight=False, soft_wrap=not console.is_terminal)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 bad input (named in one message), 1 a fault of the machine (disk full),
+    130 interrupted."""
     args = build_parser().parse_args(argv)
-    from bidirect.study import RunDirError
     from bidirect.trainer import TrainingError
 
     try:
         args.func(args)
     except (ConfigError, RunDirError, TrainingError, FileNotFoundError) as err:
-        console.print(f"[bold red]error:[/bold red] {err}", highlight=False)
+        _error(str(err))
+        return 2
+    except KeyboardInterrupt:
+        _error(f"interrupted; what was saved is kept: {_again(args)}")
+        return 130
+    except OSError as err:  # after FileNotFoundError: what the user gave cannot be written or read
+        where = f"{err.filename}: " if err.filename else ""
+        if environment_fault(err):
+            _error(f"{where}{err.strerror}; free space (or fix the disk), then {_again(args)}")
+            return 1
+        _error(f"{where}{err.strerror or err}")
         return 2
     return 0
 

@@ -8,6 +8,7 @@ that names the field (``pretrain.lr``) and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -20,6 +21,14 @@ import yaml
 # Sizes of the shipped pools; kept here so that validation needs no file access.
 N_FIRST, N_MIDDLE, N_LAST = 400, 400, 1000
 MAX_INDIVIDUALS = N_FIRST * N_MIDDLE * N_LAST
+# Upper bounds on sizes: far above anything this package's studies use (the paper: multi5, GPT-2
+# small, context 512), low enough that a typo stops with a message instead of running until memory
+# runs out (or a Rust panic in the tokenizer trainer).
+MAX_AUGMENT = 100  # multiM, permuteP
+MAX_BIOS = 50_000_000  # individuals x bios per person, per augmentation (about 5e9 tokens)
+MAX_SIZE = {"layers": 256, "heads": 256, "width": 16_384, "mlp_width": 65_536, "context": 32_768}
+MAX_VOCAB = 262_144
+MAX_BEAMS = 64
 
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "company", "company_city")
 # The evaluation levels (bidirect.evaluate); the inverse ones exist only where the data has inverse QA.
@@ -72,7 +81,14 @@ class Augmentation:
         if not isinstance(spec, str) or not spec:
             raise ConfigError(f"{where}: expected a string like 'multi5+permute', got {spec!r}; allowed: {allowed}")
         multi, permute, fullname = 1, 0, False
+        seen: dict[str, str] = {}
         for part in spec.split("+"):
+            # Each of the three a part sets at most once: `fullname+fullname` or `multi2+multi5` would
+            # otherwise be read as something the user did not write.
+            kind = "multi" if part == "single" or part.startswith("multi") else re.sub(r"\d+$", "", part)
+            if kind in seen:
+                raise ConfigError(f"{where}: {seen[kind]!r} and {part!r} both set {kind} in {spec!r}; give it once")
+            seen[kind] = part
             if part == "single":
                 multi = 1
             elif m := re.fullmatch(r"multi(\d+)", part):
@@ -87,6 +103,9 @@ class Augmentation:
             raise ConfigError(f"{where}: multi must be >= 1 in {spec!r}")
         if "permute" in spec and permute < 1:
             raise ConfigError(f"{where}: permuteP needs P >= 1 in {spec!r}")
+        if multi > MAX_AUGMENT or permute > MAX_AUGMENT:
+            raise ConfigError(f"{where}: at most multi{MAX_AUGMENT} and permute{MAX_AUGMENT} in {spec!r} "
+                              "(the paper's richest is multi5+permute)")
         return cls(multi=multi, permute=permute, fullname=fullname)
 
 
@@ -283,6 +302,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        # NaN passes every range check (each comparison is false) and is no valid JSON in results.json.
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -316,6 +338,9 @@ def _build(cls: type, raw: Any, where: str) -> Any:
 def _backbone(raw: Any, where: str) -> BackboneConfig:
     if isinstance(raw, str):
         raw = {"name": raw}
+    if isinstance(raw, dict) and "name" not in raw:  # else the dataclass default, gpt2, would train unasked
+        raise ConfigError(f"{where}: a backbone mapping needs name: (e.g. {{name: gbert, pretrain: {{lr: 1e-3}}}}), "
+                          f"got {raw!r}")
     return _build(BackboneConfig, raw, where)
 
 
@@ -341,14 +366,24 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         )
     if not d.augmentations:
         raise ConfigError("data.augmentations: needs at least one, e.g. ['single', 'multi5+permute']")
-    names = [a.name for a in cfg.augmentations()]
+    augmentations = cfg.augmentations()
+    names = [a.name for a in augmentations]
     if len(set(names)) != len(names):
         raise ConfigError(f"data.augmentations: listed twice: {names}")
+    for i, a in enumerate(augmentations):
+        if d.individuals * a.bios_per_person > MAX_BIOS:
+            raise ConfigError(f"data.augmentations[{i}]: {a.name} writes {a.bios_per_person} bios for each of "
+                              f"{d.individuals} individuals, more than the {MAX_BIOS:,} one study can hold in memory")
 
     _positive("tokenizer.vocab_size", cfg.tokenizer.vocab_size)
+    if cfg.tokenizer.vocab_size > MAX_VOCAB:
+        raise ConfigError(f"tokenizer.vocab_size: at most {MAX_VOCAB:,}, got {cfg.tokenizer.vocab_size:,}")
     m = cfg.model
     for k in ("layers", "heads", "width", "mlp_width", "context"):
         _positive(f"model.{k}", getattr(m, k))
+        if getattr(m, k) > MAX_SIZE[k]:
+            raise ConfigError(f"model.{k}: at most {MAX_SIZE[k]:,}, got {getattr(m, k):,} "
+                              "(GPT-2 small is 12 layers, 12 heads, 768 wide, mlp 3072, context 1024)")
     if m.width % m.heads:
         raise ConfigError(f"model.heads: {m.heads} does not divide model.width {m.width}")
     if (m.width // m.heads) % 2:
@@ -360,6 +395,10 @@ def validate(cfg: StudyConfig) -> StudyConfig:
 
     if not cfg.backbones:
         raise ConfigError(f"backbones: needs at least one of {', '.join(BACKBONES)}")
+    # The study-wide phases first: an error in them is named where the user wrote it (pretrain.lr),
+    # not under the first backbone that inherits it.
+    validate_train(cfg.pretrain, "pretrain")
+    validate_train(cfg.finetune, "finetune")
     seen = set()
     for i, b in enumerate(cfg.backbones):
         if b.name not in BACKBONES:
@@ -375,8 +414,6 @@ def validate(cfg: StudyConfig) -> StudyConfig:
                 where = phase if getattr(cfg, phase).finetune_mode == "lora" else f"backbones.{b.name}.{phase}"
                 raise ConfigError(f"{where}.finetune_mode: 'lora' applies to the fine-tuning phase of protocol "
                                   "pretrain_finetune only; pretraining and the mixed stream train every weight")
-    validate_train(cfg.pretrain, "pretrain")
-    validate_train(cfg.finetune, "finetune")
 
     mk = cfg.masking
     if not 0.0 < mk.probability < 1.0:
@@ -386,6 +423,8 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     _positive("eval.batch_size", cfg.eval.batch_size)
     _positive("eval.max_individuals", cfg.eval.max_individuals, allow_zero=True)
     _positive("eval.num_beams", cfg.eval.num_beams)
+    if cfg.eval.num_beams > MAX_BEAMS:
+        raise ConfigError(f"eval.num_beams: at most {MAX_BEAMS}, got {cfg.eval.num_beams} (the paper used 4)")
     return cfg
 
 
@@ -412,6 +451,9 @@ def from_dict(raw: Any) -> StudyConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"config: expected a mapping at the top level, got {type(raw).__name__}")
     raw = dict(raw)
+    if "backbones" in raw and raw["backbones"] is None:  # `backbones:` left empty would silently mean the default three
+        raise ConfigError("backbones: empty (null); list at least one, e.g. [gpt2-rope, gbert], or leave the key out "
+                          "for the default")
     backbones = raw.pop("backbones", None)
     cfg = _build(StudyConfig, raw, "")
     if backbones is not None:
@@ -421,15 +463,47 @@ def from_dict(raw: Any) -> StudyConfig:
     return validate(cfg)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping; PyYAML keeps the last silently."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden key by key
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"found the key {key!r} twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """A YAML file's contents; a missing, unreadable, non-UTF-8 or invalid file, or a key given twice,
+    is a `ConfigError` naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder, not a YAML file")
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ConfigError(f"{what} {path}: cannot read it ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what} {path}: not a UTF-8 text file (byte {err.start} is {err.object[err.start]:#04x})") \
+            from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+
+
 def load(path: str | Path) -> StudyConfig:
     """Load a study YAML file; every problem is a `ConfigError` naming the file and field."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    raw = read_yaml(path)
     if isinstance(raw, dict) and "sweep" in raw:
         raise ConfigError(f"{path}: a sweep file (top-level sweep:); run it with `bidirect sweep {path} --out DIR`")
     try:

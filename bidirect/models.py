@@ -39,6 +39,7 @@ from transformers import (
 )
 
 from bidirect.config import ModelSize
+from bidirect.rundir import RunDirError
 
 Kind = Literal["causal", "masked"]
 
@@ -197,6 +198,10 @@ def backbone_kind(name: str) -> Kind:
     return _spec(name).kind
 
 
+# A damaged saved model: training is deterministic, so the phase trained again is the same model.
+_RETRAIN = "the file is damaged: delete {} and run the study again with --resume to train that phase anew"
+
+
 def load_backbone(path: str | Path) -> PreTrainedModel:
     """Load a ``save_pretrained`` folder with the Auto class its config names."""
     path = Path(path)
@@ -205,15 +210,16 @@ def load_backbone(path: str | Path) -> PreTrainedModel:
         raise FileNotFoundError(f"no saved model at {path} (expected {config_file})")
     try:
         architectures = json.loads(config_file.read_text()).get("architectures") or []
-    except json.JSONDecodeError as err:
-        raise ValueError(f"corrupt model config {config_file}: {err}") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise RunDirError(f"corrupt model config {config_file}: {err}; {_RETRAIN.format(path.parent)}") from None
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise FileNotFoundError(f"no weights in {path} (expected model.safetensors next to config.json)")
     auto = AutoModelForMaskedLM if any(a.endswith("ForMaskedLM") for a in architectures) else AutoModelForCausalLM
     try:
         return auto.from_pretrained(str(path))
     except Exception as err:  # safetensors, torch and OS errors alike: say which folder, not where deep inside
-        raise ValueError(f"could not load the model saved at {path}: {type(err).__name__}: {err}") from None
+        raise RunDirError(f"could not load the model saved at {path}: {type(err).__name__}: {str(err)[:200]}; "
+                          f"{_RETRAIN.format(path.parent)}") from None
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

@@ -2,6 +2,8 @@
 
 Layout of a run folder::
 
+    RUN_DIR/.bidirect              marker: bidirect wrote this folder, so --force may replace it (rundir.py)
+    RUN_DIR/.bidirect.lock         while a process writes to the run: its pid and host
     RUN_DIR/config.yaml            the study as run (a resume must match it)
     RUN_DIR/data/                  individuals, qa_train, qa_test, bios/<augmentation>  (datasets)
     RUN_DIR/tokenizer/             the shared tokenizer (PreTrainedTokenizerFast)
@@ -28,35 +30,36 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from datasets import Dataset, concatenate_datasets, interleave_datasets
 
 from bidirect import config as config_lib
+from bidirect import rundir
 from bidirect.config import ConfigError, StudyConfig, TrainConfig
 from bidirect.data.generate import StudyData, generate
 from bidirect.evaluate import INVERSE_LEVELS, evaluate_model, majority_baseline
 from bidirect.lora import add_lora, merge_lora, trainable_parameters
 from bidirect.models import backbone_kind, build_backbone, load_backbone, parameter_counts
 from bidirect.objectives import IGNORE, encode_qa, make_objective, tokenize_bios
+from bidirect.rundir import RunDirError
 from bidirect.tokenizer import load_tokenizer, qa_ids, qa_text, train_tokenizer
-from bidirect.trainer import TrainingError, phase_done, train_phase, write_json_atomic
+from bidirect.trainer import TrainingError, check_batch, phase_done, train_phase, write_json_atomic
 
 RESULTS = "results.json"
 TOKENIZER_SHA = "tokenizer.sha256"  # sha256 of tokenizer/tokenizer.json, written with it: a swapped tokenizer is caught
 FULL_NAME = re.compile(r"\b[A-Z][a-zA-Z]+ [A-Z][a-zA-Z]+ [A-Z][a-zA-Z]+\b")  # first middle last
 
 
-class RunDirError(ValueError):
-    """The run folder cannot be used as asked; the message says why and what to do."""
-
-
 # --------------------------------------------------------------------------- run folder
 
 
-def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: bool = False) -> None:
-    """Make ``run_dir`` ready for ``cfg``: new, resumed (same config) or, with ``force``, wiped."""
+def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: bool = False,
+                 command: str = "run") -> rundir.Opened:
+    """Make ``run_dir`` ready for ``cfg``: new, resumed (same config) or, with ``force``, replaced
+    (moved aside until the new run passes `preflight`). Locks it; the caller closes the result."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--out {run_dir}: is a file, not a folder")
     existing = run_dir.is_dir() and any(run_dir.iterdir())
     saved = run_dir / "config.yaml"
+    aside = None
     if existing and force:
-        shutil.rmtree(run_dir)
+        aside = rundir.replace(run_dir, "run")
     elif existing and resume:
         if not saved.is_file():
             raise RunDirError(f"--resume {run_dir}: no config.yaml there, so it is not a bidirect run folder")
@@ -65,15 +68,31 @@ def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: b
                 f"--resume {run_dir}: the config differs from the one this run started with ({saved}); "
                 "resume with that config or start a new run folder"
             )
-        return
+        lock = rundir.Lock(run_dir).acquire()
+        if rundir.folder_kind(run_dir) is None:  # a run of a version before the marker: the config proves it ours
+            rundir.write_marker(run_dir, "run")
+        return rundir.Opened(run_dir, lock)
     elif existing:
         finished = (run_dir / RESULTS).is_file()
+        again = "use --resume to continue it, " if command == "run" else ""
         raise RunDirError(
             f"--out {run_dir}: folder is not empty{' and holds a finished run' if finished else ''}; "
-            "use --resume to continue it, --force to delete and start over, or another --out"
+            f"{again}--force to replace it, or another --out"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_lib.dump(cfg, saved)
+    try:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            if rundir.environment_fault(err):
+                raise
+            raise RunDirError(f"--out {run_dir}: cannot create the folder ({err.strerror}: {err.filename})") from None
+        rundir.write_marker(run_dir, "run")
+        lock = rundir.Lock(run_dir).acquire()
+        config_lib.dump(cfg, saved)
+    except BaseException:
+        rundir.settle(run_dir, aside, False)
+        raise
+    return rundir.Opened(run_dir, lock, aside)
 
 
 def require_run_dir(run_dir: Path) -> StudyConfig:
@@ -93,8 +112,12 @@ def read_results(run_dir: Path) -> dict[str, Any]:
         raise RunDirError(f"{run_dir}: no {RESULTS} (the run has not evaluated anything yet)")
     try:
         results = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise RunDirError(f"{path}: corrupt JSON ({err}); re-create it with `bidirect eval {run_dir}`") from None
+    except (ValueError, OSError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        # Not `bidirect eval`: it reads this file first. A resume re-evaluates the saved models and writes it anew.
+        raise RunDirError(
+            f"{path}: corrupt JSON ({type(err).__name__}: {str(err)[:120]}); move it away, then "
+            f"`bidirect run {run_dir / 'config.yaml'} --out {run_dir} --resume` writes it again from the saved models"
+        ) from None
     if not isinstance(results, dict) or "results" not in results:
         raise RunDirError(f"{path}: not a bidirect results file (no 'results' key)")
     return results
@@ -141,7 +164,15 @@ def run_tokenizer(run_dir: Path):
     """The tokenizer of a run, checked against the hash recorded when the run made it: token ids
     mean nothing with another tokenizer, so a tokenizer/ copied from another run is refused."""
     tok_dir = run_dir / "tokenizer"
-    tokenizer = load_tokenizer(tok_dir)
+    try:
+        tokenizer = load_tokenizer(tok_dir)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # tokenizers' own errors (truncated JSON) come from Rust as plain Exceptions
+        raise RunDirError(
+            f"{tok_dir / 'tokenizer.json'}: cannot be read ({type(err).__name__}: {str(err)[:120]}); it is damaged. "
+            "Put back the tokenizer/ this run was made with, or start over with --force."
+        ) from None
     recorded = run_dir / TOKENIZER_SHA
     if recorded.is_file():  # runs made before the hash was recorded are not checked
         expected = (recorded.read_text().split() or [""])[0]
@@ -176,6 +207,42 @@ def check_context(cfg: StudyConfig, data: StudyData, tokenizer) -> None:
             f"(+1 for end-of-text); training would cut it. Raise model.context to at least {need} "
             "(a changed config needs a new --out, or --force). Nothing was trained."
         )
+
+
+def preflight(cfg: StudyConfig, data: StudyData, tokenizer, processes: int) -> None:
+    """Every check that the data and the tokenizer make possible, before anything is trained: the
+    context holds every document, and every phase's stream fills one batch (fine-tuning's too, so
+    that a fine-tuning batch too large does not throw a finished pretraining away)."""
+    check_context(cfg, data, tokenizer)
+    for augmentation in [a.name for a in cfg.augmentations()]:
+        for kind in dict.fromkeys(backbone_kind(b.name) for b in cfg.backbones):
+            objective = make_objective(kind, tokenizer, cfg.model.context, cfg.masking, cfg.seed)
+            streams = {phase: len(s) for phase, s in _streams(cfg, objective, data, tokenizer, augmentation).items()}
+            for i, backbone in enumerate(cfg.backbones):
+                if backbone_kind(backbone.name) != kind:
+                    continue
+                for phase, examples in streams.items():
+                    section = "finetune" if phase == "finetune" else "pretrain"
+                    # The field where the user set it: the backbone's override, else the study's phase.
+                    where = f"backbones[{i}].{section}" if "batch_size" in getattr(backbone, section) else section
+                    check_batch(_phase_config(cfg, backbone, phase), examples, processes,
+                                f"the {phase} stream of {augmentation}/{backbone.name}", f"{where}.batch_size")
+
+
+def start_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None = None,
+                opened: rundir.Opened | None = None):
+    """Data and tokenizer of a run that passed `preflight`. A run that replaces another (``opened``
+    after ``--force``) deletes the old folder only now; if anything before fails, the old one is put back."""
+    try:
+        data, tokenizer = prepare_data(cfg, run_dir, accelerator)
+        preflight(cfg, data, tokenizer, accelerator.num_processes if accelerator is not None else 1)
+    except BaseException:
+        if opened is not None:
+            opened.started(False)
+        raise
+    if opened is not None:
+        opened.started(True)
+    return data, tokenizer
 
 
 # --------------------------------------------------------------------------- leak guard
@@ -321,33 +388,38 @@ def make_accelerator(cfg: StudyConfig) -> Accelerator:
     )
 
 
-def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None = None, on_cell=None) -> dict[str, Any]:
-    """Every cell of the study; results.json is rewritten after each, so a killed run loses
-    at most the cell in flight (and that one resumes from its last checkpoint)."""
+def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None = None, on_cell=None,
+              opened: rundir.Opened | None = None) -> dict[str, Any]:
+    """Every cell of the study; results.json is rewritten after each cell trained here, so a killed
+    run loses at most the cell in flight (and that one resumes from its last checkpoint), and a
+    finished run resumed is left as it was. ``opened``: see `start_study`."""
     accelerator = accelerator or make_accelerator(cfg)
     started = time.time()
-    data, tokenizer = prepare_data(cfg, run_dir, accelerator)
-    check_context(cfg, data, tokenizer)
+    data, tokenizer = start_study(cfg, run_dir, accelerator, opened)
     path = run_dir / RESULTS
     out: dict[str, Any] = {"study": cfg.name, "seed": cfg.seed, "protocol": cfg.protocol,
                            "majority_baseline": majority_baseline(data), "results": {}, "training": {},
                            "parameters": {}, "leak_check": {}, "config": cfg.to_dict()}
-    previous = json.loads(path.read_text()) if path.is_file() else {}
+    previous = read_results(run_dir) if path.is_file() else {}
     for augmentation in [a.name for a in cfg.augmentations()]:
         for backbone in cfg.backbones:
             done = previous.get("results", {}).get(augmentation, {}).get(backbone.name)
-            if done is not None:
-                cell = {"results": done, "phases": previous["training"][augmentation][backbone.name],
-                        "parameters": previous["parameters"][backbone.name],
-                        "leak_check": previous["leak_check"][augmentation][backbone.name]}
-            else:
+            try:
+                cell = None if done is None else {
+                    "results": done, "phases": previous["training"][augmentation][backbone.name],
+                    "parameters": previous["parameters"][backbone.name],
+                    "leak_check": previous["leak_check"][augmentation][backbone.name]}
+            except (KeyError, TypeError):  # a results.json cut down by hand: evaluate the saved models again
+                cell = None
+            trained = cell is None
+            if trained:
                 cell = run_cell(cfg, run_dir, data, tokenizer, augmentation, backbone, accelerator)
             out["results"].setdefault(augmentation, {})[backbone.name] = cell["results"]
             out["training"].setdefault(augmentation, {})[backbone.name] = cell["phases"]
             out["leak_check"].setdefault(augmentation, {})[backbone.name] = cell["leak_check"]
             out["parameters"][backbone.name] = cell["parameters"]
             out["wall_seconds"] = round(time.time() - started + previous.get("wall_seconds", 0.0), 1)
-            if accelerator.is_main_process:
+            if accelerator.is_main_process and trained:
                 write_json_atomic(path, out)
             if on_cell is not None:
                 on_cell(augmentation, backbone.name, cell)

@@ -35,7 +35,6 @@ import itertools
 import json
 import math
 import re
-import shutil
 import statistics
 import typing
 from dataclasses import dataclass, field
@@ -44,7 +43,9 @@ from typing import Any
 
 import yaml
 
-from bidirect.config import ALL_LEVELS, ATTRIBUTES, HELD_OUT_LEVELS, ConfigError, StudyConfig, from_dict
+from bidirect import rundir
+from bidirect.config import ALL_LEVELS, ATTRIBUTES, HELD_OUT_LEVELS, ConfigError, StudyConfig, from_dict, read_yaml
+from bidirect.rundir import RunDirError, read_json, write_json_atomic
 
 SWEEP_FILE, MANIFEST, SUMMARY = "sweep.yaml", "sweep.json", "summary.json"
 SEED = "seed"  # the axis pooled by `aggregate`
@@ -62,6 +63,9 @@ class Sweep:
     study: dict[str, Any]  # the study part of the file, as written
     axes: dict[str, list[Any]]  # dotted path -> values, in the file's order
     cells: list[Cell] = field(default_factory=list)
+    # Set by `open_sweep_dir` in the process that writes the folder: its lock, and after --force the
+    # old folder kept aside until the first cell passes its checks (rundir.Opened).
+    opened: Any = field(default=None, repr=False, compare=False)
 
     def manifest(self) -> dict[str, Any]:
         return {"axes": self.axes, "cells": [{"name": c.name, "values": c.values} for c in self.cells]}
@@ -169,12 +173,7 @@ def parse(raw: Any, where: str = "sweep file") -> Sweep:
 
 def load(path: str | Path) -> Sweep:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    raw = read_yaml(path, "sweep file")
     try:
         return parse(raw, str(path))
     except ConfigError as err:
@@ -188,9 +187,17 @@ def is_sweep_dir(path: Path) -> bool:
     """A sweep folder: has sweep.json, or has no results.json of its own but run folders with one."""
     if not path.is_dir():
         return False
-    if (path / MANIFEST).is_file():
+    if (path / MANIFEST).is_file() or rundir.folder_kind(path) == "sweep":
         return True
     return not (path / "results.json").is_file() and any(path.glob("*/results.json"))
+
+
+def read_manifest(path: Path, advice: str) -> dict[str, Any]:
+    """A sweep.json: axes and cells, or a `RunDirError` naming it and ``advice``."""
+    meta = read_json(path, "the sweep's manifest", advice)
+    if not isinstance(meta, dict) or not isinstance(meta.get("axes"), dict) or not isinstance(meta.get("cells"), list):
+        raise RunDirError(f"{path}: not a sweep manifest (axes, cells); {advice}")
+    return meta
 
 
 def cell_finished(run_dir: Path, cfg: StudyConfig) -> bool:
@@ -206,21 +213,56 @@ def cell_finished(run_dir: Path, cfg: StudyConfig) -> bool:
 
 
 def open_sweep_dir(out: Path, sweep: Sweep, source: Path, force: bool = False, write: bool = True) -> Sweep:
-    """Make ``out`` ready for ``sweep``: new, continued (same study and keys), or wiped with ``force``.
-    Returns the sweep whose cells are those already there plus the new ones. ``write=False``: only
-    read (the other processes of a distributed sweep)."""
-    from bidirect.study import RunDirError
-
+    """Make ``out`` ready for ``sweep``: new, continued (same study and keys), or replaced with ``force``
+    (the old folder moved aside until the first cell passes its checks, see `run_sweep`). Returns the
+    sweep whose cells are those already there plus the new ones, holding the folder's lock in
+    ``opened`` (the caller closes it). ``write=False``: only read (the other processes of a
+    distributed sweep)."""
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out}: is a file, not a folder")
-    if force and write and out.is_dir():
-        shutil.rmtree(out)
-    if out.is_dir() and any(out.iterdir()):
+    if not write:
+        return _merge_old(out, sweep)
+    aside = rundir.replace(out, "sweep") if force and out.is_dir() and any(out.iterdir()) else None
+    try:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            if rundir.environment_fault(err):
+                raise
+            raise RunDirError(f"--out {out}: cannot create the folder ({err.strerror}: {err.filename})") from None
+        lock = rundir.Lock(out).acquire()
+        try:
+            sweep = _merge_old(out, sweep)
+            if rundir.folder_kind(out) is None or not (out / rundir.MARKER).is_file():
+                rundir.write_marker(out, "sweep")
+            sweep_file = copy.deepcopy(sweep.study)
+            sweep_file["sweep"] = sweep.axes
+            (out / SWEEP_FILE).write_text(f"# {source} as swept\n" + yaml.safe_dump(sweep_file, sort_keys=False))
+            write_json_atomic(out / MANIFEST, sweep.manifest())
+        except BaseException:
+            lock.release()
+            raise
+    except BaseException:
+        rundir.settle(out, aside, False)
+        raise
+    sweep.opened = rundir.Opened(out, lock, aside)
+    return sweep
+
+
+def _merge_old(out: Path, sweep: Sweep) -> Sweep:
+    """``sweep`` with the cells and values a sweep already in ``out`` has, which it must match."""
+    if any(p.name not in (rundir.MARKER, rundir.LOCK) for p in out.iterdir()):
         if not (out / MANIFEST).is_file():
-            raise RunDirError(f"--out {out}: not empty and not a sweep folder (no {MANIFEST}); use another --out "
-                              "or --force to delete it and start over")
-        old = json.loads((out / MANIFEST).read_text())
-        old_study = yaml.safe_load((out / SWEEP_FILE).read_text())
+            raise RunDirError(f"--out {out}: not empty and not a sweep folder (no {MANIFEST}); use another --out, "
+                              "or --force if it is a bidirect folder to replace")
+        advice = "it was damaged; put back a good copy, or start over in another --out"
+        old = read_manifest(out / MANIFEST, advice)
+        try:
+            old_study = read_yaml(out / SWEEP_FILE, "sweep file")
+        except ConfigError as err:
+            raise RunDirError(f"{err}; {advice}") from None
+        if not isinstance(old_study, dict):
+            raise RunDirError(f"{out / SWEEP_FILE}: not a sweep file; {advice}")
         old_study.pop("sweep", None)
         if list(old["axes"]) != list(sweep.axes) or old_study != sweep.study:
             raise RunDirError(
@@ -233,13 +275,6 @@ def open_sweep_dir(out: Path, sweep: Sweep, source: Path, force: bool = False, w
         for key, values in sweep.axes.items():
             axes[key] = list(old["axes"][key]) + [v for v in values if v not in old["axes"][key]]
         sweep = Sweep(sweep.study, axes, extra + sweep.cells)
-    if not write:
-        return sweep
-    out.mkdir(parents=True, exist_ok=True)
-    sweep_file = copy.deepcopy(sweep.study)
-    sweep_file["sweep"] = sweep.axes
-    (out / SWEEP_FILE).write_text(f"# {source} as swept\n" + yaml.safe_dump(sweep_file, sort_keys=False))
-    (out / MANIFEST).write_text(json.dumps(sweep.manifest(), indent=2))
     return sweep
 
 
@@ -250,6 +285,8 @@ def run_sweep(sweep: Sweep, out: Path, accelerator=None, console=None) -> dict[s
 
     cells = [c for c in sweep.cells if c.config is not None]
     accelerator = accelerator or make_accelerator(cells[0].config)
+    # After --force the old sweep folder waits aside until a cell passes its checks (study.start_study).
+    replaced = sweep.opened if sweep.opened is not None and sweep.opened.aside is not None else None
     for i, cell in enumerate(cells, 1):
         run_dir = out / cell.name
         if cell_finished(run_dir, cell.config):
@@ -258,10 +295,14 @@ def run_sweep(sweep: Sweep, out: Path, accelerator=None, console=None) -> dict[s
             continue
         if console is not None and accelerator.is_main_process:
             console.print(f"[bold]sweep {i}/{len(cells)} {cell.name}[/bold]")
-        if accelerator.is_main_process:
-            open_run_dir(run_dir, cell.config, resume=True)
+        opened = open_run_dir(run_dir, cell.config, resume=True) if accelerator.is_main_process else None
         accelerator.wait_for_everyone()
-        run_study(cell.config, run_dir, accelerator)
+        try:
+            run_study(cell.config, run_dir, accelerator, opened=replaced)
+        finally:
+            if opened is not None:
+                opened.close()
+        replaced = None
     summary = aggregate(out)
     if accelerator.is_main_process:
         write_summary(out, summary)
@@ -326,13 +367,14 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 def read_cells(sweep_dir: Path) -> tuple[dict[str, list], list[dict[str, Any]]]:
     """(axes, cells with their values and results) of a sweep folder. Without sweep.json the axes
     are the config fields whose values differ between the run folders."""
-    from bidirect.study import RunDirError, read_results
+    from bidirect.study import read_results
 
     if not sweep_dir.is_dir():
         raise RunDirError(f"{sweep_dir}: no such folder")
     manifest = sweep_dir / MANIFEST
     if manifest.is_file():
-        meta = json.loads(manifest.read_text())
+        meta = read_manifest(manifest, "put back a good copy, or delete it: the run folders' own configs then say "
+                             "what was swept")
         axes, cells = meta["axes"], meta["cells"]
         found = [{**c, "results": read_results(sweep_dir / c["name"])} for c in cells
                  if (sweep_dir / c["name"] / "results.json").is_file()]
@@ -395,8 +437,6 @@ def aggregate(sweep_dir: Path) -> dict[str, Any]:
 
 
 def write_summary(sweep_dir: Path, summary: dict[str, Any]) -> Path:
-    from bidirect.trainer import write_json_atomic
-
     path = sweep_dir / SUMMARY
     write_json_atomic(path, summary)
     return path

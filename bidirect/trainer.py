@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +32,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, get_cosine_with_min_lr_schedule_with_warmup
 
-from bidirect.config import TrainConfig
+from bidirect.config import ConfigError, TrainConfig
 from bidirect.objectives import IGNORE
+from bidirect.rundir import read_json, write_json_atomic
 
 STATE_FILE = "trainer_state.json"  # written last into a checkpoint: its presence marks it complete
 DONE_FILE = "phase.json"  # written last into a phase folder: the phase is finished
@@ -54,11 +54,17 @@ class PhaseSummary:
     tokens_per_second: float
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write, then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+def check_batch(cfg: TrainConfig, examples: int, processes: int, name: str, where: str = "batch_size") -> int:
+    """The micro-batch per process for ``cfg``; a `ConfigError` naming ``where`` (the field as the user
+    wrote it) when the stream of ``examples`` cannot fill one step. Run before anything is trained."""
+    if cfg.batch_size % (cfg.grad_accum * processes):
+        raise ConfigError(f"{where}: {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum} x "
+                          f"{processes} processes ({name})")
+    micro = cfg.batch_size // (cfg.grad_accum * processes)
+    if examples < micro * processes:
+        raise ConfigError(f"{where}: {cfg.batch_size} is more than the {examples} training examples of {name}; "
+                          f"lower it to at most {examples * cfg.grad_accum}")
+    return micro
 
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -169,18 +175,11 @@ def train_phase(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     world = accelerator.num_processes
-    if cfg.batch_size % (cfg.grad_accum * world):
-        raise TrainingError(
-            f"{name}: batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum} x "
-            f"{world} processes"
-        )
     fsdp = accelerator.distributed_type == DistributedType.FSDP
     if fsdp and finalize is not None:
         raise TrainingError(f"{name}: LoRA fine-tuning under FSDP is not supported (merging needs the whole model); "
                             "fine-tune without FSDP, e.g. one process or DDP")
-    micro = cfg.batch_size // (cfg.grad_accum * world)
-    if len(stream) < micro * world:
-        raise TrainingError(f"{name}: only {len(stream)} training examples for a batch of {cfg.batch_size}")
+    micro = check_batch(cfg, len(stream), world, name)  # study.preflight made the same check before any training
 
     accelerator.gradient_accumulation_steps = cfg.grad_accum
     # The seedable sampler takes its seed from the global RNG when the loader is prepared:
@@ -210,14 +209,17 @@ def train_phase(
     checkpoints = complete_checkpoints(out_dir / "checkpoints")
     if checkpoints:
         last = checkpoints[-1]
+        advice = "Delete it to resume from the one before, or start the run over with --force."
+        state = read_json(last / STATE_FILE, f"{name}: the state of checkpoint {last}", advice)
         try:
             accelerator.load_state(str(last))
         except Exception as err:  # a renamed checkpoint is complete; failing to read it means damage
             raise TrainingError(
-                f"{name}: checkpoint {last} is corrupt ({type(err).__name__}: {str(err)[:200]}). "
-                f"Delete it to resume from the one before, or start the run over with --force."
+                f"{name}: checkpoint {last} is corrupt ({type(err).__name__}: {str(err)[:200]}). {advice}"
             ) from None
-        state = json.loads((last / STATE_FILE).read_text())
+        if not isinstance(state, dict) or not all(isinstance(state.get(k), (int, float)) for k in
+                                                  ("step", "tokens", "seconds")):
+            raise TrainingError(f"{last / STATE_FILE}: not a checkpoint state (step, tokens, seconds). {advice}")
         step, tokens, seconds = state["step"], state["tokens"], state["seconds"]
         accelerator.print(f"[bidirect] {name}: resumed from {last} at step {step}/{cfg.steps}")
 
@@ -340,7 +342,12 @@ def save_checkpoint(accelerator: Accelerator, directory: Path, step: int, tokens
 def phase_done(out_dir: Path) -> PhaseSummary | None:
     path = out_dir / DONE_FILE
     if path.is_file() and (out_dir / "model").is_dir():
-        return PhaseSummary(**json.loads(path.read_text()))
+        advice = f"delete {out_dir} and resume with --resume to train that phase again (training is deterministic)"
+        summary = read_json(path, "the summary of a finished phase", advice)
+        try:
+            return PhaseSummary(**summary)
+        except TypeError:
+            raise TrainingError(f"{path}: not a phase summary; {advice}") from None
     return None
 
 
