@@ -47,7 +47,7 @@ def cmd_data(args: argparse.Namespace) -> None:
     opened = open_run_dir(run_dir, cfg, force=args.force, command="data")
     started = time.perf_counter()
     with contextlib.closing(opened):
-        data, tokenizer = start_study(cfg, run_dir, opened=opened)
+        data, tokenizer = start_study(cfg, run_dir, opened=opened, train=False)
     seconds = time.perf_counter() - started
     data_summary(console, data, tokenizer)
     # The generation benchmark of the paper's scale: `bidirect data configs/paper.yaml --out ...`.

@@ -8,10 +8,10 @@ version before the marker, recognised by the files only bidirect writes together
 ``--out`` must cost an error message, not someone's files. A replaced folder is moved aside, not
 deleted, until the new run is known to start (`replace` and `settle`).
 
-A process that writes to a folder holds ``.bidirect.lock`` (its pid, host and command line); a
-second process is refused with the holder's name. A lock whose process has died on this host
-is taken over. Under ``accelerate launch`` only the main process locks: its peers write to the
-folder it holds.
+A process that writes to a folder holds a lock on its marker (`Lock`); a second process is
+refused with the holder's pid and command line. The lock ends with its process, so a run killed
+with SIGKILL leaves none behind. Under ``accelerate launch`` only the main process locks: its
+peers write to the folder it holds.
 
 Light on purpose (no torch): config-free modules and the CLI's error path import it.
 """
@@ -19,18 +19,17 @@ Light on purpose (no torch): config-free modules and the CLI's error path import
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import math
 import os
 import shutil
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 MARKER = ".bidirect"
-LOCK = ".bidirect.lock"
 Kind = Literal["run", "sweep"]
 # What a run or sweep folder of a version before the marker holds; only bidirect writes these together.
 LEGACY = {"run": ("config.yaml", "results.json"), "sweep": ("sweep.yaml", "sweep.json")}
@@ -154,75 +153,76 @@ def read_json(path: Path, what: str, advice: str) -> Any:
 # --------------------------------------------------------------------------- lock
 
 
-def _holder(lock: Path) -> dict | None:
+def _holder(marker: Path) -> str:
+    """Who holds the flock on ``marker``, from /proc/locks (Linux); the kernel knows, no file has to."""
     try:
-        return json.loads(lock.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {}  # being written, or damaged: treat as held, by someone unknown
-
-
-def _alive(holder: dict) -> bool:
-    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
-        return True  # another machine's process cannot be checked from here
-    try:
-        os.kill(holder["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    return True
-
-
-def _describe(holder: dict) -> str:
-    if not holder:
-        return "an unknown process"
-    return (f"process {holder.get('pid')} on {holder.get('host')} ({holder.get('command', '?')}, "
-            f"since {holder.get('since', '?')})")
-
-
-def check_unlocked(folder: Path) -> None:
-    """Raise if a live process holds ``folder``'s lock."""
-    holder = _holder(folder / LOCK)
-    if holder is not None and _alive(holder) and holder.get("pid") != os.getpid():
-        raise RunDirError(f"{folder}: in use by {_describe(holder)}; wait for it to finish, or if it is not running, "
-                          f"delete {folder / LOCK}")
+        st = marker.stat()
+        for line in Path("/proc/locks").read_text().splitlines():
+            parts = line.split()
+            if "FLOCK" not in parts or "->" in parts:  # "->": a waiter, not the holder
+                continue
+            i = parts.index("FLOCK")
+            major, minor, inode = parts[i + 4].split(":")
+            if (int(major, 16), int(minor, 16), int(inode)) == (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino):
+                pid = int(parts[i + 3])
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                return f"process {pid} on {socket.gethostname()} ({command.strip()[:120]})"
+    except (OSError, ValueError, IndexError):
+        pass
+    return "another process"
 
 
 class Lock:
-    """``folder``'s lock, held by this process until `release`."""
+    """An exclusive lock on a folder while this process writes to it: a flock on its marker.
+
+    The kernel drops a flock when its process ends, however it ends (SIGKILL included), so a lock
+    never outlives its holder and nothing is written to take or release it: a command refused
+    later leaves the folder byte for byte as it was.
+    """
+
+    # Markers (device, inode) this process holds, with their open file and count of holders: a second
+    # Lock of a folder in the same process (a library caller opening it twice) shares the first's
+    # flock, which a second flock of the same process would refuse.
+    _held: dict[tuple[int, int], list] = {}
 
     def __init__(self, folder: Path):
-        self.path = folder / LOCK
-        self.held = False
+        self.folder = folder
+        self._key: tuple[int, int] | None = None
 
     def acquire(self) -> Lock:
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv[:4]) or "python",
-              "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        for _ in range(3):
+        marker = self.folder / MARKER
+        f = open(marker, "rb")  # noqa: SIM115 (held open until the last release: the lock lives with it)
+        st = os.fstat(f.fileno())
+        key = (st.st_dev, st.st_ino)
+        if key in Lock._held:
+            f.close()
+            Lock._held[key][1] += 1
+        else:
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _holder(self.path)
-                if holder is not None and (_alive(holder) and holder.get("pid") != os.getpid()):
-                    check_unlocked(self.path.parent)  # raises, naming the holder
-                # Dead (or our own leftover): take it over. A rival taking it over at the same time
-                # loses at O_EXCL on the next turn.
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(me) + "\n")
-            self.held = True
-            return self
-        raise RunDirError(f"{self.path.parent}: could not take the lock {self.path}; another process keeps taking it")
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                raise RunDirError(f"{self.folder}: in use by {_holder(marker)}; wait for it to finish "
+                                  "(a lock ends with its process)") from None
+            Lock._held[key] = [f, 1]
+        self._key = key
+        return self
 
     def release(self) -> None:
-        if self.held:
-            self.held = False
-            holder = _holder(self.path)
-            if holder and holder.get("pid") == os.getpid():
-                self.path.unlink(missing_ok=True)
+        if self._key is None:
+            return
+        held = Lock._held[self._key]
+        held[1] -= 1
+        if not held[1]:
+            held[0].close()  # closing drops the flock
+            del Lock._held[self._key]
+        self._key = None
+
+
+def check_unlocked(folder: Path) -> None:
+    """Raise if another process holds ``folder``'s lock."""
+    if (folder / MARKER).is_file():
+        Lock(folder).acquire().release()
 
 
 class Opened:

@@ -68,9 +68,9 @@ def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: b
                 f"--resume {run_dir}: the config differs from the one this run started with ({saved}); "
                 "resume with that config or start a new run folder"
             )
-        lock = rundir.Lock(run_dir).acquire()
         if rundir.folder_kind(run_dir) is None:  # a run of a version before the marker: the config proves it ours
             rundir.write_marker(run_dir, "run")
+        lock = rundir.Lock(run_dir).acquire()
         return rundir.Opened(run_dir, lock)
     elif existing:
         finished = (run_dir / RESULTS).is_file()
@@ -230,12 +230,14 @@ def preflight(cfg: StudyConfig, data: StudyData, tokenizer, processes: int) -> N
 
 
 def start_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None = None,
-                opened: rundir.Opened | None = None):
-    """Data and tokenizer of a run that passed `preflight`. A run that replaces another (``opened``
-    after ``--force``) deletes the old folder only now; if anything before fails, the old one is put back."""
+                opened: rundir.Opened | None = None, train: bool = True):
+    """Data and tokenizer of a run that passed `preflight` (``train=False``: `bidirect data`, which
+    trains nothing, only makes them). A run that replaces another (``opened`` after ``--force``)
+    deletes the old folder only now; if anything before fails, the old one is put back."""
     try:
         data, tokenizer = prepare_data(cfg, run_dir, accelerator)
-        preflight(cfg, data, tokenizer, accelerator.num_processes if accelerator is not None else 1)
+        if train:
+            preflight(cfg, data, tokenizer, accelerator.num_processes if accelerator is not None else 1)
     except BaseException:
         if opened is not None:
             opened.started(False)

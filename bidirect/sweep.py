@@ -230,11 +230,12 @@ def open_sweep_dir(out: Path, sweep: Sweep, source: Path, force: bool = False, w
             if rundir.environment_fault(err):
                 raise
             raise RunDirError(f"--out {out}: cannot create the folder ({err.strerror}: {err.filename})") from None
+        if rundir.folder_kind(out) is None:  # new, or a sweep folder of a version before the marker
+            _merge_old(out, sweep)  # refuses a folder that is not a sweep's before marking it
+            rundir.write_marker(out, "sweep")
         lock = rundir.Lock(out).acquire()
         try:
             sweep = _merge_old(out, sweep)
-            if rundir.folder_kind(out) is None or not (out / rundir.MARKER).is_file():
-                rundir.write_marker(out, "sweep")
             sweep_file = copy.deepcopy(sweep.study)
             sweep_file["sweep"] = sweep.axes
             (out / SWEEP_FILE).write_text(f"# {source} as swept\n" + yaml.safe_dump(sweep_file, sort_keys=False))
@@ -245,13 +246,12 @@ def open_sweep_dir(out: Path, sweep: Sweep, source: Path, force: bool = False, w
     except BaseException:
         rundir.settle(out, aside, False)
         raise
-    sweep.opened = rundir.Opened(out, lock, aside)
-    return sweep
+    return dataclasses.replace(sweep, opened=rundir.Opened(out, lock, aside))
 
 
 def _merge_old(out: Path, sweep: Sweep) -> Sweep:
     """``sweep`` with the cells and values a sweep already in ``out`` has, which it must match."""
-    if any(p.name not in (rundir.MARKER, rundir.LOCK) for p in out.iterdir()):
+    if any(p.name != rundir.MARKER for p in out.iterdir()):
         if not (out / MANIFEST).is_file():
             raise RunDirError(f"--out {out}: not empty and not a sweep folder (no {MANIFEST}); use another --out, "
                               "or --force if it is a bidirect folder to replace")
