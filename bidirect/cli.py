@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="generate the bioS data and tokenizer of a study")
     p.add_argument("config", nargs="?", help="study YAML (default: the embedded quick study)")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--force", action="store_true", help="delete a non-empty run folder first")
+    p.add_argument("--force", action="store_true", help="replace a run folder bidirect wrote")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("run", help="run a whole study and print its table")
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue a run from its last checkpoint")
-    group.add_argument("--force", action="store_true", help="delete a non-empty run folder first")
+    group.add_argument("--force", action="store_true", help="replace a run folder bidirect wrote")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("eval", help="evaluate the saved models of a run again")
@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a grid of studies (a study file with a top-level sweep: mapping)")
     p.add_argument("config", help="sweep YAML: a study plus sweep: {dotted.field: [values, ...]}")
     p.add_argument("--out", required=True, help="sweep folder; run again to resume it or to add values")
-    p.add_argument("--force", action="store_true", help="delete a non-empty sweep folder first")
+    p.add_argument("--force", action="store_true", help="replace a sweep folder bidirect wrote")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="write a Markdown report with PNG figures of a run or sweep folder")

@@ -60,13 +60,15 @@ def folder_kind(folder: Path) -> Kind | None:
 
 def forbidden(folder: Path) -> str | None:
     """Why ``folder`` may never be deleted (the root, the home folder, the current folder or an
-    ancestor of it), or None."""
+    ancestor of either), or None."""
     path = folder.resolve()
     cwd, home = Path.cwd().resolve(), Path.home().resolve()
     if path == Path(path.anchor):
         return "it is the root of the file system"
     if path == home:
         return "it is your home folder"
+    if path in home.parents:
+        return "it holds your home folder"
     if path == cwd:
         return "it is the current folder"
     if path in cwd.parents:
@@ -77,7 +79,7 @@ def forbidden(folder: Path) -> str | None:
 def check_replaceable(folder: Path, kind: Kind, option: str = "--out") -> None:
     """Raise unless ``--force`` may delete ``folder``: a bidirect folder of ``kind`` that is none of
     the folders `forbidden` names."""
-    why = forbidden(folder)
+    why = "it is a symbolic link (give the folder it points to)" if folder.is_symlink() else forbidden(folder)
     if why is not None:
         raise RunDirError(f"{option} {folder}: --force will not delete it: {why}. Give a new folder as {option}.")
     found = folder_kind(folder)

@@ -86,12 +86,17 @@ def home_and_cwd(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("which,why", [("root", "root of the file system"), ("home", "your home folder"),
                                        ("cwd", "the current folder"), ("dot", "the current folder"),
-                                       ("ancestor", "holds the current folder")])
+                                       ("ancestor", "holds the current folder"), ("above_home", "holds your home"),
+                                       ("symlink", "symbolic link")])
 def test_force_guard_never_the_root_home_cwd_or_an_ancestor(home_and_cwd, which, why):
     home, cwd = home_and_cwd
-    folder = {"root": Path("/"), "home": home, "cwd": cwd, "dot": Path("."), "ancestor": home / "work"}[which]
-    assert rundir.forbidden(folder) is not None and why in rundir.forbidden(folder)
-    with pytest.raises(RunDirError, match="--force will not delete it"):
+    link = home.parent / "link"
+    link.symlink_to(home / "work", target_is_directory=True)
+    folder = {"root": Path("/"), "home": home, "cwd": cwd, "dot": Path("."), "ancestor": home / "work",
+              "above_home": home.parent, "symlink": link}[which]
+    if which != "symlink":
+        assert rundir.forbidden(folder) is not None and why in rundir.forbidden(folder)
+    with pytest.raises(RunDirError, match=f"--force will not delete it: .*{why}"):
         rundir.check_replaceable(folder, "run")  # raises before anything: it never deletes
 
 
@@ -173,6 +178,22 @@ def test_force_with_a_config_failing_late_keeps_the_finished_run(run_copy, tmp_p
     code, text = _run(["run", str(bad), "--out", str(run), "--force"], capsys)
     assert code == 2 and message in text
     assert _snapshot(run) == before and not rundir.aside_path(run).exists()
+
+
+def test_sweep_force_with_a_config_failing_late_keeps_the_old_sweep(tmp_path, finished, capsys):
+    old = tmp_path / "old_sweep"
+    old.mkdir()
+    rundir.write_marker(old, "sweep")
+    (old / "summary.json").write_text('{"rows": []}')
+    (old / "seed=0").mkdir()
+    (old / "seed=0" / "results.json").write_text("{}")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(write_config(tmp_path / "study.yaml", **ONE_CELL, model__context=32).read_text()
+                   + "sweep: {seed: [0, 1]}\n")
+    before = _snapshot(old)
+    code, text = _run(["sweep", str(bad), "--out", str(old), "--force"], capsys)
+    assert code == 2 and "model.context: 32 tokens is too short" in text
+    assert _snapshot(old) == before and not rundir.aside_path(old).exists()
 
 
 def test_finetune_batch_checked_before_pretraining(tmp_path, monkeypatch, capsys):
