@@ -351,6 +351,8 @@ def _positive(where: str, value: float, allow_zero: bool = False) -> None:
 
 def validate(cfg: StudyConfig) -> StudyConfig:
     """Range checks that types alone cannot express. Returns ``cfg`` for chaining."""
+    if not 0 <= cfg.seed < 2**32:  # numpy's range, which set_seed seeds too
+        raise ConfigError(f"seed: must be in [0, 2**32), got {cfg.seed}")
     d = cfg.data
     _positive("data.individuals", d.individuals)
     if d.individuals > MAX_INDIVIDUALS:

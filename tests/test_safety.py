@@ -301,6 +301,8 @@ TOO_LARGE = [
     ({"model": {"heads": 1024, "width": 2048}}, "model.heads: at most"),
     ({"model": {"mlp_width": 10**8}}, "model.mlp_width: at most"),
     ({"eval": {"num_beams": 10**4}}, "eval.num_beams: at most"),
+    ({"seed": -1}, "seed: must be in [0, 2**32), got -1"),
+    ({"seed": 2**40}, "seed: must be in [0, 2**32)"),
 ]
 
 
