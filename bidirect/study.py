@@ -2,8 +2,7 @@
 
 Layout of a run folder::
 
-    RUN_DIR/.bidirect              marker: bidirect wrote this folder, so --force may replace it (rundir.py)
-    RUN_DIR/.bidirect.lock         while a process writes to the run: its pid and host
+    RUN_DIR/.bidirect              marker: bidirect wrote this folder (--force may replace it); locked while written
     RUN_DIR/config.yaml            the study as run (a resume must match it)
     RUN_DIR/data/                  individuals, qa_train, qa_test, bios/<augmentation>  (datasets)
     RUN_DIR/tokenizer/             the shared tokenizer (PreTrainedTokenizerFast)
@@ -218,13 +217,15 @@ def preflight(cfg: StudyConfig, data: StudyData, tokenizer, processes: int) -> N
         for kind in dict.fromkeys(backbone_kind(b.name) for b in cfg.backbones):
             objective = make_objective(kind, tokenizer, cfg.model.context, cfg.masking, cfg.seed)
             streams = {phase: len(s) for phase, s in _streams(cfg, objective, data, tokenizer, augmentation).items()}
-            for i, backbone in enumerate(cfg.backbones):
+            for backbone in cfg.backbones:
                 if backbone_kind(backbone.name) != kind:
                     continue
                 for phase, examples in streams.items():
                     section = "finetune" if phase == "finetune" else "pretrain"
-                    # The field where the user set it: the backbone's override, else the study's phase.
-                    where = f"backbones[{i}].{section}" if "batch_size" in getattr(backbone, section) else section
+                    # The field where the user set it: the backbone's override (named as validate names
+                    # overrides), else the study's phase.
+                    where = f"backbones.{backbone.name}.{section}" if "batch_size" in getattr(backbone, section) \
+                        else section
                     check_batch(_phase_config(cfg, backbone, phase), examples, processes,
                                 f"the {phase} stream of {augmentation}/{backbone.name}", f"{where}.batch_size")
 

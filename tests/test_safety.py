@@ -169,7 +169,7 @@ def test_interrupted_force_leaves_the_old_folder_aside_and_refuses_to_guess(run_
     (dict(pretrain={"steps": 2, "batch_size": 4096}), "pretrain.batch_size: 4096 is more than the"),
     (dict(finetune={"steps": 2, "batch_size": 4096}), "finetune.batch_size: 4096 is more than the"),
     (dict(backbones=[{"name": "gpt2-rope", "finetune": {"batch_size": 4096}}]),
-     "backbones[0].finetune.batch_size: 4096 is more than the"),
+     "backbones.gpt2-rope.finetune.batch_size: 4096 is more than the"),
 ])
 def test_force_with_a_config_failing_late_keeps_the_finished_run(run_copy, tmp_path, changes, message, capsys):
     _, run = run_copy
