@@ -122,6 +122,30 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def headline_markdown(results: dict[str, Any]) -> str:
+    """One row per (augmentation, backbone): each level's mean over the six attributes, P_test with its
+    interval over people, and the majority baselines; the table the README and docs lead with."""
+    shown = shown_levels(lv for by_backbone in results["results"].values() for lvs in by_backbone.values()
+                         for lv in lvs)
+    lines = ["| augmentation | backbone | " + " | ".join(LEVEL_NAMES[lv] for lv in shown) + " |",
+             "| --- | --- |" + " ---: |" * len(shown)]
+    for aug, by_backbone in results["results"].items():
+        for name, levels in by_backbone.items():
+            cells = []
+            for lv in shown:
+                r = levels.get(lv)
+                text = "-" if r is None else pct(r.get("mean"))
+                if r is not None and lv in HELD_OUT_LEVELS:
+                    text = f"**{text}** ({ci(r)})"
+                cells.append(text)
+            lines.append(f"| {aug} | {backbone_label(results, aug, name)} | " + " | ".join(cells) + " |")
+    base = {level: pct(results[key]["mean"]) for key, (_, level) in BASELINES.items() if results.get(key)}
+    cells = [base.get("P_test*" if lv == "qa_test_given" else "P_test", "") if lv in HELD_OUT_LEVELS[:2] else ""
+             for lv in shown]
+    lines.append("| | majority | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def comparison_table(runs: dict[str, dict[str, Any]]) -> Table:
     """Several runs side by side: the mean of each level per (run, augmentation, backbone)."""
     table = Table(title="bidirect summary: mean exact-match accuracy over the six attributes (%)")

@@ -217,3 +217,22 @@ def test_committed_run_data_reproduces_from_its_config(run_dir):
     cfg = load(run_dir / "config.yaml")
     data = generate(cfg.data, cfg.augmentations(), cfg.seed)
     assert data.sha256() == results["data_sha256"]
+
+
+def test_headline_table_puts_the_interval_and_both_baselines_beside_p_test():
+    from bidirect.report import headline_markdown
+
+    def level(mean, lo=None, hi=None):
+        return {"mean": mean, "ci95": {"mean": [lo, hi]} if lo is not None else {}}
+
+    results = {"results": {"single": {
+        "gpt2-rope": {"bio_recall": level(0.9), "name_tied": level(0.8), "qa_train": level(1.0),
+                      "qa_test": level(0.5, 0.42, 0.58)},
+        "gbert": {"bio_recall": level(0.95), "name_tied": level(0.3), "qa_train": level(1.0),
+                  "qa_test": level(0.1, 0.05, 0.16), "qa_test_given": level(0.2, 0.12, 0.27)}}},
+        "majority_baseline": {"mean": 0.021}, "majority_baseline_given_length": {"mean": 0.029}}
+    lines = headline_markdown(results).splitlines()
+    assert lines[0] == "| augmentation | backbone | bio recall | name-tied | QA P_train | QA P_test | QA P_test* |"
+    assert lines[2] == "| single | gpt2-rope | 90.0 | 80.0 | 100.0 | **50.0** (42-58) | - |"
+    assert lines[3] == "| single | gbert | 95.0 | 30.0 | 100.0 | **10.0** (5-16) | **20.0** (12-27) |"
+    assert lines[4] == "| | majority |  |  |  | 2.1 | 2.9 |"
