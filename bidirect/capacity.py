@@ -31,6 +31,9 @@ How the loss is read:
 - masked: the field's tokens are all masked and filled left to right, each token read with the ones before it
   revealed and the ones after it masked, the rest of the biography intact (the chain rule over the field, given
   its length, as the bio-recall evaluation fills it). One forward pass per token position of the longest field.
+  Every other mention of the field is masked too: under ``fullname`` the name is written in every sentence, and a
+  masked model that could see the other mentions would copy the name rather than recall it (a causal model reads
+  the first mention, before any other, so it can never copy).
 """
 
 from __future__ import annotations
@@ -80,23 +83,29 @@ def generator_entropy(individuals: int, pools: Pools | None = None) -> dict[str,
 # --------------------------------------------------------------------------- the model's loss
 
 
-def field_spans(tokenizer, data: StudyData, augmentation: str) -> tuple[list[int], list[list[int]], list[list[tuple]]]:
-    """Per individual (in id order): its id, first biography's token ids, and the token span of each of FIELDS."""
+def field_spans(tokenizer, data: StudyData, augmentation: str
+                ) -> tuple[list[int], list[list[int]], list[list[tuple]], list[list[tuple]]]:
+    """Per individual (in id order): its id, first biography's token ids, the token span of each of FIELDS
+    (the name's first mention), and per field the spans of its other mentions (the name's, under fullname)."""
     rows = first_bios(data.bios[augmentation])
     names = dict(zip(data.individuals["id"], data.individuals["full_name"], strict=True))
     enc = tokenizer(list(rows["text"]), add_special_tokens=False, return_offsets_mapping=True)
-    ids_out, spans_out = [], []
+    ids_out, spans_out, others_out = [], [], []
     for person, text, ids, offsets, starts, ends in zip(rows["id"], rows["text"], enc["input_ids"],
                                                         enc["offset_mapping"], rows["value_start"], rows["value_end"],
                                                         strict=True):
         spans = [value_token_span(offsets, s, e) for s, e in zip(starts, ends, strict=True)]
-        at = text.find(names[person])
-        if at < 0:
+        name, mentions, at = names[person], [], text.find(names[person])
+        while at >= 0:
+            mentions.append(value_token_span(offsets, at, at + len(name)))
+            at = text.find(name, at + len(name))
+        if not mentions:
             raise ValueError(f"individual {person}: the full name is not in the first {augmentation} biography")
-        spans.append(value_token_span(offsets, at, at + len(names[person])))
+        spans.append(mentions[0])
         ids_out.append(list(ids))
         spans_out.append(spans)
-    return list(rows["id"]), ids_out, spans_out
+        others_out.append([[] for _ in ATTRIBUTES] + [mentions[1:]])
+    return list(rows["id"]), ids_out, spans_out, others_out
 
 
 @torch.no_grad()
@@ -118,7 +127,7 @@ def _causal_losses(model, ids: list[list[int]], spans: list[list[tuple]], pad: i
 
 @torch.no_grad()
 def _masked_losses(model, ids: list[list[int]], spans: list[list[tuple]], pad: int, mask: int,
-                   batch_size: int) -> torch.Tensor:
+                   batch_size: int, others: list[list[list[tuple]]] | None = None) -> torch.Tensor:
     device = next(model.parameters()).device
     out = torch.zeros(len(ids), len(FIELDS))
     items = [(p, f, i, j) for p, sp in enumerate(spans) for f, (i, j) in enumerate(sp)]
@@ -128,9 +137,11 @@ def _masked_losses(model, ids: list[list[int]], spans: list[list[tuple]], pad: i
         for lo in range(0, len(live), batch_size):
             batch = live[lo : lo + batch_size]
             rows = []
-            for p, _, i, j in batch:
+            for p, f, i, j in batch:
                 row = list(ids[p])
                 row[i + k : j] = [mask] * (j - i - k)  # tokens before i + k revealed, the rest of the field masked
+                for oi, oj in others[p][f] if others else ():  # nothing to copy the field from
+                    row[oi:oj] = [mask] * (oj - oi)
                 rows.append(row)
             x, attention = _pad(rows, pad, device)
             positions = torch.arange(x.shape[1], device=device).expand_as(x)
@@ -148,10 +159,10 @@ def field_losses(model, kind: str, tokenizer, data: StudyData, augmentation: str
                  batch_size: int = 32) -> torch.Tensor:
     """(individuals in id order, FIELDS) the model's cross-entropy in bits on each field of the first biography."""
     model.eval()
-    _, ids, spans = field_spans(tokenizer, data, augmentation)
+    _, ids, spans, others = field_spans(tokenizer, data, augmentation)
     if kind == "causal":
         return _causal_losses(model, ids, spans, tokenizer.pad_token_id, len(tokenizer), batch_size)
-    return _masked_losses(model, ids, spans, tokenizer.pad_token_id, tokenizer.mask_token_id, batch_size)
+    return _masked_losses(model, ids, spans, tokenizer.pad_token_id, tokenizer.mask_token_id, batch_size, others)
 
 
 # --------------------------------------------------------------------------- bits

@@ -31,11 +31,14 @@ MAX_VOCAB = 262_144
 MAX_BEAMS = 64
 
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "company", "company_city")
-# The evaluation levels (bidirect.evaluate); the inverse ones exist only where the data has inverse QA.
-LEVELS = ("bio_recall", "qa_train", "qa_test")
+# The evaluation levels (bidirect.evaluate), in the order tables show them. qa_val exists only with
+# data.p_val > 0, qa_test_given only for masked backbones decoding with a free answer length (the
+# paper's given-length rule beside it), the inverse ones only where the data has inverse QA.
+LEVELS = ("bio_recall", "name_tied", "qa_train", "qa_val", "qa_test")
+GIVEN_LENGTH_LEVELS = ("qa_test_given",)
 INVERSE_LEVELS = ("inverse_train", "inverse_test")
-ALL_LEVELS = (*LEVELS, *INVERSE_LEVELS)
-HELD_OUT_LEVELS = ("qa_test", "inverse_test")  # the headline: people whose QA was never trained on
+ALL_LEVELS = (*LEVELS, *GIVEN_LENGTH_LEVELS, *INVERSE_LEVELS)
+HELD_OUT_LEVELS = ("qa_test", "qa_test_given", "inverse_test")  # the headline: people whose QA was never trained on
 
 
 class ConfigError(ValueError):
@@ -118,6 +121,9 @@ class DataConfig:
 
     individuals: int = 80  # N
     p_train: float = 0.5  # p: share of individuals whose QA is fine-tuning data (P_train)
+    # Share of individuals whose QA is neither trained nor in P_test (P_val): where recipes are tuned.
+    # The rest is P_test. 0 keeps the split of runs made before P_val existed.
+    p_val: float = 0.0
     # The quick study's augmentation is fullname (the name in every sentence): at its budget every
     # backbone memorizes it, which multi5+permute's masked cells do not (configs/quick_multi5.yaml).
     augmentations: list[str] = field(default_factory=lambda: ["single", "single+fullname"])
@@ -191,6 +197,11 @@ class EvalConfig:
     batch_size: int = 64
     max_individuals: int = 0  # 0: every individual; else a deterministic subsample per level
     num_beams: int = 1  # causal decoding; the paper used 4 and saw little difference
+    # Masked QA: "free" tries every answer length up to the longest P_train answer and keeps the one
+    # the model is most confident in (best mean log-probability), as a causal model must decide where
+    # to stop; "given" is the paper's rule, as many masks as the true answer has tokens. Under "free"
+    # the given-length score of P_test is reported beside it (level qa_test_given).
+    masked_length: Literal["free", "given"] = "free"
 
 
 @dataclass
@@ -362,10 +373,16 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         )
     if not 0.0 < d.p_train < 1.0:
         raise ConfigError(f"data.p_train: must be strictly between 0 and 1, got {d.p_train}")
-    if round(d.individuals * d.p_train) < 1 or round(d.individuals * d.p_train) >= d.individuals:
+    if not 0.0 <= d.p_val < 1.0:
+        raise ConfigError(f"data.p_val: must be in [0, 1), got {d.p_val}")
+    n_train, n_val = round(d.individuals * d.p_train), round(d.individuals * d.p_val)
+    if n_train < 1 or n_train + n_val >= d.individuals:
         raise ConfigError(
-            f"data.p_train: {d.p_train} of {d.individuals} individuals leaves P_train or P_test empty"
+            f"data.p_train: {d.p_train} (with data.p_val {d.p_val}) of {d.individuals} individuals leaves "
+            "P_train or P_test empty"
         )
+    if d.p_val > 0 and n_val < 1:
+        raise ConfigError(f"data.p_val: {d.p_val} of {d.individuals} individuals is no one; raise it or set 0")
     if not d.augmentations:
         raise ConfigError("data.augmentations: needs at least one, e.g. ['single', 'multi5+permute']")
     augmentations = cfg.augmentations()

@@ -5,21 +5,35 @@
   (causal), or, with the whole value masked, filled in left to right (masked), which is the
   masked analogue of the causal continuation. One-pass filling of a multi-word value asks more
   than memorization: each word without its neighbours, which whole-word masking rarely trains.
-- ``qa_train``: was the QA format learned? ``qa_test``: is the knowledge extractable for
-  people never seen in QA (the headline)?
+  This level is context-rich: the rest of the bio (other values, the template, for a masked
+  model the text after the value) can give the value away without the name.
+- ``name_tied``: the same reading after a name swap. In A's first bio, every mention of A's full
+  name becomes B's (another individual, same pronoun where there is one) and the value read becomes
+  B's; an item counts if the model writes B's value, which only the name can tell it. Items where
+  A and B share the value are left out. Defined the same way for both kinds.
+- ``qa_train``: was the QA format learned? ``qa_val``: people whose QA is never trained on, for
+  tuning. ``qa_test``: is the knowledge extractable for people never seen in QA (the headline)?
+  A masked model chooses the answer's length itself (``eval.masked_length: free``), as a causal
+  one must decide where to stop; ``qa_test_given`` is the paper's rule beside it, one mask per
+  answer token, which tells the model the length.
 - ``inverse_train`` / ``inverse_test`` (``data.inverse`` only): inverse search, the full name
   from birth date and birth city, scored like QA (one number, under ``full_name`` and ``mean``).
 
 Every level reduces to `Item`s: a sequence the model reads, the positions whose argmax is
 read, and the token each must be. An item counts only if all of them are right.
+
+Every accuracy comes with a 95% interval from a bootstrap over individuals, not over questions:
+a person's six answers are not independent (a company and its city are nearly one fact).
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
@@ -27,9 +41,16 @@ from datasets import Dataset
 from rich.progress import track
 from transformers import PreTrainedTokenizerFast
 
-from bidirect.config import ATTRIBUTES, INVERSE_LEVELS, LEVELS, EvalConfig, MaskingConfig
+from bidirect.config import (
+    ALL_LEVELS,
+    ATTRIBUTES,
+    GIVEN_LENGTH_LEVELS,
+    INVERSE_LEVELS,
+    EvalConfig,
+    MaskingConfig,
+)
 from bidirect.data.generate import StudyData, first_bios
-from bidirect.tokenizer import answer_ids, decode_answer, question_ids, value_token_span
+from bidirect.tokenizer import answer_ids, decode_answer, qa_ids, question_ids, value_token_span
 
 
 @dataclass
@@ -39,6 +60,11 @@ class Item:
     want: list[int]  # the token each of those must be
     attribute: int  # index into ATTRIBUTES; -1: inverse search (the answer is the full name)
     answer: str = ""  # QA only: beam search compares decoded text
+    person: int = -1  # the individual's id: intervals resample individuals
+
+
+MEMORIZATION_LEVELS = ("bio_recall", "name_tied")  # read on the pretrained model
+BOOTSTRAP_RESAMPLES = 1000
 
 
 # --------------------------------------------------------------------------- items
@@ -53,37 +79,109 @@ def bio_items(tokenizer: PreTrainedTokenizerFast, bios: Dataset, kind: str, max_
     rows = first_bios(bios)
     if max_individuals:
         rows = rows.select(range(min(max_individuals, len(rows))))
-    enc = tokenizer(list(rows["text"]), add_special_tokens=False, return_offsets_mapping=True)
+    spans = [list(zip(s, e, strict=True)) for s, e in zip(rows["value_start"], rows["value_end"], strict=True)]
+    return _value_items(tokenizer, [[(text, span) for span in person] for text, person in zip(rows["text"], spans)],
+                        list(rows["id"]), kind)
+
+
+def _value_items(tokenizer: PreTrainedTokenizerFast, texts: list[list[tuple[str, tuple[int, int]]]],
+                 people: list[int], kind: str) -> list[Item]:
+    """Items reading a value in a text: per person, per attribute, a text and the value's characters.
+    Causal: the continuation of the true text before the value; masked: the value masked whole."""
+    flat = [(p, a, text, span) for p, person in zip(people, texts, strict=True)
+            for a, (text, span) in enumerate(person) if text]
+    enc = tokenizer([text for _, _, text, _ in flat], add_special_tokens=False, return_offsets_mapping=True)
     items = []
-    spans = zip(rows["value_start"], rows["value_end"], strict=True)
-    for ids, offsets, (starts, ends) in zip(enc["input_ids"], enc["offset_mapping"], spans, strict=True):
-        for a, (start, end) in enumerate(zip(starts, ends, strict=True)):
-            i, j = value_token_span(offsets, start, end)  # the value's answer_ids, space included
-            span = list(range(i, j))
-            want = ids[i:j]
-            if kind == "causal":
-                items.append(Item(ids, [t - 1 for t in span], want, a))
-            else:
-                hidden = set(span)
-                masked = [tokenizer.mask_token_id if t in hidden else x for t, x in enumerate(ids)]
-                items.append(Item(masked, span, want, a))
+    for (person, a, _, (start, end)), ids, offsets in zip(flat, enc["input_ids"], enc["offset_mapping"], strict=True):
+        i, j = value_token_span(offsets, start, end)  # the value's answer_ids, space included
+        span = list(range(i, j))
+        want = ids[i:j]
+        if kind == "causal":
+            items.append(Item(ids, [t - 1 for t in span], want, a, person=person))
+        else:
+            hidden = set(span)
+            masked = [tokenizer.mask_token_id if t in hidden else x for t, x in enumerate(ids)]
+            items.append(Item(masked, span, want, a, person=person))
     return items
 
 
+def name_partners(individuals: Dataset) -> dict[int, int]:
+    """Each individual's partner for the name swap: the next one of the same pronoun, by id (so that
+    no pronoun contradicts the swapped-in name); the next one at all where a pronoun is alone."""
+    ids, pronouns = list(individuals["id"]), list(individuals["pronoun"])
+    groups: dict[str, list[int]] = {}
+    for person, pronoun in zip(ids, pronouns, strict=True):
+        groups.setdefault(pronoun, []).append(person)
+    order = sorted(ids)
+    partner = {}
+    for person, pronoun in zip(ids, pronouns, strict=True):
+        group = sorted(groups[pronoun]) if len(groups[pronoun]) > 1 else order
+        partner[person] = group[(group.index(person) + 1) % len(group)]
+    return partner
+
+
+def swap_name(text: str, span: tuple[int, int], name: str, new_name: str,
+              new_value: str) -> tuple[str, tuple[int, int]]:
+    """``text`` with every mention of ``name`` replaced by ``new_name`` and the value at ``span`` by
+    ``new_value``; returns the new text and the new value's characters."""
+    cuts = [(span[0], span[1], new_value, True)]
+    at = text.find(name)
+    while at >= 0:
+        if at + len(name) <= span[0] or at >= span[1]:
+            cuts.append((at, at + len(name), new_name, False))
+        at = text.find(name, at + len(name))
+    out, last, value = [], 0, (0, 0)
+    for start, end, new, is_value in sorted(cuts):
+        out.append(text[last:start])
+        begin = sum(map(len, out))
+        out.append(new)
+        if is_value:
+            value = (begin, begin + len(new))
+        last = end
+    out.append(text[last:])
+    return "".join(out), value
+
+
+def name_tied_items(tokenizer: PreTrainedTokenizerFast, bios: Dataset, individuals: Dataset, kind: str,
+                    max_individuals: int = 0) -> list[Item]:
+    """Bio recall after a name swap (see the module's docstring): the partner's value is wanted."""
+    rows = first_bios(bios)
+    if max_individuals:
+        rows = rows.select(range(min(max_individuals, len(rows))))
+    partner = name_partners(individuals)
+    people = {p["id"]: p for p in individuals}
+    texts = []
+    for row in rows:
+        me, other = people[row["id"]], people[partner[row["id"]]]
+        person = []
+        for a, (start, end) in enumerate(zip(row["value_start"], row["value_end"], strict=True)):
+            if other[ATTRIBUTES[a]] == me[ATTRIBUTES[a]] or other["id"] == me["id"]:
+                person.append(("", (0, 0)))  # the swap would not show which one the model read
+                continue
+            person.append(swap_name(row["text"], (start, end), me["full_name"], other["full_name"],
+                                    other[ATTRIBUTES[a]]))
+        texts.append(person)
+    return _value_items(tokenizer, texts, list(rows["id"]), kind)
+
+
 def qa_items(tokenizer: PreTrainedTokenizerFast, questions: Sequence[str], answers: Sequence[str],
-             attributes: Sequence[int], kind: str) -> list[Item]:
+             attributes: Sequence[int], kind: str, people: Sequence[int] | None = None) -> list[Item]:
     eos, mask = tokenizer.eos_token_id, tokenizer.mask_token_id
     items = []
-    for question, answer, a in zip(questions, answers, attributes, strict=True):
+    people = people if people is not None else [-1] * len(questions)
+    for question, answer, a, person in zip(questions, answers, attributes, people, strict=True):
         q, ans = question_ids(tokenizer, question), answer_ids(tokenizer, answer)
         if kind == "causal":
             # Teacher forcing reads the argmax after every correct prefix, and greedy decoding
             # emits the answer then eos iff each of those argmaxes is right: this is greedy
             # exact match, in one batched forward pass instead of len(answer) + 1 decoding steps.
-            items.append(Item(q + ans + [eos], list(range(len(q) - 1, len(q) + len(ans))), ans + [eos], a, answer))
+            items.append(Item(q + ans + [eos], list(range(len(q) - 1, len(q) + len(ans))), ans + [eos], a, answer,
+                              person))
         else:
-            # The paper's rule: the answer's length is revealed by the number of masks.
-            items.append(Item(q + [mask] * len(ans) + [eos], list(range(len(q), len(q) + len(ans))), ans, a, answer))
+            # The paper's rule: the answer's length is revealed by the number of masks. Free-length
+            # decoding (`_read_any_length`) replaces the masks by each candidate length in turn.
+            items.append(Item(q + [mask] * len(ans) + [eos], list(range(len(q), len(q) + len(ans))), ans, a, answer,
+                              person))
     return items
 
 
@@ -91,11 +189,23 @@ def level_items(level: str, tokenizer: PreTrainedTokenizerFast, data: StudyData,
                 max_individuals: int = 0) -> list[Item]:
     if level == "bio_recall":
         return bio_items(tokenizer, data.bios[augmentation], kind, max_individuals)
-    qa = data.qa_sets()[level]
+    if level == "name_tied":
+        return name_tied_items(tokenizer, data.bios[augmentation], data.individuals, kind, max_individuals)
+    qa = data.qa_sets()[GIVEN_LEVEL_OF.get(level, level)]
     keep = set(_first_people(qa["id"], max_individuals))
     qa = qa.select([row for row, person in enumerate(qa["id"]) if person in keep])
     attributes = [ATTRIBUTES.index(a) if a in ATTRIBUTES else -1 for a in qa["attribute"]]
-    return qa_items(tokenizer, qa["question"], qa["answer"], attributes, kind)
+    return qa_items(tokenizer, qa["question"], qa["answer"], attributes, kind, list(qa["id"]))
+
+
+GIVEN_LEVEL_OF = {"qa_test_given": "qa_test"}  # a given-length level scores the items of this one
+
+
+def max_answer_tokens(tokenizer: PreTrainedTokenizerFast, data: StudyData) -> int:
+    """The longest answer of P_train QA in tokens: free-length decoding tries every length up to it
+    (what a model could know from its training, never from the held-out answers)."""
+    train = [ds for name, ds in data.qa_sets().items() if name.endswith("_train")]
+    return max(len(ids) for ds in train for ids in qa_ids(tokenizer, [], list(ds["answer"]))[1])
 
 
 # --------------------------------------------------------------------------- running the model
@@ -111,26 +221,55 @@ def _pad(rows: Sequence[list[int]], pad: int, device: torch.device, left: bool =
     return ids.to(device), attention.to(device)
 
 
-def _argmax(model, rows: Sequence[list[int]], pad: int, device: torch.device) -> torch.Tensor:
+def _argmax(model, rows: Sequence[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The argmax token at every position, and its log-probability."""
     ids, attention = _pad(rows, pad, device)
     positions = torch.arange(ids.shape[1], device=device).expand_as(ids)
-    return model(input_ids=ids, attention_mask=attention, position_ids=positions).logits.argmax(-1).cpu()
+    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits
+    best = logits.float().log_softmax(-1).max(-1)
+    return best.indices.cpu(), best.values.cpu()
 
 
-def _read(model, items: list[Item], pad: int, device: torch.device, left_to_right: bool) -> list[list[int]]:
-    """The model's tokens at each item's read positions."""
+def _read(model, items: list[Item], pad: int, device: torch.device, left_to_right: bool
+          ) -> tuple[list[list[int]], list[float]]:
+    """The model's tokens at each item's read positions, and their mean log-probability."""
     if not left_to_right:
-        pred = _argmax(model, [it.ids for it in items], pad, device)
-        return [pred[i, it.where].tolist() for i, it in enumerate(items)]
+        pred, logp = _argmax(model, [it.ids for it in items], pad, device)
+        return ([pred[i, it.where].tolist() for i, it in enumerate(items)],
+                [logp[i, it.where].mean().item() for i, it in enumerate(items)])
     # Each pass commits the argmax at the first still-masked position, so later masks are
     # predicted knowing the earlier answer tokens.
     rows = [list(it.ids) for it in items]
+    sums = [0.0] * len(items)
     for step in range(max(len(it.where) for it in items)):
-        pred = _argmax(model, rows, pad, device)
-        for row, it, p in zip(rows, items, pred, strict=True):
+        pred, logp = _argmax(model, rows, pad, device)
+        for i, (row, it) in enumerate(zip(rows, items, strict=True)):
             if step < len(it.where):
-                row[it.where[step]] = int(p[it.where[step]])
-    return [[row[t] for t in it.where] for row, it in zip(rows, items, strict=True)]
+                row[it.where[step]] = int(pred[i, it.where[step]])
+                sums[i] += logp[i, it.where[step]].item()
+    return ([[row[t] for t in it.where] for row, it in zip(rows, items, strict=True)],
+            [total / len(it.where) for total, it in zip(sums, items, strict=True)])
+
+
+def _with_length(item: Item, length: int, mask: int) -> Item:
+    """A masked QA item with ``length`` masks where the answer goes (the rest as it was)."""
+    q = item.where[0]
+    tail = item.ids[q + len(item.where):]  # the end-of-text after the masks
+    return replace(item, ids=item.ids[:q] + [mask] * length + tail, where=list(range(q, q + length)))
+
+
+def _read_any_length(model, items: list[Item], mask: int, pad: int, device: torch.device, left_to_right: bool,
+                     longest: int) -> list[list[int]]:
+    """Masked QA without the answer's length: every length from 1 to ``longest`` is filled, and
+    each item keeps the answer whose tokens the model is most confident in (mean log-probability;
+    the shorter on a tie)."""
+    best: list[tuple[float, list[int]]] = [(-math.inf, []) for _ in items]
+    for length in range(1, longest + 1):
+        got, score = _read(model, [_with_length(it, length, mask) for it in items], pad, device, left_to_right)
+        for i, (tokens, s) in enumerate(zip(got, score, strict=True)):
+            if s > best[i][0]:
+                best[i] = (s, tokens)
+    return [tokens for _, tokens in best]
 
 
 def _generate(model, tokenizer: PreTrainedTokenizerFast, items: list[Item], num_beams: int,
@@ -151,33 +290,70 @@ def _batches(items: list[Item], batch_size: int, show: bool, label: str) -> Iter
 
 
 def _score(model, kind: str, tokenizer: PreTrainedTokenizerFast, items: list[Item], qa: bool, cfg: EvalConfig,
-           masking: MaskingConfig, device: torch.device, show: bool, label: str) -> list[bool]:
+           masking: MaskingConfig, device: torch.device, show: bool, label: str, longest: int = 0) -> list[bool]:
+    """Per item: right or wrong. ``longest`` > 0: masked QA chooses its answer length, up to that."""
     correct = [False] * len(items)
     left_to_right = kind == "masked" and (not qa or masking.fill == "left_to_right")
-    eos = tokenizer.eos_token_id
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     for batch in _batches(items, cfg.batch_size, show, label):
         its = [items[i] for i in batch]
         if kind == "causal" and qa and cfg.num_beams > 1:
             got = _generate(model, tokenizer, its, cfg.num_beams, device)
             ok = [g[-1:] == [eos] and decode_answer(tokenizer, g) == it.answer for g, it in zip(got, its, strict=True)]
+        elif kind == "masked" and qa and longest:
+            got = _read_any_length(model, its, tokenizer.mask_token_id, pad, device, left_to_right, longest)
+            ok = [g == it.want for g, it in zip(got, its, strict=True)]
         else:
-            got = _read(model, its, tokenizer.pad_token_id, device, left_to_right)
+            got = _read(model, its, pad, device, left_to_right)[0]
             ok = [g == it.want for g, it in zip(got, its, strict=True)]
         for i, c in zip(batch, ok, strict=True):
             correct[i] = c
     return correct
 
 
-def _accuracy(items: list[Item], correct: list[bool], inverse: bool = False) -> dict[str, float]:
+def person_intervals(items: list[Item], correct: list[bool], columns: Sequence[str],
+                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, list[float] | None]:
+    """95% percentile intervals of each column's accuracy and of their mean, resampling individuals
+    with replacement (all of a person's items go together). Deterministic in ``seed``."""
+    people = sorted({it.person for it in items})
+    if not people:
+        return dict.fromkeys([*columns, "mean"])
+    row = {p: i for i, p in enumerate(people)}
+    hits = np.zeros((len(people), len(columns)))
+    count = np.zeros((len(people), len(columns)))
+    for it, c in zip(items, correct, strict=True):
+        col = max(it.attribute, 0) if len(columns) > 1 else 0
+        hits[row[it.person], col] += c
+        count[row[it.person], col] += 1
+    # One multinomial draw per resample: how often each person is drawn, so an interval over 10,000
+    # people costs two matrix products instead of a copy of every item per resample.
+    weights = np.random.default_rng(seed).multinomial(len(people), [1 / len(people)] * len(people), size=resamples)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = (weights @ hits) / (weights @ count)
+    present = count.sum(0) > 0
+    out: dict[str, list[float] | None] = {}
+    for j, name in enumerate(columns):
+        out[name] = np.nanpercentile(acc[:, j], [2.5, 97.5]).tolist() if present[j] else None
+    means = np.nanmean(acc[:, present], axis=1) if present.any() else None
+    out["mean"] = np.percentile(means, [2.5, 97.5]).tolist() if means is not None else None
+    return out
+
+
+def _accuracy(items: list[Item], correct: list[bool], inverse: bool = False) -> dict:
+    """Accuracy per attribute, their mean, the number of items and of people, and the 95% intervals."""
+    people = len({it.person for it in items})
     if inverse:
         acc = sum(correct) / len(correct) if correct else float("nan")
-        return {"full_name": acc, "mean": acc, "n": len(items)}
-    out: dict[str, float] = {}
+        ci = person_intervals(items, correct, ["full_name"])
+        return {"full_name": acc, "mean": acc, "n": len(items), "people": people, "ci95": ci}
+    out: dict = {}
     for a, name in enumerate(ATTRIBUTES):
         hits = [c for it, c in zip(items, correct, strict=True) if it.attribute == a]
         out[name] = sum(hits) / len(hits) if hits else float("nan")
     out["mean"] = sum(out[a] for a in ATTRIBUTES) / len(ATTRIBUTES)
     out["n"] = len(items)
+    out["people"] = people
+    out["ci95"] = person_intervals(items, correct, ATTRIBUTES)
     return out
 
 
@@ -186,9 +362,11 @@ def _accuracy(items: list[Item], correct: list[bool], inverse: bool = False) -> 
 
 def evaluate_model(model, kind: str, tokenizer: PreTrainedTokenizerFast, data: StudyData, augmentation: str,
                    cfg: EvalConfig, masking: MaskingConfig, accelerator: Accelerator | None = None,
-                   levels: Sequence[str] = LEVELS) -> dict[str, dict[str, float]]:
-    """Per level, per attribute exact-match accuracy, plus "mean" (of the six) and "n" (items);
-    inverse levels have "full_name" (= "mean") and "n".
+                   levels: Sequence[str] = ALL_LEVELS) -> dict[str, dict[str, float]]:
+    """Per level, per attribute exact-match accuracy, plus "mean" (of the six), "n" (items), "people"
+    and "ci95" (per-person bootstrap intervals); inverse levels have "full_name" (= "mean").
+    Levels the data or the kind does not have (qa_val without P_val, qa_test_given for a causal
+    model) are left out.
 
     With several processes each scores a share of the items and every process returns the
     same numbers."""
@@ -202,16 +380,20 @@ def evaluate_model(model, kind: str, tokenizer: PreTrainedTokenizerFast, data: S
     was_training = model.training
     model.eval()
     results = {}
+    available = {*MEMORIZATION_LEVELS, *data.qa_sets(), *(GIVEN_LEVEL_OF if kind == "masked" else ())}
+    free = kind == "masked" and cfg.masked_length == "free"
+    longest = max_answer_tokens(tokenizer, data) if free else 0
     try:
         with torch.no_grad():
-            for level in levels:
+            for level in (lv for lv in levels if lv in available):
                 items = level_items(level, tokenizer, data, augmentation, kind, cfg.max_individuals)
                 mine = list(range(len(items)))
                 if split:
                     with accelerator.split_between_processes(mine) as share:
                         mine = list(share)
-                scored = _score(model, kind, tokenizer, [items[i] for i in mine], level != "bio_recall", cfg, masking,
-                                device, main, f"eval {level}")
+                qa = level not in MEMORIZATION_LEVELS
+                scored = _score(model, kind, tokenizer, [items[i] for i in mine], qa, cfg, masking, device, main,
+                                f"eval {level}", longest if qa and level not in GIVEN_LENGTH_LEVELS else 0)
                 pairs = list(zip(mine, scored, strict=True))
                 done = dict(gather_object(pairs) if split else pairs)  # a dict: an index counts once
                 if sorted(done) != list(range(len(items))):
@@ -222,18 +404,35 @@ def evaluate_model(model, kind: str, tokenizer: PreTrainedTokenizerFast, data: S
     return results
 
 
-def majority_baseline(data: StudyData) -> dict[str, float]:
-    """Accuracy on P_test of always answering the most common value among P_train individuals."""
+def majority_baseline(data: StudyData, tokenizer: PreTrainedTokenizerFast | None = None) -> dict[str, float]:
+    """Accuracy on P_test of always answering the most common value among P_train individuals.
+
+    With ``tokenizer``: the baseline that knows the answer's length, as masked QA with the paper's
+    given-length rule does: the most common P_train value of the true answer's length in tokens."""
     people = data.individuals
     split = people["split"]
     out = {}
     for a in ATTRIBUTES:
         values = people[a]
-        guess = Counter(v for v, s in zip(values, split, strict=True) if s == "train").most_common(1)[0][0]
+        length = (lambda v: len(answer_ids(tokenizer, v))) if tokenizer is not None else (lambda v: 0)
+        counts: dict[int, Counter] = {}
+        for v, s in zip(values, split, strict=True):
+            if s == "train":
+                counts.setdefault(length(v), Counter())[v] += 1
         test = [v for v, s in zip(values, split, strict=True) if s == "test"]
-        out[a] = sum(v == guess for v in test) / len(test)
+        hits = 0
+        for v in test:
+            guess = counts.get(length(v))
+            hits += guess is not None and guess.most_common(1)[0][0] == v
+        out[a] = hits / len(test)
     out["mean"] = sum(out[a] for a in ATTRIBUTES) / len(ATTRIBUTES)
     return out
+
+
+def majority_baselines(data: StudyData, tokenizer: PreTrainedTokenizerFast) -> dict[str, dict[str, float]]:
+    """Both baselines, under the keys results.json and the tables use."""
+    return {"majority_baseline": majority_baseline(data),
+            "majority_baseline_given_length": majority_baseline(data, tokenizer)}
 
 
 def predict(model, kind: str, tokenizer: PreTrainedTokenizerFast, questions: list[str], answers: list[str],
@@ -253,7 +452,7 @@ def predict(model, kind: str, tokenizer: PreTrainedTokenizerFast, questions: lis
                 if kind == "causal":
                     got = _generate(model, tokenizer, its, cfg.num_beams, device)
                 else:
-                    got = _read(model, its, tokenizer.pad_token_id, device, masking.fill == "left_to_right")
+                    got = _read(model, its, tokenizer.pad_token_id, device, masking.fill == "left_to_right")[0]
                 for i, g in zip(batch, got, strict=True):
                     tokens[i] = g
     finally:

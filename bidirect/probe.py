@@ -11,8 +11,9 @@ The one embedding update is shared by the six attributes (one forward pass per s
 it is rank 2, so it can re-weight what the network computes but cannot store a table of people.
 
 - **Q-probing** reads the hidden state at the last token of the bare full name, tokenized as its own sequence with
-  a leading space (``" " + full_name``), positions from 0: the ids a name has after a word, as in every QA
-  question and in about half of the first biographies (the others open with the name, without the space).
+  a leading space (``" " + full_name``), positions from 0: the ids a name has in every QA question and every
+  biography (the tokenizer adds the space before a text's first word, so a biography that opens with the name
+  has the same ids).
 - **P-probing** reads, in the person's first biography, the hidden state at the token just before each attribute's
   value (``value_token_span(...)[0] - 1``; the span starts at the value's leading space).
 

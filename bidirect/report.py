@@ -6,37 +6,48 @@ from collections.abc import Iterable
 from statistics import mean
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from bidirect.config import ALL_LEVELS, ATTRIBUTES, HELD_OUT_LEVELS, INVERSE_LEVELS, LEVELS
+from bidirect.config import ALL_LEVELS, ATTRIBUTES, HELD_OUT_LEVELS
 
 SHORT = {"birth_date": "date", "birth_city": "b.city", "university": "univ", "major": "major",
-         "company": "company", "company_city": "c.city"}
-LEVEL_NAMES = {"bio_recall": "bio recall", "qa_train": "QA P_train", "qa_test": "QA P_test",
+         "company": "comp.", "company_city": "c.city"}
+LEVEL_NAMES = {"bio_recall": "bio recall", "name_tied": "name-tied", "qa_train": "QA P_train", "qa_val": "QA P_val",
+               "qa_test": "QA P_test", "qa_test_given": "QA P_test*",
                "inverse_train": "inverse P_train", "inverse_test": "inverse P_test"}
+# The baselines and the level they go with; * marks what is told the answer's length in tokens.
+BASELINES = {"majority_baseline": ("majority", "P_test"), "majority_baseline_given_length": ("majority", "P_test*")}
+GIVEN_NOTE = "*: told the answer's length in tokens (the paper's masked QA rule)"
 
 
 def shown_levels(present: Iterable[str]) -> list[str]:
-    """The columns of a comparison: the three levels always, the inverse ones where present."""
+    """The columns of a comparison: the levels present, in the order of ALL_LEVELS."""
     present = set(present)
-    return [*LEVELS, *(lv for lv in INVERSE_LEVELS if lv in present)]
+    return [lv for lv in ALL_LEVELS if lv in present]
 
 
 def pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
+    return "-" if x is None or x != x else f"{100 * x:.1f}"
+
+
+def ci(level: dict[str, Any], key: str = "mean") -> str:
+    """A level's 95% interval as ``lo-hi`` in percent; "-" for results made before intervals."""
+    bounds = (level.get("ci95") or {}).get(key)
+    return "-" if not bounds else f"{100 * bounds[0]:.0f}-{100 * bounds[1]:.0f}"
 
 
 def data_summary(console: Console, data, tokenizer) -> None:
     """Counts, one example bio per augmentation and token statistics."""
-    n_train = sum(1 for s in data.individuals["split"] if s == "train")
+    splits = list(data.individuals["split"])
     table = Table(title="bioS data", show_header=True)
-    for col in ("augmentation", "individuals", "P_train", "P_test", "bios", "QA train", "QA test",
+    for col in ("augmentation", "individuals", "P_train", "P_val", "P_test", "bios", "QA train", "QA test",
                 "tokens/bio (mean)", "tokens/bio (max)"):
         table.add_column(col, justify="right" if col != "augmentation" else "left")
     for aug in data.bios:
         lengths = [len(ids) for ids in tokenizer(data.bios[aug]["text"][:2000], add_special_tokens=False)["input_ids"]]
-        table.add_row(aug, str(len(data.individuals)), str(n_train), str(len(data.individuals) - n_train),
+        table.add_row(aug, str(len(splits)), *(str(splits.count(s)) for s in ("train", "val", "test")),
                       str(len(data.bios[aug])), str(len(data.qa_train)), str(len(data.qa_test)),
                       f"{mean(lengths):.1f}", str(max(lengths)))
     console.print(table)
@@ -56,14 +67,16 @@ def backbone_label(results: dict[str, Any], aug: str, name: str) -> str:
 def results_tables(results: dict[str, Any]) -> list[Table]:
     """One table per augmentation: a row per backbone and level, a column per attribute."""
     tables = []
-    baseline = results.get("majority_baseline", {})
     for aug, by_backbone in results["results"].items():
-        table = Table(title=f"{results.get('study', '')} | {aug} | exact-match accuracy (%)")
+        # No vertical rules and one space between columns: the table fits 80 columns.
+        table = Table(title=f"{results.get('study', '')} | {aug} | exact match (%), 95% CI over people",
+                      caption=GIVEN_NOTE, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False)
         table.add_column("backbone", no_wrap=True)
         table.add_column("level", no_wrap=True)
         for a in ATTRIBUTES:
-            table.add_column(SHORT[a], justify="right")
-        table.add_column("mean", justify="right", style="bold")
+            table.add_column(SHORT[a], justify="right", no_wrap=True)
+        table.add_column("mean", justify="right", style="bold", no_wrap=True)
+        table.add_column("95% CI", justify="right", no_wrap=True)
         for name, levels in by_backbone.items():
             for i, level in enumerate(lv for lv in ALL_LEVELS if lv in levels):
                 scores = levels[level]
@@ -71,11 +84,13 @@ def results_tables(results: dict[str, Any]) -> list[Table]:
                 # a LoRA fine-tune says so on a second line under the name
                 label = backbone_label(results, aug, name).replace(" (", "\n(") if i == 0 else ""
                 table.add_row(label, LEVEL_NAMES[level], *[pct(scores.get(a)) for a in ATTRIBUTES],
-                              pct(scores.get("mean")), style=style)
+                              pct(scores.get("mean")), ci(scores), style=style)
             table.add_section()
-        if baseline:
-            table.add_row("majority guess", "P_test", *[pct(baseline.get(a)) for a in ATTRIBUTES],
-                          pct(baseline.get("mean")), style="dim")
+        for key, (label, level) in BASELINES.items():
+            baseline = results.get(key)
+            if baseline:
+                table.add_row(label, level, *[pct(baseline.get(a)) for a in ATTRIBUTES],
+                              pct(baseline.get("mean")), "", style="dim")
         tables.append(table)
     return tables
 
@@ -88,19 +103,46 @@ def print_results(console: Console, results: dict[str, Any]) -> None:
 def markdown(results: dict[str, Any]) -> str:
     """The results tables as Markdown (README, reports)."""
     lines = []
-    header = "| augmentation | backbone | level | " + " | ".join(SHORT[a] for a in ATTRIBUTES) + " | mean |"
-    lines += [header, "|" + " --- |" * (len(ATTRIBUTES) + 4)]
+    header = "| augmentation | backbone | level | " + " | ".join(SHORT[a] for a in ATTRIBUTES) + " | mean | 95% CI |"
+    lines += [header, "|" + " --- |" * (len(ATTRIBUTES) + 5)]
     for aug, by_backbone in results["results"].items():
         for name, levels in by_backbone.items():
             for level in (lv for lv in ALL_LEVELS if lv in levels):
                 s = levels[level]
                 cells = " | ".join(pct(s.get(a)) for a in ATTRIBUTES)
                 label = backbone_label(results, aug, name)
-                lines.append(f"| {aug} | {label} | {LEVEL_NAMES[level]} | {cells} | **{pct(s.get('mean'))}** |")
-    base = results.get("majority_baseline")
-    if base:
-        cells = " | ".join(pct(base.get(a)) for a in ATTRIBUTES)
-        lines.append(f"| | majority guess | P_test | {cells} | {pct(base.get('mean'))} |")
+                lines.append(f"| {aug} | {label} | {LEVEL_NAMES[level]} | {cells} | **{pct(s.get('mean'))}** "
+                             f"| {ci(s)} |")
+    for key, (label, level) in BASELINES.items():
+        base = results.get(key)
+        if base:
+            cells = " | ".join(pct(base.get(a)) for a in ATTRIBUTES)
+            lines.append(f"| | {label} | {level} | {cells} | {pct(base.get('mean'))} | |")
+    lines.append(f"\n{GIVEN_NOTE}")
+    return "\n".join(lines)
+
+
+def headline_markdown(results: dict[str, Any]) -> str:
+    """One row per (augmentation, backbone): each level's mean over the six attributes, P_test with its
+    interval over people, and the majority baselines; the table the README and docs lead with."""
+    shown = shown_levels(lv for by_backbone in results["results"].values() for lvs in by_backbone.values()
+                         for lv in lvs)
+    lines = ["| augmentation | backbone | " + " | ".join(LEVEL_NAMES[lv] for lv in shown) + " |",
+             "| --- | --- |" + " ---: |" * len(shown)]
+    for aug, by_backbone in results["results"].items():
+        for name, levels in by_backbone.items():
+            cells = []
+            for lv in shown:
+                r = levels.get(lv)
+                text = "-" if r is None else pct(r.get("mean"))
+                if r is not None and lv in HELD_OUT_LEVELS:
+                    text = f"**{text}** ({ci(r)})"
+                cells.append(text)
+            lines.append(f"| {aug} | {backbone_label(results, aug, name)} | " + " | ".join(cells) + " |")
+    base = {level: pct(results[key]["mean"]) for key, (_, level) in BASELINES.items() if results.get(key)}
+    cells = [base.get("P_test*" if lv == "qa_test_given" else "P_test", "") if lv in HELD_OUT_LEVELS[:2] else ""
+             for lv in shown]
+    lines.append("| | majority | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

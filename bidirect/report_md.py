@@ -40,14 +40,17 @@ from bidirect.sweep import (
     write_summary,
 )
 
-LEVEL_COLORS = {"bio_recall": "#9ecae1", "qa_train": "#4292c6", "qa_test": "#08306b",
-                "inverse_train": "#fdae6b", "inverse_test": "#a63603"}
+LEVEL_COLORS = {"bio_recall": "#c6dbef", "name_tied": "#6baed6", "qa_train": "#4292c6", "qa_val": "#2171b5",
+                "qa_test": "#08306b", "qa_test_given": "#807dba", "inverse_train": "#fdae6b", "inverse_test": "#a63603"}
 PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
 LINESTYLES = ["-", "--", ":", "-."]
 DPI = 110
-LEVELS_NOTE = ("Bio recall: did it memorize the biographies; QA P_train: did it learn the QA format; QA P_test: "
-               "is the knowledge extractable for people whose QA it never saw (the headline). Majority: the "
-               "accuracy of always answering P_train's most common value.")
+LEVELS_NOTE = ("Bio recall: did it memorize the biographies (context-rich: the rest of the bio may give a value "
+               "away); name-tied: the same after swapping in another person's name, so only the name tells the "
+               "value; QA P_train: did it learn the QA format; QA P_val: held-out people for tuning; QA P_test: "
+               "is the knowledge extractable for people whose QA it never saw (the headline); *: a masked model "
+               "told the answer's length (the paper's rule). Majority: the accuracy of always answering P_train's "
+               "most common value (of the answer's length, for *).")
 
 
 # --------------------------------------------------------------------------- figures
@@ -73,11 +76,12 @@ def accuracy_figure(title: str, panels: dict[str, dict[str, dict[str, float]]], 
     n = len(panels)
     fig = Figure(figsize=(10, 2.3 * n + 1.0), layout="constrained")
     axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
-    width = 0.26
+    shown = [lv for lv in LEVELS if any(lv in levels for levels in panels.values())]
+    width = 0.78 / len(shown)
     for ax, (backbone, levels) in zip(axes, panels.items()):
-        for j, level in enumerate(LEVELS):
+        for j, level in enumerate(shown):
             scores = levels.get(level, {})
-            xs = [i + (j - 1) * width for i in range(len(groups))]
+            xs = [i + (j - (len(shown) - 1) / 2) * width for i in range(len(groups))]
             ys = [100 * scores.get(a, float("nan")) for a in groups]
             err, up = None, [0.0] * len(ys)
             half = (errors or {}).get(backbone, {}).get(level, {})
@@ -107,7 +111,7 @@ def accuracy_figure(title: str, panels: dict[str, dict[str, dict[str, float]]], 
                         color=LEVEL_COLORS[level])
         for i, a in enumerate(groups):
             if baseline.get(a) is not None:
-                ax.hlines(100 * baseline[a], i - 1.5 * width, i + 1.5 * width, colors="black", linestyles="--",
+                ax.hlines(100 * baseline[a], i - 0.4, i + 0.4, colors="black", linestyles="--",
                           linewidth=1.2, label="majority guess" if i == 0 else None)
         ax.set_ylim(0, 112)
         ax.set_yticks([0, 25, 50, 75, 100])
@@ -371,8 +375,11 @@ def run_report(run_dir: Path, out: Path) -> str:
               markdown(results), ""]
     baseline = results.get("majority_baseline", {})
     for aug, by_backbone in results["results"].items():
-        path = accuracy_figure(f"{results.get('study', '')} | {aug}: exact match per attribute", by_backbone,
-                               baseline, fig_dir / f"accuracy_{_slug(aug)}.png")
+        # error bars: the per-person bootstrap interval, drawn as its half-width
+        errors = {b: {lv: {k: (ci[1] - ci[0]) / 2 for k, ci in (r.get("ci95") or {}).items() if ci}
+                      for lv, r in levels.items()} for b, levels in by_backbone.items()}
+        path = accuracy_figure(f"{results.get('study', '')} | {aug}: exact match per attribute, 95% CI over people",
+                               by_backbone, baseline, fig_dir / f"accuracy_{_slug(aug)}.png", errors)
         lines += [f"![accuracy, {aug}]({_rel(path, base)})", ""]
     lines += ["## Training", "", training_markdown(results), ""]
     loss = loss_figure(f"{results.get('study', '')}: training loss", _loss_curves(run_dir, results),

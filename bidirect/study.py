@@ -30,9 +30,9 @@ from datasets import Dataset, concatenate_datasets, interleave_datasets
 
 from bidirect import config as config_lib
 from bidirect import rundir
-from bidirect.config import ConfigError, StudyConfig, TrainConfig
-from bidirect.data.generate import StudyData, generate
-from bidirect.evaluate import INVERSE_LEVELS, evaluate_model, majority_baseline
+from bidirect.config import GIVEN_LENGTH_LEVELS, INVERSE_LEVELS, ConfigError, StudyConfig, TrainConfig
+from bidirect.data.generate import StudyData, generate, saved_sha256
+from bidirect.evaluate import MEMORIZATION_LEVELS, evaluate_model, majority_baselines
 from bidirect.lora import add_lora, merge_lora, trainable_parameters
 from bidirect.models import backbone_kind, build_backbone, load_backbone, parameter_counts
 from bidirect.objectives import IGNORE, encode_qa, make_objective, tokenize_bios
@@ -256,16 +256,17 @@ def _sha(text: str) -> str:
 
 
 def leak_check(stream: Dataset | list[Dataset], tokenizer, data: StudyData) -> dict[str, Any]:
-    """Prove that no P_test QA reaches a training stream (or any of a list), from the stream's own tokens.
+    """Prove that no held-out QA (P_test's, and P_val's) reaches a training stream (or any of a list),
+    from the stream's own tokens.
 
     Every document of the stream is decoded back to text. A document with a '?' is a
     question (templates of bios never have one); its question is hashed and compared
-    with the hashes of P_test's questions (inverse search ones included), and every full
+    with the hashes of the held-out questions (inverse search ones included), and every full
     name in it, and the answer after the '?' (an inverse answer is a full name), is looked
-    up among P_test's individuals. Nothing here trusts the split code that built the stream.
+    up among the held-out individuals. Nothing here trusts the split code that built the stream.
     """
-    test_questions = {_sha(q) for qa in (data.qa_test, data.inverse_test) if qa is not None for q in qa["question"]}
-    test_names = {n for n, s in zip(data.individuals["full_name"], data.individuals["split"]) if s == "test"}
+    test_questions = {_sha(q) for qa in data.held_out_qa() for q in qa["question"]}
+    test_names = {n for n, s in zip(data.individuals["full_name"], data.individuals["split"]) if s != "train"}
     checked, leaked = 0, []
     rows = [ids for s in (stream if isinstance(stream, list) else [stream]) for ids in s["input_ids"]]
     for text in tokenizer.batch_decode(rows, skip_special_tokens=False):
@@ -356,14 +357,17 @@ def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmen
 
 def evaluate_cell(cfg: StudyConfig, cell_dir: Path, kind: str, tokenizer, data: StudyData, augmentation: str,
                   accelerator: Accelerator) -> dict[str, dict[str, float]]:
-    """Bio recall of the model that was trained on the bios (memorization is a property of
-    pretraining; QA fine-tuning is free to overwrite the bios' wording), QA levels of the
-    final model. Under the mixed protocol both are the one model."""
-    qa_levels = ["qa_train", "qa_test", *(lv for lv in INVERSE_LEVELS if lv in data.qa_sets())]
+    """Memorization (bio recall, name-tied) of the model that was trained on the bios (a property of
+    pretraining; QA fine-tuning is free to overwrite the bios' wording), QA levels of the final
+    model. Under the mixed protocol both are the one model."""
+    qa_levels = [lv for lv in ("qa_train", "qa_val", "qa_test") if lv in data.qa_sets()]
+    if kind == "masked" and cfg.eval.masked_length == "free":
+        qa_levels += GIVEN_LENGTH_LEVELS
+    qa_levels += [lv for lv in INVERSE_LEVELS if lv in data.qa_sets()]
     if cfg.protocol == "mixed":
-        by_phase = {"mixed": ["bio_recall", *qa_levels]}
+        by_phase = {"mixed": [*MEMORIZATION_LEVELS, *qa_levels]}
     else:
-        by_phase = {"pretrain": ["bio_recall"], "finetune": qa_levels}
+        by_phase = {"pretrain": list(MEMORIZATION_LEVELS), "finetune": qa_levels}
     results = {}
     for phase, levels in by_phase.items():
         model_dir = cell_dir / phase / "model"
@@ -401,7 +405,8 @@ def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None =
     data, tokenizer = start_study(cfg, run_dir, accelerator, opened)
     path = run_dir / RESULTS
     out: dict[str, Any] = {"study": cfg.name, "seed": cfg.seed, "protocol": cfg.protocol,
-                           "majority_baseline": majority_baseline(data), "results": {}, "training": {},
+                           "data_sha256": saved_sha256(run_dir / "data"),
+                           **majority_baselines(data, tokenizer), "results": {}, "training": {},
                            "parameters": {}, "leak_check": {}, "config": cfg.to_dict()}
     previous = read_results(run_dir) if path.is_file() else {}
     for augmentation in [a.name for a in cfg.augmentations()]:
@@ -441,7 +446,7 @@ def reevaluate(run_dir: Path, accelerator: Accelerator | None = None) -> dict[st
             scores = evaluate_cell(cfg, cell_dir, backbone_kind(backbone.name), tokenizer, data, augmentation,
                                    accelerator)
             results["results"].setdefault(augmentation, {})[backbone.name] = scores
-    results["majority_baseline"] = majority_baseline(data)
+    results.update(majority_baselines(data, tokenizer))
     if accelerator.is_main_process:
         write_json_atomic(run_dir / RESULTS, results)
     return results

@@ -5,8 +5,12 @@ Trained on the generated corpus with the `tokenizers` library and wrapped as a
 loads it back without any hub access.
 
 Both kinds split text with the byte-level pre-tokenizer, which keeps a word's leading
-space inside the word. An attribute value is always preceded by a space, in a biography
-and after a question alike, so the value is the same token ids wherever it appears.
+space inside the word, and which adds a space before a text's first word. So a word is the
+same token ids wherever it appears: an attribute value after a question or inside a biography,
+and a person's name at the very start of a biography ("Louis Vaughn Chase was born...") or
+inside a question ("...birth date of Louis Vaughn Chase?"). Without the added space the first
+word of a biography is another token (``Louis``, not `` Louis``), and with a word-level
+vocabulary the question's name token may never occur in that person's biographies at all.
 That is the property QA extraction depends on, and `answer_ids` relies on it.
 """
 
@@ -37,7 +41,7 @@ def train_tokenizer(texts: Iterable[str], kind: str = "bpe", vocab_size: int = 4
         trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, show_progress=False)
     else:
         raise ValueError(f"tokenizer.kind: unknown kind {kind!r}; allowed: 'bpe', 'word'")
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
@@ -60,7 +64,7 @@ def qa_text(question: str, answer: str) -> str:
 def qa_ids(tokenizer: PreTrainedTokenizerFast, questions: Sequence[str], answers: Sequence[str]
            ) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids of questions and of their answers, batched. An answer is encoded as it follows
-    a question or sits inside a biography: after a space."""
+    a question or sits inside a biography: after a space (which the pre-tokenizer would add too)."""
     q = tokenizer(list(questions), add_special_tokens=False)["input_ids"] if questions else []
     a = tokenizer([" " + x for x in answers], add_special_tokens=False)["input_ids"] if answers else []
     return q, a

@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
 # The GPU measurement as one command, for the rare session that is lent a GPU for ~15 minutes.
 #
-#   scripts/device_check.sh OUT_DIR BUDGET_SECONDS [--resume]
+#   scripts/device_check.sh OUT_DIR BUDGET_SECONDS [--resume | --dry-run]
 #
 # 1. installs the wheels the GPU image lacks from .whl/ (scripts/fetch_device_wheels.sh fills it here);
 # 2. `bidirect bench --size gpt2-small` (gpt2-rope, gbert, bert at 12 x 768, context 512, bf16);
 # 3. `bidirect run configs/gpu_study.yaml` into runs/gpu_study, stopped before BUDGET_SECONDS run out.
 # With --resume it skips the bench and continues runs/gpu_study: a run folder resumes cell by cell, so a
 # study longer than one call (10 minutes at most) finishes over two calls on the same warm machine.
-# OUT_DIR gets at most 8 files: nvidia-smi.txt, the bench JSON and log, the study log and a tarball of the
-# run folder without its model weights.
+# --dry-run does all of it on the CPU at tiny sizes (bench --size tiny, configs/gpu_study_dry.yaml into
+# OUT_DIR/run): the test suite runs it, so the script cannot rot between GPU sessions.
+# OUT_DIR gets at most 8 files: versions.txt, nvidia-smi.txt, the bench JSON and log, the study log and a
+# tarball of the run folder without its model weights.
 set -uo pipefail
-out=${1:?usage: scripts/device_check.sh OUT_DIR BUDGET_SECONDS [--resume]}
-budget=${2:?usage: scripts/device_check.sh OUT_DIR BUDGET_SECONDS [--resume]}
-resume=${3:-}
+usage="usage: scripts/device_check.sh OUT_DIR BUDGET_SECONDS [--resume | --dry-run]"
+out=${1:?$usage}
+budget=${2:?$usage}
+mode=${3:-}
+case "$mode" in ""|--resume|--dry-run) ;; *) echo "$usage" >&2; exit 2 ;; esac
+cd "$(dirname "$0")/.."
 deadline=$((SECONDS + budget))
-# smaller sizes for a rehearsal on the CPU
-bench_size=${BENCH_SIZE:-gpt2-small}
-study=${STUDY_CONFIG:-configs/gpu_study.yaml}
-run_dir=${RUN_DIR:-runs/gpu_study}
+bench=(--size gpt2-small)
+study=configs/gpu_study.yaml
+run_dir=runs/gpu_study
+if [ "$mode" = "--dry-run" ]; then
+    bench=(--size tiny --steps 2 --warmup 1 --individuals 50 --backbone gpt2-rope --backbone gbert)
+    study=configs/gpu_study_dry.yaml
+    run_dir=$out/run
+fi
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
@@ -35,20 +44,24 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 python3 -c "import torch, transformers, accelerate, datasets, pyarrow; print('torch', torch.__version__, \
 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'datasets', datasets.__version__, \
 'pyarrow', pyarrow.__version__, 'cuda', torch.cuda.is_available())" | tee "$out/versions.txt"
-nvidia-smi >"$out/nvidia-smi.txt" 2>&1
+nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi here" >"$out/nvidia-smi.txt"
 
-if [ "$resume" != "--resume" ]; then
-    timeout 200 python3 -m bidirect bench --size "$bench_size" --out "$out/bench_gpt2-small.json" 2>&1 \
-        | tee "$out/bench_gpt2-small.log"
+status=0
+if [ "$mode" != "--resume" ]; then
+    timeout 200 python3 -m bidirect bench "${bench[@]}" --out "$out/bench.json" 2>&1 | tee "$out/bench.log"
+    status=$?
 fi
 
 left=$((deadline - SECONDS - 25))  # room to pack the run folder
 flag=()
-[ "$resume" = "--resume" ] && flag=(--resume)
+[ "$mode" = "--resume" ] && flag=(--resume)
 if [ "$left" -gt 30 ]; then
     started=$SECONDS
     timeout "$left" python3 -m bidirect run "$study" --out "$run_dir" "${flag[@]}" >>"$out/gpu_study.log" 2>&1
-    echo "bidirect run exit code $? after $((SECONDS - started)) s (limit $left s)" | tee -a "$out/gpu_study.log"
+    rc=$?
+    echo "bidirect run exit code $rc after $((SECONDS - started)) s (limit $left s)" | tee -a "$out/gpu_study.log"
+    [ "$status" -eq 0 ] && status=$rc  # 124: the study ran out of time; --resume continues it
 fi
 [ -f "$out/gpu_study.log" ] && tail -40 "$out/gpu_study.log"
-tar czf "$out/gpu_study.tgz" --exclude='*.safetensors' "$run_dir"
+tar czf "$out/gpu_study.tgz" --exclude='*.safetensors' -C "$(dirname "$run_dir")" "$(basename "$run_dir")"
+exit "$status"

@@ -27,12 +27,18 @@ def test_run_writes_every_level_for_every_cell(finished_run):
     for aug in ("single", "multi2+permute"):
         for backbone in ("gpt2-rope", "gbert"):
             levels = results["results"][aug][backbone]
-            assert set(levels) == {"bio_recall", "qa_train", "qa_test"}
+            # no P_val in the tiny study; the given-length rule beside the masked model's free length
+            given = {"qa_test_given"} if backbone == "gbert" else set()
+            assert set(levels) == {"bio_recall", "name_tied", "qa_train", "qa_test", *given}
             assert levels["qa_test"]["n"] == 12 * 6 and levels["bio_recall"]["n"] == 24 * 6
+            assert levels["qa_test"]["people"] == 12 and len(levels["qa_test"]["ci95"]["mean"]) == 2
             assert (run / "models" / aug / backbone / "finetune" / "model" / "config.json").is_file()
             assert results["leak_check"][aug][backbone]["leaked"] == 0
             assert results["leak_check"][aug][backbone]["qa_documents_checked"] == 12 * 6
     assert set(results["majority_baseline"]) >= {"birth_city", "mean"}
+    # the length-aware baseline knows more, so it can only score as high or higher
+    assert results["majority_baseline_given_length"]["mean"] >= results["majority_baseline"]["mean"]
+    assert len(results["data_sha256"]) == 64
     assert results["parameters"]["gbert"] == results["parameters"]["gpt2-rope"]
 
 

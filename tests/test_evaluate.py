@@ -10,9 +10,9 @@ import torch
 from datasets import Dataset
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from bidirect.config import ATTRIBUTES, Augmentation, DataConfig, EvalConfig, MaskingConfig
+from bidirect.config import ALL_LEVELS, ATTRIBUTES, Augmentation, DataConfig, EvalConfig, MaskingConfig
 from bidirect.data.generate import StudyData, generate
-from bidirect.evaluate import LEVELS, _generate, _score, evaluate_model, level_items, majority_baseline, predict
+from bidirect.evaluate import _generate, _score, evaluate_model, level_items, majority_baseline, predict
 from bidirect.tokenizer import answer_ids, qa_text, question_ids, train_tokenizer
 
 
@@ -34,18 +34,21 @@ def study():
 
 
 class Table(torch.nn.Module):
-    """Puts all mass on ``rule(ids)[t]`` at each position t of each (unpadded) row."""
+    """Puts most mass on ``rule(ids)[t]`` at each position t of each (unpadded) row. A rule that
+    does not know the row returns None: the row then leans a little towards unk everywhere, so
+    free-length decoding prefers the length the rule knows."""
 
-    def __init__(self, vocab_size: int, rule):
+    def __init__(self, vocab_size: int, rule, unk: int = 0):
         super().__init__()
-        self.vocab_size, self.rule = vocab_size, rule
+        self.vocab_size, self.rule, self.unk = vocab_size, rule, unk
         self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the module a device
 
     def forward(self, input_ids, attention_mask, position_ids=None):
         logits = torch.zeros(*input_ids.shape, self.vocab_size)
         for r, (ids, keep) in enumerate(zip(input_ids.tolist(), attention_mask.tolist(), strict=True)):
             n = sum(keep)
-            logits[r, torch.arange(n), torch.tensor(self.rule(ids[:n]))] = 1.0
+            out = self.rule(ids[:n])
+            logits[r, torch.arange(n), torch.tensor(out or [self.unk] * n)] = 10.0 if out else 0.5
         return SimpleNamespace(logits=logits)
 
 
@@ -76,7 +79,9 @@ def masked_rule(tokenizer, data: StudyData, break_last: bool = False):
     def rule(ids):
         # unk: a broken last token that left-to-right filling has put into the input
         fits = [t for t in by_length.get(len(ids), []) if all(x in (mask, unk, y) for x, y in zip(ids, t, strict=True))]
-        assert len(fits) == 1, "ambiguous or unknown input"
+        if not fits:  # free-length decoding tries lengths that are not the answer's
+            return None
+        assert len(fits) == 1, "ambiguous input"
         out = list(fits[0])
         if break_last:
             out = [unk if x == mask and t + 1 < len(ids) and ids[t + 1] == eos else y for t, (x, y) in
@@ -86,10 +91,10 @@ def masked_rule(tokenizer, data: StudyData, break_last: bool = False):
     return rule
 
 
-def run(study, kind, rule, levels=LEVELS, fill="one_pass", **eval_kw):
+def run(study, kind, rule, levels=ALL_LEVELS, fill="one_pass", **eval_kw):
     data, tokenizer = study
     cfg = EvalConfig(**{"batch_size": 16, "max_individuals": 12, **eval_kw})  # 12 people: the fake is slow
-    model = Table(len(tokenizer), rule)
+    model = Table(len(tokenizer), rule, tokenizer.unk_token_id)
     return evaluate_model(model, kind, tokenizer, data, "single", cfg, MaskingConfig(fill=fill), levels=levels)
 
 
@@ -122,8 +127,17 @@ def test_perfect_wrong_and_last_token_wrong(study, kind, fill):
         return causal_rule(tokenizer, break_last) if kind == "causal" else masked_rule(tokenizer, data, break_last)
 
     perfect = run(study, kind, rule(), fill=fill)
-    assert all(accuracies(perfect, 1.0).values()), perfect
-    assert [perfect[level]["n"] for level in LEVELS] == [72, 72, 72]
+    # The masked fake only knows the true texts: it reads a value from the rest of its bio, never from
+    # the name, which is what the name-tied level must not count. The causal one copies the next token.
+    expected_tied = 1.0 if kind == "causal" else 0.0
+    assert accuracies(perfect, 1.0) == {**dict.fromkeys(perfect, True), "name_tied": expected_tied == 1.0}, perfect
+    assert accuracies({"name_tied": perfect["name_tied"]}, expected_tied) == {"name_tied": True}
+    qa_levels = ["qa_train", "qa_test", *(["qa_test_given"] if kind == "masked" else [])]
+    assert list(perfect) == ["bio_recall", "name_tied", *qa_levels]  # the default levels, none of P_val here
+    assert {level: r["n"] for level, r in perfect.items() if level != "name_tied"} == dict.fromkeys(
+        ["bio_recall", *qa_levels], 72)
+    assert {lv: (r["ci95"]["mean"], r["people"]) for lv, r in perfect.items()} == {
+        lv: ([expected_tied] * 2 if lv == "name_tied" else [1.0, 1.0], 12) for lv in perfect}
 
     wrong = run(study, kind, lambda ids: [tokenizer.unk_token_id] * len(ids), fill=fill)
     assert all(accuracies(wrong, 0.0).values()), wrong
@@ -134,7 +148,8 @@ def test_perfect_wrong_and_last_token_wrong(study, kind, fill):
 
 def test_max_individuals_scores_the_first_people(study):
     results = run(study, "causal", causal_rule(study[1]), max_individuals=7, batch_size=5)
-    assert [results[level]["n"] for level in LEVELS] == [42, 42, 42]
+    assert [results[level]["n"] for level in ("bio_recall", "qa_train", "qa_test")] == [42, 42, 42]
+    assert "qa_val" not in results  # no P_val in this study
     data, tokenizer = study
     items = level_items("qa_test", tokenizer, data, "single", "causal", max_individuals=7)
     first = sorted(set(data.qa_test["id"]))[:7]

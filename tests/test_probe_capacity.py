@@ -157,3 +157,30 @@ def test_bad_input_exits_2(tiny_run, tmp_path, capsys):
     assert "not in this run" in _said(capsys)
     assert main(["capacity", str(tiny_run), "--phase", "mixed"]) == 2
     assert "has the phases pretrain, finetune" in _said(capsys)
+
+
+def test_masked_capacity_hides_every_mention_of_the_scored_field(study_data, tokenizer):
+    """Under fullname the name is in every sentence: a masked model must not be able to copy it from
+    another mention while its loss on the name is read."""
+    _, ids, spans, others = capacity_lib.field_spans(tokenizer, study_data, "multi3+permute+fullname")
+    name = FIELDS.index("full_name")
+    assert all(len(o[name]) >= 5 for o in others)  # six sentences, at least six mentions
+    assert all(ids[p][i:j] == ids[p][spans[p][name][0]:spans[p][name][1]] for p in range(len(ids))
+               for i, j in others[p][name])
+    seen = []
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.anchor = nn.Parameter(torch.zeros(()))
+
+        def forward(self, input_ids, attention_mask, position_ids=None):
+            seen.extend(input_ids.tolist())
+            return type("Out", (), {"logits": torch.zeros(*input_ids.shape, len(tokenizer))})()
+
+    first = [spans[0][name]]
+    capacity_lib._masked_losses(Spy(), ids[:1], [first], tokenizer.pad_token_id, tokenizer.mask_token_id, 8,
+                                [[others[0][name]]])
+    name_ids = ids[0][first[0][0]:first[0][1]]
+    for row in seen:  # no window of the row is the name: every mention was masked
+        assert all(row[t:t + len(name_ids)] != name_ids for t in range(len(row)))

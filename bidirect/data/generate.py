@@ -64,6 +64,13 @@ QA_FEATURES = Features(
 
 
 PERSON_FIELDS = ("Subj", "subj", "poss", "obj")
+DATA_SHA = "sha256"  # in a saved data folder: `StudyData.sha256` of the data as generated
+
+
+def saved_sha256(directory: str | Path) -> str | None:
+    """The hash `StudyData.save` wrote into a data folder (None for folders saved before it did)."""
+    path = Path(directory) / DATA_SHA
+    return path.read_text().strip() if path.is_file() else None
 
 
 @cache
@@ -125,10 +132,12 @@ def draw_individuals(cfg: DataConfig, seed: int, pools: Pools | None = None) -> 
                 "company_city": company_city,  # a function of the employer, as in the paper
             }
         )
-    n_train = round(cfg.individuals * cfg.p_train)
+    n_train, n_val = round(cfg.individuals * cfg.p_train), round(cfg.individuals * cfg.p_val)
     train_ids = set(rng.sample(range(cfg.individuals), n_train))
+    # Drawn after P_train, and only when asked for: with p_val 0 the split is what it always was.
+    val_ids = set(rng.sample(sorted(set(range(cfg.individuals)) - train_ids), n_val)) if n_val else set()
     for person in people:
-        person["split"] = "train" if person["id"] in train_ids else "test"
+        person["split"] = "train" if person["id"] in train_ids else "val" if person["id"] in val_ids else "test"
     return [{k: p[k] for k in INDIVIDUAL_FEATURES} for p in people]
 
 
@@ -224,15 +233,31 @@ class StudyData:
     # data.inverse only (else None): inverse search QA of P_train (fine-tuning) and P_test (evaluation)
     inverse_train: Dataset | None = None
     inverse_test: Dataset | None = None
+    qa_val: Dataset | None = None  # data.p_val > 0 only: QA of P_val, evaluation only, for tuning
 
     def qa_sets(self) -> dict[str, Dataset]:
-        """Every QA dataset there is, by name: qa_train, qa_test and, when written, the inverse ones."""
-        sets = {"qa_train": self.qa_train, "qa_test": self.qa_test,
+        """Every QA dataset there is, by name: qa_train, qa_val, qa_test and the inverse ones, when written."""
+        sets = {"qa_train": self.qa_train, "qa_val": self.qa_val, "qa_test": self.qa_test,
                 "inverse_train": self.inverse_train, "inverse_test": self.inverse_test}
         return {name: ds for name, ds in sets.items() if ds is not None}
 
+    def held_out_qa(self) -> list[Dataset]:
+        """The QA no training step may see: P_val's and P_test's, inverse search included."""
+        return [ds for name, ds in self.qa_sets().items() if not name.endswith("_train")]
+
+    def sha256(self) -> str:
+        """One hash of every dataset's content, from the content fingerprints `_dataset` gives freshly
+        generated data (loading from disk gives new ones, so `save` writes this hash beside the data):
+        the same config must give the same hash on any machine, ever."""
+        parts = [f"individuals:{self.individuals._fingerprint}"]
+        parts += [f"{name}:{ds._fingerprint}" for name, ds in self.qa_sets().items()]
+        parts += [f"bios/{aug}:{self.bios[aug]._fingerprint}" for aug in sorted(self.bios)]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / DATA_SHA).write_text(self.sha256() + "\n")
         self.individuals.save_to_disk(directory / "individuals")
         for name, ds in self.qa_sets().items():
             ds.save_to_disk(directory / name)
@@ -242,7 +267,7 @@ class StudyData:
     def load(cls, directory: str | Path) -> StudyData:
         directory = Path(directory)
         inverse = {name: load_from_disk(str(directory / name)) if (directory / name).is_dir() else None
-                   for name in ("inverse_train", "inverse_test")}
+                   for name in ("inverse_train", "inverse_test", "qa_val")}
         return cls(
             individuals=load_from_disk(str(directory / "individuals")),
             qa_train=load_from_disk(str(directory / "qa_train")),
@@ -255,6 +280,7 @@ class StudyData:
 def generate(cfg: DataConfig, augmentations: list[Augmentation], seed: int) -> StudyData:
     people = draw_individuals(cfg, seed)
     train = [p for p in people if p["split"] == "train"]
+    val = [p for p in people if p["split"] == "val"]
     test = [p for p in people if p["split"] == "test"]
     bios = DatasetDict(
         {
@@ -271,5 +297,6 @@ def generate(cfg: DataConfig, augmentations: list[Augmentation], seed: int) -> S
         qa_train=_dataset(write_qa(train), QA_FEATURES, f"qa_train-{seed}"),
         qa_test=_dataset(write_qa(test), QA_FEATURES, f"qa_test-{seed}"),
         bios=bios,
+        qa_val=_dataset(write_qa(val), QA_FEATURES, f"qa_val-{seed}") if val else None,
         **inverse,
     )

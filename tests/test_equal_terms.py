@@ -1,0 +1,238 @@
+"""Causal and masked models compared on equal terms (STUDY.md, "Equal terms across kinds"):
+the same tokens for a name everywhere, masked QA without the answer's length, a memorization
+level that needs the name, intervals over people, a validation split, and committed results
+that reproduce from the config committed next to them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from datasets import Dataset, concatenate_datasets
+
+from bidirect import study
+from bidirect.config import ATTRIBUTES, Augmentation, DataConfig, EvalConfig, MaskingConfig, from_dict, load
+from bidirect.data.generate import StudyData, generate
+from bidirect.evaluate import (
+    Item,
+    _read_any_length,
+    _score,
+    level_items,
+    majority_baseline,
+    name_partners,
+    person_intervals,
+)
+from bidirect.objectives import encode_qa, make_objective
+from bidirect.tokenizer import answer_ids, qa_text, train_tokenizer, value_token_span
+
+ROOT = Path(__file__).resolve().parents[1]
+AUGS = ["single", "single+fullname", "multi2+permute"]
+
+
+def make_study(kind: str, p_val: float = 0.0):
+    """A generated study and its tokenizer, trained as `bidirect run` trains it (bios and P_train QA)."""
+    data = generate(DataConfig(individuals=40, p_val=p_val, augmentations=AUGS), [Augmentation.parse(a) for a in AUGS],
+                    seed=3)
+    corpus = [t for aug in data.bios for t in data.bios[aug]["text"]]
+    corpus += [qa_text(q, a) for q, a in zip(data.qa_train["question"], data.qa_train["answer"], strict=True)]
+    return data, train_tokenizer(corpus, kind, 700)
+
+
+def name_ids(tokenizer, text: str, name: str) -> list[list[int]]:
+    """The token ids of every mention of ``name`` in ``text``."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    out, at = [], text.find(name)
+    while at >= 0:
+        i, j = value_token_span(enc["offset_mapping"], at, at + len(name))
+        out.append(enc["input_ids"][i:j])
+        at = text.find(name, at + len(name))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["word", "bpe"])
+def test_a_name_is_the_same_tokens_in_every_bio_and_question(kind):
+    """A bio starts with the name; a question has it after a space. Both must give the same ids,
+    or a person is asked about with tokens their bios never trained (STUDY.md, pitfalls)."""
+    data, tokenizer = make_study(kind)
+    people = {p["id"]: p["full_name"] for p in data.individuals}
+    want = {person: answer_ids(tokenizer, name) for person, name in people.items()}
+    mentions = 0
+    for aug in AUGS:
+        for row in data.bios[aug]:
+            found = name_ids(tokenizer, row["text"], people[row["id"]])
+            assert found and all(ids == want[row["id"]] for ids in found), (aug, row["text"][:60])
+            mentions += len(found)
+    for qa in data.qa_sets().values():
+        for row in qa:
+            assert name_ids(tokenizer, row["question"], people[row["id"]]) == [want[row["id"]]], row["question"]
+    assert mentions > 40 * 5  # every bio was looked at, fullname ones with six mentions
+
+
+def test_no_p_test_question_has_an_unknown_word():
+    data, tokenizer = make_study("word")
+    for question in data.qa_test["question"]:
+        assert tokenizer.unk_token_id not in tokenizer(question, add_special_tokens=False)["input_ids"], question
+
+
+# --------------------------------------------------------------------------- free answer length
+
+
+class ConfidentAt(torch.nn.Module):
+    """A fake masked model: at each mask it says token 10 + (number of masks in the row), most
+    confidently when the row has ``best`` masks."""
+
+    def __init__(self, mask: int, best: int):
+        super().__init__()
+        self.mask, self.best = mask, best
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, input_ids, attention_mask, position_ids=None):
+        logits = torch.zeros(*input_ids.shape, 40)
+        for r, row in enumerate(input_ids.tolist()):
+            masks = [t for t, x in enumerate(row) if x == self.mask]
+            logits[r, masks, 10 + len(masks)] = 6.0 if len(masks) == self.best else 2.0
+        return SimpleNamespace(logits=logits)
+
+
+def test_free_length_keeps_the_length_the_model_is_surest_of():
+    mask, eos, pad = 1, 2, 0
+    item = Item([5, 6, mask, mask, mask, eos], [2, 3, 4], [13, 13, 13], 0)  # the answer has 3 tokens
+    cfg, masking, cpu = EvalConfig(batch_size=4), MaskingConfig(), torch.device("cpu")
+    tokenizer = SimpleNamespace(eos_token_id=eos, pad_token_id=pad, mask_token_id=mask)
+    for best, right in ((3, True), (2, False)):
+        model = ConfidentAt(mask, best)
+        assert _read_any_length(model, [item], mask, pad, cpu, False, 5) == [[10 + best] * best]
+        free = _score(model, "masked", tokenizer, [item], True, cfg, masking, cpu, False, "", longest=5)
+        given = _score(model, "masked", tokenizer, [item], True, cfg, masking, cpu, False, "")
+        assert free == [right] and given == [True]  # told the length, it is always right
+
+
+def test_length_aware_majority_knows_more_than_the_plain_one():
+    rows = []
+    for i in range(20):
+        split = "train" if i < 10 else "test"
+        # P_train majors: "Art" x4 (1 token), "Fine Arts Studies" x3 (3 tokens), others unique.
+        major = "Art" if i in (0, 1, 2, 3, 10) else "Fine Arts Studies" if i in (4, 5, 6, 11, 12) else f"M{i} x"
+        rows.append({"id": i, "split": split, **{a: f"{a}{i}" for a in ATTRIBUTES}, "major": major})
+    data = StudyData(individuals=Dataset.from_list(rows), qa_train=None, qa_test=None, bios=None)
+    tokenizer = train_tokenizer(["Art Fine Arts Studies M x"] + [r["major"] for r in rows], "word")
+    assert majority_baseline(data)["major"] == pytest.approx(0.1)  # "Art": 1 of 10 P_test people
+    # Told the length, the guess for a 3-token answer is "Fine Arts Studies" (2 more right), for a
+    # 2-token one "M0 x" (P_train's first of that length: wrong, the values are unique).
+    assert majority_baseline(data, tokenizer)["major"] == pytest.approx(0.3)
+
+
+# --------------------------------------------------------------------------- name-tied memorization
+
+
+def test_name_tied_items_swap_the_name_and_want_the_partners_value():
+    data, tokenizer = make_study("bpe")
+    people = {p["id"]: p for p in data.individuals}
+    partner = name_partners(data.individuals)
+    assert all(partner[i] != i and people[partner[i]]["pronoun"] == people[i]["pronoun"] for i in partner)
+    for aug in ("single", "single+fullname"):
+        items = level_items("name_tied", tokenizer, data, aug, "causal")
+        assert items
+        for it in items:
+            me, other = people[it.person], people[partner[it.person]]
+            value = ATTRIBUTES[it.attribute]
+            text = tokenizer.decode(it.ids)
+            assert other[value] != me[value]  # an item where both share the value says nothing
+            assert other["full_name"] in text and me["full_name"] not in text
+            assert it.want == answer_ids(tokenizer, other[value]) == [it.ids[t + 1] for t in it.where]
+            # the rest of the bio is still the person's: only the name can tell the model whose value
+            others = [a for a in ATTRIBUTES if a != value and me[a] != other[a] and me[a] not in other[value]]
+            assert all(me[a] in text for a in others)
+        n = {a: sum(it.attribute == ATTRIBUTES.index(a) for it in items) for a in ATTRIBUTES}
+        assert n["birth_date"] == len(people)  # dates are all distinct; a shared company city is left out
+        assert n["company_city"] < len(people)
+
+
+# --------------------------------------------------------------------------- intervals over people
+
+
+def test_intervals_resample_people_not_questions():
+    """Ten people, half right: all-or-nothing people make a wide interval; each person half right
+    makes none, though the per-question counts are the same."""
+    items = [Item([], [], [], a, person=p) for p in range(10) for a in range(6)]
+    by_person = [p < 5 for p in range(10) for _ in range(6)]
+    within = [a < 3 for _ in range(10) for a in range(6)]
+    wide, narrow = person_intervals(items, by_person, ATTRIBUTES), person_intervals(items, within, ATTRIBUTES)
+    assert wide["mean"][0] < 0.3 and wide["mean"][1] > 0.7
+    assert narrow["mean"] == [0.5, 0.5]
+    assert person_intervals(items, by_person, ATTRIBUTES) == wide  # deterministic
+
+
+# --------------------------------------------------------------------------- P_val
+
+
+def test_p_val_people_are_held_out_like_p_test():
+    data, tokenizer = make_study("bpe", p_val=0.25)
+    splits = list(data.individuals["split"])
+    assert splits.count("val") == 10 and splits.count("train") == 20 and splits.count("test") == 10
+    assert set(data.qa_val["id"]).isdisjoint(data.qa_train["id"]) and set(data.qa_val["id"]).isdisjoint(
+        data.qa_test["id"])
+    # P_train is the same people as without P_val: adding a validation split moves no one out of training
+    no_val = generate(DataConfig(individuals=40, augmentations=AUGS), [Augmentation.parse(a) for a in AUGS], seed=3)
+    assert no_val.qa_train["id"] == data.qa_train["id"]
+    # a P_val question in the fine-tuning stream is a leak
+    leaky = concatenate_datasets([data.qa_train, data.qa_val.select([0])])
+    objective = make_objective("causal", tokenizer, 256, MaskingConfig())
+    guard = study.leak_check(objective.qa_examples(encode_qa(leaky, tokenizer), 0), tokenizer, data)
+    assert guard["leaked"] == 1 and guard["examples"] == [data.qa_val[0]["question"]]
+
+
+def test_p_val_bounds():
+    with pytest.raises(Exception, match="data.p_train"):
+        from_dict({"data": {"individuals": 10, "p_train": 0.5, "p_val": 0.5}})
+    with pytest.raises(Exception, match="data.p_val"):
+        from_dict({"data": {"individuals": 10, "p_val": 0.01}})
+
+
+# --------------------------------------------------------------------------- committed results
+
+
+def committed_runs() -> list[Path]:
+    return sorted(p.parent for p in (ROOT / "runs").rglob("results.json") if (p.parent / "config.yaml").is_file())
+
+
+def test_every_config_pins_the_tokenizer_kind():
+    """A default that changes must not change what a committed config means."""
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        if "accelerate" in path.name:
+            continue
+        assert (raw.get("tokenizer") or {}).get("kind") in ("word", "bpe"), path.name
+
+
+@pytest.mark.parametrize("run_dir", committed_runs(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_committed_run_data_reproduces_from_its_config(run_dir):
+    results = json.loads((run_dir / "results.json").read_text())
+    if results.get("data_sha256") is None:
+        pytest.skip("measured before runs recorded their data hash: re-run it to check it")
+    cfg = load(run_dir / "config.yaml")
+    data = generate(cfg.data, cfg.augmentations(), cfg.seed)
+    assert data.sha256() == results["data_sha256"]
+
+
+def test_headline_table_puts_the_interval_and_both_baselines_beside_p_test():
+    from bidirect.report import headline_markdown
+
+    def level(mean, lo=None, hi=None):
+        return {"mean": mean, "ci95": {"mean": [lo, hi]} if lo is not None else {}}
+
+    results = {"results": {"single": {
+        "gpt2-rope": {"bio_recall": level(0.9), "name_tied": level(0.8), "qa_train": level(1.0),
+                      "qa_test": level(0.5, 0.42, 0.58)},
+        "gbert": {"bio_recall": level(0.95), "name_tied": level(0.3), "qa_train": level(1.0),
+                  "qa_test": level(0.1, 0.05, 0.16), "qa_test_given": level(0.2, 0.12, 0.27)}}},
+        "majority_baseline": {"mean": 0.021}, "majority_baseline_given_length": {"mean": 0.029}}
+    lines = headline_markdown(results).splitlines()
+    assert lines[0] == "| augmentation | backbone | bio recall | name-tied | QA P_train | QA P_test | QA P_test* |"
+    assert lines[2] == "| single | gpt2-rope | 90.0 | 80.0 | 100.0 | **50.0** (42-58) | - |"
+    assert lines[3] == "| single | gbert | 95.0 | 30.0 | 100.0 | **10.0** (5-16) | **20.0** (12-27) |"
+    assert lines[4] == "| | majority |  |  |  | 2.1 | 2.9 |"
