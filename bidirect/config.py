@@ -32,10 +32,10 @@ MAX_BEAMS = 64
 
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "company", "company_city")
 # The evaluation levels (bidirect.evaluate), in the order tables show them. qa_val exists only with
-# data.p_val > 0, qa_test_given only for masked backbones decoding with a free answer length (the
-# paper's given-length rule beside it), the inverse ones only where the data has inverse QA.
+# data.p_val > 0, qa_train_given and qa_test_given only for masked backbones decoding with a free answer
+# length (the paper's given-length rule beside it), the inverse ones only where the data has inverse QA.
 LEVELS = ("bio_recall", "name_tied", "qa_train", "qa_val", "qa_test")
-GIVEN_LENGTH_LEVELS = ("qa_test_given",)
+GIVEN_LENGTH_LEVELS = ("qa_train_given", "qa_test_given")
 INVERSE_LEVELS = ("inverse_train", "inverse_test")
 ALL_LEVELS = (*LEVELS, *GIVEN_LENGTH_LEVELS, *INVERSE_LEVELS)
 HELD_OUT_LEVELS = ("qa_test", "qa_test_given", "inverse_test")  # the headline: people whose QA was never trained on
@@ -200,7 +200,7 @@ class EvalConfig:
     # Masked QA: "free" tries every answer length up to the longest P_train answer and keeps the one
     # the model is most confident in (best mean log-probability), as a causal model must decide where
     # to stop; "given" is the paper's rule, as many masks as the true answer has tokens. Under "free"
-    # the given-length score of P_test is reported beside it (level qa_test_given).
+    # the given-length scores of P_train and P_test are reported beside it (qa_train_given, qa_test_given).
     masked_length: Literal["free", "given"] = "free"
 
 

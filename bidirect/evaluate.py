@@ -14,8 +14,8 @@
 - ``qa_train``: was the QA format learned? ``qa_val``: people whose QA is never trained on, for
   tuning. ``qa_test``: is the knowledge extractable for people never seen in QA (the headline)?
   A masked model chooses the answer's length itself (``eval.masked_length: free``), as a causal
-  one must decide where to stop; ``qa_test_given`` is the paper's rule beside it, one mask per
-  answer token, which tells the model the length.
+  one must decide where to stop; ``qa_train_given`` and ``qa_test_given`` are the paper's rule beside
+  it, one mask per answer token, which tells the model the length.
 - ``inverse_train`` / ``inverse_test`` (``data.inverse`` only): inverse search, the full name
   from birth date and birth city, scored like QA (one number, under ``full_name`` and ``mean``).
 
@@ -198,7 +198,7 @@ def level_items(level: str, tokenizer: PreTrainedTokenizerFast, data: StudyData,
     return qa_items(tokenizer, qa["question"], qa["answer"], attributes, kind, list(qa["id"]))
 
 
-GIVEN_LEVEL_OF = {"qa_test_given": "qa_test"}  # a given-length level scores the items of this one
+GIVEN_LEVEL_OF = {"qa_train_given": "qa_train", "qa_test_given": "qa_test"}  # the items a given-length level scores
 
 
 def max_answer_tokens(tokenizer: PreTrainedTokenizerFast, data: StudyData) -> int:

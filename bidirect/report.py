@@ -15,7 +15,7 @@ from bidirect.config import ALL_LEVELS, ATTRIBUTES, HELD_OUT_LEVELS
 SHORT = {"birth_date": "date", "birth_city": "b.city", "university": "univ", "major": "major",
          "company": "comp.", "company_city": "c.city"}
 LEVEL_NAMES = {"bio_recall": "bio recall", "name_tied": "name-tied", "qa_train": "QA P_train", "qa_val": "QA P_val",
-               "qa_test": "QA P_test", "qa_test_given": "QA P_test*",
+               "qa_test": "QA P_test", "qa_train_given": "QA P_train*", "qa_test_given": "QA P_test*",
                "inverse_train": "inverse P_train", "inverse_test": "inverse P_test"}
 # The baselines and the level they go with; * marks what is told the answer's length in tokens.
 BASELINES = {"majority_baseline": ("majority", "P_test"), "majority_baseline_given_length": ("majority", "P_test*")}
@@ -70,7 +70,7 @@ def results_tables(results: dict[str, Any]) -> list[Table]:
     for aug, by_backbone in results["results"].items():
         # No vertical rules and one space between columns: the table fits 80 columns.
         table = Table(title=f"{results.get('study', '')} | {aug} | exact match (%), 95% CI over people",
-                      caption=GIVEN_NOTE, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False)
+                      caption=GIVEN_NOTE, box=box.SIMPLE_HEAD, padding=0, show_edge=False)
         table.add_column("backbone", no_wrap=True)
         table.add_column("level", no_wrap=True)
         for a in ATTRIBUTES:

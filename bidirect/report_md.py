@@ -41,7 +41,8 @@ from bidirect.sweep import (
 )
 
 LEVEL_COLORS = {"bio_recall": "#c6dbef", "name_tied": "#6baed6", "qa_train": "#4292c6", "qa_val": "#2171b5",
-                "qa_test": "#08306b", "qa_test_given": "#807dba", "inverse_train": "#fdae6b", "inverse_test": "#a63603"}
+                "qa_test": "#08306b", "qa_train_given": "#bcbddc", "qa_test_given": "#807dba",
+                "inverse_train": "#fdae6b", "inverse_test": "#a63603"}
 PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
 LINESTYLES = ["-", "--", ":", "-."]
 DPI = 110

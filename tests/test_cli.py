@@ -28,7 +28,7 @@ def test_run_writes_every_level_for_every_cell(finished_run):
         for backbone in ("gpt2-rope", "gbert"):
             levels = results["results"][aug][backbone]
             # no P_val in the tiny study; the given-length rule beside the masked model's free length
-            given = {"qa_test_given"} if backbone == "gbert" else set()
+            given = {"qa_train_given", "qa_test_given"} if backbone == "gbert" else set()
             assert set(levels) == {"bio_recall", "name_tied", "qa_train", "qa_test", *given}
             assert levels["qa_test"]["n"] == 12 * 6 and levels["bio_recall"]["n"] == 24 * 6
             assert levels["qa_test"]["people"] == 12 and len(levels["qa_test"]["ci95"]["mean"]) == 2

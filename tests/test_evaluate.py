@@ -132,7 +132,7 @@ def test_perfect_wrong_and_last_token_wrong(study, kind, fill):
     expected_tied = 1.0 if kind == "causal" else 0.0
     assert accuracies(perfect, 1.0) == {**dict.fromkeys(perfect, True), "name_tied": expected_tied == 1.0}, perfect
     assert accuracies({"name_tied": perfect["name_tied"]}, expected_tied) == {"name_tied": True}
-    qa_levels = ["qa_train", "qa_test", *(["qa_test_given"] if kind == "masked" else [])]
+    qa_levels = ["qa_train", "qa_test", *(["qa_train_given", "qa_test_given"] if kind == "masked" else [])]
     assert list(perfect) == ["bio_recall", "name_tied", *qa_levels]  # the default levels, none of P_val here
     assert {level: r["n"] for level, r in perfect.items() if level != "name_tied"} == dict.fromkeys(
         ["bio_recall", *qa_levels], 72)
