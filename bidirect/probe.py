@@ -25,7 +25,10 @@ Masked backbones read the same positions. For P-probing every value of the biogr
 would let it copy the value from the very next tokens and the probe would measure copying, not knowledge. All six
 are masked at once (not only the probed one) to keep one forward pass per biography; the masked model then sees
 the name and the sentence templates but no value, while a causal model at attribute k sees the values written
-before it. Q-probing needs no masking: the name is all there is.
+before it. So masked backbones are also probed on equal terms with the causal ones (``P_prefix``): for attribute
+k the biography cut just after the read position, unmasked, which is exactly what a causal model sees there
+(six forward passes per biography). Both are reported; for a causal model the two are the same by construction.
+Q-probing needs no masking: the name is all there is.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from bidirect.tokenizer import value_token_span
 from bidirect.trainer import write_json_atomic
 
 PROBE_FILE = "probe.json"
+MODE_NAMES = {"P": "P", "P_prefix": "P, prefix only", "Q": "Q"}
 RANK = 2
 
 
@@ -134,6 +138,7 @@ class ProbeInputs:
     labels: torch.Tensor  # (individuals, attributes) class indices
     train_rows: list[int]
     test_rows: list[int]
+    prefix: bool = False  # each attribute reads its own copy of the sequence, cut after its read position
 
 
 def _classes(data: StudyData) -> tuple[list[dict[str, int]], torch.Tensor]:
@@ -144,7 +149,8 @@ def _classes(data: StudyData) -> tuple[list[dict[str, int]], torch.Tensor]:
 
 
 def probe_inputs(mode: str, tokenizer, data: StudyData, augmentation: str, kind: str) -> ProbeInputs:
-    """The sequences and read positions of P- (``mode="P"``) or Q-probing, one row per individual (row = id)."""
+    """The sequences and read positions of P- (``mode="P"``, ``"P_prefix"``) or Q-probing, one row per
+    individual (row = id)."""
     people = data.individuals
     if list(people["id"]) != list(range(len(people))):
         raise RunDirError("individuals table: ids are not 0..N-1 in order; regenerate the run's data")
@@ -162,12 +168,12 @@ def probe_inputs(mode: str, tokenizer, data: StudyData, augmentation: str, kind:
                                           rows["value_end"], strict=True):
         spans = [value_token_span(offsets, s, e) for s, e in zip(starts, ends, strict=True)]
         ids = list(ids)
-        if kind == "masked":
+        if kind == "masked" and mode == "P":
             for i, j in spans:
                 ids[i:j] = [tokenizer.mask_token_id] * (j - i)
         all_ids.append(ids)
         reads.append([max(i - 1, 0) for i, _ in spans])
-    return ProbeInputs(all_ids, reads, labels, train, test)
+    return ProbeInputs(all_ids, reads, labels, train, test, prefix=mode == "P_prefix")
 
 
 def model_reps(model, inputs: ProbeInputs, pad: int) -> Reps:
@@ -175,12 +181,23 @@ def model_reps(model, inputs: ProbeInputs, pad: int) -> Reps:
     device = next(model.parameters()).device
 
     def reps(batch: list[int]) -> torch.Tensor:
+        if inputs.prefix:  # per attribute, the sequence up to its read position: the read is the last token
+            return torch.stack([last_hidden([inputs.ids[r][: inputs.read[r][a] + 1] for r in batch])
+                                for a in range(len(ATTRIBUTES))], dim=1)
         ids, attention = _pad([inputs.ids[r] for r in batch], pad, device)
         positions = torch.arange(ids.shape[1], device=device).expand_as(ids)
         hidden = model(input_ids=ids, attention_mask=attention, position_ids=positions,
                        output_hidden_states=True).hidden_states[-1]
         where = torch.tensor([inputs.read[r] for r in batch], device=device)  # (batch, attributes)
         return hidden[torch.arange(len(batch), device=device)[:, None], where].float()
+
+    def last_hidden(rows: list[list[int]]) -> torch.Tensor:
+        ids, attention = _pad(rows, pad, device)
+        positions = torch.arange(ids.shape[1], device=device).expand_as(ids)
+        hidden = model(input_ids=ids, attention_mask=attention, position_ids=positions,
+                       output_hidden_states=True).hidden_states[-1]
+        last = torch.tensor([len(r) - 1 for r in rows], device=device)
+        return hidden[torch.arange(len(rows), device=device), last].float()
 
     return reps
 
@@ -192,7 +209,7 @@ def probe_model(model, kind: str, tokenizer, data: StudyData, augmentation: str,
     model.requires_grad_(False)
     index, _ = _classes(data)
     out = {}
-    for mode in ("P", "Q"):
+    for mode in ("P", "Q", *(("P_prefix",) if kind == "masked" else ())):
         inputs = probe_inputs(mode, tokenizer, data, augmentation, kind)
         torch.manual_seed(seed)
         delta = EmbeddingDelta(model.get_input_embeddings(), RANK, seed)
@@ -284,8 +301,9 @@ def probe_table(out: dict[str, Any]) -> Table:
     table.add_column("mean", justify="right")
     for name, augs in out["results"].items():
         for aug, cell in augs.items():
-            for mode in ("P", "Q"):
-                table.add_row(aug, name, mode, *(f"{100 * cell[mode][a]:.1f}" for a in [*ATTRIBUTES, "mean"]))
+            for mode in (m for m in ("P", "P_prefix", "Q") if m in cell):
+                cells = (f"{100 * cell[mode][a]:.1f}" for a in [*ATTRIBUTES, "mean"])
+                table.add_row(aug, name, MODE_NAMES[mode], *cells)
     base = out["majority_baseline"]
     table.add_row("", "majority", "", *(f"{100 * base[a]:.1f}" for a in [*ATTRIBUTES, "mean"]), style="dim")
     return table

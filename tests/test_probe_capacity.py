@@ -38,9 +38,34 @@ def test_probe_writes_p_and_q_for_every_attribute(tiny_run, capsys):
     assert out["phase"] == "pretrain" and set(out["majority_baseline"]) >= set(ATTRIBUTES)
     for backbone in BACKBONES:
         cell = out["results"][backbone]["single"]
-        for mode in ("P", "Q"):
+        # masked backbones are also probed on the causal model's view (the bio cut after the read token)
+        modes = ("P", "Q", "P_prefix") if backbone == "gbert" else ("P", "Q")
+        assert set(cell) == set(modes)
+        for mode in modes:
             assert set(cell[mode]) == {*ATTRIBUTES, "mean"}
             assert all(0.0 <= cell[mode][a] <= 1.0 for a in ATTRIBUTES)
+
+
+def test_prefix_probe_sees_what_a_causal_model_sees(study_data, tokenizer):
+    """For a causal model, reading the whole bio and reading it cut after the read token are the same
+    hidden states: so P_prefix gives a masked model exactly the causal model's view."""
+    from bidirect.config import ModelSize
+    from bidirect.models import build_backbone
+    from bidirect.probe import model_reps
+
+    torch.manual_seed(0)
+    model = build_backbone("gpt2-rope", ModelSize(layers=1, heads=2, width=32, mlp_width=64, context=512),
+                           tokenizer).eval()
+    whole = probe_inputs("P", tokenizer, study_data, "single", "causal")
+    cut = probe_inputs("P_prefix", tokenizer, study_data, "single", "causal")
+    assert cut.prefix and not whole.prefix and cut.ids == whole.ids
+    with torch.no_grad():
+        a = model_reps(model, whole, tokenizer.pad_token_id)([0, 1, 2])
+        b = model_reps(model, cut, tokenizer.pad_token_id)([0, 1, 2])
+    assert a.shape == b.shape == (3, len(ATTRIBUTES), 32)
+    assert torch.allclose(a, b, atol=1e-5)
+    masked = probe_inputs("P_prefix", tokenizer, study_data, "single", "masked")
+    assert masked.ids == whole.ids  # unmasked: the cut already hides the value and everything after it
 
 
 def _synthetic(n: int = 600, width: int = 16, classes: int = 5, seed: int = 0):
