@@ -125,7 +125,7 @@ class DataConfig:
     # The rest is P_test. 0 keeps the split of runs made before P_val existed.
     p_val: float = 0.0
     # The quick study's augmentation is fullname (the name in every sentence): at its budget every
-    # backbone memorizes it, which multi5+permute's masked cells do not (configs/quick_multi5.yaml).
+    # backbone reads these bios back, which multi5+permute's masked cells do not (configs/quick_multi5.yaml).
     augmentations: list[str] = field(default_factory=lambda: ["single", "single+fullname"])
     # Inverse search (STUDY.md, Part 3.2): also write "Who was born on <date> in <city>?" -> full name
     # QA; P_train's is fine-tuning data, P_test's is evaluated (levels inverse_train / inverse_test).
