@@ -248,3 +248,14 @@ class Opened:
 def environment_fault(err: OSError) -> bool:
     """A fault of the machine (disk full, quota, I/O error), not of what the user asked."""
     return err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
+
+
+def make_folder(folder: Path) -> None:
+    """Create a run or sweep folder (and its parents). A permission or path problem is a `RunDirError`
+    naming the folder; a full disk or an I/O error is the environment's and propagates as it is."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        if environment_fault(err):
+            raise
+        raise RunDirError(f"--out {folder}: cannot create the folder ({err.strerror}: {err.filename})") from None

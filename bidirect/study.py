@@ -79,12 +79,7 @@ def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: b
             f"{again}--force to replace it, or another --out"
         )
     try:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            if rundir.environment_fault(err):
-                raise
-            raise RunDirError(f"--out {run_dir}: cannot create the folder ({err.strerror}: {err.filename})") from None
+        rundir.make_folder(run_dir)
         rundir.write_marker(run_dir, "run")
         lock = rundir.Lock(run_dir).acquire()
         config_lib.dump(cfg, saved)

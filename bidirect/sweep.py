@@ -224,12 +224,7 @@ def open_sweep_dir(out: Path, sweep: Sweep, source: Path, force: bool = False, w
         return _merge_old(out, sweep)
     aside = rundir.replace(out, "sweep") if force and out.is_dir() and any(out.iterdir()) else None
     try:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            if rundir.environment_fault(err):
-                raise
-            raise RunDirError(f"--out {out}: cannot create the folder ({err.strerror}: {err.filename})") from None
+        rundir.make_folder(out)
         if rundir.folder_kind(out) is None:  # new, or a sweep folder of a version before the marker
             _merge_old(out, sweep)  # refuses a folder that is not a sweep's before marking it
             rundir.write_marker(out, "sweep")
