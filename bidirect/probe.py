@@ -181,9 +181,10 @@ def model_reps(model, inputs: ProbeInputs, pad: int) -> Reps:
     device = next(model.parameters()).device
 
     def reps(batch: list[int]) -> torch.Tensor:
-        if inputs.prefix:  # per attribute, the sequence up to its read position: the read is the last token
-            return torch.stack([last_hidden([inputs.ids[r][: inputs.read[r][a] + 1] for r in batch])
-                                for a in range(len(ATTRIBUTES))], dim=1)
+        if inputs.prefix:  # per attribute, the sequence up to its read position: the read is the last token.
+            # The six prefixes of a bio go through one forward pass together (person-major, attribute-minor).
+            rows = [inputs.ids[r][: inputs.read[r][a] + 1] for r in batch for a in range(len(ATTRIBUTES))]
+            return last_hidden(rows).view(len(batch), len(ATTRIBUTES), -1)
         ids, attention = _pad([inputs.ids[r] for r in batch], pad, device)
         positions = torch.arange(ids.shape[1], device=device).expand_as(ids)
         hidden = model(input_ids=ids, attention_mask=attention, position_ids=positions,
