@@ -6,6 +6,7 @@ that reproduce from the config committed next to them."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -217,6 +218,39 @@ def test_committed_run_data_reproduces_from_its_config(run_dir):
     cfg = load(run_dir / "config.yaml")
     data = generate(cfg.data, cfg.augmentations(), cfg.seed)
     assert data.sha256() == results["data_sha256"]
+
+
+def config_run_pairs() -> list[tuple[Path, Path]]:
+    """(configs/X.yaml, runs/Y) for every config whose header says `bidirect run|sweep configs/X.yaml
+    --out runs/Y` and whose run is committed."""
+    pairs = []
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        m = re.search(rf"bidirect (?:run|sweep) configs/{re.escape(path.name)} --out (runs/[\w.-]+)", path.read_text())
+        if m and (ROOT / m.group(1)).is_dir():
+            pairs.append((path, ROOT / m.group(1)))
+    return pairs
+
+
+@pytest.mark.parametrize("config,run_dir", config_run_pairs(), ids=lambda p: p.name)
+def test_committed_config_is_the_one_its_run_was_made_with(config, run_dir):
+    """Editing a config or a default without re-running what it made is caught here: the study a
+    committed config describes today equals the one saved in its committed run (every sweep cell)."""
+    from bidirect import sweep
+
+    if "sweep:" in config.read_text():
+        cells = sweep.load(config).cells
+        assert cells
+        for cell in cells:
+            assert cell.config.to_dict() == load(run_dir / cell.name / "config.yaml").to_dict(), cell.name
+    else:
+        assert load(config).to_dict() == load(run_dir / "config.yaml").to_dict()
+
+
+def test_every_committed_run_has_its_config():
+    """The other direction: no committed run without a config that names it."""
+    named = {run.name for _, run in config_run_pairs()}
+    committed = {p.name for p in (ROOT / "runs").iterdir() if p.is_dir() and p.name not in ("bench",)}
+    assert not committed - named, f"committed runs without a config naming them: {sorted(committed - named)}"
 
 
 def test_headline_table_puts_the_interval_and_both_baselines_beside_p_test():
