@@ -80,7 +80,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    from bidirect.report import comparison_table, print_results
+    from bidirect.report import comparison_table, print_results, runs_markdown
     from bidirect.study import read_results
     from bidirect.sweep import aggregate, is_sweep_dir, summary_table, write_summary
 
@@ -92,7 +92,9 @@ def cmd_summary(args: argparse.Namespace) -> None:
     runs = {d: read_results(Path(d)) for d in args.run_dirs if Path(d) not in sweeps}
     if len(runs) == 1 and not sweeps:
         print_results(console, next(iter(runs.values())))
-    if runs:
+    if runs and args.markdown:
+        print(runs_markdown(runs))
+    elif runs:
         console.print(comparison_table(runs))
 
 
@@ -197,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="print the tables of runs; of a sweep folder: seeds pooled with 95%% CIs")
     p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--markdown", action="store_true",
+                   help="runs as one Markdown table, a row per backbone, intervals beside held-out levels")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("sweep", help="run a grid of studies (a study file with a top-level sweep: mapping)")

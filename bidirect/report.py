@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from statistics import mean
 from typing import Any
 
@@ -146,6 +147,32 @@ def headline_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def runs_markdown(runs: dict[str, dict[str, Any]]) -> str:
+    """Several runs as one Markdown table, a row per (run, augmentation, backbone): each level's mean,
+    the held-out levels with their interval over people, and both majority baselines (plain / told the
+    length). What `bidirect summary --markdown` prints: the README's table of what changes extraction."""
+    shown = shown_levels(lv for r in runs.values() for by_backbone in r["results"].values()
+                         for lvs in by_backbone.values() for lv in lvs)
+    lines = ["| study | augmentation | backbone | " + " | ".join(LEVEL_NAMES[lv] for lv in shown) + " | majority |",
+             "| --- | --- | --- |" + " ---: |" * (len(shown) + 1)]
+    for run, results in runs.items():
+        base = " / ".join(pct(results[key]["mean"]) for key in BASELINES if results.get(key))
+        for aug, by_backbone in results["results"].items():
+            for name, levels in by_backbone.items():
+                cells = []
+                for lv in shown:
+                    r = levels.get(lv)
+                    text = "-" if r is None else pct(r.get("mean"))
+                    if r is not None and lv in HELD_OUT_LEVELS:
+                        text = f"**{text}** ({ci(r)})"
+                    elif r is not None and lv == "qa_val":  # held out too, but where recipes are chosen
+                        text = f"{text} ({ci(r)})"
+                    cells.append(text)
+                label = backbone_label(results, aug, name)
+                lines.append(f"| {Path(run).name} | {aug} | {label} | " + " | ".join(cells) + f" | {base} |")
+    return "\n".join(lines)
+
+
 def comparison_table(runs: dict[str, dict[str, Any]]) -> Table:
     """Several runs side by side: the mean of each level per (run, augmentation, backbone)."""
     table = Table(title="bidirect summary: mean exact-match accuracy over the six attributes (%)")
@@ -157,6 +184,9 @@ def comparison_table(runs: dict[str, dict[str, Any]]) -> Table:
         base = results.get("majority_baseline", {}).get("mean")
         for aug, by_backbone in results["results"].items():
             for name, levels in by_backbone.items():
-                table.add_row(run, aug, backbone_label(results, aug, name),
-                              *[pct(levels.get(lv, {}).get("mean")) for lv in shown], pct(base))
+                cells = [pct(levels.get(lv, {}).get("mean")) for lv in shown]
+                # a held-out level is never shown without its interval over people
+                cells = [f"{c} ({ci(levels[lv])})" if lv in HELD_OUT_LEVELS and lv in levels else c
+                         for c, lv in zip(cells, shown)]
+                table.add_row(run, aug, backbone_label(results, aug, name), *cells, pct(base))
     return table

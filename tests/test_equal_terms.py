@@ -270,3 +270,26 @@ def test_headline_table_puts_the_interval_and_both_baselines_beside_p_test():
     assert lines[2] == "| single | gpt2-rope | 90.0 | 80.0 | 100.0 | **50.0** (42-58) | - |"
     assert lines[3] == "| single | gbert | 95.0 | 30.0 | 100.0 | **10.0** (5-16) | **20.0** (12-27) |"
     assert lines[4] == "| | majority |  |  |  | 2.1 | 2.9 |"
+
+
+def test_runs_table_gives_every_held_out_mean_its_interval_and_both_baselines():
+    from bidirect.report import comparison_table, runs_markdown
+
+    def level(mean, lo=None, hi=None):
+        return {"mean": mean, "ci95": {"mean": [lo, hi]} if lo is not None else {}}
+
+    a = {"results": {"multi5+permute+fullname": {
+        "gpt2-rope": {"name_tied": level(0.95), "qa_train": level(1.0), "qa_val": level(0.8, 0.7, 0.9),
+                      "qa_test": level(0.85, 0.8, 0.9)}}},
+        "majority_baseline": {"mean": 0.029}, "majority_baseline_given_length": {"mean": 0.039}}
+    b = {"results": {"single": {"gbert": {"name_tied": level(0.0), "qa_test": level(0.0, 0.0, 0.0),
+                                          "qa_test_given": level(0.02, 0.0, 0.05)}}},
+         "majority_baseline": {"mean": 0.021}}
+    lines = runs_markdown({"runs/quick": a, "runs/quick80": b}).splitlines()
+    assert lines[0] == ("| study | augmentation | backbone | name-tied | QA P_train | QA P_val | QA P_test "
+                        "| QA P_test* | majority |")
+    assert lines[2] == ("| quick | multi5+permute+fullname | gpt2-rope | 95.0 | 100.0 | 80.0 (70-90) | "
+                        "**85.0** (80-90) | - | 2.9 / 3.9 |")
+    assert lines[3] == "| quick80 | single | gbert | 0.0 | - | - | **0.0** (0-0) | **2.0** (0-5) | 2.1 |"
+    rows = list(comparison_table({"runs/quick": a}).columns[6].cells)
+    assert rows == ["85.0 (80-90)"]
