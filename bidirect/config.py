@@ -119,14 +119,15 @@ class Augmentation:
 class DataConfig:
     """The bioS population and its split (STUDY.md, Data)."""
 
-    individuals: int = 80  # N
+    # A few hundred people: enough that a per-person 95% interval on P_test is a few points wide.
+    individuals: int = 300  # N
     p_train: float = 0.5  # p: share of individuals whose QA is fine-tuning data (P_train)
     # Share of individuals whose QA is neither trained nor in P_test (P_val): where recipes are tuned.
-    # The rest is P_test. 0 keeps the split of runs made before P_val existed.
-    p_val: float = 0.0
-    # The quick study's augmentation is fullname (the name in every sentence): at its budget every
-    # backbone reads these bios back, which multi5+permute's masked cells do not (configs/quick_multi5.yaml).
-    augmentations: list[str] = field(default_factory=lambda: ["single", "single+fullname"])
+    # The rest is P_test. 0 gives the split of runs made before P_val existed.
+    p_val: float = 0.1
+    # The paper's augmentation under which the causal model extracts (its 96.2%); the quick study
+    # before this default, plain and fullname bios of 80 people, is configs/quick80.yaml.
+    augmentations: list[str] = field(default_factory=lambda: ["multi5+permute+fullname"])
     # Inverse search (STUDY.md, Part 3.2): also write "Who was born on <date> in <city>?" -> full name
     # QA; P_train's is fine-tuning data, P_test's is evaluated (levels inverse_train / inverse_test).
     inverse: bool = False
@@ -148,7 +149,7 @@ class ModelSize:
     heads: int = 4
     width: int = 128
     mlp_width: int = 512
-    context: int = 112  # longest sequence (packed window) in tokens; must hold the longest bio (fullname: 109)
+    context: int = 128  # longest sequence (packed window) in tokens; must hold the longest bio (fullname: 109)
     dropout: float = 0.0
 
 
@@ -214,20 +215,27 @@ class BackboneConfig:
 
 
 def _quick_backbones() -> list[BackboneConfig]:
-    # The causal model memorizes from every token of a bio, the masked ones from 15% of the
-    # words per pass: it needs about a third of their steps, and a gentler fine-tuning.
+    # The paper's causal model and its bidirectional twin. The causal one learns from every token of
+    # a bio, the masked one from the values its masks hide: it gets twice the steps (2x the FLOPs).
     causal = BackboneConfig(
         "gpt2-rope",
-        pretrain={"steps": 800, "lr": 3e-3, "min_lr": 3e-4},
-        finetune={"steps": 150, "lr": 3e-4, "min_lr": 3e-5},
+        pretrain={"steps": 1500, "lr": 3e-3, "min_lr": 3e-4},
+        finetune={"steps": 300, "lr": 3e-4, "min_lr": 3e-5},
     )
-    return [causal, BackboneConfig("gbert"), BackboneConfig("bert")]
+    return [causal, BackboneConfig("gbert", pretrain={"steps": 3000})]
+
+
+def _quick_masking() -> MaskingConfig:
+    # Not the paper's 15% of words: at the quick study's budget that memorizes nothing (bio recall 35%
+    # after 4,000 steps). Whole attribute values at 40% tie the most to the name in 3,000 steps (70%
+    # name-tied, against 59% for single words at 40%); configs/quick_word_masking.yaml is the other.
+    return MaskingConfig(probability=0.4, span="attribute")
 
 
 @dataclass
 class StudyConfig:
-    """The defaults are the quick study (configs/quick.yaml): 80 people, gpt2-rope, gbert and
-    bert of 2 layers x 128, with and without augmentation, on a 2-core CPU."""
+    """The defaults are the quick study (configs/quick.yaml): 300 people on multi5+permute+fullname,
+    gpt2-rope and gbert of 2 layers x 128, on a 2-core CPU."""
 
     name: str = "quick"
     seed: int = 0
@@ -240,7 +248,7 @@ class StudyConfig:
     finetune: TrainConfig = field(
         default_factory=lambda: TrainConfig(steps=300, lr=1e-3, min_lr=1e-4, warmup_steps=0, weight_decay=0.01)
     )
-    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    masking: MaskingConfig = field(default_factory=_quick_masking)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def augmentations(self) -> list[Augmentation]:
