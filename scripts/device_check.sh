@@ -5,10 +5,10 @@
 #
 # 1. installs the wheels the GPU image lacks from .whl/ (scripts/fetch_device_wheels.sh fills it here);
 # 2. `bidirect bench --size gpt2-small` (gpt2-rope, gbert, bert at 12 x 768, context 512, bf16);
-# 3. `bidirect run configs/gpu_study.yaml` into runs/gpu_study, stopped before BUDGET_SECONDS run out.
-# With --resume it skips the bench and continues runs/gpu_study: a run folder resumes cell by cell, so a
+# 3. `bidirect run configs/gpu_contrast.yaml` into runs/gpu_contrast, stopped before BUDGET_SECONDS run out.
+# With --resume it skips the bench and continues runs/gpu_contrast: a run folder resumes cell by cell, so a
 # study longer than one call (10 minutes at most) finishes over two calls on the same warm machine.
-# --dry-run does all of it on the CPU at tiny sizes (bench --size tiny, configs/gpu_study_dry.yaml into
+# --dry-run does all of it on the CPU at tiny sizes (bench --size tiny, configs/gpu_contrast_dry.yaml into
 # OUT_DIR/run): the test suite runs it, so the script cannot rot between GPU sessions.
 # OUT_DIR gets at most 8 files: versions.txt, nvidia-smi.txt, the bench JSON and log, the study log and a
 # tarball of the run folder without its model weights.
@@ -21,11 +21,11 @@ case "$mode" in ""|--resume|--dry-run) ;; *) echo "$usage" >&2; exit 2 ;; esac
 cd "$(dirname "$0")/.."
 deadline=$((SECONDS + budget))
 bench=(--size gpt2-small)
-study=configs/gpu_study.yaml
-run_dir=runs/gpu_study
+study=configs/gpu_contrast.yaml
+run_dir=runs/gpu_contrast
 if [ "$mode" = "--dry-run" ]; then
     bench=(--size tiny --steps 2 --warmup 1 --individuals 50 --backbone gpt2-rope --backbone gbert)
-    study=configs/gpu_study_dry.yaml
+    study=configs/gpu_contrast_dry.yaml
     run_dir=$out/run
 fi
 mkdir -p "$out"
@@ -57,11 +57,11 @@ flag=()
 [ "$mode" = "--resume" ] && flag=(--resume)
 if [ "$left" -gt 30 ]; then
     started=$SECONDS
-    timeout "$left" python3 -m bidirect run "$study" --out "$run_dir" "${flag[@]}" >>"$out/gpu_study.log" 2>&1
+    timeout "$left" python3 -m bidirect run "$study" --out "$run_dir" "${flag[@]}" >>"$out/study.log" 2>&1
     rc=$?
-    echo "bidirect run exit code $rc after $((SECONDS - started)) s (limit $left s)" | tee -a "$out/gpu_study.log"
+    echo "bidirect run exit code $rc after $((SECONDS - started)) s (limit $left s)" | tee -a "$out/study.log"
     [ "$status" -eq 0 ] && status=$rc  # 124: the study ran out of time; --resume continues it
 fi
-[ -f "$out/gpu_study.log" ] && tail -40 "$out/gpu_study.log"
-tar czf "$out/gpu_study.tgz" --exclude='*.safetensors' -C "$(dirname "$run_dir")" "$(basename "$run_dir")"
+[ -f "$out/study.log" ] && tail -40 "$out/study.log"
+tar czf "$out/study.tgz" --exclude='*.safetensors' -C "$(dirname "$run_dir")" "$(basename "$run_dir")"
 exit "$status"

@@ -22,18 +22,18 @@ def test_device_check_dry_run_writes_every_file(tmp_path):
     done = subprocess.run(["bash", str(ROOT / "scripts" / "device_check.sh"), str(out), "400", "--dry-run"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.log", "gpu_study.log", "gpu_study.tgz",
-                                                      "nvidia-smi.txt", "run", "versions.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.log", "nvidia-smi.txt", "run", "study.log",
+                                                      "study.tgz", "versions.txt"]
     assert len([p for p in out.iterdir() if p.is_file()]) <= 8  # what a device call can bring back
     bench = json.loads((out / "bench.json").read_text())
     assert set(bench["backbones"]) == {"gpt2-rope", "gbert"} and bench["config"]["size_name"] == "tiny"
-    assert "bidirect run exit code 0" in (out / "gpu_study.log").read_text()
-    with tarfile.open(out / "gpu_study.tgz") as tar:
+    assert "bidirect run exit code 0" in (out / "study.log").read_text()
+    with tarfile.open(out / "study.tgz") as tar:
         names = tar.getnames()
         results = json.load(tar.extractfile("run/results.json"))
     assert not any(n.endswith(".safetensors") for n in names)  # the weights stay behind
     assert {aug: sorted(cells) for aug, cells in results["results"].items()} == {
-        aug: ["gbert", "gpt2-rope"] for aug in ("single", "multi2+permute")}
+        "multi2+permute+fullname": ["gbert", "gpt2-rope"]}
 
 
 def test_device_check_refuses_an_unknown_mode(tmp_path):
