@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from datasets import Dataset
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, get_cosine_with_min_lr_schedule_with_warmup
@@ -155,6 +156,15 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> torch.o
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=fused)
 
 
+def progress_line(name: str, step: int, steps: int, loss: float, tokens_per_second: float, elapsed: float,
+                  remaining: float) -> str:
+    """One plain progress line, for output that is not a terminal."""
+    def clock(t: float) -> str:
+        return f"{int(t) // 3600}:{int(t) % 3600 // 60:02d}:{int(t) % 60:02d}"
+    return (f"{name} step {step}/{steps} loss {loss:.4f} {tokens_per_second:,.0f} tok/s "
+            f"elapsed {clock(elapsed)} left {clock(remaining)}")
+
+
 def train_phase(
     model: PreTrainedModel,
     collate,
@@ -243,6 +253,10 @@ def train_phase(
         _truncate_log(log_path, step)
     model.train()
     loss_value, last_checkpoint = float("nan"), (checkpoints[-1] if checkpoints else None)
+    # A live bar only on a terminal: in a log file or a cluster job it would print nothing until the
+    # phase ends, so there the logging steps are printed as plain lines instead.
+    live = Console().is_terminal
+    first_step, first_seconds = step, seconds  # a resumed phase's rate is this process's
     progress = Progress(
         TextColumn(f"[bold]{name}"),
         BarColumn(),
@@ -251,7 +265,7 @@ def train_phase(
         TextColumn("{task.fields[tps]:,.0f} tok/s"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        disable=not accelerator.is_main_process,
+        disable=not (accelerator.is_main_process and live),
     )
     with progress, head if head is not None else contextlib.nullcontext():
         task = progress.add_task(name, total=cfg.steps, completed=step, loss=float("nan"), tps=0.0)
@@ -295,6 +309,10 @@ def train_phase(
             if accelerator.is_main_process and (step % cfg.log_every == 0 or step == cfg.steps):
                 with log_path.open("a") as f:
                     f.write(json.dumps({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0]}) + "\n")
+                if not live:
+                    left = (seconds - first_seconds) / (step - first_step) * (cfg.steps - step)
+                    print(progress_line(name, step, cfg.steps, loss_value, tokens / max(seconds, 1e-9), seconds, left),
+                          flush=True)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 last_checkpoint = save_checkpoint(accelerator, out_dir / "checkpoints", step, tokens, seconds)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -159,3 +160,14 @@ def test_lora_under_fsdp_is_refused_before_training(tmp_path):
                     finalize=lambda m: m)
     assert not (tmp_path / "model").exists()
 
+
+
+def test_output_that_is_not_a_terminal_gets_plain_progress_lines(study_data, tokenizer, tmp_path, capsys):
+    """A log file or a cluster job sees a line per logging step, not a live bar that prints at the end."""
+    model, objective, stream = _setup("gpt2-rope", study_data, tokenizer)
+    cfg = TrainConfig(steps=6, batch_size=4, warmup_steps=0, log_every=3)
+    train_phase(model, objective, stream, cfg, tmp_path, _accelerator(), "single/gpt2-rope/pretrain", seed=0)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("single/gpt2-rope/pretrain step")]
+    assert [ln.split()[2] for ln in lines] == ["3/6", "6/6"]
+    assert all(re.search(r"loss \d+\.\d{4} [\d,]+ tok/s elapsed \d:\d\d:\d\d left \d:\d\d:\d\d$", ln) for ln in lines)
+    assert lines[-1].endswith("left 0:00:00")
