@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from bidirect.config import ConfigError, StudyConfig, load, validate
+from bidirect import __version__
+from bidirect.config import ConfigError, StudyConfig, apply_overrides, from_dict, load, validate
 from bidirect.rundir import RunDirError, environment_fault
 
 # Piped or logged output is read by people later and by scripts: no wrapping at 80 columns in the
@@ -34,15 +36,19 @@ from bidirect.rundir import RunDirError, environment_fault
 console = Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=True)
 
 
-def _config(path: str | None) -> StudyConfig:
-    return load(path) if path else validate(StudyConfig())
+def _config(path: str | None, overrides: list[str] | None = None) -> StudyConfig:
+    if path:
+        return load(path, overrides)
+    if overrides:  # the embedded default study, as if it were a file
+        return from_dict(apply_overrides(StudyConfig().to_dict(), overrides))
+    return validate(StudyConfig())
 
 
 def cmd_data(args: argparse.Namespace) -> None:
     from bidirect.report import data_summary
     from bidirect.study import open_run_dir, start_study
 
-    cfg = _config(args.config)
+    cfg = _config(args.config, args.set)
     run_dir = Path(args.out)
     opened = open_run_dir(run_dir, cfg, force=args.force, command="data")
     started = time.perf_counter()
@@ -58,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from bidirect.report import print_results
     from bidirect.study import make_accelerator, open_run_dir, run_study
 
-    cfg = _config(args.config)
+    cfg = _config(args.config, args.set)
     run_dir = Path(args.out)
     accelerator = make_accelerator(cfg)
     # The main process locks the folder; the other processes of an `accelerate launch` write under its lock.
@@ -177,16 +183,24 @@ def cmd_capacity(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bidirect", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"bidirect {__version__}")
+    set_help = ("override config fields, e.g. --set pretrain.steps=400 data.individuals=200 "
+                "'backbones=[gpt2-rope]' (values read as YAML, checked like the file; recorded in config.yaml)")
+    sections = ", ".join(f.name for f in dataclasses.fields(StudyConfig))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("data", help="generate the bioS data and tokenizer of a study")
+    p = sub.add_parser("data", help="generate the bioS data and tokenizer of a study",
+                       epilog=f"config sections: {sections} (defaults: configs/quick.yaml)")
     p.add_argument("config", nargs="?", help="study YAML (default: the embedded quick study)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help=set_help)
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--force", action="store_true", help="replace a run folder bidirect wrote")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("run", help="run a whole study and print its table")
+    p = sub.add_parser("run", help="run a whole study and print its table",
+                       epilog=f"config sections: {sections} (defaults: configs/quick.yaml)")
     p.add_argument("config", nargs="?", help="study YAML (default: the embedded quick study)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help=set_help)
     p.add_argument("--out", required=True, help="run folder")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue a run from its last checkpoint")

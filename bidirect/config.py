@@ -7,6 +7,7 @@ that names the field (``pretrain.lr``) and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -490,6 +491,58 @@ def from_dict(raw: Any) -> StudyConfig:
     return validate(cfg)
 
 
+def check_key(key: str, where: str = "") -> None:
+    """``key`` (``pretrain.steps``) names a field of the study: each part a field of the section before
+    it. ``where`` prefixes the messages (``sweep.``, ``--set ``)."""
+    cls, parts = StudyConfig, []
+    for part in key.split("."):
+        if cls is None:
+            raise ConfigError(f"{where}{key}: {'.'.join(parts)} is a single value, not a section with fields")
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            inside = f" of {'.'.join(parts)}" if parts else ""
+            raise ConfigError(f"{where}{key}: unknown key {'.'.join([*parts, part])}; the keys{inside} are "
+                              f"{', '.join(names)}")
+        hint = typing.get_type_hints(cls)[part]
+        cls = hint if dataclasses.is_dataclass(hint) else None
+        parts.append(part)
+
+
+def set_path(raw: dict[str, Any], path: str, value: Any, where: str = "") -> None:
+    """Set the dotted ``path`` in a parsed study file, making the sections it goes through."""
+    *parents, last = path.split(".")
+    node = raw
+    for i, key in enumerate(parents):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}{path}: {'.'.join(parents[:i + 1])} is not a mapping in the study, "
+                              f"so {path} cannot be set")
+        node = child
+    node[last] = copy.deepcopy(value)
+
+
+def apply_overrides(raw: Any, overrides: list[str]) -> dict[str, Any]:
+    """A parsed study file with ``KEY=VALUE`` overrides (``pretrain.steps=400``, ``backbones=[gpt2-rope]``)
+    set on it; values are read as YAML. The caller validates the result like any study file, so a bad
+    value gets the message the same value would get in the file."""
+    raw = copy.deepcopy(raw) if raw is not None else {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(raw).__name__}")
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted field path, e.g. pretrain.steps=400")
+        # No check_key here: an unknown key is reported by the loader, word for word as in a file.
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {key}: {text!r} is not a YAML value ({str(err).splitlines()[0]})") from None
+        set_path(raw, key, value, "--set ")
+    return raw
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice in one mapping; PyYAML keeps the last silently."""
 
@@ -527,14 +580,15 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
 
 
-def load(path: str | Path) -> StudyConfig:
-    """Load a study YAML file; every problem is a `ConfigError` naming the file and field."""
+def load(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+    """Load a study YAML file, with ``KEY=VALUE`` overrides on top (see `apply_overrides`); every
+    problem is a `ConfigError` naming the file and field."""
     path = Path(path)
     raw = read_yaml(path)
     if isinstance(raw, dict) and "sweep" in raw:
         raise ConfigError(f"{path}: a sweep file (top-level sweep:); run it with `bidirect sweep {path} --out DIR`")
     try:
-        return from_dict(raw)
+        return from_dict(apply_overrides(raw, overrides or []))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
 

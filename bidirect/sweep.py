@@ -36,7 +36,6 @@ import json
 import math
 import re
 import statistics
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,17 @@ from typing import Any
 import yaml
 
 from bidirect import rundir
-from bidirect.config import ALL_LEVELS, ATTRIBUTES, HELD_OUT_LEVELS, ConfigError, StudyConfig, from_dict, read_yaml
+from bidirect.config import (
+    ALL_LEVELS,
+    ATTRIBUTES,
+    HELD_OUT_LEVELS,
+    ConfigError,
+    StudyConfig,
+    check_key,
+    from_dict,
+    read_yaml,
+    set_path,
+)
 from bidirect.rundir import RunDirError, read_json, write_json_atomic
 
 SWEEP_FILE, MANIFEST, SUMMARY = "sweep.yaml", "sweep.json", "summary.json"
@@ -74,20 +83,6 @@ class Sweep:
 # --------------------------------------------------------------------------- parsing
 
 
-def _set_path(raw: dict[str, Any], path: str, value: Any) -> None:
-    *parents, last = path.split(".")
-    node = raw
-    for i, key in enumerate(parents):
-        child = node.get(key)
-        if child is None:
-            child = node[key] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"sweep.{path}: {'.'.join(parents[:i + 1])} is not a mapping in the study, "
-                              f"so {path} cannot be set")
-        node = child
-    node[last] = copy.deepcopy(value)
-
-
 def _label(value: Any) -> str:
     """A value as it appears in a cell's folder name."""
     if isinstance(value, bool):
@@ -97,22 +92,6 @@ def _label(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "_".join(_label(v) for v in value)
     return str(value)
-
-
-def check_key(key: str) -> None:
-    """``key`` names a field of the study: each part a field of the section before it."""
-    cls, where = StudyConfig, []
-    for part in key.split("."):
-        if cls is None:
-            raise ConfigError(f"sweep.{key}: {'.'.join(where)} is a single value, not a section with fields")
-        names = [f.name for f in dataclasses.fields(cls)]
-        if part not in names:
-            inside = f" of {'.'.join(where)}" if where else ""
-            raise ConfigError(f"sweep.{key}: unknown key {'.'.join([*where, part])}; the keys{inside} are "
-                              f"{', '.join(names)}")
-        hint = typing.get_type_hints(cls)[part]
-        cls = hint if dataclasses.is_dataclass(hint) else None
-        where.append(part)
 
 
 def cell_name(values: dict[str, Any]) -> str:
@@ -139,7 +118,7 @@ def parse(raw: Any, where: str = "sweep file") -> Sweep:
     for key, values in axes.items():
         if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):
             raise ConfigError(f"sweep: key {key!r} is not a dotted field path like pretrain.steps")
-        check_key(key)
+        check_key(key, "sweep.")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep.{key}: expected a non-empty list of values, got {values!r}")
         for other in axes:
@@ -151,7 +130,7 @@ def parse(raw: Any, where: str = "sweep file") -> Sweep:
         # Each value alone on the study first: an error names the key and the value.
         for i, value in enumerate(values):
             trial = copy.deepcopy(study)
-            _set_path(trial, key, value)
+            set_path(trial, key, value, "sweep.")
             try:
                 from_dict(trial)
             except ConfigError as err:
@@ -161,7 +140,7 @@ def parse(raw: Any, where: str = "sweep file") -> Sweep:
         values = dict(zip(axes, combo))
         merged = copy.deepcopy(study)
         for key, value in values.items():
-            _set_path(merged, key, value)
+            set_path(merged, key, value, "sweep.")
         name = cell_name(values)
         try:
             cfg = from_dict(merged)

@@ -110,3 +110,40 @@ def test_help_of_every_command(capsys):
             main(argv)
         assert stop.value.code == 0, argv
     assert "usage: bidirect" in capsys.readouterr().out
+
+
+def test_set_overrides_are_checked_like_the_file_and_recorded(tmp_path, capsys):
+    config = write_config(tmp_path / "tiny.yaml")
+    out = tmp_path / "data"
+    assert main(["data", str(config), "--out", str(out), "--set", "data.individuals=30", "backbones=[gpt2-rope]",
+                 "masking.span=attribute"]) == 0
+    from bidirect.config import load
+
+    saved = load(out / "config.yaml")
+    assert saved.data.individuals == 30 and [b.name for b in saved.backbones] == ["gpt2-rope"]
+    assert saved.masking.span == "attribute" and saved.pretrain.steps == 6  # the rest is the file's
+    capsys.readouterr()
+    # a bad value or key: the message the same value gets in a file, exit 2, nothing written
+    for override, same_in_file in [("pretrain.steps=-1", {"pretrain__steps": -1}),
+                                   ("pretrain.stepz=5", {"pretrain__stepz": 5}),
+                                   ("masking.span=sentence", {"masking__span": "sentence"})]:
+        bad_out = tmp_path / f"bad_{override.split('=')[0]}"
+        assert main(["run", str(config), "--out", str(bad_out), "--set", override]) == 2
+        from_override = capsys.readouterr().out.strip()
+        bad_file = write_config(tmp_path / "bad.yaml", **same_in_file)
+        assert main(["run", str(bad_file), "--out", str(bad_out)]) == 2
+        from_file = capsys.readouterr().out.strip()
+        assert from_override.replace(str(config), "F") == from_file.replace(str(bad_file), "F"), override
+        assert not bad_out.exists()
+    assert main(["run", str(config), "--out", str(tmp_path / "x"), "--set", "pretrain.steps"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().out
+
+
+def test_version_and_run_help_list_the_config_sections(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("bidirect 0.")
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    assert "--set KEY=VALUE" in text and "config sections: name, seed, protocol, data, tokenizer" in text
