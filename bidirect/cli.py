@@ -86,7 +86,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    from bidirect.report import comparison_table, print_results, runs_markdown
+    from bidirect.report import comparison_tables, print_results, runs_markdown
     from bidirect.study import read_results
     from bidirect.sweep import aggregate, is_sweep_dir, summary_table, write_summary
 
@@ -101,7 +101,8 @@ def cmd_summary(args: argparse.Namespace) -> None:
     if runs and args.markdown:
         print(runs_markdown(runs))
     elif runs:
-        console.print(comparison_table(runs))
+        for table in comparison_tables(runs, console.width):
+            console.print(table)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:

@@ -173,20 +173,38 @@ def runs_markdown(runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def comparison_table(runs: dict[str, dict[str, Any]]) -> Table:
-    """Several runs side by side: the mean of each level per (run, augmentation, backbone)."""
-    table = Table(title="bidirect summary: mean exact-match accuracy over the six attributes (%)")
+def comparison_tables(runs: dict[str, dict[str, Any]], width: int = 80) -> list[Table]:
+    """Several runs side by side, a column per (run, augmentation, backbone) and a row per level (its
+    mean over the six attributes; held-out levels and P_val with their interval over people), split
+    into as many tables as it takes to fit ``width`` columns without cutting a number."""
     shown = shown_levels(lv for r in runs.values() for by_backbone in r["results"].values()
                          for lvs in by_backbone.values() for lv in lvs)
-    for col in ("run", "augmentation", "backbone", *(LEVEL_NAMES[lv] for lv in shown), "majority"):
-        table.add_column(col, justify="left" if col in ("run", "augmentation", "backbone") else "right", no_wrap=True)
+    cells = []
     for run, results in runs.items():
-        base = results.get("majority_baseline", {}).get("mean")
+        base = {lv: pct(results[key]["mean"]) for key, (_, lv) in BASELINES.items() if results.get(key)}
         for aug, by_backbone in results["results"].items():
             for name, levels in by_backbone.items():
-                cells = [pct(levels.get(lv, {}).get("mean")) for lv in shown]
-                # a held-out level is never shown without its interval over people
-                cells = [f"{c} ({ci(levels[lv])})" if lv in HELD_OUT_LEVELS and lv in levels else c
-                         for c, lv in zip(cells, shown)]
-                table.add_row(run, aug, backbone_label(results, aug, name), *cells, pct(base))
-    return table
+                values = []
+                for lv in shown:
+                    r = levels.get(lv)
+                    text = pct(r.get("mean")) if r is not None else "-"
+                    if r is not None and (lv in HELD_OUT_LEVELS or lv == "qa_val") and ci(r) != "-":
+                        text = f"{text} ({ci(r)})"
+                    values.append(text)
+                values += [base.get("P_test", "-"), base.get("P_test*", "-")]
+                cells.append((f"{Path(run).name}\n{aug}\n{backbone_label(results, aug, name)}", values))
+    labels = [LEVEL_NAMES[lv] for lv in shown] + ["majority", "majority*"]
+    per_table = max(1, (width - 16) // 15)  # a level column of ~15 characters, ~15 for each cell
+    tables = []
+    for start in range(0, len(cells), per_table):
+        part = cells[start:start + per_table]
+        table = Table(title="bidirect summary: mean exact match over the six attributes (%), 95% CI over people"
+                      if start == 0 else None, box=box.SIMPLE_HEAD, padding=(0, 1))
+        table.add_column("level", no_wrap=True)
+        for header, _ in part:
+            table.add_column(header, justify="right", overflow="fold", min_width=12)
+        for k, label in enumerate(labels):
+            table.add_row(label, *[values[k] for _, values in part])
+        tables.append(table)
+    tables[-1].caption = GIVEN_NOTE
+    return tables

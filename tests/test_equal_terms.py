@@ -273,7 +273,7 @@ def test_headline_table_puts_the_interval_and_both_baselines_beside_p_test():
 
 
 def test_runs_table_gives_every_held_out_mean_its_interval_and_both_baselines():
-    from bidirect.report import comparison_table, runs_markdown
+    from bidirect.report import comparison_tables, runs_markdown
 
     def level(mean, lo=None, hi=None):
         return {"mean": mean, "ci95": {"mean": [lo, hi]} if lo is not None else {}}
@@ -291,5 +291,25 @@ def test_runs_table_gives_every_held_out_mean_its_interval_and_both_baselines():
     assert lines[2] == ("| quick | multi5+permute+fullname | gpt2-rope | 95.0 | 100.0 | 80.0 (70-90) | "
                         "**85.0** (80-90) | - | 2.9 / 3.9 |")
     assert lines[3] == "| quick80 | single | gbert | 0.0 | - | - | **0.0** (0-0) | **2.0** (0-5) | 2.1 |"
-    rows = list(comparison_table({"runs/quick": a}).columns[6].cells)
-    assert rows == ["85.0 (80-90)"]
+    (table,) = comparison_tables({"runs/quick": a})
+    by_level = dict(zip(table.columns[0].cells, table.columns[1].cells, strict=True))
+    assert by_level["QA P_test"] == "85.0 (80-90)" and by_level["QA P_val"] == "80.0 (70-90)"
+    assert by_level["majority"] == "2.9" and by_level["majority*"] == "3.9"
+
+
+def test_default_study_tables_fit_80_columns_without_cutting_anything():
+    """The default study's own table and a comparison of runs, rendered on an 80-column terminal."""
+    import io
+
+    from rich.console import Console
+
+    from bidirect.report import comparison_tables, print_results
+
+    results = json.loads((ROOT / "runs" / "quick" / "results.json").read_text())
+    for render in (lambda c: print_results(c, results),
+                   lambda c: [c.print(t) for t in comparison_tables({"runs/quick": results, "runs/q2": results}, 80)]):
+        out = io.StringIO()
+        render(Console(width=80, file=out))
+        text = out.getvalue()
+        assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+        assert "79.9" in text and "42.5" in text  # the headline numbers are there, whole

@@ -143,6 +143,6 @@ def test_report_shows_inverse_levels_only_when_present():
         "qa_train": scores, "qa_test": scores, "inverse_test": {"full_name": 0.25, "mean": 0.25, "n": 4}}}}}
     assert "inverse" not in report.markdown(plain)
     assert "| single | gbert | inverse P_test | - | - | - | - | - | - | **25.0** |" in report.markdown(inverse)
-    assert [c.header for c in report.comparison_table({"a": plain}).columns][-2] == "QA P_test"
-    assert [c.header for c in report.comparison_table({"a": plain, "b": inverse}).columns][-2] == "inverse P_test"
+    assert list(report.comparison_tables({"a": plain})[0].columns[0].cells)[-3] == "QA P_test"
+    assert list(report.comparison_tables({"a": plain, "b": inverse})[0].columns[0].cells)[-3] == "inverse P_test"
     assert len(report.results_tables(inverse)[0].rows) == 3
