@@ -28,7 +28,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from bidirect import __version__
-from bidirect.config import ConfigError, StudyConfig, apply_overrides, from_dict, load, validate
+from bidirect.api import study_config
+from bidirect.config import ConfigError, StudyConfig
 from bidirect.rundir import RunDirError, environment_fault
 
 # Piped or logged output is read by people later and by scripts: no wrapping at 80 columns in the
@@ -36,19 +37,11 @@ from bidirect.rundir import RunDirError, environment_fault
 console = Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=True)
 
 
-def _config(path: str | None, overrides: list[str] | None = None) -> StudyConfig:
-    if path:
-        return load(path, overrides)
-    if overrides:  # the embedded default study, as if it were a file
-        return from_dict(apply_overrides(StudyConfig().to_dict(), overrides))
-    return validate(StudyConfig())
-
-
 def cmd_data(args: argparse.Namespace) -> None:
     from bidirect.report import data_summary
     from bidirect.study import open_run_dir, start_study
 
-    cfg = _config(args.config, args.set)
+    cfg = study_config(args.config, args.set)
     run_dir = Path(args.out)
     opened = open_run_dir(run_dir, cfg, force=args.force, command="data")
     started = time.perf_counter()
@@ -61,20 +54,15 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from bidirect.report import print_results
-    from bidirect.study import make_accelerator, open_run_dir, run_study
+    from accelerate import PartialState
 
-    cfg = _config(args.config, args.set)
-    run_dir = Path(args.out)
-    accelerator = make_accelerator(cfg)
-    # The main process locks the folder; the other processes of an `accelerate launch` write under its lock.
-    opened = open_run_dir(run_dir, cfg, resume=args.resume, force=args.force) if accelerator.is_main_process else None
-    accelerator.wait_for_everyone()
-    with contextlib.closing(opened) if opened is not None else contextlib.nullcontext():
-        results = run_study(cfg, run_dir, accelerator, opened=opened)
-    if accelerator.is_main_process:
+    from bidirect.api import run
+    from bidirect.report import print_results
+
+    results = run(args.config, args.out, args.set, resume=args.resume, force=args.force)
+    if PartialState().is_main_process:
         print_results(console, results)
-        console.print(f"results: {run_dir / 'results.json'} ({results['wall_seconds']:.0f} s)")
+        console.print(f"results: {Path(args.out) / 'results.json'} ({results['wall_seconds']:.0f} s)")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

@@ -1,0 +1,93 @@
+"""The package from Python (a notebook): run a study and read results as tidy pandas tables.
+
+    import bidirect.api as bd
+    results = bd.run("configs/quick.yaml", "runs/q", overrides=["pretrain.steps=400"])
+    df = bd.results_frame("runs/q")            # one row per augmentation, backbone, level, attribute
+    df[df.level == "qa_test"].pivot(index="backbone", columns="attribute", values="accuracy")
+    bd.sweep_frame("runs/example_sweep")       # the same for every cell of a sweep, its swept values as columns
+
+`bidirect run` is `run` plus the printed table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bidirect.config import ALL_LEVELS, ATTRIBUTES, StudyConfig, apply_overrides, from_dict, load, validate
+
+COLUMNS = ["augmentation", "backbone", "level", "attribute", "accuracy", "ci_low", "ci_high", "items", "people"]
+
+
+def study_config(config: str | Path | dict[str, Any] | StudyConfig | None = None,
+                 overrides: list[str] | None = None) -> StudyConfig:
+    """A validated study: from a YAML file, a mapping shaped like one, a `StudyConfig`, or the embedded
+    default (None); ``overrides`` as on the command line (``pretrain.steps=400``)."""
+    if isinstance(config, (str, Path)):
+        return load(config, overrides)
+    if isinstance(config, StudyConfig):
+        config = config.to_dict()
+    if config is None and not overrides:
+        return validate(StudyConfig())
+    return from_dict(apply_overrides(config if config is not None else StudyConfig().to_dict(), overrides or []))
+
+
+def run(config: str | Path | dict[str, Any] | StudyConfig | None, out: str | Path, overrides: list[str] | None = None,
+        resume: bool = False, force: bool = False) -> dict[str, Any]:
+    """Run a study into the folder ``out`` (the rules of `bidirect run`: a finished run is never
+    overwritten without ``force``; ``resume`` continues one) and return its results.json as a dict."""
+    from bidirect.study import make_accelerator, open_run_dir, run_study
+
+    cfg = study_config(config, overrides)
+    run_dir = Path(out)
+    accelerator = make_accelerator(cfg)
+    # The main process locks the folder; the other processes of an `accelerate launch` write under its lock.
+    opened = open_run_dir(run_dir, cfg, resume=resume, force=force) if accelerator.is_main_process else None
+    accelerator.wait_for_everyone()
+    with contextlib.closing(opened) if opened is not None else contextlib.nullcontext():
+        return run_study(cfg, run_dir, accelerator, opened=opened)
+
+
+def results_frame(run: str | Path | dict[str, Any]) -> pd.DataFrame:
+    """A run's results (its folder or its results.json as a dict) as one row per augmentation, backbone,
+    level and attribute (the six and their ``mean``): accuracy, its 95% interval over people, and the
+    item and people counts of the level. Baselines are rows too (backbone ``majority``, level
+    ``qa_test`` or ``qa_test_given``)."""
+    from bidirect.study import read_results
+
+    results = read_results(Path(run)) if isinstance(run, (str, Path)) else run
+    rows = []
+    for aug, by_backbone in results["results"].items():
+        for backbone, levels in by_backbone.items():
+            for level in (lv for lv in ALL_LEVELS if lv in levels):
+                scores = levels[level]
+                for attr in (*ATTRIBUTES, "mean"):
+                    if scores.get(attr) is None:
+                        continue
+                    low, high = (scores.get("ci95") or {}).get(attr) or (None, None)
+                    rows.append([aug, backbone, level, attr, scores[attr], low, high, scores.get("n"),
+                                 scores.get("people")])
+    for key, level in (("majority_baseline", "qa_test"), ("majority_baseline_given_length", "qa_test_given")):
+        for attr, value in (results.get(key) or {}).items():
+            if attr in (*ATTRIBUTES, "mean"):
+                rows.append([None, "majority", level, attr, value, None, None, None, None])
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def sweep_frame(sweep_dir: str | Path) -> pd.DataFrame:
+    """Every finished cell of a sweep folder as `results_frame` rows, with the cell's name and its
+    swept values (one column per swept field) in front."""
+    from bidirect.sweep import read_cells
+
+    axes, cells = read_cells(Path(sweep_dir))
+    frames = []
+    for cell in cells:
+        frame = results_frame(cell["results"])
+        for i, key in enumerate(axes):
+            frame.insert(i, key, [cell["values"].get(key)] * len(frame))
+        frame.insert(0, "cell", cell["name"])
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
