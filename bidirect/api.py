@@ -74,7 +74,8 @@ def results_frame(run: str | Path | dict[str, Any]) -> pd.DataFrame:
         for attr, value in (results.get(key) or {}).items():
             if attr in (*ATTRIBUTES, "mean"):
                 rows.append([None, "majority", level, attr, value, None, None, None, None])
-    return pd.DataFrame(rows, columns=COLUMNS)
+    # counts stay integers beside the baselines' missing ones
+    return pd.DataFrame(rows, columns=COLUMNS).astype({"items": "Int64", "people": "Int64"})
 
 
 def sweep_frame(sweep_dir: str | Path) -> pd.DataFrame:
