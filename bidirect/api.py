@@ -43,7 +43,7 @@ def run(config: str | Path | dict[str, Any] | StudyConfig | None, out: str | Pat
 
     cfg = study_config(config, overrides)
     run_dir = Path(out)
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, run_dir)
     # The main process locks the folder; the other processes of an `accelerate launch` write under its lock.
     opened = open_run_dir(run_dir, cfg, resume=resume, force=force) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()

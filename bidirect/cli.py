@@ -99,7 +99,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     sweep = sweep_lib.load(args.config)  # every cell validated before anything is created
     out = Path(args.out)
-    accelerator = make_accelerator(sweep.cells[0].config)
+    accelerator = make_accelerator(sweep.cells[0].config, out)
     if accelerator.is_main_process:
         opened = sweep_lib.open_sweep_dir(out, sweep, Path(args.config), force=args.force)
     accelerator.wait_for_everyone()

@@ -206,6 +206,19 @@ class EvalConfig:
     masked_length: Literal["free", "given"] = "free"
 
 
+# The experiment trackers accelerate can send to (accelerate.tracking), when installed.
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment tracking through accelerate's trackers (``Accelerator(log_with=...)``): each phase's loss,
+    learning rate and tokens/s at its logging steps, and every evaluation level's mean. None by default:
+    nothing leaves the machine. Local trackers (TensorBoard) write under RUN_DIR/trackers/."""
+
+    log_with: list[str] = field(default_factory=list)
+
+
 @dataclass
 class BackboneConfig:
     """A backbone in the study with optional per-backbone training overrides."""
@@ -251,6 +264,7 @@ class StudyConfig:
     )
     masking: MaskingConfig = field(default_factory=_quick_masking)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def augmentations(self) -> list[Augmentation]:
         return [Augmentation.parse(a, f"data.augmentations[{i}]") for i, a in enumerate(self.data.augmentations)]
@@ -448,6 +462,9 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         raise ConfigError(f"masking.probability: must be strictly between 0 and 1, got {mk.probability}")
     if mk.replace_mask < 0 or mk.replace_random < 0 or mk.replace_mask + mk.replace_random > 1:
         raise ConfigError("masking.replace_mask + masking.replace_random: each >= 0 and together <= 1")
+    for i, tracker in enumerate(cfg.tracking.log_with):
+        if tracker not in TRACKERS:
+            raise ConfigError(f"tracking.log_with[{i}]: unknown tracker {tracker!r}; allowed: {', '.join(TRACKERS)}")
     _positive("eval.batch_size", cfg.eval.batch_size)
     _positive("eval.max_individuals", cfg.eval.max_individuals, allow_zero=True)
     _positive("eval.num_beams", cfg.eval.num_beams)

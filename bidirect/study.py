@@ -377,17 +377,40 @@ def evaluate_cell(cfg: StudyConfig, cell_dir: Path, kind: str, tokenizer, data: 
 # --------------------------------------------------------------------------- the study
 
 
-def make_accelerator(cfg: StudyConfig) -> Accelerator:
+def make_accelerator(cfg: StudyConfig, folder: Path | None = None) -> Accelerator:
     """bf16 where the GPU has it. Without a GPU, ``cpu=True`` lets several processes
-    started by ``accelerate launch --multi_gpu`` or ``torchrun`` find each other (gloo)."""
+    started by ``accelerate launch --multi_gpu`` or ``torchrun`` find each other (gloo).
+    ``folder``: the run or sweep folder, whose ``trackers/`` holds local trackers' files
+    (``tracking.log_with``); without it nothing is tracked."""
     precision = cfg.pretrain.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    log_with = list(cfg.tracking.log_with) if folder is not None else []
+    if log_with:
+        from accelerate.tracking import get_available_trackers
+
+        available = {str(getattr(t, "value", t)) for t in get_available_trackers()}
+        missing = [t for t in log_with if t not in available]
+        if missing:  # accelerate would drop them with a warning, and the run would track nothing
+            raise ConfigError(f"tracking.log_with: {', '.join(missing)} is not installed here (pip install "
+                              f"{' '.join(missing)}); installed trackers: {', '.join(sorted(available)) or 'none'}")
     return Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=precision,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        log_with=log_with or None,
+        project_dir=str(folder / "trackers") if log_with else None,
     )
+
+
+def _hparams(cfg: StudyConfig) -> dict[str, Any]:
+    """The study as flat scalars, the form every tracker's configuration accepts."""
+    def flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(obj, dict):
+            return {k: v for key, value in obj.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        value = obj if isinstance(obj, (int, float, str, bool)) else json.dumps(obj)
+        return {prefix.rstrip("."): value}
+    return flat(cfg.to_dict())
 
 
 def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None = None, on_cell=None,
@@ -404,6 +427,8 @@ def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None =
                            **majority_baselines(data, tokenizer), "results": {}, "training": {},
                            "parameters": {}, "leak_check": {}, "config": cfg.to_dict()}
     previous = read_results(run_dir) if path.is_file() else {}
+    if accelerator.log_with:  # one tracker run per run folder (a sweep's cells share one accelerator)
+        accelerator.init_trackers(run_dir.name, config=_hparams(cfg))
     for augmentation in [a.name for a in cfg.augmentations()]:
         for backbone in cfg.backbones:
             done = previous.get("results", {}).get(augmentation, {}).get(backbone.name)
@@ -424,8 +449,14 @@ def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None =
             out["wall_seconds"] = round(time.time() - started + previous.get("wall_seconds", 0.0), 1)
             if accelerator.is_main_process and trained:
                 write_json_atomic(path, out)
+            if trained:
+                accelerator.log({f"{augmentation}/{backbone.name}/eval/{level}": scores["mean"]
+                                 for level, scores in cell["results"].items()}, step=0)
             if on_cell is not None:
                 on_cell(augmentation, backbone.name, cell)
+    if accelerator.log_with:
+        accelerator.end_training()
+        accelerator.trackers = []  # the next run folder (a sweep's next cell) starts its own
     return out
 
 

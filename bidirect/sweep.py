@@ -258,7 +258,7 @@ def run_sweep(sweep: Sweep, out: Path, accelerator=None, console=None) -> dict[s
     from bidirect.study import make_accelerator, open_run_dir, run_study
 
     cells = [c for c in sweep.cells if c.config is not None]
-    accelerator = accelerator or make_accelerator(cells[0].config)
+    accelerator = accelerator or make_accelerator(cells[0].config, out)
     # After --force the old sweep folder waits aside until a cell passes its checks (study.start_study).
     replaced = sweep.opened if sweep.opened is not None and sweep.opened.aside is not None else None
     for i, cell in enumerate(cells, 1):

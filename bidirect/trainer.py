@@ -306,6 +306,10 @@ def train_phase(
                 num_items, 1
             )
             progress.update(task, completed=step, loss=loss_value, tps=tokens / max(seconds, 1e-9))
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                # the experiment trackers of tracking.log_with (none: a no-op)
+                accelerator.log({f"{name}/loss": loss_value, f"{name}/lr": scheduler.get_last_lr()[0],
+                                 f"{name}/tokens_per_second": tokens / max(seconds, 1e-9)}, step=step)
             if accelerator.is_main_process and (step % cfg.log_every == 0 or step == cfg.steps):
                 with log_path.open("a") as f:
                     f.write(json.dumps({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0]}) + "\n")

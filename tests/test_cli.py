@@ -147,3 +147,35 @@ def test_version_and_run_help_list_the_config_sections(capsys):
         main(["run", "--help"])
     text = capsys.readouterr().out
     assert "--set KEY=VALUE" in text and "config sections: name, seed, protocol, data, tokenizer" in text
+
+
+def test_tracking_writes_tensorboard_events_of_training_and_evaluation(tmp_path):
+    """tracking.log_with goes through accelerate's trackers; TensorBoard's local event files are read back."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = write_config(tmp_path / "tiny.yaml", data__augmentations=["single"],
+                          tracking={"log_with": ["tensorboard"]})
+    assert main(["run", str(config), "--out", str(tmp_path / "run")]) == 0
+    events = tmp_path / "run" / "trackers" / "run"  # trackers/<run folder's name>; the study's hparams beside
+    assert list(events.glob("events.out.tfevents.*")) and list(events.rglob("hparams.yml"))
+    tags = EventAccumulator(str(events)).Reload().Tags()["scalars"]
+    assert {"single/gpt2-rope/pretrain/loss", "single/gbert/finetune/lr", "single/gbert/pretrain/tokens_per_second",
+            "single/gpt2-rope/eval/qa_test", "single/gbert/eval/name_tied"} <= set(tags)
+    loss = EventAccumulator(str(events)).Reload().Scalars("single/gpt2-rope/pretrain/loss")
+    log = [json.loads(line) for line in (tmp_path / "run" / "models" / "single" / "gpt2-rope" / "pretrain"
+                                          / "log.jsonl").read_text().splitlines()]
+    assert [e.step for e in loss] == [r["step"] for r in log]  # the same logging steps as log.jsonl
+    assert [round(e.value, 4) for e in loss] == [round(r["loss"], 4) for r in log]
+
+
+def test_unknown_or_missing_tracker_is_a_config_error(tmp_path, capsys, monkeypatch):
+    config = write_config(tmp_path / "tiny.yaml", tracking={"log_with": ["tensorbord"]})
+    assert main(["run", str(config), "--out", str(tmp_path / "run")]) == 2
+    assert "tracking.log_with[0]: unknown tracker 'tensorbord'; allowed: tensorboard, wandb" in capsys.readouterr().out
+    import accelerate.tracking
+
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])
+    config = write_config(tmp_path / "tiny.yaml", tracking={"log_with": ["wandb"]})
+    assert main(["run", str(config), "--out", str(tmp_path / "run")]) == 2
+    assert "tracking.log_with: wandb is not installed here" in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()
