@@ -44,6 +44,7 @@ class LoraTargets:
 TARGETS: dict[str, LoraTargets] = {
     "gpt2": LoraTargets(("c_attn",), "blocks"),
     "gpt_neox": LoraTargets(("query_key_value",), "per_head"),
+    "gbert": LoraTargets(("query_key_value",), "per_head"),  # gpt_neox's network
     "llama": LoraTargets(("q_proj", "v_proj")),
     "bert": LoraTargets(("query", "value")),
     "deberta-v2": LoraTargets(("query_proj", "value_proj")),

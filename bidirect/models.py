@@ -8,6 +8,8 @@ the loss itself, so the only thing a backbone decides beyond its network is its 
 ``gbert`` is the paper's "BERT": the ``gpt2-rope`` network, parameter for parameter, with the
 causal mask removed (``config.is_causal = False``, which transformers 5 turns into a
 bidirectional mask and which is saved in config.json). Comparing the two isolates bidirectionality.
+Saved, it is a ``gbert`` model (`GBertForMaskedLM`, registered with the Auto classes on import), so
+the masked-LM tools take it; runs saved before that load as the GPT-NeoX class they were saved as.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Literal
 
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     BertConfig,
@@ -81,9 +84,9 @@ def _gpt2(size: ModelSize, tok: PreTrainedTokenizerFast) -> PreTrainedModel:
     return GPT2LMHeadModel(config)
 
 
-def _neox_config(size: ModelSize, tok: PreTrainedTokenizerFast) -> GPTNeoXConfig:
+def _neox_config(size: ModelSize, tok: PreTrainedTokenizerFast, cls: type = GPTNeoXConfig) -> GPTNeoXConfig:
     # Sequential residual + LayerNorm + GELU: GPT-2's block; only the positions differ (rotary, 1/4 of each head).
-    return GPTNeoXConfig(
+    return cls(
         num_hidden_layers=size.layers, num_attention_heads=size.heads, hidden_size=size.width,
         intermediate_size=size.mlp_width, max_position_embeddings=size.context,
         hidden_act="gelu", use_parallel_residual=False,
@@ -117,11 +120,32 @@ def _mask_id(tok: PreTrainedTokenizerFast) -> int:
     return tok.mask_token_id
 
 
+class GBertConfig(GPTNeoXConfig):
+    """gpt2-rope's configuration with the causal mask removed, under a masked-LM identity of its own,
+    so that `AutoModelForMaskedLM` and `pipeline("fill-mask")` take a saved gbert once bidirect is
+    imported (and `AutoModelForCausalLM` no longer loads it as if it were a generator)."""
+
+    model_type = "gbert"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.is_causal = False  # the only difference from gpt2-rope
+
+
+class GBertForMaskedLM(GPTNeoXForCausalLM):
+    """GPTNeoXForCausalLM's network and weights, parameter for parameter; only the name and the
+    config (bidirectional attention) say what it is. Its logits at a mask are the masked-LM prediction."""
+
+    config_class = GBertConfig
+
+
+AutoConfig.register("gbert", GBertConfig)
+AutoModelForMaskedLM.register(GBertConfig, GBertForMaskedLM)
+
+
 def _gbert(size: ModelSize, tok: PreTrainedTokenizerFast) -> PreTrainedModel:
     _mask_id(tok)
-    config = _neox_config(size, tok)
-    config.is_causal = False  # the only difference from gpt2-rope
-    return GPTNeoXForCausalLM(config)
+    return GBertForMaskedLM(_neox_config(size, tok, GBertConfig))
 
 
 def _bert(size: ModelSize, tok: PreTrainedTokenizerFast) -> PreTrainedModel:

@@ -89,8 +89,8 @@ def test_attention_direction_survives_save_and_load(name, tok, tmp_path):
     model = _build(name, tok)
     ids = _ids(tok)
     model.save_pretrained(tmp_path)
-    # gbert is a causal-LM class whose saved config says is_causal=False, so it loads as one
-    auto = AutoModelForMaskedLM if bidirectional and name != "gbert" else AutoModelForCausalLM
+    # every masked backbone, gbert included (registered on import), is a masked-LM class to the Auto classes
+    auto = AutoModelForMaskedLM if bidirectional else AutoModelForCausalLM
     for m in (model, load_backbone(tmp_path).eval(), auto.from_pretrained(tmp_path).eval()):
         assert type(m) is type(model)
         for attention_mask in (None, _padding_mask()):
@@ -107,7 +107,8 @@ def test_gbert_is_the_gpt2_rope_network(tok):
     for (n, p), q in zip(causal.named_parameters(), masked.parameters()):
         assert torch.equal(p, q), n
     a, b = causal.config.to_dict(), masked.config.to_dict()
-    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == {"is_causal"}
+    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == {"is_causal", "model_type"}
+    assert (a["model_type"], b["model_type"]) == ("gpt_neox", "gbert") and b["is_causal"] is False
     assert causal.config.rope_parameters["partial_rotary_factor"] == 0.25
     assert causal.config.rope_parameters["rope_theta"] == 10000.0
     assert causal.gpt_neox.layers[0].attention.rotary_ndims == TINY.width // TINY.heads // 4
@@ -179,7 +180,22 @@ def test_saved_config_names_an_auto_class(tok, tmp_path):
         _build(name, tok).save_pretrained(tmp_path / name)
         architectures = json.loads((tmp_path / name / "config.json").read_text())["architectures"]
         masked_head = architectures[0].endswith("ForMaskedLM")
-        assert masked_head == (backbone_kind(name) == "masked" and name != "gbert")
+        assert masked_head == (backbone_kind(name) == "masked")
+
+
+def test_gbert_saved_before_its_masked_identity_still_loads(tok, tmp_path):
+    """Runs saved before gbert had a model type of its own hold a GPT-NeoX causal-LM class with
+    is_causal=False: they load as that, bidirectional, with the same logits."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    model = _build("gbert", tok).eval()
+    old = GPTNeoXForCausalLM(GPTNeoXConfig(**{k: v for k, v in model.config.to_dict().items() if k != "model_type"}))
+    old.load_state_dict(model.state_dict())
+    old.save_pretrained(tmp_path)
+    loaded = load_backbone(tmp_path).eval()
+    assert type(loaded) is GPTNeoXForCausalLM and _sees_the_future(loaded, _ids(tok), None)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=_ids(tok)).logits, model(input_ids=_ids(tok)).logits)
 
 
 @pytest.mark.parametrize("name", [n for n, k in EXPECTED_KINDS.items() if k == "causal"])
