@@ -86,6 +86,9 @@ def cmd_summary(args: argparse.Namespace) -> None:
     runs = {d: read_results(Path(d)) for d in args.run_dirs if Path(d) not in sweeps}
     if len(runs) == 1 and not sweeps:
         print_results(console, next(iter(runs.values())))
+    if args.backbone:  # only these backbones' rows
+        runs = {d: {**r, "results": {aug: {b: lv for b, lv in cells.items() if b in args.backbone}
+                                     for aug, cells in r["results"].items()}} for d, r in runs.items()}
     if runs and args.markdown:
         print(runs_markdown(runs))
     elif runs:
@@ -204,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--markdown", action="store_true",
                    help="runs as one Markdown table, a row per backbone, intervals beside held-out levels")
+    p.add_argument("--backbone", action="append", metavar="NAME", help="only this backbone's rows; repeat for several")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("sweep", help="run a grid of studies (a study file with a top-level sweep: mapping)")

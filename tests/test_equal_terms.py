@@ -313,3 +313,14 @@ def test_default_study_tables_fit_80_columns_without_cutting_anything():
         text = out.getvalue()
         assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
         assert "79.9" in text and "42.5" in text  # the headline numbers are there, whole
+
+
+def test_summary_markdown_keeps_the_backbones_asked_for(capsys):
+    from bidirect.cli import main
+
+    assert main(["summary", str(ROOT / "runs" / "quick80"), str(ROOT / "runs" / "quick"), "--markdown",
+                 "--backbone", "gbert"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| quick")]
+    assert [r.split(" | ")[:3] for r in rows] == [["| quick80", "single", "gbert"],
+                                                  ["| quick80", "single+fullname", "gbert"],
+                                                  ["| quick", "multi5+permute+fullname", "gbert"]]
