@@ -405,7 +405,8 @@ def _run_bench(cfg: BenchConfig, console: Console | None) -> dict[str, Any]:
     # The corpus comes from the package's own generator: packing and padding only mean something
     # with the real distribution of document lengths, which a random-token stream does not have.
     started = time.perf_counter()
-    data = generate(DataConfig(individuals=cfg.individuals, augmentations=[aug.name]), [aug], cfg.seed)
+    # P_train and P_test halves as before P_val existed: the evaluator is timed on P_test
+    data = generate(DataConfig(individuals=cfg.individuals, p_val=0.0, augmentations=[aug.name]), [aug], cfg.seed)
     generate_seconds = time.perf_counter() - started
     started = time.perf_counter()
     corpus = list(data.bios[aug.name]["text"])
