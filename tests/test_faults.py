@@ -389,7 +389,8 @@ def test_leak_check_counts_a_p_test_question_in_the_qa_stream(kind, study_data, 
 @pytest.mark.parametrize("kind", ["causal", "masked"])
 @pytest.mark.parametrize("protocol,where", [("mixed", "qa_train"), ("pretrain_finetune", "bios")])
 def test_leak_check_counts_a_p_test_question_in_every_protocol(kind, protocol, where, study_data, tokenizer):
-    cfg = from_dict({"protocol": protocol})
+    # word masking: the doctored bio keeps the old value spans, which attribute-span masking would read
+    cfg = from_dict({"protocol": protocol, "masking": {"span": "word"}})
     objective = make_objective(kind, tokenizer, 256, MaskingConfig())
     clean = study._streams(cfg, objective, study_data, tokenizer, "single")
     assert study.leak_check(list(clean.values()), tokenizer, study_data)["leaked"] == 0
@@ -403,7 +404,7 @@ def test_leak_check_counts_a_p_test_question_in_every_protocol(kind, protocol, w
 @pytest.mark.parametrize("protocol,where", [("pretrain_finetune", "qa_train"), ("pretrain_finetune", "bios"),
                                             ("mixed", "qa_train")])
 def test_run_cell_refuses_to_train_on_a_leak(protocol, where, study_data, tokenizer, tmp_path, monkeypatch):
-    cfg = from_dict({"protocol": protocol, "model": TINY["model"]})
+    cfg = from_dict({"protocol": protocol, "model": TINY["model"], "masking": {"span": "word"}})  # as above
     real = study._streams
     monkeypatch.setattr(study, "_streams", lambda c, o, d, t, a: real(c, o, _leaky(d, where, a)[0], t, a))
 
