@@ -123,6 +123,20 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def level_cell(level: dict[str, Any] | None, name: str, bold: bool = False) -> str:
+    """A level's mean over the six attributes, with its interval over people where it is held out
+    (P_val, P_test): a held-out accuracy is never shown without it. ``bold``: Markdown emphasis on
+    the held-out levels that are the result (P_test)."""
+    if level is None:
+        return "-"
+    text = pct(level.get("mean"))
+    if name in HELD_OUT_LEVELS and bold:
+        text = f"**{text}**"
+    if (name in HELD_OUT_LEVELS or name == "qa_val") and ci(level) != "-":
+        text = f"{text} ({ci(level)})"
+    return text
+
+
 def headline_markdown(results: dict[str, Any]) -> str:
     """One row per (augmentation, backbone): each level's mean over the six attributes, P_test with its
     interval over people, and the majority baselines; the table the README and docs lead with."""
@@ -132,13 +146,7 @@ def headline_markdown(results: dict[str, Any]) -> str:
              "| --- | --- |" + " ---: |" * len(shown)]
     for aug, by_backbone in results["results"].items():
         for name, levels in by_backbone.items():
-            cells = []
-            for lv in shown:
-                r = levels.get(lv)
-                text = "-" if r is None else pct(r.get("mean"))
-                if r is not None and lv in HELD_OUT_LEVELS:
-                    text = f"**{text}** ({ci(r)})"
-                cells.append(text)
+            cells = [level_cell(levels.get(lv), lv, bold=True) for lv in shown]
             lines.append(f"| {aug} | {backbone_label(results, aug, name)} | " + " | ".join(cells) + " |")
     base = {level: pct(results[key]["mean"]) for key, (_, level) in BASELINES.items() if results.get(key)}
     cells = [base.get("P_test*" if lv == "qa_test_given" else "P_test", "") if lv in HELD_OUT_LEVELS[:2] else ""
@@ -159,15 +167,7 @@ def runs_markdown(runs: dict[str, dict[str, Any]]) -> str:
         base = " / ".join(pct(results[key]["mean"]) for key in BASELINES if results.get(key))
         for aug, by_backbone in results["results"].items():
             for name, levels in by_backbone.items():
-                cells = []
-                for lv in shown:
-                    r = levels.get(lv)
-                    text = "-" if r is None else pct(r.get("mean"))
-                    if r is not None and lv in HELD_OUT_LEVELS:
-                        text = f"**{text}** ({ci(r)})"
-                    elif r is not None and lv == "qa_val":  # held out too, but where recipes are chosen
-                        text = f"{text} ({ci(r)})"
-                    cells.append(text)
+                cells = [level_cell(levels.get(lv), lv, bold=True) for lv in shown]
                 label = backbone_label(results, aug, name)
                 lines.append(f"| {Path(run).name} | {aug} | {label} | " + " | ".join(cells) + f" | {base} |")
     return "\n".join(lines)
@@ -184,13 +184,7 @@ def comparison_tables(runs: dict[str, dict[str, Any]], width: int = 80) -> list[
         base = {lv: pct(results[key]["mean"]) for key, (_, lv) in BASELINES.items() if results.get(key)}
         for aug, by_backbone in results["results"].items():
             for name, levels in by_backbone.items():
-                values = []
-                for lv in shown:
-                    r = levels.get(lv)
-                    text = pct(r.get("mean")) if r is not None else "-"
-                    if r is not None and (lv in HELD_OUT_LEVELS or lv == "qa_val") and ci(r) != "-":
-                        text = f"{text} ({ci(r)})"
-                    values.append(text)
+                values = [level_cell(levels.get(lv), lv) for lv in shown]
                 values += [base.get("P_test", "-"), base.get("P_test*", "-")]
                 cells.append((f"{Path(run).name}\n{aug}\n{backbone_label(results, aug, name)}", values))
     labels = [LEVEL_NAMES[lv] for lv in shown] + ["majority", "majority*"]
