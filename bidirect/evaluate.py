@@ -29,6 +29,7 @@ a person's six answers are not independent (a company and its city are nearly on
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -38,6 +39,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from datasets import Dataset
+from rich.console import Console
 from rich.progress import track
 from transformers import PreTrainedTokenizerFast
 
@@ -383,9 +385,11 @@ def evaluate_model(model, kind: str, tokenizer: PreTrainedTokenizerFast, data: S
     available = {*MEMORIZATION_LEVELS, *data.qa_sets(), *(GIVEN_LEVEL_OF if kind == "masked" else ())}
     free = kind == "masked" and cfg.masked_length == "free"
     longest = max_answer_tokens(tokenizer, data) if free else 0
+    live = Console().is_terminal
     try:
         with torch.no_grad():
             for level in (lv for lv in levels if lv in available):
+                started = time.perf_counter()
                 items = level_items(level, tokenizer, data, augmentation, kind, cfg.max_individuals)
                 mine = list(range(len(items)))
                 if split:
@@ -399,6 +403,9 @@ def evaluate_model(model, kind: str, tokenizer: PreTrainedTokenizerFast, data: S
                 if sorted(done) != list(range(len(items))):
                     raise RuntimeError(f"{level}: scored {len(done)} distinct items of {len(items)}")
                 results[level] = _accuracy(items, [done[i] for i in range(len(items))], level in INVERSE_LEVELS)
+                if main and not live:  # a log file sees each level as it ends, as the trainer's steps
+                    print(f"eval {level}: {len(items)} items, {100 * results[level]['mean']:.1f}% "
+                          f"in {time.perf_counter() - started:.0f} s", flush=True)
     finally:
         model.train(was_training)
     return results

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -149,13 +150,17 @@ def test_version_and_run_help_list_the_config_sections(capsys):
     assert "--set KEY=VALUE" in text and "config sections: name, seed, protocol, data, tokenizer" in text
 
 
-def test_tracking_writes_tensorboard_events_of_training_and_evaluation(tmp_path):
+def test_tracking_writes_tensorboard_events_of_training_and_evaluation(tmp_path, capsys):
     """tracking.log_with goes through accelerate's trackers; TensorBoard's local event files are read back."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     config = write_config(tmp_path / "tiny.yaml", data__augmentations=["single"],
                           tracking={"log_with": ["tensorboard"]})
     assert main(["run", str(config), "--out", str(tmp_path / "run")]) == 0
+    # not a terminal here: training steps and evaluation levels are plain lines as they happen
+    out = capsys.readouterr().out
+    assert "single/gbert/pretrain step 6/6 loss" in out
+    assert re.search(r"^eval qa_test: 72 items, \d+\.\d% in \d+ s$", out, re.M)
     events = tmp_path / "run" / "trackers" / "run"  # trackers/<run folder's name>; the study's hparams beside
     assert list(events.glob("events.out.tfevents.*")) and list(events.rglob("hparams.yml"))
     tags = EventAccumulator(str(events)).Reload().Tags()["scalars"]
