@@ -171,3 +171,19 @@ def test_output_that_is_not_a_terminal_gets_plain_progress_lines(study_data, tok
     assert [ln.split()[2] for ln in lines] == ["3/6", "6/6"]
     assert all(re.search(r"loss \d+\.\d{4} [\d,]+ tok/s elapsed \d:\d\d:\d\d left \d:\d\d:\d\d$", ln) for ln in lines)
     assert lines[-1].endswith("left 0:00:00")
+
+
+@pytest.mark.slow
+def test_compiled_training_follows_the_eager_run(study_data, tokenizer, tmp_path):
+    """`compile: true` (torch.compile, inductor on the CPU) trains the same model as eager mode:
+    the same losses step by step, to float tolerance (the kernels sum in another order)."""
+    losses = {}
+    for compiled in (False, True):
+        model, objective, stream = _setup("gpt2-rope", study_data, tokenizer)
+        cfg = TrainConfig(steps=4, batch_size=4, warmup_steps=0, log_every=1, compile=compiled)
+        out = tmp_path / str(compiled)
+        train_phase(model, objective, stream, cfg, out, _accelerator(), "t", seed=0)
+        losses[compiled] = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+        assert load_backbone(out / "model") is not None  # saved without the compile wrapper
+    assert len(losses[True]) == 4
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
