@@ -545,6 +545,13 @@ def set_path(raw: dict[str, Any], path: str, value: Any, where: str = "") -> Non
     node[last] = copy.deepcopy(value)
 
 
+def dotted(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping (a study as `to_dict` gives it) as ``{dotted.path: leaf}``, the paths `set_path` takes."""
+    if isinstance(obj, dict):
+        return {k: v for key, value in obj.items() for k, v in dotted(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: obj}
+
+
 def apply_overrides(raw: Any, overrides: list[str]) -> dict[str, Any]:
     """A parsed study file with ``KEY=VALUE`` overrides (``pretrain.steps=400``, ``backbones=[gpt2-rope]``)
     set on it; values are read as YAML. The caller validates the result like any study file, so a bad

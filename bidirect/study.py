@@ -405,12 +405,8 @@ def make_accelerator(cfg: StudyConfig, folder: Path | None = None) -> Accelerato
 
 def _hparams(cfg: StudyConfig) -> dict[str, Any]:
     """The study as flat scalars, the form every tracker's configuration accepts."""
-    def flat(obj: Any, prefix: str = "") -> dict[str, Any]:
-        if isinstance(obj, dict):
-            return {k: v for key, value in obj.items() for k, v in flat(value, f"{prefix}{key}.").items()}
-        value = obj if isinstance(obj, (int, float, str, bool)) else json.dumps(obj)
-        return {prefix.rstrip("."): value}
-    return flat(cfg.to_dict())
+    return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+            for k, v in config_lib.dotted(cfg.to_dict()).items()}
 
 
 def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None = None, on_cell=None,

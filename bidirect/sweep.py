@@ -50,6 +50,7 @@ from bidirect.config import (
     ConfigError,
     StudyConfig,
     check_key,
+    dotted,
     from_dict,
     read_yaml,
     set_path,
@@ -329,15 +330,6 @@ def interval(values: list[float]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- aggregation
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: json.dumps(obj, sort_keys=True)}
-
-
 def read_cells(sweep_dir: Path) -> tuple[dict[str, list], list[dict[str, Any]]]:
     """(axes, cells with their values and results) of a sweep folder. Without sweep.json the axes
     are the config fields whose values differ between the run folders."""
@@ -354,7 +346,8 @@ def read_cells(sweep_dir: Path) -> tuple[dict[str, list], list[dict[str, Any]]]:
                  if (sweep_dir / c["name"] / "results.json").is_file()]
     else:
         runs = {p.parent.name: read_results(p.parent) for p in sorted(sweep_dir.glob("*/results.json"))}
-        flat = {name: _flatten(r.get("config", {})) for name, r in runs.items()}
+        flat = {name: {k: json.dumps(v, sort_keys=True) for k, v in dotted(r.get("config", {})).items()}
+                for name, r in runs.items()}
         keys = sorted({k for f in flat.values() for k in f})
         varied = [k for k in keys if len({f.get(k) for f in flat.values()}) > 1]
         axes = {k: sorted({f.get(k) for f in flat.values()}, key=str) for k in varied}

@@ -305,18 +305,19 @@ def train_phase(
             loss_value = float(accelerator.gather(torch.tensor([step_loss], device=accelerator.device)).sum()) / max(
                 num_items, 1
             )
-            progress.update(task, completed=step, loss=loss_value, tps=tokens / max(seconds, 1e-9))
+            tps = tokens / max(seconds, 1e-9)
+            progress.update(task, completed=step, loss=loss_value, tps=tps)
             if step % cfg.log_every == 0 or step == cfg.steps:
+                lr = scheduler.get_last_lr()[0]
                 # the experiment trackers of tracking.log_with (none: a no-op)
-                accelerator.log({f"{name}/loss": loss_value, f"{name}/lr": scheduler.get_last_lr()[0],
-                                 f"{name}/tokens_per_second": tokens / max(seconds, 1e-9)}, step=step)
-            if accelerator.is_main_process and (step % cfg.log_every == 0 or step == cfg.steps):
-                with log_path.open("a") as f:
-                    f.write(json.dumps({"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0]}) + "\n")
-                if not live:
-                    left = (seconds - first_seconds) / (step - first_step) * (cfg.steps - step)
-                    print(progress_line(name, step, cfg.steps, loss_value, tokens / max(seconds, 1e-9), seconds, left),
-                          flush=True)
+                accelerator.log({f"{name}/loss": loss_value, f"{name}/lr": lr, f"{name}/tokens_per_second": tps},
+                                step=step)
+                if accelerator.is_main_process:
+                    with log_path.open("a") as f:
+                        f.write(json.dumps({"step": step, "loss": loss_value, "lr": lr}) + "\n")
+                    if not live:
+                        left = (seconds - first_seconds) / (step - first_step) * (cfg.steps - step)
+                        print(progress_line(name, step, cfg.steps, loss_value, tps, seconds, left), flush=True)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 last_checkpoint = save_checkpoint(accelerator, out_dir / "checkpoints", step, tokens, seconds)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 
 from bidirect.config import ATTRIBUTES
 from bidirect.data.generate import StudyData
-from bidirect.evaluate import _read, _with_length, level_items
+from bidirect.evaluate import _read, _read_any_length, level_items
 from bidirect.models import load_backbone
 from bidirect.study import require_run_dir, run_tokenizer
 from bidirect.tokenizer import answer_ids
@@ -39,11 +38,9 @@ def main(run: Path, augmentation: str | None, backbone: str) -> dict:
         for start in range(0, len(items), 64):
             batch = items[start:start + 64]
             given, _ = _read(model, batch, pad, cpu, False)
-            best = [(-math.inf, 0, [])] * len(batch)
-            for length in range(1, longest + 1):
-                got, score = _read(model, [_with_length(it, length, mask) for it in batch], pad, cpu, False)
-                best = [(s, length, g) if s > b[0] else b for b, g, s in zip(best, got, score)]
-            for it, g, (_, length, free) in zip(batch, given, best):
+            chosen = _read_any_length(model, batch, mask, pad, cpu, False, longest)
+            for it, g, free in zip(batch, given, chosen):
+                length = len(free)  # one token per mask: the length it chose
                 for key in (ATTRIBUTES[it.attribute], "all"):
                     c = counts[key]
                     c["items"] += 1
