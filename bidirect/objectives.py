@@ -19,6 +19,7 @@ nothing about which kind it trains.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +31,7 @@ from bidirect.config import MaskingConfig
 from bidirect.tokenizer import qa_ids, value_token_span
 
 IGNORE = -100
+STATIC_BUCKET = 64
 MASKED_FEATURES = Features(
     {"input_ids": Sequence(Value("int32")), "word_ids": Sequence(Value("int32")), "labels": Sequence(Value("int64"))}
 )
@@ -100,7 +102,19 @@ def _pack(docs: Iterator[tuple[list[int], list[int]]], context: int) -> dict[str
     return windows
 
 
-class CausalLM:
+class _Objective:
+    """What both objectives share: the context and whether batches have static shapes."""
+
+    static = False  # pad batches to a few lengths only (see _batch_length): torch.compile traces each shape once
+
+    def with_static_shapes(self) -> _Objective:
+        """A copy that pads every batch to one of a few lengths, for a compiled model."""
+        other = copy.copy(self)
+        other.static = True
+        return other
+
+
+class CausalLM(_Objective):
     kind = "causal"
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast, context: int):
@@ -133,12 +147,12 @@ class CausalLM:
         return Dataset.from_dict(_pack(docs(), self.context))
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return _pad(items, self.pad, with_positions=True)
+        return _pad(items, self.pad, with_positions=True, length=_batch_length(items, self.context, self.static))
 
     __call__ = collate
 
 
-class MaskedLM:
+class MaskedLM(_Objective):
     kind = "masked"
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast, context: int, masking: MaskingConfig, seed: int = 0):
@@ -180,87 +194,129 @@ class MaskedLM:
         """Called by the trainer at each pass over the stream, like a sampler's set_epoch."""
         self.epoch = epoch
 
-    def mask_words(self, ids: list[int], word_ids: list[int], rng: torch.Generator | None = None,
-                   value_ids: list[int] | None = None) -> tuple[list[int], list[int]]:
-        """Whole-word masking. ``word_ids[t]`` is the word of token t (-1: none); special
-        tokens are never masked.
+    def _generator(self, item: dict[str, Any]) -> torch.Generator:
+        # Seeded by (seed, epoch, row index), not the global RNG: an example's masks do not depend on the batch it
+        # lands in, on how many processes share the stream, on loader workers, or on how far ahead the loader
+        # prefetched when a checkpoint was taken, so a resumed run is bit-identical. Without an index (a stream
+        # outside the trainer) the global RNG seeds it.
+        if "index" in item:
+            seed = hash((self.seed, self.epoch, int(item["index"]))) & (2**63 - 1)
+        else:
+            seed = int(torch.randint(2**62, ()))
+        return torch.Generator().manual_seed(seed)
 
-        ``masking.rate: uniform`` draws this bio's probability from U(0, 1) first (MLM-U).
-        ``value_ids`` (``masking.span: attribute``): the attribute value of each token (-1: none);
-        a value with a chosen word is chosen whole, with one fate (its first word's) for all of it.
+    def mask_bios(self, ids: torch.Tensor, items: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole-word masking of padded bios ``ids`` (rows of ``items``): the masked ids and their labels.
+
+        A word (``word_ids``, -1: none) is chosen with probability ``masking.probability`` (``rate: uniform``:
+        a per-bio probability drawn from U(0, 1) first, MLM-U), at least one per bio, and has one fate for all
+        its tokens: mask token, a random token, or kept. ``value_ids`` (``span: attribute``): a value with a
+        chosen word is chosen whole and follows its first word's fate. Special tokens are never labelled.
+
+        Each row draws its uniforms from its own generator (see `_generator`) in a fixed order: the rate, then
+        one per word to choose it, one per word for its fate, one for the fallback word; then one random token
+        per replaced position, in order. Everything else is tensor arithmetic over the batch.
         """
-        p = self.masking.probability
-        if self.masking.rate == "uniform":
-            p = float(torch.rand((), generator=rng))
-        words = sorted({w for w in word_ids if w >= 0})
-        draws = torch.rand(2 * len(words) + 1, generator=rng).tolist()
-        chosen = {w for w, r in zip(words, draws) if r < p}
-        if not chosen and words:  # a bio with no masked word teaches nothing; mask one
-            chosen = {words[int(draws[-1] * len(words))]}
-        fate = dict(zip(words, draws[len(words):]))  # one fate per word: masked, kept or replaced whole
-        unit = {w: w for w in words}  # the word whose choice and fate a word follows
-        if value_ids:
-            first: dict[int, int] = {}
-            for w, v in zip(word_ids, value_ids):
-                if w >= 0 and v >= 0:
-                    unit[w] = first.setdefault(v, w)
-            chosen = {unit[w] for w in chosen}
-        out, labels = list(ids), [IGNORE] * len(ids)
-        for t, w in enumerate(word_ids):
-            if w < 0 or unit[w] not in chosen or ids[t] in self.special:
-                continue
-            labels[t] = ids[t]
-            r = fate[unit[w]]
-            if r < self.masking.replace_mask:
-                out[t] = self.mask
-            elif r < self.masking.replace_mask + self.masking.replace_random:
-                out[t] = int(torch.randint(len(self.special), self.vocab_size, (), generator=rng))
-        return out, labels
+        rows, length = ids.shape
+        word = _rows(items, "word_ids", -1, length)
+        value = _rows(items, "value_ids", -1, length) if self.values else torch.full((rows, length), -1)
+        # Word ids rise along a bio (the pre-tokenizer splits left to right): a word's rank among the row's words
+        # is the number of word starts up to it.
+        in_word = word >= 0
+        starts = in_word & (word != torch.cat([torch.full((rows, 1), -1), word[:, :-1]], 1))
+        rank = torch.where(in_word, starts.cumsum(1) - 1, 0)
+        n_words = starts.sum(1)
+        width = max(int(n_words.max()), 1)
+
+        generators = [self._generator(item) for item in items]
+        p = torch.full((rows,), self.masking.probability, dtype=torch.float64)
+        draws = []
+        for r, (g, w) in enumerate(zip(generators, n_words.tolist())):
+            if self.masking.rate == "uniform":
+                p[r] = float(torch.rand((), generator=g))
+            draws.append(torch.rand(2 * w + 1, generator=g))
+        # Row r's draws start at start[r]: its words' choices, then their fates, then the fallback's.
+        flat = torch.cat(draws).double()  # compared in float64, as Python floats
+        start = torch.cumsum(2 * n_words + 1, 0) - (2 * n_words + 1)
+        k = torch.arange(width)
+        in_row = k < n_words[:, None]
+        choose = torch.where(in_row, flat[(start[:, None] + k).clamp(max=len(flat) - 1)], 2.0)  # 2: never chosen
+        fate = flat[(start[:, None] + n_words[:, None] + k).clamp(max=len(flat) - 1)]
+        fallback = flat[start + 2 * n_words]
+        chosen = choose < p[:, None]
+        lonely = ~chosen.any(1) & (n_words > 0)  # a bio with no masked word teaches nothing; mask one
+        pick = (fallback * n_words).long().clamp(max=width - 1)
+        chosen[lonely, pick[lonely]] = True
+
+        unit = torch.arange(width).expand(rows, width).clone()  # the word whose choice and fate a word follows
+        if self.values:
+            in_value = in_word & (value >= 0)
+            slots = int(value.max()) + 1 if in_value.any() else 1
+            value_at = value.clamp(min=0)
+            first = torch.full((rows, slots), width, dtype=torch.long)  # a value's first word
+            first.scatter_reduce_(1, value_at, torch.where(in_value, rank, width), "amin")
+            # A word follows the value of its last token inside a value (a word can end in punctuation).
+            position = torch.arange(length).expand(rows, length)
+            last = torch.full((rows, width), -1, dtype=torch.long)
+            last.scatter_reduce_(1, rank, torch.where(in_value, position, -1), "amax")
+            has = last >= 0
+            unit[has] = first.gather(1, value_at.gather(1, last.clamp(min=0)))[has]
+            chosen = torch.zeros((rows, width), dtype=torch.long).scatter_reduce_(1, unit, chosen.long(), "amax").bool()
+
+        token_unit = unit.gather(1, rank)
+        special = torch.isin(ids, torch.tensor(sorted(self.special)))
+        labelled = in_word & chosen.gather(1, token_unit) & ~special
+        r = fate.gather(1, token_unit)
+        to_mask = labelled & (r < self.masking.replace_mask)
+        to_random = labelled & ~to_mask & (r < self.masking.replace_mask + self.masking.replace_random)
+        out = torch.where(to_mask, self.mask, ids)
+        for row, k in enumerate(to_random.sum(1).tolist()):
+            if k:
+                out[row, to_random[row]] = torch.randint(len(self.special), self.vocab_size, (k,),
+                                                         generator=generators[row])
+        return out, torch.where(labelled, ids, IGNORE)
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Pad a batch, masking bios afresh.
-
-        The masks of an example are drawn from a generator seeded by (seed, epoch, row
-        index), not from the global RNG: they do not depend on the batch the example
-        lands in, on how many processes share the stream, or on how far ahead the data
-        loader prefetched when a checkpoint was taken, so a resumed run is bit-identical.
-        """
-        rows = []
-        for item in items:
-            row = dict(item)
-            if item["word_ids"]:
-                rng = None
-                if "index" in item:
-                    rng = torch.Generator().manual_seed(hash((self.seed, self.epoch, item["index"])) & (2**63 - 1))
-                row["input_ids"], row["labels"] = self.mask_words(item["input_ids"], item["word_ids"], rng,
-                                                                  item.get("value_ids"))
-            rows.append(row)
-        return _pad(rows, self.pad, with_positions=False)
+        """Pad a batch, masking its bios afresh (rows with ``word_ids``; QA rows come masked)."""
+        batch = _pad(items, self.pad, with_positions=False, length=_batch_length(items, self.context, self.static))
+        bios = [i for i, item in enumerate(items) if item["word_ids"]]
+        if bios:
+            ids, labels = self.mask_bios(batch["input_ids"][bios], [items[i] for i in bios])
+            batch["input_ids"][bios], batch["labels"][bios] = ids, labels
+        return batch
 
     __call__ = collate
 
 
-def _pad(items: list[dict[str, Any]], pad_id: int, with_positions: bool) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest item; padding never carries a label.
+def _batch_length(items: list[dict[str, Any]], context: int, static: bool) -> int:
+    """The longest item; with ``static``, rounded up to a multiple of STATIC_BUCKET (at most ``context``): packed
+    causal windows are nearly all full, so nearly every batch is ``context`` long, and bios fall in one or two
+    buckets. Not the default: a batch padded further computes the same loss to float rounding only, and every
+    committed result was trained with the longest-item rule."""
+    longest = max(len(it["input_ids"]) for it in items)
+    return min(context, -(-longest // STATIC_BUCKET) * STATIC_BUCKET) if static else longest
+
+
+def _rows(items: list[dict[str, Any]], key: str, fill: int, length: int) -> torch.Tensor:
+    """Column ``key`` of ``items`` right-filled to ``length``, in one tensor (one call, not one per row)."""
+    return torch.tensor([list(it[key]) + [fill] * (length - len(it[key])) for it in items], dtype=torch.long)
+
+
+def _pad(items: list[dict[str, Any]], pad_id: int, with_positions: bool, length: int) -> dict[str, torch.Tensor]:
+    """Right-pad to ``length``; padding never carries a label.
 
     Packed causal windows get position ids instead of an attention mask: transformers
     builds the block-diagonal causal mask from where positions restart, and the padding
     at a window's tail, numbered as a segment of its own, is never attended to by the
     real tokens before it.
     """
-    length = max(len(it["input_ids"]) for it in items)
-    ids = torch.full((len(items), length), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), length), IGNORE, dtype=torch.long)
-    attention = torch.zeros((len(items), length), dtype=torch.long)
-    positions = torch.arange(length).repeat(len(items), 1)
-    for i, it in enumerate(items):
-        n = len(it["input_ids"])
-        ids[i, :n] = torch.tensor(it["input_ids"])
-        labels[i, :n] = torch.tensor(it["labels"])
-        attention[i, :n] = 1
-        if with_positions:
-            positions[i, :n] = torch.tensor(it["position_ids"])
-            positions[i, n:] = torch.arange(length - n)
+    ids = _rows(items, "input_ids", pad_id, length)
+    labels = _rows(items, "labels", IGNORE, length)  # bios have none yet: the masking draws them
+    lengths = torch.tensor([len(it["input_ids"]) for it in items])
+    attention = (torch.arange(length) < lengths[:, None]).long()
+    if with_positions:
+        positions = torch.tensor([list(it["position_ids"]) + list(range(length - len(it["position_ids"])))
+                                  for it in items], dtype=torch.long)
     batch = {"input_ids": ids, "labels": labels}
     if with_positions:
         batch["position_ids"] = positions

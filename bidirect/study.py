@@ -336,7 +336,8 @@ def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmen
         trainable = trainable_parameters(model)
         if done is None:
             set_seed(cfg.seed)
-            done = train_phase(model, objective, stream, train_cfg, phase_dir, accelerator,
+            collate = objective.with_static_shapes() if train_cfg.compile else objective
+            done = train_phase(model, collate, stream, train_cfg, phase_dir, accelerator,
                                f"{augmentation}/{backbone.name}/{phase}", cfg.seed,
                                finalize=merge_lora if lora else None)
         if phase != list(streams)[-1]:  # the next phase starts from what was saved (evaluate_cell loads the last)

@@ -101,3 +101,54 @@ def test_masks_are_a_function_of_seed_epoch_and_index(study_data, tokenizer, mas
     assert not torch.equal(obj.collate(items)["labels"], first["labels"])
     other_seed = MaskedLM(tokenizer, 256, masking, seed=4).collate(items)
     assert not torch.equal(other_seed["labels"], first["labels"])
+
+
+def _reference_masks(obj: MaskedLM, item: dict) -> tuple[list[int], list[int]]:
+    """The masking rule one bio at a time in plain Python, as every committed masked run was trained with it;
+    the batched tensor code must draw exactly these masks, so those runs stay reproducible."""
+    ids, word_ids, value_ids = item["input_ids"], item["word_ids"], item.get("value_ids")
+    rng = torch.Generator().manual_seed(hash((obj.seed, obj.epoch, item["index"])) & (2**63 - 1))
+    p = obj.masking.probability
+    if obj.masking.rate == "uniform":
+        p = float(torch.rand((), generator=rng))
+    words = sorted({w for w in word_ids if w >= 0})
+    draws = torch.rand(2 * len(words) + 1, generator=rng).tolist()
+    chosen = {w for w, r in zip(words, draws) if r < p}
+    if not chosen and words:
+        chosen = {words[int(draws[-1] * len(words))]}
+    fate = dict(zip(words, draws[len(words):]))
+    unit = {w: w for w in words}
+    if value_ids:
+        first: dict[int, int] = {}
+        for w, v in zip(word_ids, value_ids):
+            if w >= 0 and v >= 0:
+                unit[w] = first.setdefault(v, w)
+        chosen = {unit[w] for w in chosen}
+    out, labels = list(ids), [IGNORE] * len(ids)
+    for t, w in enumerate(word_ids):
+        if w < 0 or unit[w] not in chosen or ids[t] in obj.special:
+            continue
+        labels[t] = ids[t]
+        r = fate[unit[w]]
+        if r < obj.masking.replace_mask:
+            out[t] = obj.mask
+        elif r < obj.masking.replace_mask + obj.masking.replace_random:
+            out[t] = int(torch.randint(len(obj.special), obj.vocab_size, (), generator=rng))
+    return out, labels
+
+
+@pytest.mark.parametrize("masking", [MaskingConfig(), MaskingConfig(rate="uniform"), MaskingConfig(span="attribute"),
+                                     MaskingConfig(probability=0.4, span="attribute", replace_mask=0.5,
+                                                   replace_random=0.4),
+                                     MaskingConfig(probability=0.01, rate="uniform", span="attribute")],
+                         ids=["paper", "uniform", "attribute", "attribute-random", "rare"])
+def test_batched_masks_equal_the_rule_applied_bio_by_bio(study_data, tokenizer, masking):
+    obj = MaskedLM(tokenizer, 256, masking, seed=7)
+    obj.set_epoch(2)
+    items = _examples(obj, study_data, tokenizer)[:64]
+    batch = obj.collate(items)
+    for row, item in enumerate(items):
+        n = len(item["input_ids"])
+        ids, labels = _reference_masks(obj, item)
+        assert batch["input_ids"][row, :n].tolist() == ids and batch["labels"][row, :n].tolist() == labels, row
+    assert (batch["labels"] != IGNORE).any() and (batch["input_ids"] == tokenizer.mask_token_id).any()

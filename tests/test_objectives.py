@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from bidirect.config import MaskingConfig
-from bidirect.objectives import IGNORE, CausalLM, MaskedLM, encode_qa, tokenize_bios
+from bidirect.objectives import IGNORE, STATIC_BUCKET, CausalLM, MaskedLM, encode_qa, tokenize_bios
 
 
 def test_causal_packing_restarts_positions_and_shifts_labels(study_data, tokenizer):
@@ -98,3 +98,24 @@ def test_masked_qa_masks_the_answer_length(study_data, tokenizer):
     q = ex["input_ids"][: ex["input_ids"].index(tokenizer.mask_token_id)]
     a = [x for x in ex["labels"] if x != IGNORE]
     assert (tuple(q), tuple(a)) in answers
+
+
+def test_static_shapes_pad_to_a_few_lengths_and_change_nothing_else(study_data, tokenizer):
+    """For torch.compile: batches padded to a multiple of STATIC_BUCKET (at most the context); the extra columns
+    are padding, never labelled, and the real columns are the dynamic batch's."""
+    for obj in (CausalLM(tokenizer, 256), MaskedLM(tokenizer, 200, MaskingConfig(), seed=1)):
+        examples = obj.bio_examples(tokenize_bios(study_data.bios["single"], tokenizer), seed=0)
+        static = obj.with_static_shapes()
+        assert not obj.static and static.static
+        lengths = set()
+        for start in range(0, len(examples) - 3, 4):
+            items = [{**examples[i], "index": i} for i in range(start, start + 4)]
+            dynamic, padded = obj.collate(items), static.collate(items)
+            n = dynamic["input_ids"].shape[1]
+            lengths.add(padded["input_ids"].shape[1])
+            assert padded["input_ids"].shape[1] in (min(obj.context, -(-n // STATIC_BUCKET) * STATIC_BUCKET),)
+            for key in dynamic:
+                assert torch.equal(padded[key][..., :n] if key != "index" else padded[key], dynamic[key]), key
+            assert (padded["labels"][:, n:] == IGNORE).all()
+            assert (padded["input_ids"][:, n:] == tokenizer.pad_token_id).all()
+        assert len(lengths) <= 2, lengths
