@@ -1,12 +1,15 @@
 """`bidirect bench`: training throughput of each backbone, the package's path against a plain loop.
 
-For every backbone, two ways of training the same network (same init, same data) are timed:
+For every backbone, ways of training the same network (same init, same data) are timed:
 
-- ``package``: what ``bidirect run`` does. The objective's collator (causal: documents packed
+- ``package``: what ``bidirect run`` does. The trainer's loader (collation and masking in worker
+  processes and pinned memory on CUDA) and the objective's collator (causal: documents packed
   into full windows of ``context`` tokens with restarting position ids; masked: one bio per row
-  with whole-word masking), SDPA attention, bf16 autocast on CUDA through accelerate's
-  ``mixed_precision``, fused AdamW on CUDA, optionally ``torch.compile``; the step is the
-  trainer's (summed cross-entropy / labelled tokens, clipping, ``accelerator.backward``).
+  with whole-word masking drawn by tensor operations), SDPA attention, bf16 autocast on CUDA
+  through accelerate's ``mixed_precision``, fused AdamW on CUDA; the step is the trainer's
+  (`trainer.train_step`), which leaves the loss on the device.
+- ``compiled`` (``--compile``): the same under ``torch.compile``, with batches padded to the
+  few static lengths a compiled study uses (`objectives.STATIC_BUCKET`).
 - ``plain``: the loop one writes first. One document per row padded to the longest in the batch,
   fp32 (TF32 off, torch's default), eager attention, ``torch.optim.AdamW`` with its defaults.
 
@@ -14,9 +17,9 @@ Both see about the same number of real tokens per optimizer step (``batch`` wind
 ``context`` tokens; the per-document paths take as many documents as fill that on average), so
 tokens/s compare like for like. Real tokens are the non-pad input tokens, counted the same way
 for both. The first ``warmup`` steps (allocation, autotuning, compilation) are not timed, and on
-CUDA the clock stops only after ``torch.cuda.synchronize``. Time spent fetching and collating
-batches is inside the timing (the trainer does it on the main process) and reported as
-``data_share``, since on a GPU the collator can be what limits the step.
+CUDA the clock stops only after ``torch.cuda.synchronize``. The time the loop waits for the
+next batch is inside the timing and reported as ``host_share`` (the rest is ``device_share``):
+a host share above a few percent means the device sits idle waiting for data.
 
 Model FLOPs per token (Kaplan et al. 2020, as in Chinchilla and nanoGPT's MFU)::
 
@@ -37,6 +40,7 @@ A100 312); a CPU has no listed peak, so MFU is null unless ``--peak-tflops`` is 
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import platform
 import re
@@ -49,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import concatenate_datasets
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -146,13 +151,14 @@ class BenchConfig:
     size_name: str = "quick"
     batch: int = DEFAULT_BATCH  # windows of `context` tokens per optimizer step
     steps: int = 20  # timed steps per path
-    warmup: int = 3  # untimed steps before them
+    warmup: int = 5  # untimed steps before them
     individuals: int = 1000
     augmentation: str = "multi5+permute"
     vocab_size: int = 4096
     mixed_precision: str = "auto"
-    compile: bool = False
+    compile: bool = False  # also time the package path under torch.compile ("compiled")
     eval_batch: int = 256
+    eval_items: int = 0  # 0: P_test's QA as generated; else repeated to this many items
     peak_tflops: float | None = None  # None: look it up from the device name
     threads: int = 0  # torch's CPU threads; 0: torch's default (one per core)
     seed: int = 0
@@ -161,7 +167,7 @@ class BenchConfig:
         for name in ("batch", "steps", "individuals", "vocab_size", "eval_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup", "threads"):
+        for name in ("warmup", "threads", "eval_items"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name}: must be >= 0, got {getattr(self, name)}")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
@@ -242,13 +248,19 @@ def _forever(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
         yield from loader
 
 
-def _loader(stream, per_step: int, collate: Callable, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+def _loader(stream, per_step: int, collate: Callable, seed: int,
+            device: torch.device | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches forever. With ``device``: the trainer's loader (`trainer.make_loader`: worker processes and pinned
+    memory on CUDA); without, collated on the main process, as a first training loop does."""
+    from bidirect.trainer import make_loader
+
     if len(stream) < per_step:
         raise ConfigError(f"only {len(stream)} training examples for {per_step} per step; raise --individuals "
                           "or lower --batch")
-    generator = torch.Generator().manual_seed(seed)
-    return _forever(DataLoader(stream, batch_size=per_step, shuffle=True, collate_fn=collate, drop_last=True,
-                               generator=generator))
+    torch.manual_seed(seed)  # the shuffle order
+    if device is not None:
+        return _forever(make_loader(stream, per_step, collate, device))
+    return _forever(DataLoader(stream, batch_size=per_step, shuffle=True, collate_fn=collate, drop_last=True))
 
 
 def _plain_causal_collate(pad: int, eos: int, context: int) -> Callable:
@@ -270,9 +282,14 @@ def _plain_causal_collate(pad: int, eos: int, context: int) -> Callable:
     return collate
 
 
-def _time(step: Callable[[dict[str, torch.Tensor]], float], batches: Iterator[dict[str, torch.Tensor]], steps: int,
+def _time(step: Callable[[dict[str, torch.Tensor]], Any], batches: Iterator[dict[str, torch.Tensor]], steps: int,
           warmup: int, device: torch.device, pad: int) -> dict[str, Any]:
-    """Run ``warmup`` untimed steps, then time ``steps``; count real (non-pad) input tokens."""
+    """Run ``warmup`` untimed steps, then time ``steps``; count real (non-pad) input tokens.
+
+    The host's share is the time the loop waits for the next batch (collation, on the main process or for the
+    loader's workers); the rest is the step itself, the device's share. Per-step times of a path that does not
+    wait for the device each step (the package's) are the host's, so only their mean over the timed steps, which
+    ends with a synchronisation, is the device's rate."""
     for _ in range(warmup):
         step(next(batches))
     _sync(device)
@@ -287,9 +304,10 @@ def _time(step: Callable[[dict[str, torch.Tensor]], float], batches: Iterator[di
         ids = batch["input_ids"]
         real += int(batch["attention_mask"].sum()) if "attention_mask" in batch else int((ids != pad).sum())
         slots, rows = slots + ids.numel(), rows + ids.shape[0]
-        loss = step(batch)  # ends with .item(), as the trainer's step does, so steps do not overlap
+        loss = step(batch)
         step_seconds.append(time.perf_counter() - fetched)
     _sync(device)
+    loss = float(loss)
     seconds = time.perf_counter() - started
     memory, memory_kind = _peak_memory(device)
     return {
@@ -299,7 +317,8 @@ def _time(step: Callable[[dict[str, torch.Tensor]], float], batches: Iterator[di
         "padding_share": 1 - real / slots,
         "step_ms": 1000 * seconds / steps,
         "step_ms_median": 1000 * sorted(step_seconds)[len(step_seconds) // 2],  # robust to a busy neighbour
-        "data_share": data_seconds / seconds,
+        "host_share": data_seconds / seconds,
+        "device_share": 1 - data_seconds / seconds,
         "timed_steps": steps,
         "warmup_steps": warmup,
         "seconds": seconds,
@@ -310,34 +329,23 @@ def _time(step: Callable[[dict[str, torch.Tensor]], float], batches: Iterator[di
 
 
 def _package_path(model, accelerator, train: TrainConfig, compile_model: bool) -> tuple[Callable, Any]:
-    """The step of trainer.train_phase with one process and no accumulation (so nothing to gather), without its
-    checkpointing and logging."""
-    from bidirect.objectives import IGNORE
-    from bidirect.trainer import LabelledHead, _optimizer, token_loss_sum
+    """The trainer's step (`trainer.train_step`) with one process and no accumulation, without its checkpointing
+    and logging. The loss stays on the device, as in the trainer, so steps are queued without waiting."""
+    from bidirect.trainer import LabelledHead, make_optimizer, train_step, use_labelled_head
 
     device = accelerator.device
-    optimizer = _optimizer(model, train, fused=device.type == "cuda")
-    head = LabelledHead(model) if train.labelled_logits_only and not compile_model else None
+    train = replace(train, grad_accum=1, compile=compile_model)
+    optimizer = make_optimizer(model, train, fused=device.type == "cuda")
+    head = LabelledHead(model) if use_labelled_head(train, accelerator) else None
     if compile_model:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
 
-    def step(batch: dict[str, torch.Tensor]) -> float:
-        labels = batch.pop("labels")
-        num_items = int((labels != IGNORE).sum())  # the trainer counts them before the forward pass too
+    def step(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        labels = labels.to(device, non_blocking=True)
-        if head is not None:
-            head.mask = labels != IGNORE
-        logits = model(**batch).logits
-        loss_sum = token_loss_sum(logits, labels)
-        accelerator.backward(loss_sum / max(num_items, 1))
-        if train.clip_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), train.clip_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss_sum.item() / max(num_items, 1)
+        loss_sum, num_items = train_step(model, [batch], accelerator, optimizer, train, head)
+        return loss_sum / num_items.clamp(min=1)
 
     return step, model
 
@@ -369,13 +377,33 @@ def _plain_path(model, device: torch.device, train: TrainConfig) -> Callable:
 # --------------------------------------------------------------------------- the benchmark
 
 
+def _time_eval(model, kind: str, tokenizer, data, augmentation: str, cfg: BenchConfig,
+               accelerator) -> dict[str, Any]:
+    """The evaluator on the QA level of P_test (a masked model choosing the answer's length, as a study reads it)."""
+    from bidirect.evaluate import evaluate_model, max_answer_tokens
+
+    device = accelerator.device
+    _sync(device)
+    started = time.perf_counter()
+    scores = evaluate_model(model, kind, tokenizer, data, augmentation, EvalConfig(batch_size=cfg.eval_batch),
+                            MaskingConfig(), accelerator, levels=("qa_test",))
+    _sync(device)
+    seconds = time.perf_counter() - started
+    items = int(scores["qa_test"]["n"])
+    return {"level": "qa_test", "items": items, "seconds": seconds, "qa_per_second": items / seconds,
+            "batch_size": cfg.eval_batch,
+            "forward_passes_per_batch": max_answer_tokens(tokenizer, data) if kind == "masked" else 1}
+
+
 def _figures(timing: dict[str, Any], flops: int, peak: float | None) -> dict[str, Any]:
     tflops = timing["tokens_per_second"] * flops / 1e12
     return {**timing, "tflops": tflops, "mfu": tflops / peak if peak else None}
 
 
-def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict[str, Any]:
-    """Generate a bioS corpus, then time both paths of every backbone; the report as a dict."""
+def run_bench(cfg: BenchConfig, console: Console | None = None,
+              partial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Generate a bioS corpus, then time the paths of every backbone; the report as a dict, also handed to
+    ``partial`` after each backbone (``complete`` false until the last)."""
     cfg.check()
     # On a CPU shared with other jobs, torch's default of one thread per core spins against them and
     # a step can take 50x longer; --threads 1 measures the code instead. Restored afterwards.
@@ -383,17 +411,17 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> dict[str, Any
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run_bench(cfg, console)
+        return _run_bench(cfg, console, partial)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_bench(cfg: BenchConfig, console: Console | None) -> dict[str, Any]:
+def _run_bench(cfg: BenchConfig, console: Console | None,
+               partial: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     import accelerate
     import transformers
 
     from bidirect.data.generate import generate
-    from bidirect.evaluate import evaluate_model
     from bidirect.models import backbone_kind, build_backbone, parameter_counts
     from bidirect.objectives import make_objective, tokenize_bios
     from bidirect.study import make_accelerator
@@ -431,7 +459,33 @@ def _run_bench(cfg: BenchConfig, console: Console | None) -> dict[str, Any]:
         f"context {ctx}), {len(bios)} bios ({aug.name}, {cfg.individuals} people) in {generate_seconds:.1f} s, "
         f"mixed precision {accelerator.mixed_precision}")
 
+    eval_data = data
+    if cfg.eval_items:  # P_test's QA repeated to that many items: the evaluator's rate at scale
+        repeats = -(-cfg.eval_items // len(data.qa_test))
+        eval_data = dataclasses.replace(data, qa_test=concatenate_datasets([data.qa_test] * repeats).select(
+            range(cfg.eval_items)))
+
     results: dict[str, Any] = {}
+    report: dict[str, Any] = {
+        "device": name,
+        "device_type": device.type,
+        "cpu_threads": torch.get_num_threads(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "accelerate": accelerate.__version__},
+        "config": {**asdict(cfg), "size": asdict(size)},
+        "flops_formula": FLOPS_FORMULA,
+        "flops_note": "per token, forward + backward, attention at the nominal context (Kaplan et al. 2020); "
+                      "the LM head counted at every position on every path, though on a CPU the package path runs "
+                      "it at labelled positions only (trainer.LabelledHead)",
+        "peak_tflops": peak,
+        "peak_source": "--peak-tflops" if cfg.peak_tflops else ("device name" if peak else None),
+        "data": {"individuals": cfg.individuals, "augmentation": aug.name, "bios": len(bios),
+                 "vocab_size": len(tokenizer), "mean_document_tokens": mean_doc,
+                 "documents_per_step": docs_per_step, "generate_seconds": generate_seconds,
+                 "tokenizer_seconds": tokenizer_seconds, "tokenize_seconds": tokenize_seconds},
+        "backbones": results,
+        "complete": False,  # True once every backbone is timed
+    }
     for backbone in cfg.backbones:
         kind = backbone_kind(backbone)
         objective = make_objective(kind, tokenizer, ctx, MaskingConfig(), cfg.seed)
@@ -440,31 +494,29 @@ def _run_bench(cfg: BenchConfig, console: Console | None) -> dict[str, Any]:
         stream_seconds = time.perf_counter() - started
         pad = tokenizer.pad_token_id
 
-        # package: packed windows (causal) or one masked bio per row, as the study trains them
-        torch.manual_seed(cfg.seed)
-        model = build_backbone(backbone, size, tokenizer)
-        flops = flops_per_token(model, size)
-        counts = parameter_counts(model)
-        attention = model.config._attn_implementation
+        # package: packed windows (causal) or one masked bio per row, as the study trains them; eager, then
+        # (--compile) under torch.compile with the static shapes the study gives a compiled model
         per_step = cfg.batch if kind == "causal" else docs_per_step
-        say(f"[bold]{backbone}[/bold] ({kind}): package path")
-        step, model = _package_path(model, accelerator, train, cfg.compile)
-        package = _time(step, _loader(stream, per_step, objective, cfg.seed), cfg.steps, cfg.warmup, device, pad)
-        package.update(attention=attention, precision=accelerator.mixed_precision, compile=cfg.compile,
-                       optimizer="AdamW fused" if device.type == "cuda" else "AdamW foreach",
-                       batching="packed windows" if kind == "causal" else "one masked bio per row")
-
-        # the evaluator on the QA level of P_test, with the model just trained
-        eval_cfg = EvalConfig(batch_size=cfg.eval_batch)
-        _sync(device)
-        started = time.perf_counter()
-        scores = evaluate_model(model, kind, tokenizer, data, aug.name, eval_cfg, MaskingConfig(), accelerator,
-                                levels=("qa_test",))
-        _sync(device)
-        eval_seconds = time.perf_counter() - started
-        del model, step
-        accelerator.free_memory()
-        _free(device)
+        timed: dict[str, dict[str, Any]] = {}
+        for path, compiled in (("package", False), ("compiled", True))[: 2 if cfg.compile else 1]:
+            torch.manual_seed(cfg.seed)
+            model = build_backbone(backbone, size, tokenizer)
+            flops = flops_per_token(model, size)
+            counts = parameter_counts(model)
+            attention = model.config._attn_implementation
+            say(f"[bold]{backbone}[/bold] ({kind}): {path} path")
+            step, model = _package_path(model, accelerator, train, compiled)
+            collate = objective.with_static_shapes() if compiled else objective
+            timed[path] = _time(step, _loader(stream, per_step, collate, cfg.seed, device), cfg.steps, cfg.warmup,
+                                device, pad)
+            timed[path].update(attention=attention, precision=accelerator.mixed_precision, compile=compiled,
+                               optimizer="AdamW fused" if device.type == "cuda" else "AdamW foreach",
+                               batching="packed windows" if kind == "causal" else "one masked bio per row")
+            if not compiled:  # the evaluator on P_test's QA, with the model just trained
+                eval_figures = _time_eval(model, kind, tokenizer, eval_data, aug.name, cfg, accelerator)
+            del model, step
+            accelerator.free_memory()
+            _free(device)
 
         # plain: the same network and init, one padded document per row, fp32, eager attention
         say(f"[bold]{backbone}[/bold] ({kind}): plain path")
@@ -488,32 +540,18 @@ def _run_bench(cfg: BenchConfig, console: Console | None) -> dict[str, Any]:
             "parameters": counts,
             "flops_per_token": flops,
             "stream_seconds": stream_seconds,
-            "package": _figures(package, flops["total"], peak),
+            **{path: _figures(f, flops["total"], peak) for path, f in timed.items()},
             "plain": _figures(plain, flops["total"], peak),
-            "speedup": package["tokens_per_second"] / plain["tokens_per_second"],
-            "eval": {"level": "qa_test", "items": int(scores["qa_test"]["n"]), "seconds": eval_seconds,
-                     "qa_per_second": scores["qa_test"]["n"] / eval_seconds, "batch_size": cfg.eval_batch},
+            "speedup": timed["package"]["tokens_per_second"] / plain["tokens_per_second"],
+            "eval": eval_figures,
         }
+        if partial is not None:  # a bench cut short by a time limit keeps the backbones it finished
+            partial(report)
 
-    return {
-        "device": name,
-        "device_type": device.type,
-        "cpu_threads": torch.get_num_threads(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "accelerate": accelerate.__version__},
-        "config": {**asdict(cfg), "size": asdict(size)},
-        "flops_formula": FLOPS_FORMULA,
-        "flops_note": "per token, forward + backward, attention at the nominal context (Kaplan et al. 2020); "
-                      "the LM head counted at every position on both paths, though the package path runs it at "
-                      "labelled positions only (trainer.LabelledHead)",
-        "peak_tflops": peak,
-        "peak_source": "--peak-tflops" if cfg.peak_tflops else ("device name" if peak else None),
-        "data": {"individuals": cfg.individuals, "augmentation": aug.name, "bios": len(bios),
-                 "vocab_size": len(tokenizer), "mean_document_tokens": mean_doc,
-                 "documents_per_step": docs_per_step, "generate_seconds": generate_seconds,
-                 "tokenizer_seconds": tokenizer_seconds, "tokenize_seconds": tokenize_seconds},
-        "backbones": results,
-    }
+    report["complete"] = True
+    if partial is not None:
+        partial(report)
+    return report
 
 
 # --------------------------------------------------------------------------- output
@@ -526,15 +564,16 @@ def _mib(n: int) -> str:
 def print_bench(console: Console, report: dict[str, Any]) -> None:
     table = Table(title=f"bidirect bench: {report['device']} ({report['config']['size_name']})", box=box.SIMPLE_HEAD,
                   padding=(0, 1))
-    for col in ("backbone", "path", "tokens/s", "pad", "ms/step", "data", "TFLOP/s", "MFU", "peak mem", "speed-up",
+    for col in ("backbone", "path", "tokens/s", "pad", "ms/step", "host", "TFLOP/s", "MFU", "peak mem", "speed-up",
                 "QA/s"):
         table.add_column(col, justify="left" if col in ("backbone", "path") else "right", no_wrap=True)
     for backbone, r in report["backbones"].items():
-        for path in ("package", "plain"):
-            f, first = r[path], path == "package"
+        paths = [path for path in ("package", "compiled", "plain") if path in r]
+        for path in paths:
+            f, first = r[path], path == paths[0]
             table.add_row(
                 backbone if first else "", path, f"{f['tokens_per_second']:,.0f}", f"{f['padding_share']:.0%}",
-                f"{f['step_ms']:,.1f}", f"{f['data_share']:.0%}", f"{f['tflops']:.3g}",
+                f"{f['step_ms']:,.1f}", f"{f['host_share']:.1%}", f"{f['tflops']:.3g}",
                 "-" if f["mfu"] is None else f"{f['mfu']:.1%}", _mib(f["peak_memory_bytes"]),
                 f"{r['speedup']:.2f}x" if first else "", f"{r['eval']['qa_per_second']:,.0f}" if first else "",
             )
@@ -542,11 +581,13 @@ def print_bench(console: Console, report: dict[str, Any]) -> None:
         console = Console(file=console.file, width=120)
     console.print(table)
     d = report["data"]
-    console.print(f"FLOPs/token = {report['flops_formula']} (nominal context; same for both paths). "
+    console.print(f"FLOPs/token = {report['flops_formula']} (nominal context; same for every path). "
                   f"Peak: {report['peak_tflops'] or 'unknown, MFU not computed'}"
                   f"{' TFLOP/s' if report['peak_tflops'] else ''}. Data: {d['bios']} bios generated in "
                   f"{d['generate_seconds']:.2f} s, tokenizer {d['tokenizer_seconds']:.2f} s. "
-                  f"'data' is the share of step time spent fetching and collating batches.", highlight=False)
+                  f"'host': the share of a step spent waiting for the next batch; the rest is the device's. "
+                  f"QA/s: the evaluator on {next(iter(report['backbones'].values()))['eval']['items']:,} "
+                  f"P_test QA items.", highlight=False)
 
 
 def default_out(report: dict[str, Any]) -> Path:

@@ -145,14 +145,15 @@ def cmd_bench(args: argparse.Namespace) -> None:
         backbones=args.backbone or list(DEFAULT_BACKBONES), size=size, size_name=args.size,
         batch=batch if args.batch is None else args.batch, steps=args.steps, warmup=args.warmup,
         individuals=args.individuals, augmentation=args.augmentation, mixed_precision=args.mixed_precision,
-        compile=args.compile, eval_batch=args.eval_batch, peak_tflops=args.peak_tflops, threads=args.threads,
-        seed=args.seed,
+        compile=args.compile, eval_batch=args.eval_batch, eval_items=args.eval_items, peak_tflops=args.peak_tflops,
+        threads=args.threads, seed=args.seed,
     ).check()
-    report = run_bench(cfg, console)
+    def out(report: dict) -> Path:
+        return Path(args.out) if args.out else default_out(report)
+
+    report = run_bench(cfg, console, partial=lambda report: write_report(report, out(report)))
     print_bench(console, report)
-    out = Path(args.out) if args.out else default_out(report)
-    write_report(report, out)
-    console.print(f"report: {out}")
+    console.print(f"report: {out(report)}")
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
@@ -231,14 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tiny, quick, gpt2-small, bert-base, LxW (e.g. 8x512) or "
                         "layers=8,heads=8,width=512,mlp=2048,context=256 (default: quick)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per path (default: 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default: 5)")
     p.add_argument("--batch", type=int, help="windows of `context` tokens per step (default: the size's, 32)")
     p.add_argument("--individuals", type=int, default=1000, help="people in the bioS corpus (default: 1000)")
     p.add_argument("--augmentation", default="multi5+permute", help="bios to train on (default: multi5+permute)")
     p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"],
                    help="the package path's precision (default: auto, bf16 where the GPU has it)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the package path's model")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the package path under torch.compile, with static shapes ('compiled')")
     p.add_argument("--eval-batch", type=int, default=256, help="evaluation batch size (default: 256)")
+    p.add_argument("--eval-items", type=int, default=0,
+                   help="time the evaluator on this many QA items, P_test's repeated (default: P_test's as generated)")
     p.add_argument("--peak-tflops", type=float, help="the device's peak for MFU (default: from the GPU's name)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default: one per core); 1 on a CPU shared with other jobs")

@@ -171,8 +171,9 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: only at the end of the phase
     log_every: int = 50
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    compile: bool = False
-    # The LM head only where there is a label (trainer.LabelledHead): the same loss, less work.
+    compile: bool = False  # torch.compile; batches then padded to a few lengths (objectives.STATIC_BUCKET)
+    # The LM head only where there is a label (trainer.LabelledHead): the same loss, less work. On the CPU only
+    # (see trainer.use_labelled_head): on CUDA choosing the rows would make the host wait at every micro-batch.
     labelled_logits_only: bool = True
     finetune_mode: Literal["full", "lora"] = "full"  # fine-tuning only
     lora_rank: int = 8
@@ -294,12 +295,6 @@ def _to_plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_to_plain(v) for v in value]
     return value
-
-
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", str(tp))
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

@@ -19,7 +19,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,6 +39,7 @@ from bidirect.rundir import read_json, write_json_atomic
 
 STATE_FILE = "trainer_state.json"  # written last into a checkpoint: its presence marks it complete
 DONE_FILE = "phase.json"  # written last into a phase folder: the phase is finished
+LOADER_WORKERS = 4  # per process, on CUDA (see make_loader)
 
 
 class TrainingError(RuntimeError):
@@ -146,7 +147,7 @@ def _truncate_log(log_path: Path, step: int) -> None:
         os.replace(tmp, log_path)
 
 
-def _optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> torch.optim.Optimizer:
     # Decay matrices only: norms and biases are 1-D and should not be pulled to zero.
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
@@ -163,6 +164,77 @@ def progress_line(name: str, step: int, steps: int, loss: float, tokens_per_seco
         return f"{int(t) // 3600}:{int(t) % 3600 // 60:02d}:{int(t) % 60:02d}"
     return (f"{name} step {step}/{steps} loss {loss:.4f} {tokens_per_second:,.0f} tok/s "
             f"elapsed {clock(elapsed)} left {clock(remaining)}")
+
+
+def loader_workers(device: torch.device) -> int:
+    """Processes that collate (and mask) the next batches while the device computes: LOADER_WORKERS on CUDA; none
+    on a CPU, where they would take the cores the step runs on."""
+    return LOADER_WORKERS if device.type == "cuda" else 0
+
+
+def make_loader(stream: Dataset, micro: int, collate: Callable, device: torch.device) -> DataLoader:
+    """The shuffled stream in micro-batches, collated by `loader_workers` processes into pinned memory on CUDA.
+    Workers start afresh at each pass over the stream, so they see the objective's current epoch
+    (``set_epoch``); an example's masks do not depend on which process drew them."""
+    workers = loader_workers(device)
+    return DataLoader(stream, batch_size=micro, shuffle=True, collate_fn=collate, drop_last=True,
+                      num_workers=workers, pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+
+
+def train_step(model: torch.nn.Module, micro_batches: list[dict[str, torch.Tensor]], accelerator: Accelerator,
+               optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+               head: LabelledHead | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over ``cfg.grad_accum`` micro-batches on the device; the loss summed over labelled
+    tokens and their number, both summed over processes and left on the device (reading them makes the host
+    wait for the device: the caller does it at logging steps only)."""
+    world = accelerator.num_processes
+    # Count labelled tokens over the whole optimizer step and every process first, so that each micro-batch's
+    # summed loss is divided by the same number.
+    num_items = accelerator.reduce(sum((b["labels"] != IGNORE).sum() for b in micro_batches), "sum")
+    loss_total = torch.zeros((), dtype=torch.float64, device=accelerator.device)  # as a sum of Python floats
+    for batch in micro_batches:
+        labels = batch["labels"]
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "index")}
+        with accelerator.accumulate(model):
+            if head is not None:
+                head.mask = labels != IGNORE
+            loss_sum = token_loss_sum(model(**inputs).logits, labels)
+            # accelerate divides by grad_accum and DDP averages over processes; undo both so that the gradient
+            # is that of (summed loss / num_items).
+            accelerator.backward(loss_sum * cfg.grad_accum * world / num_items.clamp(min=1))
+            loss_total += loss_sum.detach()
+            if accelerator.sync_gradients and cfg.clip_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return accelerator.reduce(loss_total, "sum"), num_items
+
+
+class _Unread:
+    """The losses of the steps since the last logging step, still on the device, with each step's example
+    indices: read at logging steps and before a checkpoint, so a non-finite loss is found without making the
+    host wait at every step, and never saved into a checkpoint."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, torch.Tensor, torch.Tensor, list[torch.Tensor]]] = []
+
+    def add(self, step: int, loss: torch.Tensor, num_items: torch.Tensor, indices: list[torch.Tensor]) -> None:
+        self.steps.append((step, loss, num_items, indices))
+
+    def read(self, name: str, last_checkpoint: Path | None) -> tuple[float, int]:
+        """The last step's mean loss and the labelled tokens of every unread step; a `TrainingError` naming the
+        first step whose loss is not finite."""
+        if not self.steps:
+            return float("nan"), 0
+        losses = torch.stack([loss for _, loss, _, _ in self.steps]).tolist()
+        counts = torch.stack([n for _, _, n, _ in self.steps]).tolist()
+        for (step, _, _, indices), loss in zip(self.steps, losses):
+            if not math.isfinite(loss):
+                examples = torch.cat(indices).tolist()[:16]
+                raise TrainingError(f"{name}: non-finite loss at step {step}; examples {examples} of this stream; "
+                                    f"last good checkpoint: {last_checkpoint or 'none (the phase start)'}")
+        self.steps.clear()
+        return losses[-1] / max(counts[-1], 1), int(sum(counts))
 
 
 def train_phase(
@@ -184,144 +256,130 @@ def train_phase(
     given, turns the trained model into the one to save (LoRA: merge the adapters into the weights).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    world = accelerator.num_processes
     fsdp = accelerator.distributed_type == DistributedType.FSDP
     if fsdp and finalize is not None:
         raise TrainingError(f"{name}: LoRA fine-tuning under FSDP is not supported (merging needs the whole model); "
                             "fine-tune without FSDP, e.g. one process or DDP")
-    micro = check_batch(cfg, len(stream), world, name)  # study.preflight made the same check before any training
+    micro = check_batch(cfg, len(stream), accelerator.num_processes, name)  # study.preflight checked it too
 
     accelerator.gradient_accumulation_steps = cfg.grad_accum
     # The seedable sampler takes its seed from the global RNG when the loader is prepared:
     # seed it here, so the data order is the same in a fresh and in a resumed process.
     set_seed(seed)
-    stream = stream.add_column("index", list(range(len(stream))))
-    loader = DataLoader(stream, batch_size=micro, shuffle=True, collate_fn=collate, drop_last=True)
-    optimizer = _optimizer(model, cfg, fused=accelerator.device.type == "cuda")
+    loader = make_loader(stream.add_column("index", list(range(len(stream)))), micro, collate, accelerator.device)
+    optimizer = make_optimizer(model, cfg, fused=accelerator.device.type == "cuda")
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps, min_lr=cfg.min_lr
     )
-    # Not under torch.compile (a new shape every step) nor FSDP (hooks on sharded modules, untested).
-    head = None
-    if cfg.labelled_logits_only and not cfg.compile and not fsdp:
-        head = LabelledHead(model)
+    head = LabelledHead(model) if use_labelled_head(cfg, accelerator) else None
     if cfg.compile:
         model = torch.compile(model)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     # A phase's checkpoints hold its own scheduler only. free_memory() does not forget the objects
     # registered for checkpointing, so without this a fine-tune checkpoint written in the process
     # that also pretrained holds two schedulers, and a fresh process resuming it (which registers
-    # one) refuses it as corrupt.
+    # one) refuses it as corrupt. accelerate has no public way to unregister one.
     accelerator._custom_objects.clear()
     accelerator.register_for_checkpointing(scheduler)
 
-    step, tokens, seconds = 0, 0, 0.0
-    checkpoints = complete_checkpoints(out_dir / "checkpoints")
-    if checkpoints:
-        last = checkpoints[-1]
-        advice = "Delete it to resume from the one before, or start the run over with --force."
-        state = read_json(last / STATE_FILE, f"{name}: the state of checkpoint {last}", advice)
-        try:
-            accelerator.load_state(str(last))
-        except Exception as err:  # a renamed checkpoint is complete; failing to read it means damage
-            raise TrainingError(
-                f"{name}: checkpoint {last} is corrupt ({type(err).__name__}: {str(err)[:200]}). {advice}"
-            ) from None
-        if not isinstance(state, dict) or not all(isinstance(state.get(k), (int, float)) for k in
-                                                  ("step", "tokens", "seconds")):
-            raise TrainingError(f"{last / STATE_FILE}: not a checkpoint state (step, tokens, seconds). {advice}")
-        step, tokens, seconds = state["step"], state["tokens"], state["seconds"]
-        accelerator.print(f"[bidirect] {name}: resumed from {last} at step {step}/{cfg.steps}")
-
-    batches_per_epoch = len(loader)
-    consumed = step * cfg.grad_accum  # micro-batches per process already seen
-
-    def batches():
-        nonlocal consumed
-        while True:
-            epoch, offset = divmod(consumed, batches_per_epoch)
-            loader.set_epoch(epoch)
-            if hasattr(collate, "set_epoch"):  # an objective that draws random masks per epoch
-                collate.set_epoch(epoch)
-            for batch in accelerator.skip_first_batches(loader, offset) if offset else loader:
-                consumed += 1
-                yield batch
-
-    source = batches()
+    step, tokens, seconds, last_checkpoint = _resume(accelerator, out_dir, name, cfg.steps)
+    source = _micro_batches(loader, collate, accelerator, consumed=step * cfg.grad_accum)
     log_path = out_dir / "log.jsonl"
     if accelerator.is_main_process:
         _truncate_log(log_path, step)
     model.train()
-    loss_value, last_checkpoint = float("nan"), (checkpoints[-1] if checkpoints else None)
+    unread, loss_value, rate = _Unread(), float("nan"), 0.0
     # A live bar only on a terminal: in a log file or a cluster job it would print nothing until the
     # phase ends, so there the logging steps are printed as plain lines instead.
     live = Console().is_terminal
     first_step, first_seconds = step, seconds  # a resumed phase's rate is this process's
     progress = Progress(
-        TextColumn(f"[bold]{name}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TextColumn("{task.fields[tps]:,.0f} tok/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not (accelerator.is_main_process and live),
+        TextColumn(f"[bold]{name}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
+        TimeElapsedColumn(), TimeRemainingColumn(), disable=not (accelerator.is_main_process and live),
     )
     with progress, head if head is not None else contextlib.nullcontext():
         task = progress.add_task(name, total=cfg.steps, completed=step, loss=float("nan"), tps=0.0)
         while step < cfg.steps:
             started = time.perf_counter()
             micro_batches = [next(source) for _ in range(cfg.grad_accum)]
-            # Count labelled tokens over the whole optimizer step and every process first,
-            # so that each micro-batch's summed loss is divided by the same number.
-            local = sum(int((b["labels"] != IGNORE).sum()) for b in micro_batches)
-            num_items = int(accelerator.gather(torch.tensor([local], device=accelerator.device)).sum())
-            step_loss = 0.0
-            for batch in micro_batches:
-                index = batch.pop("index")
-                labels = batch.pop("labels")
-                with accelerator.accumulate(model):
-                    if head is not None:
-                        head.mask = labels != IGNORE
-                    logits = model(**batch).logits
-                    loss_sum = token_loss_sum(logits, labels)
-                    if not torch.isfinite(loss_sum):
-                        raise TrainingError(
-                            f"{name}: non-finite loss at step {step + 1}; examples {index.tolist()[:16]} of this "
-                            f"stream; last good checkpoint: {last_checkpoint or 'none (the phase start)'}"
-                        )
-                    # accelerate divides by grad_accum and DDP averages over processes; undo both
-                    # so that the gradient is that of (summed loss / num_items).
-                    accelerator.backward(loss_sum * cfg.grad_accum * world / max(num_items, 1))
-                    step_loss += loss_sum.item()
-                    if accelerator.sync_gradients and cfg.clip_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+            loss_sum, num_items = train_step(model, micro_batches, accelerator, optimizer, cfg, head)
             scheduler.step()
             step += 1
-            tokens += num_items
+            unread.add(step, loss_sum, num_items, [b["index"] for b in micro_batches])
             seconds += time.perf_counter() - started
-            loss_value = float(accelerator.gather(torch.tensor([step_loss], device=accelerator.device)).sum()) / max(
-                num_items, 1
-            )
-            tps = tokens / max(seconds, 1e-9)
-            progress.update(task, completed=step, loss=loss_value, tps=tps)
+            checkpoint = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps
+            if step % cfg.log_every == 0 or step == cfg.steps or checkpoint:
+                loss_value, counted = unread.read(name, last_checkpoint)
+                tokens += counted
+                rate = tokens / max(seconds, 1e-9)
+                progress.update(task, loss=loss_value, tps=rate)
+            progress.update(task, completed=step)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 lr = scheduler.get_last_lr()[0]
                 # the experiment trackers of tracking.log_with (none: a no-op)
-                accelerator.log({f"{name}/loss": loss_value, f"{name}/lr": lr, f"{name}/tokens_per_second": tps},
+                accelerator.log({f"{name}/loss": loss_value, f"{name}/lr": lr, f"{name}/tokens_per_second": rate},
                                 step=step)
                 if accelerator.is_main_process:
                     with log_path.open("a") as f:
                         f.write(json.dumps({"step": step, "loss": loss_value, "lr": lr}) + "\n")
                     if not live:
                         left = (seconds - first_seconds) / (step - first_step) * (cfg.steps - step)
-                        print(progress_line(name, step, cfg.steps, loss_value, tps, seconds, left), flush=True)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                        print(progress_line(name, step, cfg.steps, loss_value, rate, seconds, left), flush=True)
+            if checkpoint:
                 last_checkpoint = save_checkpoint(accelerator, out_dir / "checkpoints", step, tokens, seconds)
 
     summary = PhaseSummary(name, step, tokens, seconds, loss_value, tokens / max(seconds, 1e-9))
+    _save_model(model, accelerator, out_dir, summary, fsdp, finalize)
+    accelerator.free_memory()  # forget this phase's model/optimizer so the next save_state holds only its own
+    return summary
+
+
+def use_labelled_head(cfg: TrainConfig, accelerator: Accelerator) -> bool:
+    """Whether `LabelledHead` runs. Not under torch.compile (a new shape every step) nor FSDP (hooks on sharded
+    modules, untested), and not on CUDA: selecting a data-dependent number of rows makes the host wait for the
+    device at every micro-batch, and at the sizes a GPU trains the head is a few percent of the step."""
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    return cfg.labelled_logits_only and not cfg.compile and not fsdp and accelerator.device.type != "cuda"
+
+
+def _resume(accelerator: Accelerator, out_dir: Path, name: str, steps: int) -> tuple[int, int, float, Path | None]:
+    """Load the last complete checkpoint of the phase, if any: (step, tokens, seconds, its path)."""
+    checkpoints = complete_checkpoints(out_dir / "checkpoints")
+    if not checkpoints:
+        return 0, 0, 0.0, None
+    last = checkpoints[-1]
+    advice = "Delete it to resume from the one before, or start the run over with --force."
+    state = read_json(last / STATE_FILE, f"{name}: the state of checkpoint {last}", advice)
+    try:
+        accelerator.load_state(str(last))
+    except Exception as err:  # a renamed checkpoint is complete; failing to read it means damage
+        raise TrainingError(
+            f"{name}: checkpoint {last} is corrupt ({type(err).__name__}: {str(err)[:200]}). {advice}"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), (int, float)) for k in
+                                              ("step", "tokens", "seconds")):
+        raise TrainingError(f"{last / STATE_FILE}: not a checkpoint state (step, tokens, seconds). {advice}")
+    accelerator.print(f"[bidirect] {name}: resumed from {last} at step {state['step']}/{steps}")
+    return state["step"], state["tokens"], state["seconds"], last
+
+
+def _micro_batches(loader: DataLoader, collate, accelerator: Accelerator, consumed: int) -> Iterator[dict]:
+    """Micro-batches forever, pass after pass over the stream, starting after the ``consumed`` ones a resumed
+    phase already trained on (per process)."""
+    while True:
+        epoch, offset = divmod(consumed, len(loader))
+        loader.set_epoch(epoch)
+        if hasattr(collate, "set_epoch"):  # an objective that draws random masks per epoch
+            collate.set_epoch(epoch)
+        for batch in accelerator.skip_first_batches(loader, offset) if offset else loader:
+            consumed += 1
+            yield batch
+
+
+def _save_model(model: torch.nn.Module, accelerator: Accelerator, out_dir: Path, summary: PhaseSummary, fsdp: bool,
+                finalize: Callable[[torch.nn.Module], PreTrainedModel] | None) -> None:
+    """``out_dir/model`` (renamed into place when complete), then ``phase.json``; the checkpoints go."""
     unwrapped = accelerator.unwrap_model(model)
     # Under FSDP each process holds a shard: the full state dict is gathered by every process
     # together (a collective) and written by the main one, as in the accelerate examples.
@@ -339,8 +397,6 @@ def train_phase(
         write_json_atomic(out_dir / DONE_FILE, asdict(summary))
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # the phase is done; they are dead weight
     accelerator.wait_for_everyone()
-    accelerator.free_memory()  # forget this phase's model/optimizer so the next save_state holds only its own
-    return summary
 
 
 def save_checkpoint(accelerator: Accelerator, directory: Path, step: int, tokens: int, seconds: float) -> Path:
@@ -372,8 +428,3 @@ def phase_done(out_dir: Path) -> PhaseSummary | None:
         except TypeError:
             raise TrainingError(f"{path}: not a phase summary; {advice}") from None
     return None
-
-
-def exposures(summary: PhaseSummary, stream_tokens: int) -> float:
-    """Passes over the stream: labelled tokens seen / labelled tokens in the stream."""
-    return summary.tokens / stream_tokens if stream_tokens else math.nan

@@ -34,7 +34,7 @@ def test_report_has_both_paths_and_their_ratio(report):
         for path in ("package", "plain"):
             f = r[path]
             assert f["tokens_per_second"] > 0 and f["real_tokens_per_step"] > 0, (name, path)
-            assert 0 <= f["padding_share"] < 1 and 0 <= f["data_share"] <= 1
+            assert 0 <= f["padding_share"] < 1 and 0 <= f["host_share"] <= 1 and f["device_share"] == pytest.approx(1 - f["host_share"])
             assert f["timed_steps"] == 2 and f["warmup_steps"] == 1
             assert f["peak_memory_bytes"] > 0
             assert f["mfu"] is None  # a CPU has no listed peak
@@ -45,7 +45,36 @@ def test_report_has_both_paths_and_their_ratio(report):
     assert report["data"]["generate_seconds"] > 0 and report["data"]["bios"] == 30
     assert report["device_type"] == "cpu" and report["peak_tflops"] is None
     assert {"torch", "transformers", "accelerate"} <= set(report["versions"])
-    assert report["config"]["size"]["layers"] == 2 and report["cpu_threads"] == 1
+    assert report["config"]["size"]["layers"] == 2 and report["cpu_threads"] == 1 and report["complete"] is True
+
+
+@pytest.mark.slow
+def test_compiled_path_and_the_evaluator_at_scale(tmp_path):
+    """--compile adds the package path under torch.compile (static shapes); --eval-items times the evaluator on
+    that many QA items, P_test's repeated."""
+    out = tmp_path / "cpu.json"
+    assert main([*TINY, "--backbone", "gpt2-rope", "--compile", "--eval-items", "500", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())["backbones"]["gpt2-rope"]
+    assert r["compiled"]["compile"] is True and r["package"]["compile"] is False
+    assert r["compiled"]["timed_steps"] == 2 and r["compiled"]["tokens_per_second"] > 0
+    assert r["eval"]["items"] == 500 and r["eval"]["forward_passes_per_batch"] == 1
+
+
+def test_a_report_is_written_after_each_backbone(tmp_path, monkeypatch):
+    """A bench cut short by a time limit (the GPU check's) keeps the backbones it finished."""
+    import copy
+
+    from bidirect import bench
+
+    written, real = [], bench.write_report
+    monkeypatch.setattr(bench, "write_report", lambda report, path: (written.append(copy.deepcopy(report)),
+                                                                     real(report, path)))
+    out = tmp_path / "cpu.json"
+    assert main([*TINY, "--backbone", "gpt2-rope", "--backbone", "gbert", "--steps", "1", "--warmup", "0",
+                 "--out", str(out)]) == 0
+    assert [(sorted(r["backbones"]), r["complete"]) for r in written] == [
+        (["gpt2-rope"], False), (["gbert", "gpt2-rope"], False), (["gbert", "gpt2-rope"], True)]
+    assert json.loads(out.read_text()) == written[-1]
 
 
 def test_flops_fields_follow_the_formula(report):
