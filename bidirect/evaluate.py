@@ -223,32 +223,37 @@ def _pad(rows: Sequence[list[int]], pad: int, device: torch.device, left: bool =
     return ids.to(device), attention.to(device)
 
 
-def _argmax(model, rows: Sequence[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The argmax token at every position, and its log-probability."""
+def _argmax(model, rows: Sequence[list[int]], where: Sequence[list[int]], pad: int,
+            device: torch.device) -> tuple[list[list[int]], list[list[float]]]:
+    """Per row, the argmax token at each of its ``where`` positions and its log-probability: the one forward
+    pass every level is read with. Only the read positions leave the device, in one transfer."""
     ids, attention = _pad(rows, pad, device)
     positions = torch.arange(ids.shape[1], device=device).expand_as(ids)
+    width = max(len(w) for w in where)
+    index = torch.tensor([w + [w[-1]] * (width - len(w)) for w in where], device=device)  # repeat to a rectangle
     logits = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits
-    best = logits.float().log_softmax(-1).max(-1)
-    return best.indices.cpu(), best.values.cpu()
+    read = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1])).float().log_softmax(-1).max(-1)
+    tokens, logp = read.indices.tolist(), read.values.tolist()
+    return [t[: len(w)] for t, w in zip(tokens, where)], [p[: len(w)] for p, w in zip(logp, where)]
 
 
 def _read(model, items: list[Item], pad: int, device: torch.device, left_to_right: bool
           ) -> tuple[list[list[int]], list[float]]:
     """The model's tokens at each item's read positions, and their mean log-probability."""
     if not left_to_right:
-        pred, logp = _argmax(model, [it.ids for it in items], pad, device)
-        return ([pred[i, it.where].tolist() for i, it in enumerate(items)],
-                [logp[i, it.where].mean().item() for i, it in enumerate(items)])
+        tokens, logp = _argmax(model, [it.ids for it in items], [it.where for it in items], pad, device)
+        return tokens, [sum(p) / len(p) for p in logp]
     # Each pass commits the argmax at the first still-masked position, so later masks are
     # predicted knowing the earlier answer tokens.
     rows = [list(it.ids) for it in items]
     sums = [0.0] * len(items)
     for step in range(max(len(it.where) for it in items)):
-        pred, logp = _argmax(model, rows, pad, device)
+        at = [[it.where[min(step, len(it.where) - 1)]] for it in items]
+        tokens, logp = _argmax(model, rows, at, pad, device)
         for i, (row, it) in enumerate(zip(rows, items, strict=True)):
             if step < len(it.where):
-                row[it.where[step]] = int(pred[i, it.where[step]])
-                sums[i] += logp[i, it.where[step]].item()
+                row[it.where[step]] = tokens[i][0]
+                sums[i] += logp[i][0]
     return ([[row[t] for t in it.where] for row, it in zip(rows, items, strict=True)],
             [total / len(it.where) for total, it in zip(sums, items, strict=True)])
 
