@@ -4,7 +4,9 @@
 #   scripts/device_check.sh OUT_DIR BUDGET_SECONDS [--resume | --dry-run]
 #
 # 1. installs the wheels the GPU image lacks from .whl/ (scripts/fetch_device_wheels.sh fills it here);
-# 2. `bidirect bench --size gpt2-small` (gpt2-rope, gbert, bert at 12 x 768, context 512, bf16);
+# 2. `bidirect bench --size gpt2-small` in bf16: gpt2-rope (GPT-2 small) and bert (BERT-base size), each eager,
+#    under torch.compile and as a plain loop, and the evaluator on 300,000 QA items (JSON written per backbone,
+#    so a bench cut by its time limit keeps what it finished);
 # 3. `bidirect run configs/gpu_contrast.yaml` into runs/gpu_contrast, stopped before BUDGET_SECONDS run out.
 # With --resume it skips the bench and continues runs/gpu_contrast: a run folder resumes cell by cell, so a
 # study longer than one call (10 minutes at most) finishes over two calls on the same warm machine.
@@ -20,11 +22,12 @@ mode=${3:-}
 case "$mode" in ""|--resume|--dry-run) ;; *) echo "$usage" >&2; exit 2 ;; esac
 cd "$(dirname "$0")/.."
 deadline=$((SECONDS + budget))
-bench=(--size gpt2-small)
+bench=(--size gpt2-small --backbone gpt2-rope --backbone bert --compile --warmup 10 --eval-items 300000)
 study=configs/gpu_contrast.yaml
 run_dir=runs/gpu_contrast
 if [ "$mode" = "--dry-run" ]; then
-    bench=(--size tiny --steps 2 --warmup 1 --individuals 50 --backbone gpt2-rope --backbone gbert)
+    bench=(--size tiny --steps 2 --warmup 1 --individuals 50 --backbone gpt2-rope --backbone gbert --compile
+           --eval-items 500)
     study=configs/gpu_contrast_dry.yaml
     run_dir=$out/run
 fi
@@ -48,7 +51,7 @@ nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi here" >"$out/nvidi
 
 status=0
 if [ "$mode" != "--resume" ]; then
-    timeout 200 python3 -m bidirect bench "${bench[@]}" --out "$out/bench.json" 2>&1 | tee "$out/bench.log"
+    timeout 300 python3 -m bidirect bench "${bench[@]}" --out "$out/bench.json" 2>&1 | tee "$out/bench.log"
     status=$?
 fi
 
