@@ -39,7 +39,8 @@ def run(config: str | Path | dict[str, Any] | StudyConfig | None, out: str | Pat
         resume: bool = False, force: bool = False) -> dict[str, Any]:
     """Run a study into the folder ``out`` (the rules of `bidirect run`: a finished run is never
     overwritten without ``force``; ``resume`` continues one) and return its results.json as a dict."""
-    from bidirect.study import make_accelerator, open_run_dir, run_study
+    from bidirect.rundir import open_run_dir
+    from bidirect.study import make_accelerator, run_study
 
     cfg = study_config(config, overrides)
     run_dir = Path(out)
@@ -56,7 +57,7 @@ def results_frame(run: str | Path | dict[str, Any]) -> pd.DataFrame:
     level and attribute (the six and their ``mean``): accuracy, its 95% interval over people, and the
     item and people counts of the level. Baselines are rows too (backbone ``majority``, level
     ``qa_test`` or ``qa_test_given``)."""
-    from bidirect.study import read_results
+    from bidirect.rundir import read_results
 
     results = read_results(Path(run)) if isinstance(run, (str, Path)) else run
     rows = []

@@ -599,7 +599,7 @@ def default_out(report: dict[str, Any]) -> Path:
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:
-    from bidirect.trainer import write_json_atomic
+    from bidirect.rundir import write_json_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, report)

@@ -51,12 +51,9 @@ from bidirect.data.generate import MONTHS, StudyData, first_bios
 from bidirect.data.pools import Pools, load_pools
 from bidirect.evaluate import _pad
 from bidirect.models import backbone_kind, load_backbone, parameter_counts
-from bidirect.probe import _merge_json, select_cells
-from bidirect.study import run_tokenizer
+from bidirect.rundir import CAPACITY_FILE, RunFolder, merge_cells, read_tokenizer, select_cells, write_json_atomic
 from bidirect.tokenizer import value_token_span
-from bidirect.trainer import write_json_atomic
 
-CAPACITY_FILE = "capacity.json"
 FIELDS = (*ATTRIBUTES, "full_name")
 DAYS, YEARS = 28, 200  # rng.randint(1, 28), rng.randint(1900, 2099) in draw_individuals
 
@@ -194,11 +191,12 @@ def run_capacity(run_dir: Path, augmentation: str | None = None, backbone: str |
                  phase: str | None = None, batch_size: int = 32) -> dict[str, Any]:
     """Capacity of every asked cell of a run; writes RUN_DIR/capacity.json (``results``: backbone -> aug)."""
     _, cells, phase = select_cells(run_dir, augmentation, backbone, phase)
-    data, tokenizer = StudyData.load(run_dir / "data"), run_tokenizer(run_dir)
+    run = RunFolder(run_dir)
+    data, tokenizer = StudyData.load(run.data), read_tokenizer(run_dir)
     entropy = generator_entropy(len(data.individuals))
     out: dict[str, Any] = {"phase": phase, "entropy_bits": entropy, "results": {}}
     for aug, name in cells:
-        model = load_backbone(run_dir / "models" / aug / name / phase / "model")
+        model = load_backbone(run.model(aug, name, phase))
         losses = field_losses(model, backbone_kind(name), tokenizer, data, aug, batch_size)
         cell = bits_stored(losses, entropy)
         counts = parameter_counts(model)
@@ -206,8 +204,8 @@ def run_capacity(run_dir: Path, augmentation: str | None = None, backbone: str |
         cell["bits_per_parameter"] = cell["bits"] / counts["total"]
         cell["bits_per_non_embedding_parameter"] = cell["bits"] / max(counts["non_embedding"], 1)
         out["results"].setdefault(name, {})[aug] = cell
-    out = _merge_json(run_dir / CAPACITY_FILE, out)
-    write_json_atomic(run_dir / CAPACITY_FILE, out)
+    out = merge_cells(run.file(CAPACITY_FILE), out)
+    write_json_atomic(run.file(CAPACITY_FILE), out)
     return out
 
 

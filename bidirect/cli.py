@@ -30,7 +30,7 @@ from rich.markup import escape
 from bidirect import __version__
 from bidirect.api import study_config
 from bidirect.config import ConfigError, StudyConfig
-from bidirect.rundir import RunDirError, environment_fault
+from bidirect.rundir import CAPACITY_FILE, PROBE_FILE, SUMMARY_FILE, RunDirError, environment_fault
 
 # Piped or logged output is read by people later and by scripts: no wrapping at 80 columns in the
 # middle of a path or a number (a terminal keeps its own width).
@@ -39,7 +39,8 @@ console = Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=Tru
 
 def cmd_data(args: argparse.Namespace) -> None:
     from bidirect.report import data_summary
-    from bidirect.study import open_run_dir, start_study
+    from bidirect.rundir import open_run_dir
+    from bidirect.study import start_study
 
     cfg = study_config(args.config, args.set)
     run_dir = Path(args.out)
@@ -75,7 +76,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_summary(args: argparse.Namespace) -> None:
     from bidirect.report import comparison_tables, print_results, runs_markdown
-    from bidirect.study import read_results
+    from bidirect.rundir import read_results
     from bidirect.sweep import aggregate, is_sweep_dir, summary_table, write_summary
 
     sweeps = [Path(d) for d in args.run_dirs if is_sweep_dir(Path(d))]
@@ -112,7 +113,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         summary = sweep_lib.run_sweep(opened, out, accelerator, console)
     if accelerator.is_main_process:
         console.print(sweep_lib.summary_table(summary))
-        console.print(f"summary: {out / sweep_lib.SUMMARY}")
+        console.print(f"summary: {out / SUMMARY_FILE}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -157,7 +158,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
-    from bidirect.probe import PROBE_FILE, probe_table, run_probe
+    from bidirect.probe import probe_table, run_probe
 
     if args.steps < 1:
         raise ConfigError(f"--steps: {args.steps}; give a positive number of probe training steps")
@@ -167,7 +168,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
 
 
 def cmd_capacity(args: argparse.Namespace) -> None:
-    from bidirect.capacity import CAPACITY_FILE, capacity_table, run_capacity
+    from bidirect.capacity import capacity_table, run_capacity
 
     out = run_capacity(Path(args.run_dir), args.augmentation, args.backbone, args.phase)
     console.print(capacity_table(out))

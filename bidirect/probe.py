@@ -33,7 +33,6 @@ Q-probing needs no masking: the name is all there is.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,15 +44,21 @@ import torch.nn.functional as F
 from rich.table import Table
 from torch import nn
 
-from bidirect.config import ATTRIBUTES, StudyConfig
+from bidirect.config import ATTRIBUTES
 from bidirect.data.generate import StudyData, first_bios
 from bidirect.evaluate import _pad, majority_baseline
 from bidirect.models import backbone_kind, load_backbone
-from bidirect.study import RunDirError, require_run_dir, run_tokenizer
+from bidirect.rundir import (
+    PROBE_FILE,
+    RunDirError,
+    RunFolder,
+    merge_cells,
+    read_tokenizer,
+    select_cells,
+    write_json_atomic,
+)
 from bidirect.tokenizer import value_token_span
-from bidirect.trainer import write_json_atomic
 
-PROBE_FILE = "probe.json"
 MODE_NAMES = {"P": "P", "P_prefix": "P, prefix only", "Q": "Q"}
 RANK = 2
 
@@ -227,67 +232,20 @@ def probe_model(model, kind: str, tokenizer, data: StudyData, augmentation: str,
     return out
 
 
-# --------------------------------------------------------------------------- run folders
-
-
-def default_phase(cfg: StudyConfig) -> str:
-    return "mixed" if cfg.protocol == "mixed" else "pretrain"
-
-
-def select_cells(run_dir: Path, augmentation: str | None, backbone: str | None,
-                 phase: str | None) -> tuple[StudyConfig, list[tuple[str, str]], str]:
-    """The run's config, the (augmentation, backbone) cells asked for, and the phase; clear errors otherwise."""
-    cfg = require_run_dir(run_dir)
-    augs = [a.name for a in cfg.augmentations()]
-    backbones = [b.name for b in cfg.backbones]
-    if augmentation is not None and augmentation not in augs:
-        raise RunDirError(f"--augmentation {augmentation}: not in this run (it has {', '.join(augs)})")
-    if backbone is not None and backbone not in backbones:
-        raise RunDirError(f"--backbone {backbone}: not in this run (it has {', '.join(backbones)})")
-    phases = ["mixed"] if cfg.protocol == "mixed" else ["pretrain", "finetune"]
-    phase = phase or default_phase(cfg)
-    if phase not in phases:
-        raise RunDirError(f"--phase {phase}: this run's protocol ({cfg.protocol}) has the phases {', '.join(phases)}")
-    if not (run_dir / "data").is_dir() or not (run_dir / "tokenizer").is_dir():
-        raise RunDirError(f"{run_dir}: no data/ or tokenizer/ yet; run `bidirect run CONFIG --out {run_dir}` first")
-    cells = [(a, b) for a in augs for b in backbones
-             if (augmentation is None or a == augmentation) and (backbone is None or b == backbone)]
-    for a, b in cells:
-        model_dir = run_dir / "models" / a / b / phase / "model"
-        if not (model_dir / "config.json").is_file():
-            raise RunDirError(f"{model_dir}: no trained model; finish the run with `bidirect run ... --resume`")
-    return cfg, cells, phase
-
-
-def _merge_json(path: Path, out: dict[str, Any], same: Sequence[str] = ("phase",)) -> dict[str, Any]:
-    """Cells computed now replace the same cells of an earlier file; its other cells are kept when it was made
-    with the same settings (``same``: keys that must match), else the earlier file is replaced whole."""
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            old = {}
-        if not isinstance(old, dict) or any(old.get(k) != out.get(k) for k in same):
-            old = {}
-        for backbone, augs in old.get("results", {}).items():
-            for aug, cell in augs.items():
-                out["results"].setdefault(backbone, {}).setdefault(aug, cell)
-    return out
-
-
 def run_probe(run_dir: Path, augmentation: str | None = None, backbone: str | None = None, phase: str | None = None,
               steps: int = 300, batch_size: int = 32, lr: float = 3e-3) -> dict[str, Any]:
     """Probe every asked cell of a run and write RUN_DIR/probe.json (``results``: backbone -> aug -> P/Q)."""
     cfg, cells, phase = select_cells(run_dir, augmentation, backbone, phase)
-    data, tokenizer = StudyData.load(run_dir / "data"), run_tokenizer(run_dir)
+    run = RunFolder(run_dir)
+    data, tokenizer = StudyData.load(run.data), read_tokenizer(run_dir)
     out: dict[str, Any] = {"phase": phase, "steps": steps, "batch_size": batch_size, "lr": lr, "rank": RANK,
                            "majority_baseline": majority_baseline(data), "results": {}}
     for aug, name in cells:
-        model = load_backbone(run_dir / "models" / aug / name / phase / "model")
+        model = load_backbone(run.model(aug, name, phase))
         out["results"].setdefault(name, {})[aug] = probe_model(model, backbone_kind(name), tokenizer, data, aug,
                                                                steps, batch_size, lr, cfg.seed)
-    out = _merge_json(run_dir / PROBE_FILE, out, ("phase", "steps", "batch_size", "lr", "rank"))
-    write_json_atomic(run_dir / PROBE_FILE, out)
+    out = merge_cells(run.file(PROBE_FILE), out, ("phase", "steps", "batch_size", "lr", "rank"))
+    write_json_atomic(run.file(PROBE_FILE), out)
     return out
 
 

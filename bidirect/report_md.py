@@ -24,14 +24,19 @@ import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
-from bidirect.capacity import CAPACITY_FILE
 from bidirect.config import ATTRIBUTES, HELD_OUT_LEVELS, INVERSE_LEVELS, LEVELS
 from bidirect.report import LEVEL_NAMES, SHORT, markdown
-from bidirect.study import RunDirError, read_results
-from bidirect.sweep import (
-    MANIFEST,
-    SEED,
+from bidirect.rundir import (
+    CAPACITY_FILE,
+    MANIFEST_FILE,
+    REPORT_FILE,
     SWEEP_FILE,
+    RunDirError,
+    RunFolder,
+    read_results,
+)
+from bidirect.sweep import (
+    SEED,
     _label,
     aggregate,
     is_sweep_dir,
@@ -331,7 +336,7 @@ def _loss_curves(run_dir: Path, results: dict[str, Any], prefix: str = "", alpha
     for aug, by_backbone in results.get("training", {}).items():
         for backbone, phases in by_backbone.items():
             for phase in phases:
-                steps, losses = read_log(run_dir / "models" / aug / backbone / phase / "log.jsonl")
+                steps, losses = read_log(RunFolder(run_dir).log(aug, backbone, phase))
                 curves.append({"phase": phase, "label": f"{label_extra}{backbone} / {aug}", "color_key": backbone,
                                "style_key": f"{label_extra}{aug}", "steps": steps, "losses": losses, "alpha": alpha})
     return curves
@@ -388,7 +393,7 @@ def run_report(run_dir: Path, out: Path) -> str:
     if loss:
         lines += [f"![training loss]({_rel(loss, base)})", ""]
     lines += [f"Leak check: {_leaks([results])}.", "", "## Config", "",
-              _config_block((run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file()
+              _config_block(RunFolder(run_dir).config.read_text() if RunFolder(run_dir).config.is_file()
                             else yaml.safe_dump(cfg, sort_keys=False)), ""]
     return "\n".join(lines)
 
@@ -447,8 +452,8 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
     first = cells[0]["results"]
     majority = [r["majority"] for r in rows if r["majority"] is not None]
     mean_majority = sum(majority) / len(majority) if majority else None
-    planned = len(json.loads((sweep_dir / MANIFEST).read_text())["cells"]) if (sweep_dir / MANIFEST).is_file() \
-        else len(cells)
+    manifest = sweep_dir / MANIFEST_FILE
+    planned = len(json.loads(manifest.read_text())["cells"]) if manifest.is_file() else len(cells)
     lines = [f"# bidirect sweep report: {first.get('study', sweep_dir.name)}", ""]
     lines += [f"Sweep folder `{sweep_dir}`: {len(cells)} of {planned} cells have results. Swept: "
               + "; ".join(f"`{k}` in {', '.join(_label(v) for v in vs)}" for k, vs in axes.items()) + ".", "",
@@ -549,7 +554,7 @@ def write_report(directory: Path, out: Path | None = None) -> Path:
     """Write the report of a run folder or a sweep folder; returns the Markdown file."""
     if not directory.is_dir():
         raise RunDirError(f"{directory}: no such folder")
-    out = out or directory / "report.md"
+    out = out or directory / REPORT_FILE
     if out.suffix != ".md":
         raise RunDirError(f"--out {out}: expected a .md file (its figures go to {out.with_suffix('')}/)")
     out.parent.mkdir(parents=True, exist_ok=True)

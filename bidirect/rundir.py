@@ -1,5 +1,8 @@
-"""The folders bidirect writes: what marks them as its own, what ``--force`` may replace, and the lock
-held while a process writes to one.
+"""The folders bidirect writes: their layout, reading and writing what is in them, what marks them as
+bidirect's own, what ``--force`` may replace, and the lock held while a process writes to one.
+
+Every path inside a run or sweep folder is spelled here (`RunFolder`, the ``*_FILE`` names); the
+other modules ask for them. The layout, drawn as a tree, is in docs/design.md.
 
 Every run folder and sweep folder bidirect creates holds a marker, ``.bidirect``, a small JSON
 of what it is. ``--force`` replaces only a folder with that marker (or a run or sweep folder of a
@@ -13,26 +16,42 @@ refused with the holder's pid and command line. The lock ends with its process, 
 with SIGKILL leaves none behind. Under ``accelerate launch`` only the main process locks: its
 peers write to the folder it holds.
 
-Light on purpose (no torch): config-free modules and the CLI's error path import it.
+Light on purpose (no torch at import): the CLI's error path imports it.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import math
 import os
 import shutil
 import socket
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from bidirect import config as config_lib
+from bidirect.config import StudyConfig
+
 MARKER = ".bidirect"
 Kind = Literal["run", "sweep"]
+# A run folder
+CONFIG_FILE = "config.yaml"  # the study, as run (a resume must match it)
+RESULTS_FILE = "results.json"  # every level of every cell, the baselines, the training summaries
+TOKENIZER_SHA_FILE = "tokenizer.sha256"  # of tokenizer/tokenizer.json, written with it: a swapped one is caught
+PROBE_FILE, CAPACITY_FILE, REPORT_FILE = "probe.json", "capacity.json", "report.md"  # the analyses' outputs
+# A phase folder (models/AUGMENTATION/BACKBONE/PHASE), which the trainer fills
+MODEL_DIR, LOG_FILE, DONE_FILE, CHECKPOINTS_DIR = "model", "log.jsonl", "phase.json", "checkpoints"
+STATE_FILE = "trainer_state.json"  # written last into a checkpoint (checkpoints/step_N): it marks it complete
+# A sweep folder: one run folder per cell beside these
+SWEEP_FILE, MANIFEST_FILE, SUMMARY_FILE = "sweep.yaml", "sweep.json", "summary.json"
 # What a run or sweep folder of a version before the marker holds; only bidirect writes these together.
-LEGACY = {"run": ("config.yaml", "results.json"), "sweep": ("sweep.yaml", "sweep.json")}
+LEGACY = {"run": (CONFIG_FILE, RESULTS_FILE), "sweep": (SWEEP_FILE, MANIFEST_FILE)}
 
 
 class RunDirError(ValueError):
@@ -259,3 +278,228 @@ def make_folder(folder: Path) -> None:
         if environment_fault(err):
             raise
         raise RunDirError(f"--out {folder}: cannot create the folder ({err.strerror}: {err.filename})") from None
+
+
+# --------------------------------------------------------------------------- a run folder's layout
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Where each thing of one run folder lives."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def results(self) -> Path:
+        return self.root / RESULTS_FILE
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def tokenizer_sha(self) -> Path:
+        return self.root / TOKENIZER_SHA_FILE
+
+    def file(self, name: str) -> Path:
+        """An analysis's output at the top of the folder (PROBE_FILE, CAPACITY_FILE, REPORT_FILE)."""
+        return self.root / name
+
+    def cell(self, augmentation: str, backbone: str) -> Path:
+        return self.root / "models" / augmentation / backbone
+
+    def phase(self, augmentation: str, backbone: str, phase: str) -> Path:
+        return self.cell(augmentation, backbone) / phase
+
+    def model(self, augmentation: str, backbone: str, phase: str) -> Path:
+        return self.phase(augmentation, backbone, phase) / MODEL_DIR
+
+    def log(self, augmentation: str, backbone: str, phase: str) -> Path:
+        return self.phase(augmentation, backbone, phase) / LOG_FILE
+
+
+def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: bool = False,
+                 command: str = "run") -> Opened:
+    """Make ``run_dir`` ready for ``cfg``: new, resumed (same config) or, with ``force``, replaced
+    (moved aside until the new run passes its checks). Locks it; the caller closes the result."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--out {run_dir}: is a file, not a folder")
+    existing = run_dir.is_dir() and any(run_dir.iterdir())
+    saved = RunFolder(run_dir).config
+    aside = None
+    if existing and force:
+        aside = replace(run_dir, "run")
+    elif existing and resume:
+        if not saved.is_file():
+            raise RunDirError(f"--resume {run_dir}: no {CONFIG_FILE} there, so it is not a bidirect run folder")
+        if config_lib.load(saved).to_dict() != cfg.to_dict():
+            raise RunDirError(
+                f"--resume {run_dir}: the config differs from the one this run started with ({saved}); "
+                "resume with that config or start a new run folder"
+            )
+        if folder_kind(run_dir) is None:  # a run of a version before the marker: the config proves it ours
+            write_marker(run_dir, "run")
+        return Opened(run_dir, Lock(run_dir).acquire())
+    elif existing:
+        finished = RunFolder(run_dir).results.is_file()
+        again = "use --resume to continue it, " if command == "run" else ""
+        raise RunDirError(
+            f"--out {run_dir}: folder is not empty{' and holds a finished run' if finished else ''}; "
+            f"{again}--force to replace it, or another --out"
+        )
+    try:
+        make_folder(run_dir)
+        write_marker(run_dir, "run")
+        lock = Lock(run_dir).acquire()
+        config_lib.dump(cfg, saved)
+    except BaseException:
+        settle(run_dir, aside, False)
+        raise
+    return Opened(run_dir, lock, aside)
+
+
+def require_run_dir(run_dir: Path) -> StudyConfig:
+    """The config of an existing run folder, or a clear error."""
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: no such run folder")
+    if not RunFolder(run_dir).config.is_file():
+        raise RunDirError(f"{run_dir}: not a bidirect run folder (no {CONFIG_FILE})")
+    return config_lib.load(RunFolder(run_dir).config)
+
+
+def read_results(run_dir: Path) -> dict[str, Any]:
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: no such run folder")
+    path = RunFolder(run_dir).results
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: no {RESULTS_FILE} (the run has not evaluated anything yet)")
+    try:
+        results = json.loads(path.read_text())
+    except (ValueError, OSError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        # Not `bidirect eval`: it reads this file first. A resume re-evaluates the saved models and writes it anew.
+        raise RunDirError(
+            f"{path}: corrupt JSON ({type(err).__name__}: {str(err)[:120]}); move it away, then "
+            f"`bidirect run {RunFolder(run_dir).config} --out {run_dir} --resume` writes it again from the saved "
+            "models"
+        ) from None
+    if not isinstance(results, dict) or "results" not in results:
+        raise RunDirError(f"{path}: not a bidirect results file (no 'results' key)")
+    return results
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_data(run_dir: Path, data: Any) -> None:
+    """Save the run's `StudyData` (its own format, `StudyData.save`) aside, then rename it into place."""
+    run = RunFolder(run_dir)
+    tmp = run_dir / ".data.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    data.save(tmp)
+    shutil.rmtree(run.data, ignore_errors=True)
+    tmp.rename(run.data)
+
+
+def write_tokenizer(run_dir: Path, tokenizer: Any) -> None:
+    """Save the run's tokenizer with the hash `read_tokenizer` checks. Written aside, hashed, then renamed:
+    a kill leaves either no tokenizer (made again) or a whole one."""
+    run = RunFolder(run_dir)
+    tmp = run_dir / ".tokenizer.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer.save_pretrained(str(tmp))
+    sha = tmp / ".sha256.tmp"
+    sha.write_text(f"{_file_sha(tmp / 'tokenizer.json')}  tokenizer/tokenizer.json\n")
+    os.replace(sha, run.tokenizer_sha)
+    shutil.rmtree(run.tokenizer, ignore_errors=True)
+    os.replace(tmp, run.tokenizer)
+
+
+def has_tokenizer(run_dir: Path) -> bool:
+    return (RunFolder(run_dir).tokenizer / "tokenizer.json").is_file()
+
+
+def read_tokenizer(run_dir: Path) -> Any:
+    """The tokenizer of a run, checked against the hash recorded when the run made it: token ids
+    mean nothing with another tokenizer, so a tokenizer/ copied from another run is refused."""
+    from bidirect.tokenizer import load_tokenizer  # transformers: only when a tokenizer is read
+
+    run = RunFolder(run_dir)
+    try:
+        tokenizer = load_tokenizer(run.tokenizer)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # tokenizers' own errors (truncated JSON) come from Rust as plain Exceptions
+        raise RunDirError(
+            f"{run.tokenizer / 'tokenizer.json'}: cannot be read ({type(err).__name__}: {str(err)[:120]}); it is "
+            "damaged. Put back the tokenizer/ this run was made with, or start over with --force."
+        ) from None
+    if run.tokenizer_sha.is_file():  # runs made before the hash was recorded are not checked
+        expected = (run.tokenizer_sha.read_text().split() or [""])[0]
+        actual = _file_sha(run.tokenizer / "tokenizer.json")
+        if actual != expected:
+            raise RunDirError(
+                f"{run.tokenizer}: the tokenizer does not match the run (sha256 of tokenizer.json is {actual[:12]}..."
+                f", the run recorded {expected[:12]}... in {run.tokenizer_sha}; vocabulary of {len(tokenizer)} "
+                "tokens). Put back the tokenizer/ this run was made with, or start a new run."
+            )
+    return tokenizer
+
+
+# --------------------------------------------------------------------------- the analyses' cells
+
+
+def default_phase(cfg: StudyConfig) -> str:
+    return "mixed" if cfg.protocol == "mixed" else "pretrain"
+
+
+def select_cells(run_dir: Path, augmentation: str | None, backbone: str | None,
+                 phase: str | None) -> tuple[StudyConfig, list[tuple[str, str]], str]:
+    """For an analysis of a run's trained models (probe, capacity): the run's config, the (augmentation,
+    backbone) cells asked for, and the phase; clear errors otherwise."""
+    cfg = require_run_dir(run_dir)
+    augs = [a.name for a in cfg.augmentations()]
+    backbones = [b.name for b in cfg.backbones]
+    if augmentation is not None and augmentation not in augs:
+        raise RunDirError(f"--augmentation {augmentation}: not in this run (it has {', '.join(augs)})")
+    if backbone is not None and backbone not in backbones:
+        raise RunDirError(f"--backbone {backbone}: not in this run (it has {', '.join(backbones)})")
+    phases = ["mixed"] if cfg.protocol == "mixed" else ["pretrain", "finetune"]
+    phase = phase or default_phase(cfg)
+    if phase not in phases:
+        raise RunDirError(f"--phase {phase}: this run's protocol ({cfg.protocol}) has the phases {', '.join(phases)}")
+    run = RunFolder(run_dir)
+    if not run.data.is_dir() or not run.tokenizer.is_dir():
+        raise RunDirError(f"{run_dir}: no data/ or tokenizer/ yet; run `bidirect run CONFIG --out {run_dir}` first")
+    cells = [(a, b) for a in augs for b in backbones
+             if (augmentation is None or a == augmentation) and (backbone is None or b == backbone)]
+    for a, b in cells:
+        model_dir = run.model(a, b, phase)
+        if not (model_dir / "config.json").is_file():
+            raise RunDirError(f"{model_dir}: no trained model; finish the run with `bidirect run ... --resume`")
+    return cfg, cells, phase
+
+
+def merge_cells(path: Path, out: dict[str, Any], same: Sequence[str] = ("phase",)) -> dict[str, Any]:
+    """An analysis's results file: cells computed now replace the same cells of an earlier file; its other
+    cells are kept when it was made with the same settings (``same``: keys that must match), else the earlier
+    file is replaced whole."""
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if not isinstance(old, dict) or any(old.get(k) != out.get(k) for k in same):
+            old = {}
+        for backbone, augs in old.get("results", {}).items():
+            for aug, cell in augs.items():
+                out["results"].setdefault(backbone, {}).setdefault(aug, cell)
+    return out

@@ -1,23 +1,11 @@
-"""A study from one config: data, tokenizer, every (augmentation, backbone) trained and evaluated.
-
-Layout of a run folder::
-
-    RUN_DIR/.bidirect              marker: bidirect wrote this folder (--force may replace it); locked while written
-    RUN_DIR/config.yaml            the study as run (a resume must match it)
-    RUN_DIR/data/                  individuals, qa_train, qa_test, bios/<augmentation>  (datasets)
-    RUN_DIR/tokenizer/             the shared tokenizer (PreTrainedTokenizerFast)
-    RUN_DIR/tokenizer.sha256       its tokenizer.json's hash: a resume or eval with another tokenizer is refused
-    RUN_DIR/models/<aug>/<backbone>/<phase>/model   save_pretrained folders; checkpoints/ while training
-    RUN_DIR/results.json           every number of the tables, written after each cell
-"""
+"""A study from one config: data, tokenizer, every (augmentation, backbone) trained and evaluated,
+into a run folder (its layout: rundir.RunFolder, drawn in docs/design.md)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -36,85 +24,11 @@ from bidirect.evaluate import MEMORIZATION_LEVELS, evaluate_model, majority_base
 from bidirect.lora import add_lora, merge_lora, trainable_parameters
 from bidirect.models import backbone_kind, build_backbone, load_backbone, parameter_counts
 from bidirect.objectives import IGNORE, encode_qa, make_objective, tokenize_bios
-from bidirect.rundir import RunDirError
-from bidirect.tokenizer import load_tokenizer, qa_ids, qa_text, train_tokenizer
-from bidirect.trainer import TrainingError, check_batch, phase_done, train_phase, write_json_atomic
+from bidirect.rundir import RunDirError, RunFolder, read_results, read_tokenizer, require_run_dir, write_json_atomic
+from bidirect.tokenizer import qa_ids, qa_text, train_tokenizer
+from bidirect.trainer import TrainingError, check_batch, phase_done, train_phase
 
-RESULTS = "results.json"
-TOKENIZER_SHA = "tokenizer.sha256"  # sha256 of tokenizer/tokenizer.json, written with it: a swapped tokenizer is caught
 FULL_NAME = re.compile(r"\b[A-Z][a-zA-Z]+ [A-Z][a-zA-Z]+ [A-Z][a-zA-Z]+\b")  # first middle last
-
-
-# --------------------------------------------------------------------------- run folder
-
-
-def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: bool = False,
-                 command: str = "run") -> rundir.Opened:
-    """Make ``run_dir`` ready for ``cfg``: new, resumed (same config) or, with ``force``, replaced
-    (moved aside until the new run passes `preflight`). Locks it; the caller closes the result."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"--out {run_dir}: is a file, not a folder")
-    existing = run_dir.is_dir() and any(run_dir.iterdir())
-    saved = run_dir / "config.yaml"
-    aside = None
-    if existing and force:
-        aside = rundir.replace(run_dir, "run")
-    elif existing and resume:
-        if not saved.is_file():
-            raise RunDirError(f"--resume {run_dir}: no config.yaml there, so it is not a bidirect run folder")
-        if config_lib.load(saved).to_dict() != cfg.to_dict():
-            raise RunDirError(
-                f"--resume {run_dir}: the config differs from the one this run started with ({saved}); "
-                "resume with that config or start a new run folder"
-            )
-        if rundir.folder_kind(run_dir) is None:  # a run of a version before the marker: the config proves it ours
-            rundir.write_marker(run_dir, "run")
-        lock = rundir.Lock(run_dir).acquire()
-        return rundir.Opened(run_dir, lock)
-    elif existing:
-        finished = (run_dir / RESULTS).is_file()
-        again = "use --resume to continue it, " if command == "run" else ""
-        raise RunDirError(
-            f"--out {run_dir}: folder is not empty{' and holds a finished run' if finished else ''}; "
-            f"{again}--force to replace it, or another --out"
-        )
-    try:
-        rundir.make_folder(run_dir)
-        rundir.write_marker(run_dir, "run")
-        lock = rundir.Lock(run_dir).acquire()
-        config_lib.dump(cfg, saved)
-    except BaseException:
-        rundir.settle(run_dir, aside, False)
-        raise
-    return rundir.Opened(run_dir, lock, aside)
-
-
-def require_run_dir(run_dir: Path) -> StudyConfig:
-    """The config of an existing run folder, or a clear error."""
-    if not run_dir.is_dir():
-        raise RunDirError(f"{run_dir}: no such run folder")
-    if not (run_dir / "config.yaml").is_file():
-        raise RunDirError(f"{run_dir}: not a bidirect run folder (no config.yaml)")
-    return config_lib.load(run_dir / "config.yaml")
-
-
-def read_results(run_dir: Path) -> dict[str, Any]:
-    if not run_dir.is_dir():
-        raise RunDirError(f"{run_dir}: no such run folder")
-    path = run_dir / RESULTS
-    if not path.is_file():
-        raise RunDirError(f"{run_dir}: no {RESULTS} (the run has not evaluated anything yet)")
-    try:
-        results = json.loads(path.read_text())
-    except (ValueError, OSError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        # Not `bidirect eval`: it reads this file first. A resume re-evaluates the saved models and writes it anew.
-        raise RunDirError(
-            f"{path}: corrupt JSON ({type(err).__name__}: {str(err)[:120]}); move it away, then "
-            f"`bidirect run {run_dir / 'config.yaml'} --out {run_dir} --resume` writes it again from the saved models"
-        ) from None
-    if not isinstance(results, dict) or "results" not in results:
-        raise RunDirError(f"{path}: not a bidirect results file (no 'results' key)")
-    return results
 
 
 # --------------------------------------------------------------------------- data
@@ -122,62 +36,18 @@ def read_results(run_dir: Path) -> dict[str, Any]:
 
 def prepare_data(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None = None):
     """Generate (or load, when already there) the data and the tokenizer of a study."""
-    data_dir, tok_dir = run_dir / "data", run_dir / "tokenizer"
     is_main = accelerator is None or accelerator.is_main_process
-    if is_main and not (tok_dir / "tokenizer.json").is_file():
+    if is_main and not rundir.has_tokenizer(run_dir):
         data = generate(cfg.data, cfg.augmentations(), cfg.seed)
-        tmp = run_dir / ".data.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        data.save(tmp)
-        shutil.rmtree(data_dir, ignore_errors=True)
-        tmp.rename(data_dir)
+        rundir.write_data(run_dir, data)
         # P_test QA never reaches the tokenizer either: bios and P_train QA only.
         corpus = [t for aug in data.bios for t in data.bios[aug]["text"]]
         for qa in [data.qa_train] + ([data.inverse_train] if data.inverse_train is not None else []):
             corpus += [qa_text(q, a) for q, a in zip(qa["question"], qa["answer"])]
-        tokenizer = train_tokenizer(corpus, cfg.tokenizer.kind, cfg.tokenizer.vocab_size)
-        # Written aside, hashed, then renamed: a kill leaves either no tokenizer (regenerated) or a whole one.
-        tmp_tok = run_dir / ".tokenizer.tmp"
-        shutil.rmtree(tmp_tok, ignore_errors=True)
-        tokenizer.save_pretrained(str(tmp_tok))
-        sha = tmp_tok / ".sha256.tmp"
-        sha.write_text(f"{_file_sha(tmp_tok / 'tokenizer.json')}  tokenizer/tokenizer.json\n")
-        os.replace(sha, run_dir / TOKENIZER_SHA)
-        shutil.rmtree(tok_dir, ignore_errors=True)
-        os.replace(tmp_tok, tok_dir)
+        rundir.write_tokenizer(run_dir, train_tokenizer(corpus, cfg.tokenizer.kind, cfg.tokenizer.vocab_size))
     if accelerator is not None:
         accelerator.wait_for_everyone()
-    return StudyData.load(data_dir), run_tokenizer(run_dir)
-
-
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def run_tokenizer(run_dir: Path):
-    """The tokenizer of a run, checked against the hash recorded when the run made it: token ids
-    mean nothing with another tokenizer, so a tokenizer/ copied from another run is refused."""
-    tok_dir = run_dir / "tokenizer"
-    try:
-        tokenizer = load_tokenizer(tok_dir)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # tokenizers' own errors (truncated JSON) come from Rust as plain Exceptions
-        raise RunDirError(
-            f"{tok_dir / 'tokenizer.json'}: cannot be read ({type(err).__name__}: {str(err)[:120]}); it is damaged. "
-            "Put back the tokenizer/ this run was made with, or start over with --force."
-        ) from None
-    recorded = run_dir / TOKENIZER_SHA
-    if recorded.is_file():  # runs made before the hash was recorded are not checked
-        expected = (recorded.read_text().split() or [""])[0]
-        actual = _file_sha(tok_dir / "tokenizer.json")
-        if actual != expected:
-            raise RunDirError(
-                f"{tok_dir}: the tokenizer does not match the run (sha256 of tokenizer.json is {actual[:12]}..., "
-                f"the run recorded {expected[:12]}... in {recorded}; vocabulary of {len(tokenizer)} tokens). "
-                "Put back the tokenizer/ this run was made with, or start a new run."
-            )
-    return tokenizer
+    return StudyData.load(RunFolder(run_dir).data), read_tokenizer(run_dir)
 
 
 def check_context(cfg: StudyConfig, data: StudyData, tokenizer) -> None:
@@ -310,7 +180,7 @@ def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmen
              accelerator: Accelerator) -> dict[str, Any]:
     """Train one backbone on one augmentation through the protocol, then evaluate it."""
     kind = backbone_kind(backbone.name)
-    cell_dir = run_dir / "models" / augmentation / backbone.name
+    run = RunFolder(run_dir)
     objective = make_objective(kind, tokenizer, cfg.model.context, cfg.masking, cfg.seed)
     streams = _streams(cfg, objective, data, tokenizer, augmentation)
     guard = leak_check(list(streams.values()), tokenizer, data)  # every stream, bios included
@@ -326,7 +196,7 @@ def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmen
     counts = parameter_counts(model)
     phases = {}
     for phase, stream in streams.items():
-        phase_dir = cell_dir / phase
+        phase_dir = run.phase(augmentation, backbone.name, phase)
         done = phase_done(phase_dir)
         train_cfg = _phase_config(cfg, backbone, phase)
         lora = phase == "finetune" and train_cfg.finetune_mode == "lora"
@@ -341,21 +211,22 @@ def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmen
                                f"{augmentation}/{backbone.name}/{phase}", cfg.seed,
                                finalize=merge_lora if lora else None)
         if phase != list(streams)[-1]:  # the next phase starts from what was saved (evaluate_cell loads the last)
-            model = load_backbone(phase_dir / "model")
+            model = load_backbone(run.model(augmentation, backbone.name, phase))
         labelled = sum(sum(1 for x in labels if x != IGNORE) for labels in stream["labels"]) if kind == "causal" else 0
         phases[phase] = {**asdict(done), "stream_examples": len(stream),
                          "exposures": done.tokens / labelled if labelled else None,
                          "mode": "lora" if lora else "full", "lora_rank": train_cfg.lora_rank if lora else None,
                          "trainable_parameters": trainable}
-    results = evaluate_cell(cfg, cell_dir, kind, tokenizer, data, augmentation, accelerator)
+    results = evaluate_cell(cfg, run_dir, backbone.name, tokenizer, data, augmentation, accelerator)
     return {"kind": kind, "parameters": counts, "phases": phases, "leak_check": guard, "results": results}
 
 
-def evaluate_cell(cfg: StudyConfig, cell_dir: Path, kind: str, tokenizer, data: StudyData, augmentation: str,
+def evaluate_cell(cfg: StudyConfig, run_dir: Path, backbone: str, tokenizer, data: StudyData, augmentation: str,
                   accelerator: Accelerator) -> dict[str, dict[str, float]]:
     """Memorization (bio recall, name-tied) of the model that was trained on the bios (a property of
     pretraining; QA fine-tuning is free to overwrite the bios' wording), QA levels of the final
     model. Under the mixed protocol both are the one model."""
+    kind = backbone_kind(backbone)
     qa_levels = [lv for lv in ("qa_train", "qa_val", "qa_test") if lv in data.qa_sets()]
     if kind == "masked" and cfg.eval.masked_length == "free":
         qa_levels += GIVEN_LENGTH_LEVELS
@@ -366,7 +237,7 @@ def evaluate_cell(cfg: StudyConfig, cell_dir: Path, kind: str, tokenizer, data: 
         by_phase = {"pretrain": list(MEMORIZATION_LEVELS), "finetune": qa_levels}
     results = {}
     for phase, levels in by_phase.items():
-        model_dir = cell_dir / phase / "model"
+        model_dir = RunFolder(run_dir).model(augmentation, backbone, phase)
         if not model_dir.is_dir():
             raise RunDirError(f"{model_dir}: no trained model; finish the run with `bidirect run ... --resume`")
         model = load_backbone(model_dir).to(accelerator.device)
@@ -418,9 +289,9 @@ def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None =
     accelerator = accelerator or make_accelerator(cfg)
     started = time.time()
     data, tokenizer = start_study(cfg, run_dir, accelerator, opened)
-    path = run_dir / RESULTS
+    path = RunFolder(run_dir).results
     out: dict[str, Any] = {"study": cfg.name, "seed": cfg.seed, "protocol": cfg.protocol,
-                           "data_sha256": saved_sha256(run_dir / "data"),
+                           "data_sha256": saved_sha256(RunFolder(run_dir).data),
                            **majority_baselines(data, tokenizer), "results": {}, "training": {},
                            "parameters": {}, "leak_check": {}, "config": cfg.to_dict()}
     previous = read_results(run_dir) if path.is_file() else {}
@@ -461,15 +332,14 @@ def reevaluate(run_dir: Path, accelerator: Accelerator | None = None) -> dict[st
     """Evaluate the saved final models of a run again and rewrite its results.json."""
     cfg = require_run_dir(run_dir)
     accelerator = accelerator or make_accelerator(cfg)
-    data, tokenizer = StudyData.load(run_dir / "data"), run_tokenizer(run_dir)
-    results = read_results(run_dir) if (run_dir / RESULTS).is_file() else {"results": {}}
+    run = RunFolder(run_dir)
+    data, tokenizer = StudyData.load(run.data), read_tokenizer(run_dir)
+    results = read_results(run_dir) if run.results.is_file() else {"results": {}}
     for augmentation in [a.name for a in cfg.augmentations()]:
         for backbone in cfg.backbones:
-            cell_dir = run_dir / "models" / augmentation / backbone.name
-            scores = evaluate_cell(cfg, cell_dir, backbone_kind(backbone.name), tokenizer, data, augmentation,
-                                   accelerator)
+            scores = evaluate_cell(cfg, run_dir, backbone.name, tokenizer, data, augmentation, accelerator)
             results["results"].setdefault(augmentation, {})[backbone.name] = scores
     results.update(majority_baselines(data, tokenizer))
     if accelerator.is_main_process:
-        write_json_atomic(run_dir / RESULTS, results)
+        write_json_atomic(run.results, results)
     return results

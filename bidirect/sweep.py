@@ -55,9 +55,17 @@ from bidirect.config import (
     read_yaml,
     set_path,
 )
-from bidirect.rundir import RunDirError, read_json, write_json_atomic
+from bidirect.rundir import (
+    MANIFEST_FILE,
+    RESULTS_FILE,
+    SUMMARY_FILE,
+    SWEEP_FILE,
+    RunDirError,
+    RunFolder,
+    read_json,
+    write_json_atomic,
+)
 
-SWEEP_FILE, MANIFEST, SUMMARY = "sweep.yaml", "sweep.json", "summary.json"
 SEED = "seed"  # the axis pooled by `aggregate`
 
 
@@ -167,9 +175,9 @@ def is_sweep_dir(path: Path) -> bool:
     """A sweep folder: has sweep.json, or has no results.json of its own but run folders with one."""
     if not path.is_dir():
         return False
-    if (path / MANIFEST).is_file() or rundir.folder_kind(path) == "sweep":
+    if (path / MANIFEST_FILE).is_file() or rundir.folder_kind(path) == "sweep":
         return True
-    return not (path / "results.json").is_file() and any(path.glob("*/results.json"))
+    return not RunFolder(path).results.is_file() and any(path.glob(f"*/{RESULTS_FILE}"))
 
 
 def read_manifest(path: Path, advice: str) -> dict[str, Any]:
@@ -182,7 +190,7 @@ def read_manifest(path: Path, advice: str) -> dict[str, Any]:
 
 def cell_finished(run_dir: Path, cfg: StudyConfig) -> bool:
     """Every (augmentation, backbone) of the cell has its three levels in results.json."""
-    path = run_dir / "results.json"
+    path = RunFolder(run_dir).results
     if not path.is_file():
         return False
     try:
@@ -214,7 +222,7 @@ def open_sweep_dir(out: Path, sweep: Sweep, source: Path, force: bool = False, w
             sweep_file = copy.deepcopy(sweep.study)
             sweep_file["sweep"] = sweep.axes
             (out / SWEEP_FILE).write_text(f"# {source} as swept\n" + yaml.safe_dump(sweep_file, sort_keys=False))
-            write_json_atomic(out / MANIFEST, sweep.manifest())
+            write_json_atomic(out / MANIFEST_FILE, sweep.manifest())
         except BaseException:
             lock.release()
             raise
@@ -227,11 +235,11 @@ def open_sweep_dir(out: Path, sweep: Sweep, source: Path, force: bool = False, w
 def _merge_old(out: Path, sweep: Sweep) -> Sweep:
     """``sweep`` with the cells and values a sweep already in ``out`` has, which it must match."""
     if any(p.name != rundir.MARKER for p in out.iterdir()):
-        if not (out / MANIFEST).is_file():
-            raise RunDirError(f"--out {out}: not empty and not a sweep folder (no {MANIFEST}); use another --out, "
+        if not (out / MANIFEST_FILE).is_file():
+            raise RunDirError(f"--out {out}: not empty and not a sweep folder (no {MANIFEST_FILE}); use another --out, "
                               "or --force if it is a bidirect folder to replace")
         advice = "it was damaged; put back a good copy, or start over in another --out"
-        old = read_manifest(out / MANIFEST, advice)
+        old = read_manifest(out / MANIFEST_FILE, advice)
         try:
             old_study = read_yaml(out / SWEEP_FILE, "sweep file")
         except ConfigError as err:
@@ -256,7 +264,8 @@ def _merge_old(out: Path, sweep: Sweep) -> Sweep:
 def run_sweep(sweep: Sweep, out: Path, accelerator=None, console=None) -> dict[str, Any]:
     """Every cell of ``sweep`` in order, skipping finished ones; returns `aggregate`'s summary.
     Cells of an earlier invocation that this sweep file no longer lists are kept, not run."""
-    from bidirect.study import make_accelerator, open_run_dir, run_study
+    from bidirect.rundir import open_run_dir
+    from bidirect.study import make_accelerator, run_study
 
     cells = [c for c in sweep.cells if c.config is not None]
     accelerator = accelerator or make_accelerator(cells[0].config, out)
@@ -333,19 +342,19 @@ def interval(values: list[float]) -> dict[str, Any]:
 def read_cells(sweep_dir: Path) -> tuple[dict[str, list], list[dict[str, Any]]]:
     """(axes, cells with their values and results) of a sweep folder. Without sweep.json the axes
     are the config fields whose values differ between the run folders."""
-    from bidirect.study import read_results
+    from bidirect.rundir import read_results
 
     if not sweep_dir.is_dir():
         raise RunDirError(f"{sweep_dir}: no such folder")
-    manifest = sweep_dir / MANIFEST
+    manifest = sweep_dir / MANIFEST_FILE
     if manifest.is_file():
         meta = read_manifest(manifest, "put back a good copy, or delete it: the run folders' own configs then say "
                              "what was swept")
         axes, cells = meta["axes"], meta["cells"]
         found = [{**c, "results": read_results(sweep_dir / c["name"])} for c in cells
-                 if (sweep_dir / c["name"] / "results.json").is_file()]
+                 if RunFolder(sweep_dir / c["name"]).results.is_file()]
     else:
-        runs = {p.parent.name: read_results(p.parent) for p in sorted(sweep_dir.glob("*/results.json"))}
+        runs = {p.parent.name: read_results(p.parent) for p in sorted(sweep_dir.glob(f"*/{RESULTS_FILE}"))}
         flat = {name: {k: json.dumps(v, sort_keys=True) for k, v in dotted(r.get("config", {})).items()}
                 for name, r in runs.items()}
         keys = sorted({k for f in flat.values() for k in f})
@@ -404,7 +413,7 @@ def aggregate(sweep_dir: Path) -> dict[str, Any]:
 
 
 def write_summary(sweep_dir: Path, summary: dict[str, Any]) -> Path:
-    path = sweep_dir / SUMMARY
+    path = sweep_dir / SUMMARY_FILE
     write_json_atomic(path, summary)
     return path
 

@@ -35,10 +35,16 @@ from transformers import PreTrainedModel, get_cosine_with_min_lr_schedule_with_w
 
 from bidirect.config import ConfigError, TrainConfig
 from bidirect.objectives import IGNORE
-from bidirect.rundir import read_json, write_json_atomic
+from bidirect.rundir import (
+    CHECKPOINTS_DIR,
+    DONE_FILE,
+    LOG_FILE,
+    MODEL_DIR,
+    STATE_FILE,
+    read_json,
+    write_json_atomic,
+)
 
-STATE_FILE = "trainer_state.json"  # written last into a checkpoint: its presence marks it complete
-DONE_FILE = "phase.json"  # written last into a phase folder: the phase is finished
 LOADER_WORKERS = 4  # per process, on CUDA (see make_loader)
 
 
@@ -284,7 +290,7 @@ def train_phase(
 
     step, tokens, seconds, last_checkpoint = _resume(accelerator, out_dir, name, cfg.steps)
     source = _micro_batches(loader, collate, accelerator, consumed=step * cfg.grad_accum)
-    log_path = out_dir / "log.jsonl"
+    log_path = out_dir / LOG_FILE
     if accelerator.is_main_process:
         _truncate_log(log_path, step)
     model.train()
@@ -327,7 +333,7 @@ def train_phase(
                         left = (seconds - first_seconds) / (step - first_step) * (cfg.steps - step)
                         print(progress_line(name, step, cfg.steps, loss_value, rate, seconds, left), flush=True)
             if checkpoint:
-                last_checkpoint = save_checkpoint(accelerator, out_dir / "checkpoints", step, tokens, seconds)
+                last_checkpoint = save_checkpoint(accelerator, out_dir / CHECKPOINTS_DIR, step, tokens, seconds)
 
     summary = PhaseSummary(name, step, tokens, seconds, loss_value, tokens / max(seconds, 1e-9))
     _save_model(model, accelerator, out_dir, summary, fsdp, finalize)
@@ -345,7 +351,7 @@ def use_labelled_head(cfg: TrainConfig, accelerator: Accelerator) -> bool:
 
 def _resume(accelerator: Accelerator, out_dir: Path, name: str, steps: int) -> tuple[int, int, float, Path | None]:
     """Load the last complete checkpoint of the phase, if any: (step, tokens, seconds, its path)."""
-    checkpoints = complete_checkpoints(out_dir / "checkpoints")
+    checkpoints = complete_checkpoints(out_dir / CHECKPOINTS_DIR)
     if not checkpoints:
         return 0, 0, 0.0, None
     last = checkpoints[-1]
@@ -392,10 +398,10 @@ def _save_model(model: torch.nn.Module, accelerator: Accelerator, out_dir: Path,
             to_save.save_pretrained(tmp, state_dict=full_state)
         else:
             (finalize(to_save) if finalize is not None else to_save).save_pretrained(tmp)
-        shutil.rmtree(out_dir / "model", ignore_errors=True)
-        os.replace(tmp, out_dir / "model")
+        shutil.rmtree(out_dir / MODEL_DIR, ignore_errors=True)
+        os.replace(tmp, out_dir / MODEL_DIR)
         write_json_atomic(out_dir / DONE_FILE, asdict(summary))
-        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)  # the phase is done; they are dead weight
+        shutil.rmtree(out_dir / CHECKPOINTS_DIR, ignore_errors=True)  # the phase is done; they are dead weight
     accelerator.wait_for_everyone()
 
 
@@ -420,7 +426,7 @@ def save_checkpoint(accelerator: Accelerator, directory: Path, step: int, tokens
 
 def phase_done(out_dir: Path) -> PhaseSummary | None:
     path = out_dir / DONE_FILE
-    if path.is_file() and (out_dir / "model").is_dir():
+    if path.is_file() and (out_dir / MODEL_DIR).is_dir():
         advice = f"delete {out_dir} and resume with --resume to train that phase again (training is deterministic)"
         summary = read_json(path, "the summary of a finished phase", advice)
         try:

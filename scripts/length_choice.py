@@ -21,15 +21,16 @@ from bidirect.config import ATTRIBUTES
 from bidirect.data.generate import StudyData
 from bidirect.evaluate import _read, _read_any_length, level_items
 from bidirect.models import load_backbone
-from bidirect.study import require_run_dir, run_tokenizer
+from bidirect.rundir import RunFolder, read_tokenizer, require_run_dir
 from bidirect.tokenizer import answer_ids
 
 
 def main(run: Path, augmentation: str | None, backbone: str) -> dict:
     cfg = require_run_dir(run)
     augmentation = augmentation or cfg.augmentations()[0].name
-    tok, data = run_tokenizer(run), StudyData.load(run / "data")
-    model = load_backbone(run / "models" / augmentation / backbone / "finetune" / "model").eval()
+    folder = RunFolder(run)
+    tok, data = read_tokenizer(run), StudyData.load(folder.data)
+    model = load_backbone(folder.model(augmentation, backbone, "finetune")).eval()
     items = level_items("qa_test", tok, data, augmentation, "masked")
     longest = max(len(answer_ids(tok, a)) for a in data.qa_train["answer"])
     mask, pad, cpu = tok.mask_token_id, tok.pad_token_id, torch.device("cpu")

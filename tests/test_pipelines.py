@@ -9,7 +9,7 @@ from transformers import pipeline
 
 import bidirect.api as bd
 from bidirect.data.generate import StudyData
-from bidirect.study import run_tokenizer
+from bidirect.rundir import read_tokenizer as run_tokenizer
 from bidirect.tokenizer import EOS, MASK, answer_ids
 
 # Small enough to fine-tune in seconds, long enough that most P_train answers are learned.
