@@ -19,6 +19,20 @@ import pandas as pd
 
 from bidirect.config import ALL_LEVELS, ATTRIBUTES, StudyConfig, apply_overrides, from_dict, load, validate
 
+
+def quiet_libraries() -> None:
+    """bidirect draws its own progress; the bars of datasets' map and save and of transformers' shard writing are
+    noise next to it. Packed causal windows carry position ids instead of an attention mask on purpose
+    (objectives.py), so transformers' warning about padding without a mask would mislead. Called by the CLI and
+    `run`, not on import."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+
+
 COLUMNS = ["augmentation", "backbone", "level", "attribute", "accuracy", "ci_low", "ci_high", "items", "people"]
 
 
@@ -42,6 +56,7 @@ def run(config: str | Path | dict[str, Any] | StudyConfig | None, out: str | Pat
     from bidirect.rundir import open_run_dir
     from bidirect.study import make_accelerator, run_study
 
+    quiet_libraries()
     cfg = study_config(config, overrides)
     run_dir = Path(out)
     accelerator = make_accelerator(cfg, run_dir)

@@ -287,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 2 bad input (named in one message), 1 a fault of the machine (disk full),
     130 interrupted."""
     args = build_parser().parse_args(argv)
+    from bidirect.api import quiet_libraries
     from bidirect.trainer import TrainingError
 
+    quiet_libraries()
     try:
         args.func(args)
     except (ConfigError, RunDirError, TrainingError, FileNotFoundError) as err:

@@ -220,6 +220,14 @@ class TrackingConfig:
     log_with: list[str] = field(default_factory=list)
 
 
+# The backbones by name and kind; models.BACKBONES builds each (it imports torch, so the names a config may use
+# live here, and a test keeps the two equal). The objective follows the kind: causal -> next token, masked -> MLM.
+BACKBONE_KINDS: dict[str, Literal["causal", "masked"]] = {
+    "gpt2": "causal", "gpt2-rope": "causal", "gbert": "masked", "llama": "causal",
+    "bert": "masked", "deberta": "masked", "modernbert": "masked",
+}
+
+
 @dataclass
 class BackboneConfig:
     """A backbone in the study with optional per-backbone training overrides."""
@@ -433,18 +441,16 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout}")
 
-    from bidirect.models import BACKBONES  # local: models imports torch, config must stay light
-
     if not cfg.backbones:
-        raise ConfigError(f"backbones: needs at least one of {', '.join(BACKBONES)}")
+        raise ConfigError(f"backbones: needs at least one of {', '.join(BACKBONE_KINDS)}")
     # The study-wide phases first: an error in them is named where the user wrote it (pretrain.lr),
     # not under the first backbone that inherits it.
     validate_train(cfg.pretrain, "pretrain")
     validate_train(cfg.finetune, "finetune")
     seen = set()
     for i, b in enumerate(cfg.backbones):
-        if b.name not in BACKBONES:
-            raise ConfigError(f"backbones[{i}]: unknown backbone {b.name!r}; known: {', '.join(BACKBONES)}")
+        if b.name not in BACKBONE_KINDS:
+            raise ConfigError(f"backbones[{i}]: unknown backbone {b.name!r}; known: {', '.join(BACKBONE_KINDS)}")
         if b.name in seen:
             raise ConfigError(f"backbones[{i}]: {b.name!r} listed twice")
         seen.add(b.name)

@@ -445,28 +445,3 @@ def majority_baselines(data: StudyData, tokenizer: PreTrainedTokenizerFast) -> d
     """Both baselines, under the keys results.json and the tables use."""
     return {"majority_baseline": majority_baseline(data),
             "majority_baseline_given_length": majority_baseline(data, tokenizer)}
-
-
-def predict(model, kind: str, tokenizer: PreTrainedTokenizerFast, questions: list[str], answers: list[str],
-            cfg: EvalConfig, masking: MaskingConfig) -> list[str]:
-    """The model's decoded answers, for showing examples. Masked models get as many masks as the
-    true answer has tokens (the paper's rule); causal ones decode greedily (or with beams) up to
-    one token more than the true answer."""
-    device = next(model.parameters()).device
-    items = qa_items(tokenizer, questions, answers, [0] * len(questions), kind)
-    tokens: list[list[int]] = [[] for _ in items]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in _batches(items, cfg.batch_size, False, "predict"):
-                its = [items[i] for i in batch]
-                if kind == "causal":
-                    got = _generate(model, tokenizer, its, cfg.num_beams, device)
-                else:
-                    got = _read(model, its, tokenizer.pad_token_id, device, masking.fill == "left_to_right")[0]
-                for i, g in zip(batch, got, strict=True):
-                    tokens[i] = g
-    finally:
-        model.train(was_training)
-    return [decode_answer(tokenizer, t) for t in tokens]

@@ -41,7 +41,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from bidirect.config import ModelSize
+from bidirect.config import BACKBONE_KINDS, ModelSize
 from bidirect.rundir import RunDirError
 
 Kind = Literal["causal", "masked"]
@@ -50,9 +50,12 @@ Kind = Literal["causal", "masked"]
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
-    kind: Kind  # objective follows the kind: causal -> next token, masked -> masked LM
     build: Callable[[ModelSize, PreTrainedTokenizerFast], PreTrainedModel]
     about: str  # one line, shown in `bidirect backbones` and error messages
+
+    @property
+    def kind(self) -> Kind:  # the objective follows the kind: causal -> next token, masked -> masked LM
+        return BACKBONE_KINDS[self.name]
 
 
 def _ids(tok: PreTrainedTokenizerFast) -> dict:
@@ -195,13 +198,13 @@ def _modernbert(size: ModelSize, tok: PreTrainedTokenizerFast) -> PreTrainedMode
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in [
-        BackboneSpec("gpt2", "causal", _gpt2, "GPT-2, learned absolute positions"),
-        BackboneSpec("gpt2-rope", "causal", _gpt2_rope, "the paper's GPT-2: rotary on 1/4 of each head"),
-        BackboneSpec("gbert", "masked", _gbert, "gpt2-rope with full attention (the paper's BERT)"),
-        BackboneSpec("llama", "causal", _llama, "Llama: rotary, RMSNorm, SwiGLU"),
-        BackboneSpec("bert", "masked", _bert, "BERT: post-LN, learned absolute positions"),
-        BackboneSpec("deberta", "masked", _deberta, "DeBERTa-v2: relative positions only"),
-        BackboneSpec("modernbert", "masked", _modernbert, "ModernBERT: rotary, every layer global"),
+        BackboneSpec("gpt2", _gpt2, "GPT-2, learned absolute positions"),
+        BackboneSpec("gpt2-rope", _gpt2_rope, "the paper's GPT-2: rotary on 1/4 of each head"),
+        BackboneSpec("gbert", _gbert, "gpt2-rope with full attention (the paper's BERT)"),
+        BackboneSpec("llama", _llama, "Llama: rotary, RMSNorm, SwiGLU"),
+        BackboneSpec("bert", _bert, "BERT: post-LN, learned absolute positions"),
+        BackboneSpec("deberta", _deberta, "DeBERTa-v2: relative positions only"),
+        BackboneSpec("modernbert", _modernbert, "ModernBERT: rotary, every layer global"),
     ]
 }
 

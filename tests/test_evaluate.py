@@ -12,8 +12,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from bidirect.config import ALL_LEVELS, ATTRIBUTES, Augmentation, DataConfig, EvalConfig, MaskingConfig
 from bidirect.data.generate import StudyData, generate
-from bidirect.evaluate import _generate, _score, evaluate_model, level_items, majority_baseline, predict
-from bidirect.tokenizer import answer_ids, qa_text, question_ids, train_tokenizer
+from bidirect.evaluate import _generate, _score, evaluate_model, level_items, majority_baseline
+from bidirect.tokenizer import answer_ids, decode_answer, qa_text, question_ids, train_tokenizer
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -213,19 +213,22 @@ def test_teacher_forcing_agrees_with_greedy_generate(study, gpt2):
     assert 0 < sum(scored) < len(items), "needs right and wrong items to mean anything"
 
 
-def test_beams_and_predict(study, gpt2):
+def test_beam_search_scores_what_generate_decodes(study, gpt2):
+    """num_beams > 1: an item counts iff transformers' beam search, from the question alone, writes the answer
+    and then end-of-text."""
     data, tokenizer = study
-    cfg = EvalConfig(batch_size=16, num_beams=2, max_individuals=5)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    cfg = EvalConfig(batch_size=64, num_beams=2, max_individuals=5)  # one batch: one max_new_tokens for all
     results = evaluate_model(gpt2, "causal", tokenizer, data, "single", cfg, MaskingConfig(), levels=("qa_train",))
-    assert results["qa_train"]["n"] == 30 and 0.0 <= results["qa_train"]["mean"] <= 1.0
-
-    greedy = EvalConfig(batch_size=16, max_individuals=5)
-    scores = evaluate_model(gpt2, "causal", tokenizer, data, "single", greedy, MaskingConfig(), levels=("qa_train",))
-    qa = data.qa_train.select(range(30))
-    said = predict(gpt2, "causal", tokenizer, qa["question"], qa["answer"], greedy, MaskingConfig())
-    hits = sum(s == a for s, a in zip(said, qa["answer"], strict=True))
-    assert hits / 30 == pytest.approx(scores["qa_train"]["mean"])  # 5 items per attribute: mean == overall
-
-    masked = Table(len(tokenizer), masked_rule(tokenizer, data))
-    said = predict(masked, "masked", tokenizer, qa["question"], qa["answer"], greedy, MaskingConfig())
-    assert said == list(qa["answer"])
+    items = level_items("qa_train", tokenizer, data, "single", "causal", 5)
+    longest = max(len(it.want) for it in items)
+    right = []
+    for it in items:
+        prompt = torch.tensor([it.ids[: it.where[0] + 1]])
+        out = gpt2.generate(prompt, num_beams=2, do_sample=False, use_cache=True, max_new_tokens=longest,
+                            eos_token_id=eos, pad_token_id=pad)[0, prompt.shape[1]:].tolist()
+        said = out[: out.index(eos) + 1] if eos in out else out
+        right.append(said[-1:] == [eos] and decode_answer(tokenizer, said) == it.answer)
+    assert results["qa_train"]["n"] == len(items) == 30
+    assert results["qa_train"]["mean"] == pytest.approx(sum(right) / 30)  # 5 items per attribute: mean == overall
+    assert 0 < sum(right) < 30, "needs right and wrong items to mean anything"

@@ -211,3 +211,12 @@ def test_packed_documents_do_not_attend_to_each_other(name, tok):
         together = model(input_ids=packed, position_ids=positions).logits[0, 10:]
         alone = model(input_ids=second[None], position_ids=torch.arange(12)[None]).logits[0]
     torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)
+
+
+def test_the_registry_builds_exactly_the_backbones_a_config_may_name():
+    """config.py names the backbones and their kinds without importing torch; models.py builds them."""
+    from bidirect.config import BACKBONE_KINDS
+
+    assert list(BACKBONES) == list(BACKBONE_KINDS)
+    assert {n: s.kind for n, s in BACKBONES.items()} == BACKBONE_KINDS
+    assert [n for n, k in BACKBONE_KINDS.items() if k == "masked"] == ["gbert", "bert", "deberta", "modernbert"]
