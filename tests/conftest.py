@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import yaml
+from tiny import single_study
 
+from bidirect.cli import main
 from bidirect.config import Augmentation, DataConfig
 from bidirect.data.generate import generate
 from bidirect.tokenizer import qa_text, train_tokenizer
@@ -22,3 +25,14 @@ def tokenizer(study_data):
     corpus = [t for aug in study_data.bios for t in study_data.bios[aug]["text"]]
     corpus += [qa_text(q, a) for q, a in zip(study_data.qa_train["question"], study_data.qa_train["answer"])]
     return train_tokenizer(corpus, "bpe", vocab_size=600)
+
+
+@pytest.fixture(scope="session")
+def lora_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora")
+    config = root / "lora.yaml"
+    config.write_text(yaml.safe_dump(single_study(backbones=["gpt2-rope", "gpt2"],
+                                          finetune={"steps": 3, "batch_size": 4, "log_every": 1, "lr": 0.01,
+                                                    "finetune_mode": "lora", "lora_rank": 4})))
+    assert main(["run", str(config), "--out", str(root / "run")]) == 0
+    return root / "run"

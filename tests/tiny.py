@@ -38,3 +38,10 @@ def tiny_config(base: dict = TINY, **changes) -> dict:
 def write_config(path: Path, base: dict = TINY, **changes) -> Path:
     path.write_text(yaml.safe_dump(tiny_config(base, **changes)))
     return path
+
+
+def single_study(**changes) -> dict:
+    """The tiny study on `single` with gpt2-rope alone and no checkpoints: the base of the sweep, report and LoRA
+    tests, with ``section__field=value`` changes."""
+    base = tiny_config(data__augmentations=["single"], backbones=["gpt2-rope"], pretrain__checkpoint_every=0)
+    return tiny_config(base, **changes)
