@@ -59,10 +59,19 @@ def data_summary(console: Console, data, tokenizer) -> None:
     console.print(f"[bold]QA[/bold]: {qa['question']} -> {qa['answer']}")
 
 
-def backbone_label(results: dict[str, Any], aug: str, name: str) -> str:
-    """The backbone's name, with ``(LoRA r=8)`` when its fine-tuning was LoRA (full is the default)."""
-    phase = results.get("training", {}).get(aug, {}).get(name, {}).get("finetune", {})
-    return f"{name} (LoRA r={phase.get('lora_rank')})" if phase.get("mode") == "lora" else name
+def phase_mode(phase: dict[str, Any]) -> str:
+    """How a phase trained (its summary in results.json), spelled the same in every table: ``full`` or
+    ``lora (r=4)``."""
+    return f"lora (r={phase['lora_rank']})" if phase.get("mode") == "lora" else "full"
+
+
+def backbone_label(name: str, finetune: dict[str, Any] | None) -> str:
+    """The backbone's name, with ``(LoRA r=4)`` when its fine-tuning phase (``finetune``, its summary) was LoRA."""
+    return f"{name} (LoRA r={finetune['lora_rank']})" if finetune and finetune.get("mode") == "lora" else name
+
+
+def _label(results: dict[str, Any], aug: str, name: str) -> str:
+    return backbone_label(name, results.get("training", {}).get(aug, {}).get(name, {}).get("finetune"))
 
 
 def results_tables(results: dict[str, Any]) -> list[Table]:
@@ -83,7 +92,7 @@ def results_tables(results: dict[str, Any]) -> list[Table]:
                 scores = levels[level]
                 style = "bold" if level in HELD_OUT_LEVELS else None
                 # a LoRA fine-tune says so on a second line under the name
-                label = backbone_label(results, aug, name).replace(" (", "\n(") if i == 0 else ""
+                label = _label(results, aug, name).replace(" (", "\n(") if i == 0 else ""
                 table.add_row(label, LEVEL_NAMES[level], *[pct(scores.get(a)) for a in ATTRIBUTES],
                               pct(scores.get("mean")), ci(scores), style=style)
             table.add_section()
@@ -111,7 +120,7 @@ def markdown(results: dict[str, Any]) -> str:
             for level in (lv for lv in ALL_LEVELS if lv in levels):
                 s = levels[level]
                 cells = " | ".join(pct(s.get(a)) for a in ATTRIBUTES)
-                label = backbone_label(results, aug, name)
+                label = _label(results, aug, name)
                 lines.append(f"| {aug} | {label} | {LEVEL_NAMES[level]} | {cells} | **{pct(s.get('mean'))}** "
                              f"| {ci(s)} |")
     for key, (label, level) in BASELINES.items():
@@ -147,7 +156,7 @@ def headline_markdown(results: dict[str, Any]) -> str:
     for aug, by_backbone in results["results"].items():
         for name, levels in by_backbone.items():
             cells = [level_cell(levels.get(lv), lv, bold=True) for lv in shown]
-            lines.append(f"| {aug} | {backbone_label(results, aug, name)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {aug} | {_label(results, aug, name)} | " + " | ".join(cells) + " |")
     base = {level: pct(results[key]["mean"]) for key, (_, level) in BASELINES.items() if results.get(key)}
     cells = [base.get("P_test*" if lv == "qa_test_given" else "P_test", "") if lv in HELD_OUT_LEVELS[:2] else ""
              for lv in shown]
@@ -168,7 +177,7 @@ def runs_markdown(runs: dict[str, dict[str, Any]]) -> str:
         for aug, by_backbone in results["results"].items():
             for name, levels in by_backbone.items():
                 cells = [level_cell(levels.get(lv), lv, bold=True) for lv in shown]
-                label = backbone_label(results, aug, name)
+                label = _label(results, aug, name)
                 lines.append(f"| {Path(run).name} | {aug} | {label} | " + " | ".join(cells) + f" | {base} |")
     return "\n".join(lines)
 
@@ -186,7 +195,7 @@ def comparison_tables(runs: dict[str, dict[str, Any]], width: int = 80) -> list[
             for name, levels in by_backbone.items():
                 values = [level_cell(levels.get(lv), lv) for lv in shown]
                 values += [base.get("P_test", "-"), base.get("P_test*", "-")]
-                cells.append((f"{Path(run).name}\n{aug}\n{backbone_label(results, aug, name)}", values))
+                cells.append((f"{Path(run).name}\n{aug}\n{_label(results, aug, name)}", values))
     labels = [LEVEL_NAMES[lv] for lv in shown] + ["majority", "majority*"]
     per_table = max(1, (width - 16) // 15)  # a level column of ~15 characters, ~15 for each cell
     tables = []

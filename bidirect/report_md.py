@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from bidirect.config import ATTRIBUTES, HELD_OUT_LEVELS, INVERSE_LEVELS, LEVELS
-from bidirect.report import LEVEL_NAMES, SHORT, markdown
+from bidirect.report import LEVEL_NAMES, SHORT, markdown, phase_mode
 from bidirect.rundir import (
     CAPACITY_FILE,
     MANIFEST_FILE,
@@ -37,11 +37,11 @@ from bidirect.rundir import (
 )
 from bidirect.sweep import (
     SEED,
-    _label,
     aggregate,
     is_sweep_dir,
     read_cells,
     summary_markdown,
+    value_label,
     write_summary,
 )
 
@@ -310,7 +310,7 @@ def training_markdown(results: dict[str, Any]) -> str:
     for aug, by_backbone in results.get("training", {}).items():
         for backbone, phases in by_backbone.items():
             for phase, t in phases.items():
-                mode = t.get("mode", "full") + (f" (r={t['lora_rank']})" if t.get("lora_rank") else "")
+                mode = phase_mode(t)
                 exp = "-" if t.get("exposures") is None else f"{t['exposures']:.1f}"
                 trainable = t.get("trainable_parameters")
                 lines.append(f"| {aug} | {backbone} | {phase} | {mode} | "
@@ -370,7 +370,7 @@ def run_report(run_dir: Path, out: Path) -> str:
     if params:
         lines += ["| backbone | parameters | non-embedding | fine-tuning |", "| --- | ---: | ---: | --- |"]
         for name, counts in params.items():
-            modes = {t.get("mode", "full") + (f" r={t['lora_rank']}" if t.get("lora_rank") else "")
+            modes = {phase_mode(t)
                      for by_b in results.get("training", {}).values() for n, ph in by_b.items() if n == name
                      for p, t in ph.items() if p != "pretrain"}
             lines.append(f"| {name} | {counts['total']:,} | {counts['non_embedding']:,} | "
@@ -404,7 +404,7 @@ def _numeric_axes(axes: dict[str, list]) -> list[str]:
 
 
 def _row_label(row: dict[str, Any], keys: Iterable[str]) -> str:
-    extra = ", ".join(f"{k}={_label(row['values'][k])}" for k in keys)
+    extra = ", ".join(f"{k}={value_label(row['values'][k])}" for k in keys)
     return f"{row['backbone']} / {row['augmentation']}" + (f" ({extra})" if extra else "")
 
 
@@ -456,7 +456,7 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
     planned = len(json.loads(manifest.read_text())["cells"]) if manifest.is_file() else len(cells)
     lines = [f"# bidirect sweep report: {first.get('study', sweep_dir.name)}", ""]
     lines += [f"Sweep folder `{sweep_dir}`: {len(cells)} of {planned} cells have results. Swept: "
-              + "; ".join(f"`{k}` in {', '.join(_label(v) for v in vs)}" for k, vs in axes.items()) + ".", "",
+              + "; ".join(f"`{k}` in {', '.join(value_label(v) for v in vs)}" for k, vs in axes.items()) + ".", "",
               f"Pooled over `{SEED}`: each number is the mean over seeds and, with two seeds or more, its 95% "
               "confidence interval `± t(0.975, n-1) s / sqrt(n)` (Student t, s the standard deviation over "
               "seeds); one seed shows no interval. Every number is in `summary.json`.", ""]
@@ -475,7 +475,7 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
     baseline_attrs = first.get("majority_baseline", {})
     one_seed = all(r["n"] == 1 for r in rows)
     for i, panel in enumerate(by_panel.values()):
-        other = ", ".join(f"{k}={_label(panel['values'][k])}" for k in keys)
+        other = ", ".join(f"{k}={value_label(panel['values'][k])}" for k in keys)
         title = f"{panel['aug']}{' | ' + other if other else ''}: " + (
             "one seed" if one_seed else "mean over seeds, 95% CI")
         path = accuracy_figure(title, panel["means"], baseline_attrs,
@@ -519,7 +519,7 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
         # One line each for the backbone, the augmentation and every other value (the last part of
         # its dotted name), so that several swept values fit under a tick.
         points = [{"label": "\n".join([r["backbone"], r["augmentation"],
-                                       *(f"{k.rsplit('.', 1)[-1]}={_label(r['values'][k])}" for k in keys)]),
+                                       *(f"{k.rsplit('.', 1)[-1]}={value_label(r['values'][k])}" for k in keys)]),
                    "stat": r["levels"]["qa_test"]["mean"]} for r in rows if "qa_test" in r["levels"]]
         path = seeds_figure("QA P_test per seed, mean and 95% CI", points, fig_dir / "qa_test_seeds.png",
                             baseline=mean_majority)
@@ -530,7 +530,7 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
     # (b) loss curves of every cell
     curves = []
     for cell in cells:
-        other = ",".join(f"{k}={_label(cell['values'][k])}" for k in keys)
+        other = ",".join(f"{k}={value_label(cell['values'][k])}" for k in keys)
         curves += _loss_curves(sweep_dir / cell["name"], cell["results"], alpha=0.75,
                                label_extra=f"{other} " if other else "")
     lines += ["## Training", "", "Every cell's loss; the seeds of one setting share a colour and line style.", ""]

@@ -55,6 +55,7 @@ from bidirect.config import (
     read_yaml,
     set_path,
 )
+from bidirect.report import LEVEL_NAMES, backbone_label, phase_mode, shown_levels
 from bidirect.rundir import (
     MANIFEST_FILE,
     RESULTS_FILE,
@@ -62,7 +63,9 @@ from bidirect.rundir import (
     SWEEP_FILE,
     RunDirError,
     RunFolder,
+    open_run_dir,
     read_json,
+    read_results,
     write_json_atomic,
 )
 
@@ -92,19 +95,19 @@ class Sweep:
 # --------------------------------------------------------------------------- parsing
 
 
-def _label(value: Any) -> str:
+def value_label(value: Any) -> str:
     """A value as it appears in a cell's folder name."""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, dict):
-        return str(value.get("name", "-".join(f"{k}-{_label(v)}" for k, v in value.items())))
+        return str(value.get("name", "-".join(f"{k}-{value_label(v)}" for k, v in value.items())))
     if isinstance(value, (list, tuple)):
-        return "_".join(_label(v) for v in value)
+        return "_".join(value_label(v) for v in value)
     return str(value)
 
 
 def cell_name(values: dict[str, Any]) -> str:
-    name = ",".join(f"{k}={_label(v)}" for k, v in values.items())
+    name = ",".join(f"{k}={value_label(v)}" for k, v in values.items())
     return re.sub(r"[^A-Za-z0-9._+=,-]", "-", name)
 
 
@@ -133,7 +136,7 @@ def parse(raw: Any, where: str = "sweep file") -> Sweep:
         for other in axes:
             if other != key and other.startswith(key + "."):
                 raise ConfigError(f"sweep.{key}: overlaps sweep.{other}; sweep one or the other")
-        labels = [_label(v) for v in values]
+        labels = [value_label(v) for v in values]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"sweep.{key}: a value is listed twice: {values!r}")
         # Each value alone on the study first: an error names the key and the value.
@@ -264,7 +267,6 @@ def _merge_old(out: Path, sweep: Sweep) -> Sweep:
 def run_sweep(sweep: Sweep, out: Path, accelerator=None, console=None) -> dict[str, Any]:
     """Every cell of ``sweep`` in order, skipping finished ones; returns `aggregate`'s summary.
     Cells of an earlier invocation that this sweep file no longer lists are kept, not run."""
-    from bidirect.rundir import open_run_dir
     from bidirect.study import make_accelerator, run_study
 
     cells = [c for c in sweep.cells if c.config is not None]
@@ -342,7 +344,6 @@ def interval(values: list[float]) -> dict[str, Any]:
 def read_cells(sweep_dir: Path) -> tuple[dict[str, list], list[dict[str, Any]]]:
     """(axes, cells with their values and results) of a sweep folder. Without sweep.json the axes
     are the config fields whose values differ between the run folders."""
-    from bidirect.rundir import read_results
 
     if not sweep_dir.is_dir():
         raise RunDirError(f"{sweep_dir}: no such folder")
@@ -381,7 +382,7 @@ def aggregate(sweep_dir: Path) -> dict[str, Any]:
                 key = json.dumps([values, aug, backbone], sort_keys=True)
                 g = groups.setdefault(key, {"values": values, "augmentation": aug, "backbone": backbone,
                                             "cells": [], "seeds": [], "scores": {}, "exposures": {},
-                                            "majority": [], "modes": set()})
+                                            "majority": [], "modes": set(), "finetune": None})
                 g["cells"].append(cell["name"])
                 g["seeds"].append(cell["values"].get(SEED, res.get("seed")))
                 for level in ALL_LEVELS:
@@ -392,8 +393,9 @@ def aggregate(sweep_dir: Path) -> dict[str, Any]:
                 for phase, t in res.get("training", {}).get(aug, {}).get(backbone, {}).items():
                     if t.get("exposures") is not None:
                         g["exposures"].setdefault(phase, []).append(t["exposures"])
-                    g["modes"].add(f"{phase}:{t.get('mode', 'full')}" + (f"(r={t['lora_rank']})"
-                                                                          if t.get("lora_rank") else ""))
+                    g["modes"].add(f"{phase}:{phase_mode(t)}")
+                    if phase == "finetune":
+                        g["finetune"] = {"mode": t.get("mode", "full"), "lora_rank": t.get("lora_rank")}
                 if res.get("majority_baseline", {}).get("mean") is not None:
                     g["majority"].append(res["majority_baseline"]["mean"])
     rows = []
@@ -401,7 +403,7 @@ def aggregate(sweep_dir: Path) -> dict[str, Any]:
         rows.append({
             "values": g["values"], "augmentation": g["augmentation"], "backbone": g["backbone"],
             "n": len(g["cells"]), "seeds": g["seeds"], "cells": g["cells"],
-            "modes": sorted(g["modes"]),
+            "modes": sorted(g["modes"]), "finetune": g["finetune"],
             "levels": {level: {attr: {**interval(v), "values": v} for attr, v in by_attr.items()}
                        for level, by_attr in g["scores"].items()},
             "exposures": {phase: statistics.fmean(v) for phase, v in g["exposures"].items()},
@@ -427,15 +429,7 @@ def fmt_ci(stat: dict[str, Any] | None) -> str:
     return f"{100 * stat['mean']:.1f} ± {100 * stat['ci95']:.1f}"
 
 
-def backbone_label(row: dict[str, Any]) -> str:
-    """A summary row's backbone, with its LoRA rank when it was fine-tuned with LoRA."""
-    lora = [m.split(":", 1)[1] for m in row.get("modes", []) if m.startswith("finetune:lora")]
-    return f"{row['backbone']} (LoRA {lora[0].removeprefix('lora(').rstrip(')')})" if lora else row["backbone"]
-
-
 def _levels_shown(summary: dict[str, Any]) -> list[str]:
-    from bidirect.report import shown_levels
-
     return shown_levels(lv for row in summary["rows"] for lv in row["levels"])
 
 
@@ -443,8 +437,6 @@ def summary_table(summary: dict[str, Any]):
     """One row per (backbone, augmentation, other swept values); fits an 80-column terminal
     (100 with the inverse levels)."""
     from rich.table import Table
-
-    from bidirect.report import LEVEL_NAMES
 
     levels_shown = _levels_shown(summary)
     table = Table(title=f"sweep {summary['sweep_dir']}: mean of the six attributes (%), mean ± 95% CI over "
@@ -457,9 +449,9 @@ def summary_table(summary: dict[str, Any]):
                          style="bold" if level in HELD_OUT_LEVELS else None)
     for row in summary["rows"]:
         levels = row["levels"]
-        name = f"{backbone_label(row)} / {row['augmentation']}"
+        name = f"{backbone_label(row['backbone'], row.get('finetune'))} / {row['augmentation']}"
         if summary["group_by"]:
-            name += "\n" + ", ".join(f"{k}={_label(row['values'][k])}" for k in summary["group_by"])
+            name += "\n" + ", ".join(f"{k}={value_label(row['values'][k])}" for k in summary["group_by"])
         table.add_row(name, str(row["n"]), *[fmt_ci(levels.get(lv, {}).get("mean")) for lv in levels_shown],
                       end_section=bool(summary["group_by"]))
     return table
@@ -474,8 +466,6 @@ def _majority_range(summary: dict[str, Any]) -> str:
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
-    from bidirect.report import LEVEL_NAMES
-
     keys, levels_shown = summary["group_by"], _levels_shown(summary)
     head = [*keys, "augmentation", "backbone", "seeds", *(LEVEL_NAMES[lv] for lv in levels_shown), "majority"]
     lines = ["| " + " | ".join(head) + " |",
@@ -484,7 +474,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         levels = row["levels"]
         scores = [fmt_ci(levels.get(lv, {}).get("mean")) for lv in levels_shown]
         scores = [f"**{x}**" if lv in HELD_OUT_LEVELS else x for lv, x in zip(levels_shown, scores)]
-        cells = [*[_label(row["values"][k]) for k in keys], row["augmentation"], backbone_label(row), str(row["n"]),
-                 *scores, "-" if row["majority"] is None else f"{100 * row['majority']:.1f}"]
+        backbone = backbone_label(row["backbone"], row.get("finetune"))
+        cells = [*[value_label(row["values"][k]) for k in keys], row["augmentation"], backbone, str(row["n"]), *scores,
+                 "-" if row["majority"] is None else f"{100 * row['majority']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
