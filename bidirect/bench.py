@@ -386,7 +386,7 @@ def _time_eval(model, kind: str, tokenizer, data, augmentation: str, cfg: BenchC
     _sync(device)
     started = time.perf_counter()
     scores = evaluate_model(model, kind, tokenizer, data, augmentation, EvalConfig(batch_size=cfg.eval_batch),
-                            MaskingConfig(), accelerator, levels=("qa_test",))
+                            accelerator, levels=("qa_test",))
     _sync(device)
     seconds = time.perf_counter() - started
     items = int(scores["qa_test"]["n"])
@@ -449,7 +449,7 @@ def _run_bench(cfg: BenchConfig, console: Console | None,
     lengths = [min(len(ids) + 1, ctx) for ids in bios["input_ids"]]  # + end-of-text for causal documents
     mean_doc = sum(lengths) / len(lengths)
     docs_per_step = max(1, round(cfg.batch * ctx / mean_doc))  # per-document paths: about batch x context tokens
-    study = StudyConfig(model=size, pretrain=TrainConfig(mixed_precision=cfg.mixed_precision))
+    study = StudyConfig(model=size, mixed_precision=cfg.mixed_precision)
     accelerator = make_accelerator(study)
     device = accelerator.device
     name = device_name(device)

@@ -47,9 +47,9 @@ import torch.nn.functional as F
 from rich.table import Table
 
 from bidirect.config import ATTRIBUTES
-from bidirect.data.generate import MONTHS, StudyData, first_bios
+from bidirect.data.generate import MONTHS, StudyData
 from bidirect.data.pools import Pools, load_pools
-from bidirect.evaluate import _pad
+from bidirect.evaluate import first_bio_spans, forward, pad_rows
 from bidirect.models import backbone_kind, load_backbone, parameter_counts
 from bidirect.rundir import CAPACITY_FILE, RunFolder, merge_cells, read_tokenizer, select_cells, write_json_atomic
 from bidirect.tokenizer import value_token_span
@@ -84,25 +84,19 @@ def field_spans(tokenizer, data: StudyData, augmentation: str
                 ) -> tuple[list[int], list[list[int]], list[list[tuple]], list[list[tuple]]]:
     """Per individual (in id order): its id, first biography's token ids, the token span of each of FIELDS
     (the name's first mention), and per field the spans of its other mentions (the name's, under fullname)."""
-    rows = first_bios(data.bios[augmentation])
     names = dict(zip(data.individuals["id"], data.individuals["full_name"], strict=True))
-    enc = tokenizer(list(rows["text"]), add_special_tokens=False, return_offsets_mapping=True)
-    ids_out, spans_out, others_out = [], [], []
-    for person, text, ids, offsets, starts, ends in zip(rows["id"], rows["text"], enc["input_ids"],
-                                                        enc["offset_mapping"], rows["value_start"], rows["value_end"],
-                                                        strict=True):
-        spans = [value_token_span(offsets, s, e) for s, e in zip(starts, ends, strict=True)]
-        name, mentions, at = names[person], [], text.find(names[person])
+    bios = first_bio_spans(tokenizer, data.bios[augmentation])
+    spans_out, others_out = [], []
+    for bio in bios:
+        name, mentions, at = names[bio.person], [], bio.text.find(names[bio.person])
         while at >= 0:
-            mentions.append(value_token_span(offsets, at, at + len(name)))
-            at = text.find(name, at + len(name))
+            mentions.append(value_token_span(bio.offsets, at, at + len(name)))
+            at = bio.text.find(name, at + len(name))
         if not mentions:
-            raise ValueError(f"individual {person}: the full name is not in the first {augmentation} biography")
-        spans.append(mentions[0])
-        ids_out.append(list(ids))
-        spans_out.append(spans)
+            raise ValueError(f"individual {bio.person}: the full name is not in the first {augmentation} biography")
+        spans_out.append([*bio.spans, mentions[0]])
         others_out.append([[] for _ in ATTRIBUTES] + [mentions[1:]])
-    return list(rows["id"]), ids_out, spans_out, others_out
+    return [bio.person for bio in bios], [bio.ids for bio in bios], spans_out, others_out
 
 
 @torch.no_grad()
@@ -112,9 +106,8 @@ def _causal_losses(model, ids: list[list[int]], spans: list[list[tuple]], pad: i
     out = torch.zeros(len(ids), len(FIELDS))
     for lo in range(0, len(ids), batch_size):
         batch = ids[lo : lo + batch_size]
-        x, attention = _pad(batch, pad, device)
-        positions = torch.arange(x.shape[1], device=device).expand_as(x)
-        logits = model(input_ids=x, attention_mask=attention, position_ids=positions).logits.float()
+        x = pad_rows(batch, pad, device)[0]
+        logits = forward(model, batch, pad, device).logits.float()
         nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none").cpu() / math.log(2)
         for b in range(len(batch)):
             for f, (i, j) in enumerate(spans[lo + b]):
@@ -140,9 +133,7 @@ def _masked_losses(model, ids: list[list[int]], spans: list[list[tuple]], pad: i
                 for oi, oj in others[p][f] if others else ():  # nothing to copy the field from
                     row[oi:oj] = [mask] * (oj - oi)
                 rows.append(row)
-            x, attention = _pad(rows, pad, device)
-            positions = torch.arange(x.shape[1], device=device).expand_as(x)
-            logits = model(input_ids=x, attention_mask=attention, position_ids=positions).logits
+            logits = forward(model, rows, pad, device).logits
             at = torch.tensor([i + k for _, _, i, _ in batch], device=device)
             want = torch.tensor([ids[p][i + k] for p, _, i, _ in batch], device=device)
             picked = logits[torch.arange(len(batch), device=device), at].float()

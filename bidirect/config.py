@@ -170,14 +170,12 @@ class TrainConfig:
     clip_norm: float = 1.0
     checkpoint_every: int = 0  # 0: only at the end of the phase
     log_every: int = 50
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     compile: bool = False  # torch.compile; batches then padded to a few lengths (objectives.STATIC_BUCKET)
     # The LM head only where there is a label (trainer.LabelledHead): the same loss, less work. On the CPU only
     # (see trainer.use_labelled_head): on CUDA choosing the rows would make the host wait at every micro-batch.
     labelled_logits_only: bool = True
     finetune_mode: Literal["full", "lora"] = "full"  # fine-tuning only
     lora_rank: int = 8
-    qa_share: float = 0.8  # mixed protocol only: share of windows that are QA
 
 
 @dataclass
@@ -191,8 +189,6 @@ class MaskingConfig:
     # is then unused); ``attribute`` masks a whole attribute value when any of its words is chosen.
     rate: Literal["fixed", "uniform"] = "fixed"
     span: Literal["word", "attribute"] = "word"
-    # Decoding of masked answers at evaluation: one forward pass, or left-to-right filling.
-    fill: Literal["one_pass", "left_to_right"] = "one_pass"
 
 
 @dataclass
@@ -205,6 +201,8 @@ class EvalConfig:
     # to stop; "given" is the paper's rule, as many masks as the true answer has tokens. Under "free"
     # the given-length scores of P_train and P_test are reported beside it (qa_train_given, qa_test_given).
     masked_length: Literal["free", "given"] = "free"
+    # Masked QA: the answer's masks filled in one forward pass, or left to right (one pass per token).
+    fill: Literal["one_pass", "left_to_right"] = "one_pass"
 
 
 # The experiment trackers accelerate can send to (accelerate.tracking), when installed.
@@ -268,6 +266,9 @@ class StudyConfig:
     name: str = "quick"
     seed: int = 0
     protocol: Literal["pretrain_finetune", "mixed"] = "pretrain_finetune"
+    qa_share: float = 0.8  # protocol mixed only: the share of the one stream's examples that are P_train QA
+    # One precision for the whole run (every phase and evaluation): bf16 where the GPU has it under "auto".
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     data: DataConfig = field(default_factory=_quick_data)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelSize = field(default_factory=ModelSize)
@@ -355,6 +356,37 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+# Fields that had a narrower section than the code reads, and where they live now: (section, key) -> (new key, why).
+MOVED = {
+    ("TrainConfig", "mixed_precision"): ("mixed_precision", "one precision for the whole run, at the top level"),
+    ("TrainConfig", "qa_share"): ("qa_share", "the mixed protocol's setting, at the top level beside protocol"),
+    ("MaskingConfig", "fill"): ("eval.fill", "how masked answers are decoded at evaluation"),
+}
+
+
+def migrate_saved(raw: Any) -> Any:
+    """A run folder's config.yaml written before MOVED: the values the code read moved to their new keys (the
+    pretraining phase's precision and share, which were the only ones read), the ignored copies dropped."""
+    if not isinstance(raw, dict):
+        return raw
+    raw = copy.deepcopy(raw)
+    sections = [raw.get("pretrain"), raw.get("finetune")]
+    sections += [b.get(p) for b in raw.get("backbones") or [] if isinstance(b, dict) for p in ("pretrain", "finetune")]
+    for key in ("mixed_precision", "qa_share"):
+        if isinstance(raw.get("pretrain"), dict) and key in raw["pretrain"]:
+            raw.setdefault(key, raw["pretrain"][key])
+        for section in sections:
+            if isinstance(section, dict):
+                section.pop(key, None)
+    if isinstance(raw.get("masking"), dict) and "fill" in raw["masking"]:
+        fill = raw["masking"].pop("fill")
+        if isinstance(raw.get("eval"), dict):
+            raw["eval"].setdefault("fill", fill)
+        else:
+            raw["eval"] = {"fill": fill}
+    return raw
+
+
 def _build(cls: type, raw: Any, where: str) -> Any:
     if isinstance(raw, cls):
         return raw
@@ -365,6 +397,9 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     unknown = sorted(set(raw) - set(names))
     if unknown:
         prefix = f"{where}." if where else ""
+        moved = MOVED.get((cls.__name__, unknown[0]))
+        if moved:
+            raise ConfigError(f"{prefix}{unknown[0]}: moved to {moved[0]} ({moved[1]}); write it there")
         raise ConfigError(f"unknown key {prefix}{unknown[0]}; allowed keys: {', '.join(names)}")
     raw = dict(raw)
     for f in dataclasses.fields(cls):
@@ -395,6 +430,8 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     """Range checks that types alone cannot express. Returns ``cfg`` for chaining."""
     if not 0 <= cfg.seed < 2**32:  # numpy's range, which set_seed seeds too
         raise ConfigError(f"seed: must be in [0, 2**32), got {cfg.seed}")
+    if not 0.0 < cfg.qa_share < 1.0:
+        raise ConfigError(f"qa_share: must be strictly between 0 and 1, got {cfg.qa_share}")
     d = cfg.data
     _positive("data.individuals", d.individuals)
     if d.individuals > MAX_INDIVIDUALS:
@@ -491,8 +528,6 @@ def validate_train(t: TrainConfig, where: str) -> None:
         raise ConfigError(f"{where}.grad_accum: {t.grad_accum} does not divide {where}.batch_size {t.batch_size}")
     if not all(0.0 <= b < 1.0 for b in t.adam_betas):
         raise ConfigError(f"{where}.adam_betas: each must be in [0, 1), got {t.adam_betas}")
-    if not 0.0 < t.qa_share < 1.0:
-        raise ConfigError(f"{where}.qa_share: must be strictly between 0 and 1, got {t.qa_share}")
 
 
 def from_dict(raw: Any) -> StudyConfig:
@@ -610,11 +645,14 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
 
 
-def load(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+def load(path: str | Path, overrides: list[str] | None = None, saved: bool = False) -> StudyConfig:
     """Load a study YAML file, with ``KEY=VALUE`` overrides on top (see `apply_overrides`); every
-    problem is a `ConfigError` naming the file and field."""
+    problem is a `ConfigError` naming the file and field. ``saved``: a run folder's config.yaml, which an
+    older version may have written with the keys of MOVED (`migrate_saved`)."""
     path = Path(path)
     raw = read_yaml(path)
+    if saved:
+        raw = migrate_saved(raw)
     if isinstance(raw, dict) and "sweep" in raw:
         raise ConfigError(f"{path}: a sweep file (top-level sweep:); run it with `bidirect sweep {path} --out DIR`")
     try:

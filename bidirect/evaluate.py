@@ -33,6 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +50,6 @@ from bidirect.config import (
     GIVEN_LENGTH_LEVELS,
     INVERSE_LEVELS,
     EvalConfig,
-    MaskingConfig,
 )
 from bidirect.data.generate import StudyData, first_bios
 from bidirect.tokenizer import answer_ids, decode_answer, qa_ids, question_ids, value_token_span
@@ -76,35 +76,55 @@ def _first_people(ids: Sequence[int], max_individuals: int) -> list[int]:
     return sorted(set(ids))[: max_individuals or None]
 
 
-def bio_items(tokenizer: PreTrainedTokenizerFast, bios: Dataset, kind: str, max_individuals: int = 0) -> list[Item]:
-    """One item per attribute of each person's first biography."""
+@dataclass
+class FirstBio:
+    """A person's first biography, tokenized as in training, with the tokens of each attribute's value."""
+
+    person: int
+    text: str
+    ids: list[int]
+    offsets: list[tuple[int, int]]  # each token's characters in ``text``
+    spans: list[tuple[int, int]]  # per attribute (ATTRIBUTES order), its value's tokens: the answer's ids
+
+
+def first_bio_spans(tokenizer: PreTrainedTokenizerFast, bios: Dataset, max_individuals: int = 0) -> list[FirstBio]:
+    """Each person's first biography with its value spans (`tokenizer.value_token_span`), in id order: what bio
+    recall, the probes and the capacity measure read."""
     rows = first_bios(bios)
     if max_individuals:
         rows = rows.select(range(min(max_individuals, len(rows))))
-    spans = [list(zip(s, e, strict=True)) for s, e in zip(rows["value_start"], rows["value_end"], strict=True)]
-    return _value_items(tokenizer, [[(text, span) for span in person] for text, person in zip(rows["text"], spans)],
-                        list(rows["id"]), kind)
+    enc = tokenizer(list(rows["text"]), add_special_tokens=False, return_offsets_mapping=True)
+    return [FirstBio(person, text, list(ids), list(offsets),
+                     [value_token_span(offsets, s, e) for s, e in zip(starts, ends, strict=True)])
+            for person, text, ids, offsets, starts, ends in zip(rows["id"], rows["text"], enc["input_ids"],
+                                                                enc["offset_mapping"], rows["value_start"],
+                                                                rows["value_end"], strict=True)]
+
+
+def _value_item(ids: list[int], span: tuple[int, int], kind: str, mask: int, attribute: int, person: int) -> Item:
+    """Read the value at ``span`` of ``ids``: causal, continued from the true text before it; masked, with the
+    whole value masked."""
+    i, j = span
+    if kind == "causal":
+        return Item(ids, list(range(i - 1, j - 1)), ids[i:j], attribute, person=person)
+    return Item(ids[:i] + [mask] * (j - i) + ids[j:], list(range(i, j)), ids[i:j], attribute, person=person)
+
+
+def bio_items(tokenizer: PreTrainedTokenizerFast, bios: Dataset, kind: str, max_individuals: int = 0) -> list[Item]:
+    """One item per attribute of each person's first biography."""
+    return [_value_item(bio.ids, span, kind, tokenizer.mask_token_id, a, bio.person)
+            for bio in first_bio_spans(tokenizer, bios, max_individuals) for a, span in enumerate(bio.spans)]
 
 
 def _value_items(tokenizer: PreTrainedTokenizerFast, texts: list[list[tuple[str, tuple[int, int]]]],
                  people: list[int], kind: str) -> list[Item]:
-    """Items reading a value in a text: per person, per attribute, a text and the value's characters.
-    Causal: the continuation of the true text before the value; masked: the value masked whole."""
+    """Items reading a value in a text: per person, per attribute, a text and the value's characters."""
     flat = [(p, a, text, span) for p, person in zip(people, texts, strict=True)
             for a, (text, span) in enumerate(person) if text]
     enc = tokenizer([text for _, _, text, _ in flat], add_special_tokens=False, return_offsets_mapping=True)
-    items = []
-    for (person, a, _, (start, end)), ids, offsets in zip(flat, enc["input_ids"], enc["offset_mapping"], strict=True):
-        i, j = value_token_span(offsets, start, end)  # the value's answer_ids, space included
-        span = list(range(i, j))
-        want = ids[i:j]
-        if kind == "causal":
-            items.append(Item(ids, [t - 1 for t in span], want, a, person=person))
-        else:
-            hidden = set(span)
-            masked = [tokenizer.mask_token_id if t in hidden else x for t, x in enumerate(ids)]
-            items.append(Item(masked, span, want, a, person=person))
-    return items
+    return [_value_item(ids, value_token_span(offsets, start, end), kind, tokenizer.mask_token_id, a, person)
+            for (person, a, _, (start, end)), ids, offsets in zip(flat, enc["input_ids"], enc["offset_mapping"],
+                                                                  strict=True)]
 
 
 def name_partners(individuals: Dataset) -> dict[int, int]:
@@ -213,7 +233,9 @@ def max_answer_tokens(tokenizer: PreTrainedTokenizerFast, data: StudyData) -> in
 # --------------------------------------------------------------------------- running the model
 
 
-def _pad(rows: Sequence[list[int]], pad: int, device: torch.device, left: bool = False):
+def pad_rows(rows: Sequence[list[int]], pad: int, device: torch.device,
+             left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows padded into one batch (right, or left for generation) and its attention mask, on ``device``."""
     n = max(len(r) for r in rows)
     ids = torch.full((len(rows), n), pad, dtype=torch.long)
     attention = torch.zeros((len(rows), n), dtype=torch.long)
@@ -223,15 +245,22 @@ def _pad(rows: Sequence[list[int]], pad: int, device: torch.device, left: bool =
     return ids.to(device), attention.to(device)
 
 
+def forward(model, rows: Sequence[list[int]], pad: int, device: torch.device, **kwargs: Any) -> Any:
+    """The one forward pass every reading of a trained model makes (evaluation, probes, capacity): rows right-padded,
+    masked, with positions counted from each row's first token as in training. ``kwargs`` go to the model
+    (``output_hidden_states=True``)."""
+    ids, attention = pad_rows(rows, pad, device)
+    positions = torch.arange(ids.shape[1], device=device).expand_as(ids)
+    return model(input_ids=ids, attention_mask=attention, position_ids=positions, **kwargs)
+
+
 def _argmax(model, rows: Sequence[list[int]], where: Sequence[list[int]], pad: int,
             device: torch.device) -> tuple[list[list[int]], list[list[float]]]:
-    """Per row, the argmax token at each of its ``where`` positions and its log-probability: the one forward
-    pass every level is read with. Only the read positions leave the device, in one transfer."""
-    ids, attention = _pad(rows, pad, device)
-    positions = torch.arange(ids.shape[1], device=device).expand_as(ids)
+    """Per row, the argmax token at each of its ``where`` positions and its log-probability. Only the read
+    positions leave the device, in one transfer."""
     width = max(len(w) for w in where)
     index = torch.tensor([w + [w[-1]] * (width - len(w)) for w in where], device=device)  # repeat to a rectangle
-    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits
+    logits = forward(model, rows, pad, device).logits
     read = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1])).float().log_softmax(-1).max(-1)
     tokens, logp = read.indices.tolist(), read.values.tolist()
     return [t[: len(w)] for t, w in zip(tokens, where)], [p[: len(w)] for p, w in zip(logp, where)]
@@ -283,7 +312,7 @@ def _generate(model, tokenizer: PreTrainedTokenizerFast, items: list[Item], num_
               device: torch.device) -> list[list[int]]:
     """Causal decoding from each question; the new tokens up to and with the first eos."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    ids, attention = _pad([it.ids[: it.where[0] + 1] for it in items], pad, device, left=True)
+    ids, attention = pad_rows([it.ids[: it.where[0] + 1] for it in items], pad, device, left=True)
     out = model.generate(input_ids=ids, attention_mask=attention, num_beams=num_beams, do_sample=False, use_cache=True,
                          max_new_tokens=max(len(it.want) for it in items), eos_token_id=eos, pad_token_id=pad)
     rows = out[:, ids.shape[1]:].tolist()
@@ -297,10 +326,10 @@ def _batches(items: list[Item], batch_size: int, show: bool, label: str) -> Iter
 
 
 def _score(model, kind: str, tokenizer: PreTrainedTokenizerFast, items: list[Item], qa: bool, cfg: EvalConfig,
-           masking: MaskingConfig, device: torch.device, show: bool, label: str, longest: int = 0) -> list[bool]:
+           device: torch.device, show: bool, label: str, longest: int = 0) -> list[bool]:
     """Per item: right or wrong. ``longest`` > 0: masked QA chooses its answer length, up to that."""
     correct = [False] * len(items)
-    left_to_right = kind == "masked" and (not qa or masking.fill == "left_to_right")
+    left_to_right = kind == "masked" and (not qa or cfg.fill == "left_to_right")
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     for batch in _batches(items, cfg.batch_size, show, label):
         its = [items[i] for i in batch]
@@ -368,7 +397,7 @@ def _accuracy(items: list[Item], correct: list[bool], inverse: bool = False) -> 
 
 
 def evaluate_model(model, kind: str, tokenizer: PreTrainedTokenizerFast, data: StudyData, augmentation: str,
-                   cfg: EvalConfig, masking: MaskingConfig, accelerator: Accelerator | None = None,
+                   cfg: EvalConfig, accelerator: Accelerator | None = None,
                    levels: Sequence[str] = ALL_LEVELS) -> dict[str, dict[str, float]]:
     """Per level, per attribute exact-match accuracy, plus "mean" (of the six), "n" (items), "people"
     and "ci95" (per-person bootstrap intervals); inverse levels have "full_name" (= "mean").
@@ -401,7 +430,7 @@ def evaluate_model(model, kind: str, tokenizer: PreTrainedTokenizerFast, data: S
                     with accelerator.split_between_processes(mine) as share:
                         mine = list(share)
                 qa = level not in MEMORIZATION_LEVELS
-                scored = _score(model, kind, tokenizer, [items[i] for i in mine], qa, cfg, masking, device, main,
+                scored = _score(model, kind, tokenizer, [items[i] for i in mine], qa, cfg, device, main,
                                 f"eval {level}", longest if qa and level not in GIVEN_LENGTH_LEVELS else 0)
                 pairs = list(zip(mine, scored, strict=True))
                 done = dict(gather_object(pairs) if split else pairs)  # a dict: an index counts once

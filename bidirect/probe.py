@@ -45,8 +45,8 @@ from rich.table import Table
 from torch import nn
 
 from bidirect.config import ATTRIBUTES
-from bidirect.data.generate import StudyData, first_bios
-from bidirect.evaluate import _pad, majority_baseline
+from bidirect.data.generate import StudyData
+from bidirect.evaluate import first_bio_spans, forward, majority_baseline
 from bidirect.models import backbone_kind, load_backbone
 from bidirect.rundir import (
     PROBE_FILE,
@@ -57,7 +57,6 @@ from bidirect.rundir import (
     select_cells,
     write_json_atomic,
 )
-from bidirect.tokenizer import value_token_span
 
 MODE_NAMES = {"P": "P", "P_prefix": "P, prefix only", "Q": "Q"}
 RANK = 2
@@ -166,18 +165,14 @@ def probe_inputs(mode: str, tokenizer, data: StudyData, augmentation: str, kind:
     if mode == "Q":
         ids = tokenizer([" " + n for n in people["full_name"]], add_special_tokens=False)["input_ids"]
         return ProbeInputs(ids, [[len(x) - 1] * len(ATTRIBUTES) for x in ids], labels, train, test)
-    rows = first_bios(data.bios[augmentation])
-    enc = tokenizer(list(rows["text"]), add_special_tokens=False, return_offsets_mapping=True)
     all_ids, reads = [], []
-    for ids, offsets, starts, ends in zip(enc["input_ids"], enc["offset_mapping"], rows["value_start"],
-                                          rows["value_end"], strict=True):
-        spans = [value_token_span(offsets, s, e) for s, e in zip(starts, ends, strict=True)]
-        ids = list(ids)
+    for bio in first_bio_spans(tokenizer, data.bios[augmentation]):
+        ids = list(bio.ids)
         if kind == "masked" and mode == "P":
-            for i, j in spans:
+            for i, j in bio.spans:
                 ids[i:j] = [tokenizer.mask_token_id] * (j - i)
         all_ids.append(ids)
-        reads.append([max(i - 1, 0) for i, _ in spans])
+        reads.append([max(i - 1, 0) for i, _ in bio.spans])
     return ProbeInputs(all_ids, reads, labels, train, test, prefix=mode == "P_prefix")
 
 
@@ -190,18 +185,13 @@ def model_reps(model, inputs: ProbeInputs, pad: int) -> Reps:
             # The six prefixes of a bio go through one forward pass together (person-major, attribute-minor).
             rows = [inputs.ids[r][: inputs.read[r][a] + 1] for r in batch for a in range(len(ATTRIBUTES))]
             return last_hidden(rows).view(len(batch), len(ATTRIBUTES), -1)
-        ids, attention = _pad([inputs.ids[r] for r in batch], pad, device)
-        positions = torch.arange(ids.shape[1], device=device).expand_as(ids)
-        hidden = model(input_ids=ids, attention_mask=attention, position_ids=positions,
-                       output_hidden_states=True).hidden_states[-1]
+        rows = [inputs.ids[r] for r in batch]
+        hidden = forward(model, rows, pad, device, output_hidden_states=True).hidden_states[-1]
         where = torch.tensor([inputs.read[r] for r in batch], device=device)  # (batch, attributes)
         return hidden[torch.arange(len(batch), device=device)[:, None], where].float()
 
     def last_hidden(rows: list[list[int]]) -> torch.Tensor:
-        ids, attention = _pad(rows, pad, device)
-        positions = torch.arange(ids.shape[1], device=device).expand_as(ids)
-        hidden = model(input_ids=ids, attention_mask=attention, position_ids=positions,
-                       output_hidden_states=True).hidden_states[-1]
+        hidden = forward(model, rows, pad, device, output_hidden_states=True).hidden_states[-1]
         last = torch.tensor([len(r) - 1 for r in rows], device=device)
         return hidden[torch.arange(len(rows), device=device), last].float()
 

@@ -340,7 +340,7 @@ def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: b
     elif existing and resume:
         if not saved.is_file():
             raise RunDirError(f"--resume {run_dir}: no {CONFIG_FILE} there, so it is not a bidirect run folder")
-        if config_lib.load(saved).to_dict() != cfg.to_dict():
+        if config_lib.load(saved, saved=True).to_dict() != cfg.to_dict():
             raise RunDirError(
                 f"--resume {run_dir}: the config differs from the one this run started with ({saved}); "
                 "resume with that config or start a new run folder"
@@ -372,7 +372,7 @@ def require_run_dir(run_dir: Path) -> StudyConfig:
         raise RunDirError(f"{run_dir}: no such run folder")
     if not RunFolder(run_dir).config.is_file():
         raise RunDirError(f"{run_dir}: not a bidirect run folder (no {CONFIG_FILE})")
-    return config_lib.load(RunFolder(run_dir).config)
+    return config_lib.load(RunFolder(run_dir).config, saved=True)
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:

@@ -165,7 +165,7 @@ def _streams(cfg: StudyConfig, objective, data: StudyData, tokenizer, augmentati
         qa_train = concatenate_datasets([qa_train, data.inverse_train])
     qa = objective.qa_examples(encode_qa(qa_train, tokenizer), cfg.seed)
     if cfg.protocol == "mixed":
-        share = cfg.pretrain.qa_share
+        share = cfg.qa_share
         mixed = interleave_datasets([bios, qa], probabilities=[1 - share, share], seed=cfg.seed,
                                     stopping_strategy="all_exhausted")
         return {"mixed": mixed}
@@ -241,7 +241,7 @@ def evaluate_cell(cfg: StudyConfig, run_dir: Path, backbone: str, tokenizer, dat
         if not model_dir.is_dir():
             raise RunDirError(f"{model_dir}: no trained model; finish the run with `bidirect run ... --resume`")
         model = load_backbone(model_dir).to(accelerator.device)
-        results.update(evaluate_model(model, kind, tokenizer, data, augmentation, cfg.eval, cfg.masking,
+        results.update(evaluate_model(model, kind, tokenizer, data, augmentation, cfg.eval,
                                       accelerator, levels=levels))
     return results
 
@@ -254,7 +254,7 @@ def make_accelerator(cfg: StudyConfig, folder: Path | None = None) -> Accelerato
     started by ``accelerate launch --multi_gpu`` or ``torchrun`` find each other (gloo).
     ``folder``: the run or sweep folder, whose ``trackers/`` holds local trackers' files
     (``tracking.log_with``); without it nothing is tracked."""
-    precision = cfg.pretrain.mixed_precision
+    precision = cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     log_with = list(cfg.tracking.log_with) if folder is not None else []

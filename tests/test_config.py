@@ -69,7 +69,13 @@ BAD = [
     ({"pretrain": {"steps": 0}}, "pretrain.steps: must be > 0"),
     ({"pretrain": {"batch_size": 10, "grad_accum": 3}}, "pretrain.grad_accum: 3 does not divide"),
     ({"pretrain": {"min_lr": 1.0}}, "pretrain.min_lr"),
-    ({"pretrain": {"mixed_precision": "fp8"}}, "allowed: 'auto', 'no', 'bf16', 'fp16'"),
+    ({"mixed_precision": "fp8"}, "allowed: 'auto', 'no', 'bf16', 'fp16'"),
+    ({"pretrain": {"mixed_precision": "bf16"}}, "pretrain.mixed_precision: moved to mixed_precision (one precision"),
+    ({"backbones": [{"name": "gpt2", "finetune": {"qa_share": 0.5}}]}, "backbones.gpt2.finetune.qa_share: moved to "
+                                                                         "qa_share"),
+    ({"masking": {"fill": "one_pass"}}, "masking.fill: moved to eval.fill"),
+    ({"qa_share": 1.0}, "qa_share: must be strictly between 0 and 1"),
+    ({"qa_share": float("nan")}, "qa_share: expected a finite number"),
     ({"protocol": "pretrain"}, "protocol: got 'pretrain'; allowed: 'pretrain_finetune', 'mixed'"),
     ({"tokenizer": {"kind": "sentencepiece"}}, "tokenizer.kind"),
     ({"masking": {"probability": 1.5}}, "masking.probability"),
@@ -108,3 +114,22 @@ def test_partial_section_keeps_that_sections_defaults():
     assert cfg.finetune.steps == 7
     assert (cfg.finetune.lr, cfg.finetune.warmup_steps, cfg.finetune.weight_decay) == (
         default.lr, default.warmup_steps, default.weight_decay)
+
+
+def test_a_run_folder_of_an_older_version_loads_its_moved_keys(tmp_path):
+    """config.yaml files written before mixed_precision, qa_share and fill moved to the scope the code reads: the
+    values that were read (the pretraining phase's) move, the copies that were ignored go; a study file with the
+    old keys is refused."""
+    old = tmp_path / "config.yaml"
+    old.write_text(yaml.safe_dump({
+        "protocol": "mixed",
+        "pretrain": {"steps": 10, "mixed_precision": "bf16", "qa_share": 0.6},
+        "finetune": {"mixed_precision": "no", "qa_share": 0.9},
+        "backbones": [{"name": "gbert", "pretrain": {"mixed_precision": "fp16"}}],
+        "masking": {"probability": 0.2, "fill": "left_to_right"},
+    }))
+    cfg = load(old, saved=True)
+    assert (cfg.mixed_precision, cfg.qa_share, cfg.eval.fill) == ("bf16", 0.6, "left_to_right")
+    assert cfg.pretrain.steps == 10 and cfg.masking.probability == 0.2 and cfg.backbones[0].pretrain == {}
+    with pytest.raises(ConfigError, match=r"(pretrain|finetune)\.mixed_precision: moved to mixed_precision"):
+        load(old)

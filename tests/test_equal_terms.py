@@ -102,13 +102,13 @@ class ConfidentAt(torch.nn.Module):
 def test_free_length_keeps_the_length_the_model_is_surest_of():
     mask, eos, pad = 1, 2, 0
     item = Item([5, 6, mask, mask, mask, eos], [2, 3, 4], [13, 13, 13], 0)  # the answer has 3 tokens
-    cfg, masking, cpu = EvalConfig(batch_size=4), MaskingConfig(), torch.device("cpu")
+    cfg, cpu = EvalConfig(batch_size=4), torch.device("cpu")
     tokenizer = SimpleNamespace(eos_token_id=eos, pad_token_id=pad, mask_token_id=mask)
     for best, right in ((3, True), (2, False)):
         model = ConfidentAt(mask, best)
         assert _read_any_length(model, [item], mask, pad, cpu, False, 5) == [[10 + best] * best]
-        free = _score(model, "masked", tokenizer, [item], True, cfg, masking, cpu, False, "", longest=5)
-        given = _score(model, "masked", tokenizer, [item], True, cfg, masking, cpu, False, "")
+        free = _score(model, "masked", tokenizer, [item], True, cfg, cpu, False, "", longest=5)
+        given = _score(model, "masked", tokenizer, [item], True, cfg, cpu, False, "")
         assert free == [right] and given == [True]  # told the length, it is always right
 
 
@@ -215,7 +215,7 @@ def test_committed_run_data_reproduces_from_its_config(run_dir):
     results = json.loads((run_dir / "results.json").read_text())
     if results.get("data_sha256") is None:
         pytest.skip("measured before runs recorded their data hash: re-run it to check it")
-    cfg = load(run_dir / "config.yaml")
+    cfg = load(run_dir / "config.yaml", saved=True)
     data = generate(cfg.data, cfg.augmentations(), cfg.seed)
     assert data.sha256() == results["data_sha256"]
 
@@ -241,9 +241,9 @@ def test_committed_config_is_the_one_its_run_was_made_with(config, run_dir):
         cells = sweep.load(config).cells
         assert cells
         for cell in cells:
-            assert cell.config.to_dict() == load(run_dir / cell.name / "config.yaml").to_dict(), cell.name
+            assert cell.config.to_dict() == load(run_dir / cell.name / "config.yaml", saved=True).to_dict(), cell.name
     else:
-        assert load(config).to_dict() == load(run_dir / "config.yaml").to_dict()
+        assert load(config).to_dict() == load(run_dir / "config.yaml", saved=True).to_dict()
 
 
 def test_every_committed_run_has_its_config():

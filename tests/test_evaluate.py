@@ -3,6 +3,7 @@ the last answer token; the teacher-forced causal path against `generate`."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from datasets import Dataset
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from bidirect.config import ALL_LEVELS, ATTRIBUTES, Augmentation, DataConfig, EvalConfig, MaskingConfig
+from bidirect.config import ALL_LEVELS, ATTRIBUTES, Augmentation, DataConfig, EvalConfig
 from bidirect.data.generate import StudyData, generate
 from bidirect.evaluate import _generate, _score, evaluate_model, level_items, majority_baseline
 from bidirect.tokenizer import answer_ids, decode_answer, qa_text, question_ids, train_tokenizer
@@ -95,7 +96,7 @@ def run(study, kind, rule, levels=ALL_LEVELS, fill="one_pass", **eval_kw):
     data, tokenizer = study
     cfg = EvalConfig(**{"batch_size": 16, "max_individuals": 12, **eval_kw})  # 12 people: the fake is slow
     model = Table(len(tokenizer), rule, tokenizer.unk_token_id)
-    return evaluate_model(model, kind, tokenizer, data, "single", cfg, MaskingConfig(fill=fill), levels=levels)
+    return evaluate_model(model, kind, tokenizer, data, "single", replace(cfg, fill=fill), levels=levels)
 
 
 def accuracies(results, expected):
@@ -199,8 +200,8 @@ def test_teacher_forcing_agrees_with_greedy_generate(study, gpt2):
     items = [*level_items("qa_train", tokenizer, data, "single", "causal", max_individuals=8),
              *level_items("qa_test", tokenizer, data, "single", "causal", max_individuals=3)]
     with torch.no_grad():
-        scored = _score(gpt2, "causal", tokenizer, items, True, EvalConfig(batch_size=16), MaskingConfig(),
-                        torch.device("cpu"), False, "")
+        scored = _score(gpt2, "causal", tokenizer, items, True, EvalConfig(batch_size=16), torch.device("cpu"), False,
+                        "")
         batched = _generate(gpt2, tokenizer, items, 1, torch.device("cpu"))  # left-padded, as beams use
         for it, tf, got in zip(items, scored, batched, strict=True):
             prompt = torch.tensor([it.ids[: it.where[0] + 1]])
@@ -219,7 +220,7 @@ def test_beam_search_scores_what_generate_decodes(study, gpt2):
     data, tokenizer = study
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     cfg = EvalConfig(batch_size=64, num_beams=2, max_individuals=5)  # one batch: one max_new_tokens for all
-    results = evaluate_model(gpt2, "causal", tokenizer, data, "single", cfg, MaskingConfig(), levels=("qa_train",))
+    results = evaluate_model(gpt2, "causal", tokenizer, data, "single", cfg, levels=("qa_train",))
     items = level_items("qa_train", tokenizer, data, "single", "causal", 5)
     longest = max(len(it.want) for it in items)
     right = []

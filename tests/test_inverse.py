@@ -97,15 +97,15 @@ KINDS_AND_FILLS = [("causal", "one_pass"), ("masked", "one_pass"), ("masked", "l
 @pytest.mark.parametrize(("kind", "fill"), KINDS_AND_FILLS)
 def test_perfect_and_wrong_predictors_on_inverse_levels(inverse_study, kind, fill):
     data, tokenizer = inverse_study
-    cfg, masking = EvalConfig(batch_size=16), MaskingConfig(fill=fill)
+    cfg = EvalConfig(batch_size=16, fill=fill)
     perfect = evaluate_model(Table(len(tokenizer), _rules(data, tokenizer)[kind], tokenizer.unk_token_id), kind,
-                             tokenizer, data, "single", cfg, masking, levels=INVERSE_LEVELS)
+                             tokenizer, data, "single", cfg, levels=INVERSE_LEVELS)
     sizes = {"inverse_train": len(data.inverse_train), "inverse_test": len(data.inverse_test)}
     # one question a person: as many people as items, and an interval that cannot move off 100%
     ci = {"full_name": [1.0, 1.0], "mean": [1.0, 1.0]}
     assert perfect == {lv: {"full_name": 1.0, "mean": 1.0, "n": n, "people": n, "ci95": ci} for lv, n in sizes.items()}
     wrong = evaluate_model(Table(len(tokenizer), lambda ids: [tokenizer.unk_token_id] * len(ids)), kind, tokenizer,
-                           data, "single", cfg, masking, levels=INVERSE_LEVELS)
+                           data, "single", cfg, levels=INVERSE_LEVELS)
     assert [wrong[lv]["mean"] for lv in INVERSE_LEVELS] == [0.0, 0.0]
 
 

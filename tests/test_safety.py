@@ -270,7 +270,7 @@ def test_resume_of_a_finished_run_leaves_results_json_as_it_was(run_copy, capsys
 NON_FINITE = [
     ("pretrain", "lr", ".nan"), ("pretrain", "lr", ".inf"), ("pretrain", "min_lr", ".nan"),
     ("pretrain", "weight_decay", ".nan"), ("finetune", "adam_eps", ".inf"), ("pretrain", "clip_norm", "-.inf"),
-    ("pretrain", "qa_share", ".nan"), ("masking", "replace_mask", ".nan"), ("masking", "replace_random", ".nan"),
+    ("finetune", "min_lr", ".inf"), ("masking", "replace_mask", ".nan"), ("masking", "replace_random", ".nan"),
     ("masking", "probability", ".nan"), ("data", "p_train", ".nan"), ("model", "dropout", ".nan"),
     ("pretrain", "adam_betas", "[.nan, 0.98]"),
 ]
