@@ -290,22 +290,10 @@ def train_phase(
 
     step, tokens, seconds, last_checkpoint = _resume(accelerator, out_dir, name, cfg.steps)
     source = _micro_batches(loader, collate, accelerator, consumed=step * cfg.grad_accum)
-    log_path = out_dir / LOG_FILE
-    if accelerator.is_main_process:
-        _truncate_log(log_path, step)
     model.train()
     unread, loss_value, rate = _Unread(), float("nan"), 0.0
-    # A live bar only on a terminal: in a log file or a cluster job it would print nothing until the
-    # phase ends, so there the logging steps are printed as plain lines instead.
-    live = Console().is_terminal
-    first_step, first_seconds = step, seconds  # a resumed phase's rate is this process's
-    progress = Progress(
-        TextColumn(f"[bold]{name}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
-        TimeElapsedColumn(), TimeRemainingColumn(), disable=not (accelerator.is_main_process and live),
-    )
-    with progress, head if head is not None else contextlib.nullcontext():
-        task = progress.add_task(name, total=cfg.steps, completed=step, loss=float("nan"), tps=0.0)
+    with _Progress(name, cfg.steps, step, seconds, out_dir / LOG_FILE, accelerator) as progress, \
+            head if head is not None else contextlib.nullcontext():
         while step < cfg.steps:
             started = time.perf_counter()
             micro_batches = [next(source) for _ in range(cfg.grad_accum)]
@@ -315,23 +303,14 @@ def train_phase(
             unread.add(step, loss_sum, num_items, [b["index"] for b in micro_batches])
             seconds += time.perf_counter() - started
             checkpoint = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps
-            if step % cfg.log_every == 0 or step == cfg.steps or checkpoint:
+            logging = step % cfg.log_every == 0 or step == cfg.steps
+            if logging or checkpoint:  # the only places the host waits for the device
                 loss_value, counted = unread.read(name, last_checkpoint)
                 tokens += counted
                 rate = tokens / max(seconds, 1e-9)
-                progress.update(task, loss=loss_value, tps=rate)
-            progress.update(task, completed=step)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                lr = scheduler.get_last_lr()[0]
-                # the experiment trackers of tracking.log_with (none: a no-op)
-                accelerator.log({f"{name}/loss": loss_value, f"{name}/lr": lr, f"{name}/tokens_per_second": rate},
-                                step=step)
-                if accelerator.is_main_process:
-                    with log_path.open("a") as f:
-                        f.write(json.dumps({"step": step, "loss": loss_value, "lr": lr}) + "\n")
-                    if not live:
-                        left = (seconds - first_seconds) / (step - first_step) * (cfg.steps - step)
-                        print(progress_line(name, step, cfg.steps, loss_value, rate, seconds, left), flush=True)
+            progress.update(step, loss_value, rate, seconds)
+            if logging:
+                progress.log(step, loss_value, scheduler.get_last_lr()[0])
             if checkpoint:
                 last_checkpoint = save_checkpoint(accelerator, out_dir / CHECKPOINTS_DIR, step, tokens, seconds)
 
@@ -339,6 +318,48 @@ def train_phase(
     _save_model(model, accelerator, out_dir, summary, fsdp, finalize)
     accelerator.free_memory()  # forget this phase's model/optimizer so the next save_state holds only its own
     return summary
+
+
+class _Progress:
+    """What a phase shows and records as it trains: a live bar on a terminal, or a plain line per logging step
+    in a log file or a cluster job (where a bar would print nothing until the phase ends); the loss and learning
+    rate of each logging step in ``log.jsonl`` and in the experiment trackers of tracking.log_with."""
+
+    def __init__(self, name: str, steps: int, step: int, seconds: float, log_path: Path, accelerator: Accelerator):
+        self.name, self.steps, self.log_path, self.accelerator = name, steps, log_path, accelerator
+        self.first_step, self.first_seconds = step, seconds  # a resumed phase's rate is this process's
+        self.seconds, self.rate = seconds, 0.0
+        self.live = Console().is_terminal
+        self.bar = Progress(
+            TextColumn(f"[bold]{name}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
+            TimeElapsedColumn(), TimeRemainingColumn(), disable=not (accelerator.is_main_process and self.live),
+        )
+        self.task = self.bar.add_task(name, total=steps, completed=step, loss=float("nan"), tps=0.0)
+        if accelerator.is_main_process:
+            _truncate_log(log_path, step)
+
+    def __enter__(self) -> _Progress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def update(self, step: int, loss: float, rate: float, seconds: float) -> None:
+        self.seconds, self.rate = seconds, rate
+        self.bar.update(self.task, completed=step, loss=loss, tps=rate)
+
+    def log(self, step: int, loss: float, lr: float) -> None:
+        self.accelerator.log({f"{self.name}/loss": loss, f"{self.name}/lr": lr,
+                              f"{self.name}/tokens_per_second": self.rate}, step=step)
+        if not self.accelerator.is_main_process:
+            return
+        with self.log_path.open("a") as f:
+            f.write(json.dumps({"step": step, "loss": loss, "lr": lr}) + "\n")
+        if not self.live:
+            left = (self.seconds - self.first_seconds) / (step - self.first_step) * (self.steps - step)
+            print(progress_line(self.name, step, self.steps, loss, self.rate, self.seconds, left), flush=True)
 
 
 def use_labelled_head(cfg: TrainConfig, accelerator: Accelerator) -> bool:
