@@ -97,7 +97,7 @@ def results_frame(run: str | Path | dict[str, Any]) -> pd.DataFrame:
 def sweep_frame(sweep_dir: str | Path) -> pd.DataFrame:
     """Every finished cell of a sweep folder as `results_frame` rows, with the cell's name and its
     swept values (one column per swept field) in front."""
-    from bidirect.sweep import read_cells
+    from bidirect.analysis.seeds import read_cells
 
     axes, cells = read_cells(Path(sweep_dir))
     frames = []

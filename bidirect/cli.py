@@ -30,7 +30,7 @@ from rich.markup import escape
 from bidirect import __version__
 from bidirect.api import study_config
 from bidirect.config import ConfigError, StudyConfig
-from bidirect.rundir import CAPACITY_FILE, PROBE_FILE, SUMMARY_FILE, RunDirError, environment_fault
+from bidirect.rundir import CAPACITY_FILE, PROBE_FILE, RunDirError, environment_fault
 
 # Piped or logged output is read by people later and by scripts: no wrapping at 80 columns in the
 # middle of a path or a number (a terminal keeps its own width).
@@ -38,7 +38,7 @@ console = Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=Tru
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from bidirect.report import data_summary
+    from bidirect.report.tables import data_summary
     from bidirect.rundir import open_run_dir
     from bidirect.study import start_study
 
@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from accelerate import PartialState
 
     from bidirect.api import run
-    from bidirect.report import print_results
+    from bidirect.report.tables import print_results
 
     results = run(args.config, args.out, args.set, resume=args.resume, force=args.force)
     if PartialState().is_main_process:
@@ -67,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from bidirect.report import print_results
+    from bidirect.report.tables import print_results
     from bidirect.study import reevaluate
 
     results = reevaluate(Path(args.run_dir))
@@ -75,9 +75,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    from bidirect.report import comparison_tables, print_results, runs_markdown
+    from bidirect.analysis.seeds import aggregate, write_summary
+    from bidirect.report.tables import comparison_tables, print_results, runs_markdown, summary_table
     from bidirect.rundir import read_results
-    from bidirect.sweep import aggregate, is_sweep_dir, summary_table, write_summary
+    from bidirect.sweep import is_sweep_dir
 
     sweeps = [Path(d) for d in args.run_dirs if is_sweep_dir(Path(d))]
     for sweep_dir in sweeps:
@@ -99,6 +100,8 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     from bidirect import sweep as sweep_lib
+    from bidirect.analysis.seeds import aggregate, write_summary
+    from bidirect.report.tables import summary_table
     from bidirect.study import make_accelerator
 
     sweep = sweep_lib.load(args.config)  # every cell validated before anything is created
@@ -110,14 +113,15 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     if not accelerator.is_main_process:  # the same cells, read from what the main process wrote
         opened = sweep_lib.open_sweep_dir(out, sweep, Path(args.config), write=False)
     with contextlib.closing(opened.opened) if opened.opened is not None else contextlib.nullcontext():
-        summary = sweep_lib.run_sweep(opened, out, accelerator, console)
+        sweep_lib.run_sweep(opened, out, accelerator, console)
     if accelerator.is_main_process:
-        console.print(sweep_lib.summary_table(summary))
-        console.print(f"summary: {out / SUMMARY_FILE}")
+        summary = aggregate(out)
+        console.print(summary_table(summary))
+        console.print(f"summary: {write_summary(out, summary)}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from bidirect.report_md import write_report
+    from bidirect.report.markdown import write_report
 
     path = write_report(Path(args.dir), Path(args.out) if args.out else None)
     console.print(f"report: {path} (figures in {path.with_suffix('')})")
@@ -131,7 +135,7 @@ def cmd_backbones(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from bidirect.bench import (
+    from bidirect.analysis.bench import (
         DEFAULT_BACKBONES,
         BenchConfig,
         default_out,
@@ -158,7 +162,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
-    from bidirect.probe import probe_table, run_probe
+    from bidirect.analysis.probe import probe_table, run_probe
 
     if args.steps < 1:
         raise ConfigError(f"--steps: {args.steps}; give a positive number of probe training steps")
@@ -168,7 +172,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
 
 
 def cmd_capacity(args: argparse.Namespace) -> None:
-    from bidirect.capacity import capacity_table, run_capacity
+    from bidirect.analysis.capacity import capacity_table, run_capacity
 
     out = run_capacity(Path(args.run_dir), args.augmentation, args.backbone, args.phase)
     console.print(capacity_table(out))
@@ -184,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("data", help="generate the bioS data and tokenizer of a study",
-                       epilog=f"config sections: {sections} (defaults: configs/quick.yaml)")
+                       epilog=f"config keys: {sections} (defaults: configs/quick.yaml)")
     p.add_argument("config", nargs="?", help="study YAML (default: the embedded quick study)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help=set_help)
     p.add_argument("--out", required=True, help="run folder")
@@ -192,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("run", help="run a whole study and print its table",
-                       epilog=f"config sections: {sections} (defaults: configs/quick.yaml)")
+                       epilog=f"config keys: {sections} (defaults: configs/quick.yaml)")
     p.add_argument("config", nargs="?", help="study YAML (default: the embedded quick study)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help=set_help)
     p.add_argument("--out", required=True, help="run folder")

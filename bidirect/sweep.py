@@ -20,11 +20,8 @@ Layout::
     DIR/sweep.yaml           the sweep file as given (study + sweep:)
     DIR/sweep.json           the axes and every cell's name and values
     DIR/<cell>/              a run folder (config.yaml, results.json, models/ ...)
-    DIR/summary.json         `aggregate`: per (other values, augmentation, backbone), mean and
-                             95% t-interval over seeds of every level and attribute
-
-The interval is mean +- t(0.975, n-1) * s / sqrt(n), s the sample standard deviation over the
-n seeds; one seed gives no interval.
+    DIR/summary.json         analysis.seeds.aggregate: per (other values, augmentation, backbone),
+                             mean and 95% t-interval over seeds of every level and attribute
 """
 
 from __future__ import annotations
@@ -33,9 +30,7 @@ import copy
 import dataclasses
 import itertools
 import json
-import math
 import re
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,28 +39,21 @@ import yaml
 
 from bidirect import rundir
 from bidirect.config import (
-    ALL_LEVELS,
-    ATTRIBUTES,
-    HELD_OUT_LEVELS,
     ConfigError,
     StudyConfig,
     check_key,
-    dotted,
     from_dict,
     read_yaml,
     set_path,
 )
-from bidirect.report import LEVEL_NAMES, backbone_label, phase_mode, shown_levels
 from bidirect.rundir import (
     MANIFEST_FILE,
     RESULTS_FILE,
-    SUMMARY_FILE,
     SWEEP_FILE,
     RunDirError,
     RunFolder,
     open_run_dir,
     read_json,
-    read_results,
     write_json_atomic,
 )
 
@@ -264,8 +252,8 @@ def _merge_old(out: Path, sweep: Sweep) -> Sweep:
     return sweep
 
 
-def run_sweep(sweep: Sweep, out: Path, accelerator=None, console=None) -> dict[str, Any]:
-    """Every cell of ``sweep`` in order, skipping finished ones; returns `aggregate`'s summary.
+def run_sweep(sweep: Sweep, out: Path, accelerator=None, console=None) -> None:
+    """Every cell of ``sweep`` in order, skipping finished ones (`analysis.seeds.aggregate` pools them after).
     Cells of an earlier invocation that this sweep file no longer lists are kept, not run."""
     from bidirect.study import make_accelerator, run_study
 
@@ -289,193 +277,3 @@ def run_sweep(sweep: Sweep, out: Path, accelerator=None, console=None) -> dict[s
             if opened is not None:
                 opened.close()
         replaced = None
-    summary = aggregate(out)
-    if accelerator.is_main_process:
-        write_summary(out, summary)
-    return summary
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def t_quantile_975(dof: int) -> float:
-    """The 0.975 quantile of Student's t with ``dof`` degrees of freedom (two-sided 95%).
-
-    Bisection on the closed form of P(|T| < t) for integer dof (Abramowitz & Stegun 26.7.3-4),
-    so that no scipy is needed; matches the tables to 4 decimals (12.7062 at 1, 2.0423 at 30)."""
-    if dof < 1:
-        raise ValueError("a t interval needs at least 2 values")
-
-    def inside(t: float) -> float:  # P(|T| < t)
-        theta = math.atan(t / math.sqrt(dof))
-        s, c2 = math.sin(theta), math.cos(theta) ** 2
-        if dof % 2:
-            total, term = 0.0, 1.0
-            for k in range(1, (dof - 1) // 2 + 1):
-                total += term
-                term *= c2 * (2 * k) / (2 * k + 1)
-            return 2 / math.pi * (theta + (s * math.cos(theta) * total if dof > 1 else 0.0))
-        total, term = 0.0, 1.0
-        for k in range(1, dof // 2 + 1):
-            total += term
-            term *= c2 * (2 * k - 1) / (2 * k)
-        return s * total
-
-    low, high = 0.0, 1000.0
-    for _ in range(100):
-        mid = (low + high) / 2
-        low, high = (mid, high) if inside(mid) < 0.95 else (low, mid)
-    return (low + high) / 2
-
-
-def interval(values: list[float]) -> dict[str, Any]:
-    """Mean and 95% t-interval of ``values`` (seeds); with one value, no interval."""
-    n = len(values)
-    m = statistics.fmean(values)
-    if n < 2:
-        return {"mean": m, "ci95": None, "low": None, "high": None, "n": n}
-    half = t_quantile_975(n - 1) * statistics.stdev(values) / math.sqrt(n)
-    return {"mean": m, "ci95": half, "low": m - half, "high": m + half, "n": n}
-
-
-# --------------------------------------------------------------------------- aggregation
-
-
-def read_cells(sweep_dir: Path) -> tuple[dict[str, list], list[dict[str, Any]]]:
-    """(axes, cells with their values and results) of a sweep folder. Without sweep.json the axes
-    are the config fields whose values differ between the run folders."""
-
-    if not sweep_dir.is_dir():
-        raise RunDirError(f"{sweep_dir}: no such folder")
-    manifest = sweep_dir / MANIFEST_FILE
-    if manifest.is_file():
-        meta = read_manifest(manifest, "put back a good copy, or delete it: the run folders' own configs then say "
-                             "what was swept")
-        axes, cells = meta["axes"], meta["cells"]
-        found = [{**c, "results": read_results(sweep_dir / c["name"])} for c in cells
-                 if RunFolder(sweep_dir / c["name"]).results.is_file()]
-    else:
-        runs = {p.parent.name: read_results(p.parent) for p in sorted(sweep_dir.glob(f"*/{RESULTS_FILE}"))}
-        flat = {name: {k: json.dumps(v, sort_keys=True) for k, v in dotted(r.get("config", {})).items()}
-                for name, r in runs.items()}
-        keys = sorted({k for f in flat.values() for k in f})
-        varied = [k for k in keys if len({f.get(k) for f in flat.values()}) > 1]
-        axes = {k: sorted({f.get(k) for f in flat.values()}, key=str) for k in varied}
-        axes = {k: [json.loads(v) for v in vs] for k, vs in axes.items()}
-        found = [{"name": name, "values": {k: json.loads(flat[name][k]) for k in varied}, "results": r}
-                 for name, r in runs.items()]
-    if not found:
-        raise RunDirError(f"{sweep_dir}: no finished cell yet (no */results.json); run the sweep first")
-    return axes, found
-
-
-def aggregate(sweep_dir: Path) -> dict[str, Any]:
-    """Pool the seeds: one row per (other swept values, augmentation, backbone)."""
-    axes, cells = read_cells(sweep_dir)
-    group_keys = [k for k in axes if k != SEED]
-    groups: dict[str, dict[str, Any]] = {}
-    for cell in cells:
-        res = cell["results"]
-        values = {k: cell["values"].get(k) for k in group_keys}
-        for aug, by_backbone in res["results"].items():
-            for backbone, levels in by_backbone.items():
-                key = json.dumps([values, aug, backbone], sort_keys=True)
-                g = groups.setdefault(key, {"values": values, "augmentation": aug, "backbone": backbone,
-                                            "cells": [], "seeds": [], "scores": {}, "exposures": {},
-                                            "majority": [], "modes": set(), "finetune": None})
-                g["cells"].append(cell["name"])
-                g["seeds"].append(cell["values"].get(SEED, res.get("seed")))
-                for level in ALL_LEVELS:
-                    for attr in (*ATTRIBUTES, "mean"):
-                        score = levels.get(level, {}).get(attr)
-                        if score is not None:
-                            g["scores"].setdefault(level, {}).setdefault(attr, []).append(score)
-                for phase, t in res.get("training", {}).get(aug, {}).get(backbone, {}).items():
-                    if t.get("exposures") is not None:
-                        g["exposures"].setdefault(phase, []).append(t["exposures"])
-                    g["modes"].add(f"{phase}:{phase_mode(t)}")
-                    if phase == "finetune":
-                        g["finetune"] = {"mode": t.get("mode", "full"), "lora_rank": t.get("lora_rank")}
-                if res.get("majority_baseline", {}).get("mean") is not None:
-                    g["majority"].append(res["majority_baseline"]["mean"])
-    rows = []
-    for g in groups.values():
-        rows.append({
-            "values": g["values"], "augmentation": g["augmentation"], "backbone": g["backbone"],
-            "n": len(g["cells"]), "seeds": g["seeds"], "cells": g["cells"],
-            "modes": sorted(g["modes"]), "finetune": g["finetune"],
-            "levels": {level: {attr: {**interval(v), "values": v} for attr, v in by_attr.items()}
-                       for level, by_attr in g["scores"].items()},
-            "exposures": {phase: statistics.fmean(v) for phase, v in g["exposures"].items()},
-            "majority": statistics.fmean(g["majority"]) if g["majority"] else None,
-        })
-    return {"sweep_dir": str(sweep_dir), "axes": axes, "group_by": group_keys, "pooled": SEED,
-            "interval": "95% Student t over seeds: mean +- t(0.975, n-1) s / sqrt(n); none for n = 1",
-            "rows": rows}
-
-
-def write_summary(sweep_dir: Path, summary: dict[str, Any]) -> Path:
-    path = sweep_dir / SUMMARY_FILE
-    write_json_atomic(path, summary)
-    return path
-
-
-def fmt_ci(stat: dict[str, Any] | None) -> str:
-    """``41.2 ± 3.1`` in percent; ``41.2`` with one seed; ``-`` when missing."""
-    if not stat:
-        return "-"
-    if stat.get("ci95") is None:
-        return f"{100 * stat['mean']:.1f}"
-    return f"{100 * stat['mean']:.1f} ± {100 * stat['ci95']:.1f}"
-
-
-def _levels_shown(summary: dict[str, Any]) -> list[str]:
-    return shown_levels(lv for row in summary["rows"] for lv in row["levels"])
-
-
-def summary_table(summary: dict[str, Any]):
-    """One row per (backbone, augmentation, other swept values); fits an 80-column terminal
-    (100 with the inverse levels)."""
-    from rich.table import Table
-
-    levels_shown = _levels_shown(summary)
-    table = Table(title=f"sweep {summary['sweep_dir']}: mean of the six attributes (%), mean ± 95% CI over "
-                        f"{summary['pooled']}s", caption=f"majority guess: {_majority_range(summary)}")
-    table.add_column("backbone / augmentation" + "".join(f" / {k}" for k in summary["group_by"]), ratio=1,
-                     overflow="fold")
-    table.add_column("seeds", justify="right", no_wrap=True)
-    for level in levels_shown:
-        table.add_column(LEVEL_NAMES[level], justify="right", no_wrap=True,
-                         style="bold" if level in HELD_OUT_LEVELS else None)
-    for row in summary["rows"]:
-        levels = row["levels"]
-        name = f"{backbone_label(row['backbone'], row.get('finetune'))} / {row['augmentation']}"
-        if summary["group_by"]:
-            name += "\n" + ", ".join(f"{k}={value_label(row['values'][k])}" for k in summary["group_by"])
-        table.add_row(name, str(row["n"]), *[fmt_ci(levels.get(lv, {}).get("mean")) for lv in levels_shown],
-                      end_section=bool(summary["group_by"]))
-    return table
-
-
-def _majority_range(summary: dict[str, Any]) -> str:
-    values = [r["majority"] for r in summary["rows"] if r["majority"] is not None]
-    if not values:
-        return "-"
-    low, high = 100 * min(values), 100 * max(values)
-    return f"{low:.1f}%" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}% to {high:.1f}% (the split differs per seed)"
-
-
-def summary_markdown(summary: dict[str, Any]) -> str:
-    keys, levels_shown = summary["group_by"], _levels_shown(summary)
-    head = [*keys, "augmentation", "backbone", "seeds", *(LEVEL_NAMES[lv] for lv in levels_shown), "majority"]
-    lines = ["| " + " | ".join(head) + " |",
-             "|" + " --- |" * len(keys) + " --- | --- |" + " ---: |" * (len(levels_shown) + 2)]
-    for row in summary["rows"]:
-        levels = row["levels"]
-        scores = [fmt_ci(levels.get(lv, {}).get("mean")) for lv in levels_shown]
-        scores = [f"**{x}**" if lv in HELD_OUT_LEVELS else x for lv, x in zip(levels_shown, scores)]
-        backbone = backbone_label(row["backbone"], row.get("finetune"))
-        cells = [*[value_label(row["values"][k]) for k in keys], row["augmentation"], backbone, str(row["n"]), *scores,
-                 "-" if row["majority"] is None else f"{100 * row['majority']:.1f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)

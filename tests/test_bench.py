@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bidirect.bench import FLOPS_FORMULA, flops_per_token, parse_size, peak_tflops
+from bidirect.analysis.bench import FLOPS_FORMULA, flops_per_token, parse_size, peak_tflops
 from bidirect.cli import main
 from bidirect.config import ConfigError, ModelSize
 
@@ -65,7 +65,7 @@ def test_a_report_is_written_after_each_backbone(tmp_path, monkeypatch):
     """A bench cut short by a time limit (the GPU check's) keeps the backbones it finished."""
     import copy
 
-    from bidirect import bench
+    from bidirect.analysis import bench
 
     written, real = [], bench.write_report
     monkeypatch.setattr(bench, "write_report", lambda report, path: (written.append(copy.deepcopy(report)),

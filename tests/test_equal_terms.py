@@ -254,7 +254,7 @@ def test_every_committed_run_has_its_config():
 
 
 def test_headline_table_puts_the_interval_and_both_baselines_beside_p_test():
-    from bidirect.report import headline_markdown
+    from bidirect.report.tables import headline_markdown
 
     def level(mean, lo=None, hi=None):
         return {"mean": mean, "ci95": {"mean": [lo, hi]} if lo is not None else {}}
@@ -273,7 +273,7 @@ def test_headline_table_puts_the_interval_and_both_baselines_beside_p_test():
 
 
 def test_runs_table_gives_every_held_out_mean_its_interval_and_both_baselines():
-    from bidirect.report import comparison_tables, runs_markdown
+    from bidirect.report.tables import comparison_tables, runs_markdown
 
     def level(mean, lo=None, hi=None):
         return {"mean": mean, "ci95": {"mean": [lo, hi]} if lo is not None else {}}
@@ -303,7 +303,7 @@ def test_default_study_tables_fit_80_columns_without_cutting_anything():
 
     from rich.console import Console
 
-    from bidirect.report import comparison_tables, print_results
+    from bidirect.report.tables import comparison_tables, print_results
 
     results = json.loads((ROOT / "runs" / "quick" / "results.json").read_text())
     for render in (lambda c: print_results(c, results),

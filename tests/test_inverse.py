@@ -9,11 +9,12 @@ import pytest
 import torch
 from datasets import concatenate_datasets
 
-from bidirect import report, study
+from bidirect import study
 from bidirect.config import Augmentation, DataConfig, EvalConfig, MaskingConfig, from_dict
 from bidirect.data.generate import StudyData, generate, write_inverse_qa
 from bidirect.evaluate import INVERSE_LEVELS, evaluate_model
 from bidirect.objectives import encode_qa, make_objective
+from bidirect.report import tables as report
 from bidirect.tokenizer import answer_ids, qa_text, question_ids, train_tokenizer
 
 

@@ -10,12 +10,12 @@ import torch
 from tiny import write_config
 from torch import nn
 
-from bidirect import capacity as capacity_lib
-from bidirect.capacity import FIELDS, _log2_comb, bits_stored, generator_entropy
+from bidirect.analysis import capacity as capacity_lib
+from bidirect.analysis.capacity import FIELDS, _log2_comb, bits_stored, generator_entropy
+from bidirect.analysis.probe import EmbeddingDelta, ProbeHeads, probe_inputs, score_heads, train_heads
 from bidirect.cli import main
 from bidirect.config import ATTRIBUTES
 from bidirect.data.generate import StudyData
-from bidirect.probe import EmbeddingDelta, ProbeHeads, probe_inputs, score_heads, train_heads
 from bidirect.tokenizer import value_token_span
 
 BACKBONES = ["gpt2-rope", "gbert"]  # one causal, one masked
@@ -54,9 +54,9 @@ def test_probe_writes_p_and_q_for_every_attribute(tiny_run, capsys):
 def test_prefix_probe_sees_what_a_causal_model_sees(study_data, tokenizer):
     """For a causal model, reading the whole bio and reading it cut after the read token are the same
     hidden states: so P_prefix gives a masked model exactly the causal model's view."""
+    from bidirect.analysis.probe import model_reps
     from bidirect.config import ModelSize
     from bidirect.models import build_backbone
-    from bidirect.probe import model_reps
 
     torch.manual_seed(0)
     model = build_backbone("gpt2-rope", ModelSize(layers=1, heads=2, width=32, mlp_width=64, context=512),

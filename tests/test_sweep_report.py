@@ -14,6 +14,7 @@ from tiny import single_study as tiny
 
 from bidirect import study
 from bidirect import sweep as sweep_lib
+from bidirect.analysis import seeds
 from bidirect.cli import main
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -43,13 +44,13 @@ def check_pngs(folder: Path, md: Path) -> list[Path]:
 def test_t_quantile_matches_tables():
     table = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 9: 2.2622, 30: 2.0423, 120: 1.9799}
     for dof, value in table.items():
-        assert sweep_lib.t_quantile_975(dof) == pytest.approx(value, abs=1e-4)
+        assert seeds.t_quantile_975(dof) == pytest.approx(value, abs=1e-4)
 
 
 def test_interval():
-    one = sweep_lib.interval([0.4])
+    one = seeds.interval([0.4])
     assert one["mean"] == 0.4 and one["ci95"] is None and one["low"] is None
-    three = sweep_lib.interval([0.2, 0.4, 0.6])
+    three = seeds.interval([0.2, 0.4, 0.6])
     assert three["mean"] == pytest.approx(0.4)
     assert three["ci95"] == pytest.approx(4.3027 * 0.2 / 3 ** 0.5, rel=1e-4)  # s = 0.2
     assert three["low"] < 0.4 < three["high"]
@@ -202,7 +203,7 @@ def test_summary_command_on_a_sweep_folder(tiny_sweep, tmp_path, capsys):
     assert json.loads((copy / "summary.json").read_text())["rows"][0]["n"] == 2
     # Without sweep.json the axes are read off the cells' configs: what differs between them.
     (copy / "sweep.json").unlink()
-    axes, cells = sweep_lib.read_cells(copy)
+    axes, cells = seeds.read_cells(copy)
     assert axes == {"seed": [0, 1]} and len(cells) == 2
     assert main(["summary", str(tmp_path / "nowhere")]) == 2
 

@@ -24,8 +24,9 @@ import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
+from bidirect.analysis.seeds import aggregate, read_cells, write_summary
 from bidirect.config import ATTRIBUTES, HELD_OUT_LEVELS, INVERSE_LEVELS, LEVELS
-from bidirect.report import LEVEL_NAMES, SHORT, markdown, phase_mode
+from bidirect.report.tables import LEVEL_NAMES, SHORT, markdown, phase_mode, summary_markdown
 from bidirect.rundir import (
     CAPACITY_FILE,
     MANIFEST_FILE,
@@ -35,15 +36,7 @@ from bidirect.rundir import (
     RunFolder,
     read_results,
 )
-from bidirect.sweep import (
-    SEED,
-    aggregate,
-    is_sweep_dir,
-    read_cells,
-    summary_markdown,
-    value_label,
-    write_summary,
-)
+from bidirect.sweep import SEED, is_sweep_dir, value_label
 
 LEVEL_COLORS = {"bio_recall": "#c6dbef", "name_tied": "#6baed6", "qa_train": "#4292c6", "qa_val": "#2171b5",
                 "qa_test": "#08306b", "qa_train_given": "#bcbddc", "qa_test_given": "#807dba",

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bidirect.config import ALL_LEVELS, ATTRIBUTES, HELD_OUT_LEVELS
+from bidirect.sweep import value_label
 
 SHORT = {"birth_date": "date", "birth_city": "b.city", "university": "univ", "major": "major",
          "company": "comp.", "company_city": "c.city"}
@@ -211,3 +212,67 @@ def comparison_tables(runs: dict[str, dict[str, Any]], width: int = 80) -> list[
         tables.append(table)
     tables[-1].caption = GIVEN_NOTE
     return tables
+
+
+# --------------------------------------------------------------------------- a sweep's summary
+
+
+def fmt_ci(stat: dict[str, Any] | None) -> str:
+    """``41.2 ± 3.1`` in percent; ``41.2`` with one seed; ``-`` when missing."""
+    if not stat:
+        return "-"
+    if stat.get("ci95") is None:
+        return f"{100 * stat['mean']:.1f}"
+    return f"{100 * stat['mean']:.1f} ± {100 * stat['ci95']:.1f}"
+
+
+def _levels_shown(summary: dict[str, Any]) -> list[str]:
+    return shown_levels(lv for row in summary["rows"] for lv in row["levels"])
+
+
+def summary_table(summary: dict[str, Any]):
+    """One row per (backbone, augmentation, other swept values); fits an 80-column terminal
+    (100 with the inverse levels)."""
+    from rich.table import Table
+
+    levels_shown = _levels_shown(summary)
+    table = Table(title=f"sweep {summary['sweep_dir']}: mean of the six attributes (%), mean ± 95% CI over "
+                        f"{summary['pooled']}s", caption=f"majority guess: {_majority_range(summary)}")
+    table.add_column("backbone / augmentation" + "".join(f" / {k}" for k in summary["group_by"]), ratio=1,
+                     overflow="fold")
+    table.add_column("seeds", justify="right", no_wrap=True)
+    for level in levels_shown:
+        table.add_column(LEVEL_NAMES[level], justify="right", no_wrap=True,
+                         style="bold" if level in HELD_OUT_LEVELS else None)
+    for row in summary["rows"]:
+        levels = row["levels"]
+        name = f"{backbone_label(row['backbone'], row.get('finetune'))} / {row['augmentation']}"
+        if summary["group_by"]:
+            name += "\n" + ", ".join(f"{k}={value_label(row['values'][k])}" for k in summary["group_by"])
+        table.add_row(name, str(row["n"]), *[fmt_ci(levels.get(lv, {}).get("mean")) for lv in levels_shown],
+                      end_section=bool(summary["group_by"]))
+    return table
+
+
+def _majority_range(summary: dict[str, Any]) -> str:
+    values = [r["majority"] for r in summary["rows"] if r["majority"] is not None]
+    if not values:
+        return "-"
+    low, high = 100 * min(values), 100 * max(values)
+    return f"{low:.1f}%" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}% to {high:.1f}% (the split differs per seed)"
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    keys, levels_shown = summary["group_by"], _levels_shown(summary)
+    head = [*keys, "augmentation", "backbone", "seeds", *(LEVEL_NAMES[lv] for lv in levels_shown), "majority"]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + " --- |" * len(keys) + " --- | --- |" + " ---: |" * (len(levels_shown) + 2)]
+    for row in summary["rows"]:
+        levels = row["levels"]
+        scores = [fmt_ci(levels.get(lv, {}).get("mean")) for lv in levels_shown]
+        scores = [f"**{x}**" if lv in HELD_OUT_LEVELS else x for lv, x in zip(levels_shown, scores)]
+        backbone = backbone_label(row["backbone"], row.get("finetune"))
+        cells = [*[value_label(row["values"][k]) for k in keys], row["augmentation"], backbone, str(row["n"]), *scores,
+                 "-" if row["majority"] is None else f"{100 * row['majority']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

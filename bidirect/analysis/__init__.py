@@ -1,0 +1,1 @@
+"""The analyses of trained models and runs: probing, knowledge capacity, speed, seeds pooled."""
