@@ -201,8 +201,9 @@ class EvalConfig:
     # to stop; "given" is the paper's rule, as many masks as the true answer has tokens. Under "free"
     # the given-length scores of P_train and P_test are reported beside it (qa_train_given, qa_test_given).
     masked_length: Literal["free", "given"] = "free"
-    # Masked QA: the answer's masks filled in one forward pass, or left to right (one pass per token).
-    fill: Literal["one_pass", "left_to_right"] = "one_pass"
+    # Masked QA: the answer's masks filled in one forward pass, or one pass per token, committing the first
+    # still-masked one (left_to_right) or the one the model is surest of (confidence, as masked-diffusion samplers).
+    fill: Literal["one_pass", "left_to_right", "confidence"] = "one_pass"
 
 
 # The experiment trackers accelerate can send to (accelerate.tracking), when installed.

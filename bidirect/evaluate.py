@@ -63,6 +63,7 @@ class Item:
     attribute: int  # index into ATTRIBUTES; -1: inverse search (the answer is the full name)
     answer: str = ""  # QA only: beam search compares decoded text
     person: int = -1  # the individual's id: intervals resample individuals
+    tokens: int = 0  # the answer's (value's) length in tokens, end-of-text not counted
 
 
 MEMORIZATION_LEVELS = ("bio_recall", "name_tied")  # read on the pretrained model
@@ -106,8 +107,9 @@ def _value_item(ids: list[int], span: tuple[int, int], kind: str, mask: int, att
     whole value masked."""
     i, j = span
     if kind == "causal":
-        return Item(ids, list(range(i - 1, j - 1)), ids[i:j], attribute, person=person)
-    return Item(ids[:i] + [mask] * (j - i) + ids[j:], list(range(i, j)), ids[i:j], attribute, person=person)
+        return Item(ids, list(range(i - 1, j - 1)), ids[i:j], attribute, person=person, tokens=j - i)
+    return Item(ids[:i] + [mask] * (j - i) + ids[j:], list(range(i, j)), ids[i:j], attribute, person=person,
+                tokens=j - i)
 
 
 def bio_items(tokenizer: PreTrainedTokenizerFast, bios: Dataset, kind: str, max_individuals: int = 0) -> list[Item]:
@@ -198,12 +200,12 @@ def qa_items(tokenizer: PreTrainedTokenizerFast, questions: Sequence[str], answe
             # emits the answer then eos iff each of those argmaxes is right: this is greedy
             # exact match, in one batched forward pass instead of len(answer) + 1 decoding steps.
             items.append(Item(q + ans + [eos], list(range(len(q) - 1, len(q) + len(ans))), ans + [eos], a, answer,
-                              person))
+                              person, len(ans)))
         else:
             # The paper's rule: the answer's length is revealed by the number of masks. Free-length
             # decoding (`_read_any_length`) replaces the masks by each candidate length in turn.
             items.append(Item(q + [mask] * len(ans) + [eos], list(range(len(q), len(q) + len(ans))), ans, a, answer,
-                              person))
+                              person, len(ans)))
     return items
 
 
@@ -266,23 +268,25 @@ def _argmax(model, rows: Sequence[list[int]], where: Sequence[list[int]], pad: i
     return [t[: len(w)] for t, w in zip(tokens, where)], [p[: len(w)] for p, w in zip(logp, where)]
 
 
-def _read(model, items: list[Item], pad: int, device: torch.device, left_to_right: bool
-          ) -> tuple[list[list[int]], list[float]]:
-    """The model's tokens at each item's read positions, and their mean log-probability."""
-    if not left_to_right:
+def _read(model, items: list[Item], pad: int, device: torch.device, fill: str) -> tuple[list[list[int]], list[float]]:
+    """The model's tokens at each item's read positions, and their mean log-probability. ``fill``: every position
+    in one pass (``one_pass``), or one pass per position, each committing its argmax so that the later ones are
+    predicted knowing it: the first still-masked position (``left_to_right``), or the one the model is surest of
+    (``confidence``, the order of masked-diffusion samplers and MaskGIT)."""
+    if fill == "one_pass":
         tokens, logp = _argmax(model, [it.ids for it in items], [it.where for it in items], pad, device)
         return tokens, [sum(p) / len(p) for p in logp]
-    # Each pass commits the argmax at the first still-masked position, so later masks are
-    # predicted knowing the earlier answer tokens.
     rows = [list(it.ids) for it in items]
+    left = [list(it.where) for it in items]  # still masked, in order
     sums = [0.0] * len(items)
-    for step in range(max(len(it.where) for it in items)):
-        at = [[it.where[min(step, len(it.where) - 1)]] for it in items]
-        tokens, logp = _argmax(model, rows, at, pad, device)
-        for i, (row, it) in enumerate(zip(rows, items, strict=True)):
-            if step < len(it.where):
-                row[it.where[step]] = tokens[i][0]
-                sums[i] += logp[i][0]
+    for _ in range(max(len(it.where) for it in items)):
+        at = [positions if fill == "confidence" else positions[:1] for positions in left]
+        tokens, logp = _argmax(model, rows, [a or it.where[-1:] for a, it in zip(at, items, strict=True)], pad, device)
+        for i, (row, positions) in enumerate(zip(rows, left, strict=True)):
+            if positions:
+                k = max(range(len(at[i])), key=logp[i].__getitem__)  # left_to_right: the only one read
+                row[positions.pop(k)] = tokens[i][k]
+                sums[i] += logp[i][k]
     return ([[row[t] for t in it.where] for row, it in zip(rows, items, strict=True)],
             [total / len(it.where) for total, it in zip(sums, items, strict=True)])
 
@@ -294,14 +298,14 @@ def _with_length(item: Item, length: int, mask: int) -> Item:
     return replace(item, ids=item.ids[:q] + [mask] * length + tail, where=list(range(q, q + length)))
 
 
-def _read_any_length(model, items: list[Item], mask: int, pad: int, device: torch.device, left_to_right: bool,
+def _read_any_length(model, items: list[Item], mask: int, pad: int, device: torch.device, fill: str,
                      longest: int) -> list[list[int]]:
     """Masked QA without the answer's length: every length from 1 to ``longest`` is filled, and
     each item keeps the answer whose tokens the model is most confident in (mean log-probability;
     the shorter on a tie)."""
     best: list[tuple[float, list[int]]] = [(-math.inf, []) for _ in items]
     for length in range(1, longest + 1):
-        got, score = _read(model, [_with_length(it, length, mask) for it in items], pad, device, left_to_right)
+        got, score = _read(model, [_with_length(it, length, mask) for it in items], pad, device, fill)
         for i, (tokens, s) in enumerate(zip(got, score, strict=True)):
             if s > best[i][0]:
                 best[i] = (s, tokens)
@@ -329,7 +333,9 @@ def _score(model, kind: str, tokenizer: PreTrainedTokenizerFast, items: list[Ite
            device: torch.device, show: bool, label: str, longest: int = 0) -> list[bool]:
     """Per item: right or wrong. ``longest`` > 0: masked QA chooses its answer length, up to that."""
     correct = [False] * len(items)
-    left_to_right = kind == "masked" and (not qa or cfg.fill == "left_to_right")
+    # A masked model fills a memorized value left to right (the masked analogue of the causal continuation) and
+    # a QA answer as eval.fill says; a causal model reads every position of its teacher-forced row in one pass.
+    fill = "one_pass" if kind == "causal" else cfg.fill if qa else "left_to_right"
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     for batch in _batches(items, cfg.batch_size, show, label):
         its = [items[i] for i in batch]
@@ -337,10 +343,10 @@ def _score(model, kind: str, tokenizer: PreTrainedTokenizerFast, items: list[Ite
             got = _generate(model, tokenizer, its, cfg.num_beams, device)
             ok = [g[-1:] == [eos] and decode_answer(tokenizer, g) == it.answer for g, it in zip(got, its, strict=True)]
         elif kind == "masked" and qa and longest:
-            got = _read_any_length(model, its, tokenizer.mask_token_id, pad, device, left_to_right, longest)
+            got = _read_any_length(model, its, tokenizer.mask_token_id, pad, device, fill, longest)
             ok = [g == it.want for g, it in zip(got, its, strict=True)]
         else:
-            got = _read(model, its, pad, device, left_to_right)[0]
+            got = _read(model, its, pad, device, fill)[0]
             ok = [g == it.want for g, it in zip(got, its, strict=True)]
         for i, c in zip(batch, ok, strict=True):
             correct[i] = c
@@ -390,6 +396,18 @@ def _accuracy(items: list[Item], correct: list[bool], inverse: bool = False) -> 
     out["n"] = len(items)
     out["people"] = people
     out["ci95"] = person_intervals(items, correct, ATTRIBUTES)
+    out["by_length"] = by_length(items, correct)
+    return out
+
+
+def by_length(items: list[Item], correct: list[bool]) -> dict[str, dict[str, float | int]]:
+    """Accuracy over the items whose answer is one token and over those of several (the paper: a masked model
+    extracts standalone words only), each with its item count; a group with no items is left out."""
+    out = {}
+    for name, keep in (("one_token", lambda n: n == 1), ("several_tokens", lambda n: n > 1)):
+        hits = [c for it, c in zip(items, correct, strict=True) if keep(it.tokens)]
+        if hits:
+            out[name] = {"accuracy": sum(hits) / len(hits), "n": len(hits)}
     return out
 
 

@@ -38,8 +38,8 @@ def main(run: Path, augmentation: str | None, backbone: str) -> dict:
     with torch.no_grad():
         for start in range(0, len(items), 64):
             batch = items[start:start + 64]
-            given, _ = _read(model, batch, pad, cpu, False)
-            chosen = _read_any_length(model, batch, mask, pad, cpu, False, longest)
+            given, _ = _read(model, batch, pad, cpu, "one_pass")
+            chosen = _read_any_length(model, batch, mask, pad, cpu, "one_pass", longest)
             for it, g, free in zip(batch, given, chosen):
                 length = len(free)  # one token per mask: the length it chose
                 for key in (ATTRIBUTES[it.attribute], "all"):

@@ -106,7 +106,7 @@ def test_free_length_keeps_the_length_the_model_is_surest_of():
     tokenizer = SimpleNamespace(eos_token_id=eos, pad_token_id=pad, mask_token_id=mask)
     for best, right in ((3, True), (2, False)):
         model = ConfidentAt(mask, best)
-        assert _read_any_length(model, [item], mask, pad, cpu, False, 5) == [[10 + best] * best]
+        assert _read_any_length(model, [item], mask, pad, cpu, "one_pass", 5) == [[10 + best] * best]
         free = _score(model, "masked", tokenizer, [item], True, cfg, cpu, False, "", longest=5)
         given = _score(model, "masked", tokenizer, [item], True, cfg, cpu, False, "")
         assert free == [right] and given == [True]  # told the length, it is always right

@@ -13,7 +13,17 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from bidirect.config import ALL_LEVELS, ATTRIBUTES, Augmentation, DataConfig, EvalConfig
 from bidirect.data.generate import StudyData, generate
-from bidirect.evaluate import _generate, _score, evaluate_model, level_items, majority_baseline
+from bidirect.evaluate import (
+    Item,
+    _generate,
+    _read,
+    _score,
+    by_length,
+    evaluate_model,
+    level_items,
+    majority_baseline,
+    qa_items,
+)
 from bidirect.tokenizer import answer_ids, decode_answer, qa_text, question_ids, train_tokenizer
 
 
@@ -117,7 +127,8 @@ def test_bio_value_tokens_are_the_answer_ids(study):
         assert it.want == [it.ids[t + 1] for t in it.where]
 
 
-KINDS_AND_FILLS = [("causal", "one_pass"), ("masked", "one_pass"), ("masked", "left_to_right")]
+KINDS_AND_FILLS = [("causal", "one_pass"), ("masked", "one_pass"), ("masked", "left_to_right"),
+                   ("masked", "confidence")]
 
 
 @pytest.mark.parametrize(("kind", "fill"), KINDS_AND_FILLS)
@@ -140,8 +151,14 @@ def test_perfect_wrong_and_last_token_wrong(study, kind, fill):
     assert {lv: (r["ci95"]["mean"], r["people"]) for lv, r in perfect.items()} == {
         lv: ([expected_tied] * 2 if lv == "name_tied" else [1.0, 1.0], 12) for lv in perfect}
 
+    for level, r in perfect.items():  # the answer-length split covers every item once
+        assert sum(g["n"] for g in r["by_length"].values()) == r["n"], level
+        if level != "name_tied":
+            assert all(g["accuracy"] == 1.0 for g in r["by_length"].values()), level
+
     wrong = run(study, kind, lambda ids: [tokenizer.unk_token_id] * len(ids), fill=fill)
     assert all(accuracies(wrong, 0.0).values()), wrong
+    assert all(g["accuracy"] == 0.0 for r in wrong.values() for g in r["by_length"].values())
 
     last_wrong = run(study, kind, rule(break_last=True), levels=("qa_train", "qa_test"), fill=fill)
     assert all(accuracies(last_wrong, 0.0).values()), last_wrong
@@ -233,3 +250,45 @@ def test_beam_search_scores_what_generate_decodes(study, gpt2):
     assert results["qa_train"]["n"] == len(items) == 30
     assert results["qa_train"]["mean"] == pytest.approx(sum(right) / 30)  # 5 items per attribute: mean == overall
     assert 0 < sum(right) < 30, "needs right and wrong items to mean anything"
+
+
+def test_accuracy_split_by_the_answers_length_in_tokens(study):
+    """one_token / several_tokens: each item in the group of its answer's token count (end-of-text not counted),
+    counted the same for both kinds."""
+    data, tokenizer = study
+    qa = data.qa_train.select(range(60))
+    lengths = [len(answer_ids(tokenizer, a)) for a in qa["answer"]]
+    for kind in ("causal", "masked"):
+        assert [it.tokens for it in qa_items(tokenizer, qa["question"], qa["answer"], [0] * 60, kind)] == lengths
+    items = [Item([], [], [], 0, tokens=n) for n in (1, 1, 2, 3, 1)]
+    assert by_length(items, [True, False, True, True, True]) == {"one_token": {"accuracy": 2 / 3, "n": 3},
+                                                                 "several_tokens": {"accuracy": 1.0, "n": 2}}
+    assert by_length(items[2:4], [False, False]) == {"several_tokens": {"accuracy": 0.0, "n": 2}}
+
+
+class CountsCommitted(torch.nn.Module):
+    """A fake masked model: at every position it says 100 + (answer tokens already filled in), more confidently the
+    later the position: the order in which a decoding commits the masks shows in the answer it writes."""
+
+    def __init__(self, mask: int):
+        super().__init__()
+        self.mask = mask
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, input_ids, attention_mask, position_ids=None):
+        logits = torch.zeros(*input_ids.shape, 120)
+        for r, row in enumerate(input_ids.tolist()):
+            filled = sum(1 for x in row[2:5] if x != self.mask)
+            logits[r, torch.arange(len(row)), 100 + filled] = torch.arange(len(row), dtype=torch.float)
+        return SimpleNamespace(logits=logits)
+
+
+@pytest.mark.parametrize(("fill", "written"), [("one_pass", [100, 100, 100]), ("left_to_right", [100, 101, 102]),
+                                               ("confidence", [102, 101, 100])])
+def test_masked_fill_orders(fill, written):
+    """one_pass reads every mask at once; left_to_right commits the first mask, then the next; confidence commits
+    the mask the model is surest of first (here the last one), as masked-diffusion samplers do."""
+    mask, eos = 1, 2
+    item = Item([5, 6, mask, mask, mask, eos], [2, 3, 4], written, 0)
+    model = CountsCommitted(mask)
+    assert _read(model, [item, item], 0, torch.device("cpu"), fill)[0] == [written, written]

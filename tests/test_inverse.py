@@ -92,7 +92,8 @@ def _rules(data, tokenizer):
     return {"causal": lambda ids: ids[1:] + [eos], "masked": masked}
 
 
-KINDS_AND_FILLS = [("causal", "one_pass"), ("masked", "one_pass"), ("masked", "left_to_right")]
+KINDS_AND_FILLS = [("causal", "one_pass"), ("masked", "one_pass"), ("masked", "left_to_right"),
+                   ("masked", "confidence")]
 
 
 @pytest.mark.parametrize(("kind", "fill"), KINDS_AND_FILLS)
