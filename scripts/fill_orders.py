@@ -1,0 +1,69 @@
+"""A masked model's QA read three ways: masks filled in one pass, left to right, or most confident first
+(masked-diffusion order), each choosing the answer's length and told it, with the answer-length split.
+
+    python scripts/fill_orders.py RUN_DIR [AUGMENTATION] [BACKBONE]   # writes RUN_DIR/fill_orders.json
+
+Evaluation only: the run's saved fine-tuned model, the evaluator itself (`evaluate_model` with ``eval.fill``
+set), P_train and P_test QA.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from bidirect.data.generate import StudyData
+from bidirect.evaluate import evaluate_model
+from bidirect.models import load_backbone
+from bidirect.rundir import RunFolder, read_tokenizer, require_run_dir
+
+FILLS = ("one_pass", "left_to_right", "confidence")
+LEVELS = ("qa_train", "qa_test", "qa_train_given", "qa_test_given")
+
+
+def main(run: Path, augmentation: str | None, backbone: str) -> dict:
+    cfg = require_run_dir(run)
+    augmentation = augmentation or cfg.augmentations()[0].name
+    folder = RunFolder(run)
+    tokenizer, data = read_tokenizer(run), StudyData.load(folder.data)
+    model = load_backbone(folder.model(augmentation, backbone, "finetune")).eval()
+    out = {"run": cfg.name, "augmentation": augmentation, "backbone": backbone, "fills": {}}
+    for fill in FILLS:
+        started = time.perf_counter()
+        scores = evaluate_model(model, "masked", tokenizer, data, augmentation, replace(cfg.eval, fill=fill),
+                                levels=LEVELS)
+        out["fills"][fill] = {level: {k: scores[level][k] for k in ("mean", "ci95", "n", "by_length")}
+                              for level in LEVELS}
+        out["fills"][fill]["seconds"] = round(time.perf_counter() - started, 1)
+    return out
+
+
+def _cell(level: dict) -> str:
+    lo, hi = level["ci95"]["mean"]
+    return f"{100 * level['mean']:.1f} ({100 * lo:.0f}-{100 * hi:.0f})"
+
+
+def _split(level: dict) -> str:
+    groups = level["by_length"]
+    return " / ".join(f"{100 * groups[k]['accuracy']:.1f}" if k in groups else "-"
+                      for k in ("one_token", "several_tokens"))
+
+
+def table(out: dict) -> str:
+    lines = [f"{out['run']} / {out['augmentation']} / {out['backbone']}: QA mean exact match (%), 95% CI over people",
+             "| fill | P_train | P_test | P_test, 1 token / more | P_test* | P_test*, 1 token / more |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for fill, s in out["fills"].items():
+        lines.append(f"| {fill} | {100 * s['qa_train']['mean']:.1f} | {_cell(s['qa_test'])} | {_split(s['qa_test'])} | "
+                     f"{_cell(s['qa_test_given'])} | {_split(s['qa_test_given'])} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    run = Path(sys.argv[1])
+    result = main(run, sys.argv[2] if len(sys.argv) > 2 else None, sys.argv[3] if len(sys.argv) > 3 else "gbert")
+    (run / "fill_orders.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(table(result))
