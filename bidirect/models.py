@@ -255,3 +255,21 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     embedding = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding)}
     return {"total": total, "non_embedding": total - sum(embedding.values())}
+
+
+FLOPS_FORMULA = "6*N_nonembedding + 6*N_lm_head + 12*layers*context*width"
+
+
+def flops_per_token(model: nn.Module, size: ModelSize) -> dict[str, int]:
+    """Training FLOPs per token position (forward and backward) of one backbone, term by term (FLOPS_FORMULA,
+    Kaplan et al. 2020): 6 per non-embedding parameter, 6 per LM-head weight (tied, so not in N, but a matmul all
+    the same), and the attention scores and their weighted sum at the nominal context."""
+    non_embedding = parameter_counts(model)["non_embedding"]
+    lm_head = model.get_output_embeddings().weight.numel()
+    terms = {
+        "non_embedding_params": non_embedding,
+        "lm_head_params": lm_head,
+        "matmul": 6 * non_embedding + 6 * lm_head,
+        "attention": 12 * size.layers * size.context * size.width,
+    }
+    return {**terms, "total": terms["matmul"] + terms["attention"]}

@@ -22,7 +22,7 @@ from bidirect.config import GIVEN_LENGTH_LEVELS, INVERSE_LEVELS, ConfigError, St
 from bidirect.data.generate import StudyData, generate, saved_sha256
 from bidirect.evaluate import MEMORIZATION_LEVELS, evaluate_model, majority_baselines
 from bidirect.lora import add_lora, merge_lora, trainable_parameters
-from bidirect.models import backbone_kind, build_backbone, load_backbone, parameter_counts
+from bidirect.models import backbone_kind, build_backbone, flops_per_token, load_backbone, parameter_counts
 from bidirect.objectives import IGNORE, encode_qa, make_objective, tokenize_bios
 from bidirect.rundir import RunDirError, RunFolder, read_results, read_tokenizer, require_run_dir, write_json_atomic
 from bidirect.tokenizer import qa_ids, qa_text, train_tokenizer
@@ -194,6 +194,7 @@ def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmen
     set_seed(cfg.seed)
     model = build_backbone(backbone.name, cfg.model, tokenizer)
     counts = parameter_counts(model)
+    flops = flops_per_token(model, cfg.model)["total"]
     phases = {}
     for phase, stream in streams.items():
         phase_dir = run.phase(augmentation, backbone.name, phase)
@@ -213,8 +214,10 @@ def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmen
         if phase != list(streams)[-1]:  # the next phase starts from what was saved (evaluate_cell loads the last)
             model = load_backbone(run.model(augmentation, backbone.name, phase))
         labelled = sum(sum(1 for x in labels if x != IGNORE) for labels in stream["labels"]) if kind == "causal" else 0
-        phases[phase] = {**asdict(done), "stream_examples": len(stream),
-                         "exposures": done.tokens / labelled if labelled else None,
+        # Compute on two axes: labelled tokens (``tokens``, what the loss saw) and training FLOPs (every position
+        # computed, at the full model's 6N + attention; a LoRA phase is credited as full).
+        phases[phase] = {**asdict(done), "flops": done.positions * flops if done.positions else None,
+                         "stream_examples": len(stream), "exposures": done.tokens / labelled if labelled else None,
                          "mode": "lora" if lora else "full", "lora_rank": train_cfg.lora_rank if lora else None,
                          "trainable_parameters": trainable}
     results = evaluate_cell(cfg, run_dir, backbone.name, tokenizer, data, augmentation, accelerator)

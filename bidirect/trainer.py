@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,8 @@ class PhaseSummary:
     seconds: float
     final_loss: float
     tokens_per_second: float
+    positions: int = 0  # token positions the model computed, padding included, summed over processes (0: not
+    # counted, a phase of an older version); with models.flops_per_token, the phase's training FLOPs
 
 
 def check_batch(cfg: TrainConfig, examples: int, processes: int, name: str, where: str = "batch_size") -> int:
@@ -223,15 +226,20 @@ class _Unread:
 
     def __init__(self) -> None:
         self.steps: list[tuple[int, torch.Tensor, torch.Tensor, list[torch.Tensor]]] = []
+        self.positions = 0  # this process's, since the last read
 
-    def add(self, step: int, loss: torch.Tensor, num_items: torch.Tensor, indices: list[torch.Tensor]) -> None:
+    def add(self, step: int, loss: torch.Tensor, num_items: torch.Tensor, indices: list[torch.Tensor],
+            positions: int) -> None:
         self.steps.append((step, loss, num_items, indices))
+        self.positions += positions
 
-    def read(self, name: str, last_checkpoint: Path | None) -> tuple[float, int]:
-        """The last step's mean loss and the labelled tokens of every unread step; a `TrainingError` naming the
-        first step whose loss is not finite."""
+    def read(self, name: str, last_checkpoint: Path | None, accelerator: Accelerator) -> tuple[float, int, int]:
+        """The last step's mean loss, and the labelled tokens and token positions of every unread step summed over
+        processes; a `TrainingError` naming the first step whose loss is not finite."""
         if not self.steps:
-            return float("nan"), 0
+            return float("nan"), 0, 0
+        positions = int(accelerator.reduce(torch.tensor(self.positions, device=accelerator.device), "sum"))
+        self.positions = 0
         losses = torch.stack([loss for _, loss, _, _ in self.steps]).tolist()
         counts = torch.stack([n for _, _, n, _ in self.steps]).tolist()
         for (step, _, _, indices), loss in zip(self.steps, losses):
@@ -240,7 +248,7 @@ class _Unread:
                 raise TrainingError(f"{name}: non-finite loss at step {step}; examples {examples} of this stream; "
                                     f"last good checkpoint: {last_checkpoint or 'none (the phase start)'}")
         self.steps.clear()
-        return losses[-1] / max(counts[-1], 1), int(sum(counts))
+        return losses[-1] / max(counts[-1], 1), int(sum(counts)), positions
 
 
 def train_phase(
@@ -288,11 +296,12 @@ def train_phase(
     accelerator._custom_objects.clear()
     accelerator.register_for_checkpointing(scheduler)
 
-    step, tokens, seconds, last_checkpoint = _resume(accelerator, out_dir, name, cfg.steps)
+    state, last_checkpoint = _resume(accelerator, out_dir, name, cfg.steps)  # step, tokens, positions, seconds
+    step = state["step"]
     source = _micro_batches(loader, collate, accelerator, consumed=step * cfg.grad_accum)
     model.train()
     unread, loss_value, rate = _Unread(), float("nan"), 0.0
-    with _Progress(name, cfg.steps, step, seconds, out_dir / LOG_FILE, accelerator) as progress, \
+    with _Progress(name, cfg.steps, step, state["seconds"], out_dir / LOG_FILE, accelerator) as progress, \
             head if head is not None else contextlib.nullcontext():
         while step < cfg.steps:
             started = time.perf_counter()
@@ -300,21 +309,24 @@ def train_phase(
             loss_sum, num_items = train_step(model, micro_batches, accelerator, optimizer, cfg, head)
             scheduler.step()
             step += 1
-            unread.add(step, loss_sum, num_items, [b["index"] for b in micro_batches])
-            seconds += time.perf_counter() - started
+            unread.add(step, loss_sum, num_items, [b["index"] for b in micro_batches],
+                       sum(b["input_ids"].numel() for b in micro_batches))
+            state["step"], state["seconds"] = step, state["seconds"] + time.perf_counter() - started
             checkpoint = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps
             logging = step % cfg.log_every == 0 or step == cfg.steps
             if logging or checkpoint:  # the only places the host waits for the device
-                loss_value, counted = unread.read(name, last_checkpoint)
-                tokens += counted
-                rate = tokens / max(seconds, 1e-9)
-            progress.update(step, loss_value, rate, seconds)
+                loss_value, counted, positions = unread.read(name, last_checkpoint, accelerator)
+                state["tokens"] += counted
+                state["positions"] += positions
+                rate = state["tokens"] / max(state["seconds"], 1e-9)
+            progress.update(step, loss_value, rate, state["seconds"])
             if logging:
                 progress.log(step, loss_value, scheduler.get_last_lr()[0])
             if checkpoint:
-                last_checkpoint = save_checkpoint(accelerator, out_dir / CHECKPOINTS_DIR, step, tokens, seconds)
+                last_checkpoint = save_checkpoint(accelerator, out_dir / CHECKPOINTS_DIR, state)
 
-    summary = PhaseSummary(name, step, tokens, seconds, loss_value, tokens / max(seconds, 1e-9))
+    summary = PhaseSummary(name, step, state["tokens"], state["seconds"], loss_value,
+                           state["tokens"] / max(state["seconds"], 1e-9), state["positions"])
     _save_model(model, accelerator, out_dir, summary, fsdp, finalize)
     accelerator.free_memory()  # forget this phase's model/optimizer so the next save_state holds only its own
     return summary
@@ -370,11 +382,12 @@ def use_labelled_head(cfg: TrainConfig, accelerator: Accelerator) -> bool:
     return cfg.labelled_logits_only and not cfg.compile and not fsdp and accelerator.device.type != "cuda"
 
 
-def _resume(accelerator: Accelerator, out_dir: Path, name: str, steps: int) -> tuple[int, int, float, Path | None]:
-    """Load the last complete checkpoint of the phase, if any: (step, tokens, seconds, its path)."""
+def _resume(accelerator: Accelerator, out_dir: Path, name: str, steps: int) -> tuple[dict[str, Any], Path | None]:
+    """Load the last complete checkpoint of the phase, if any: the trainer's counters there, and its path."""
+    fresh = {"step": 0, "tokens": 0, "positions": 0, "seconds": 0.0}
     checkpoints = complete_checkpoints(out_dir / CHECKPOINTS_DIR)
     if not checkpoints:
-        return 0, 0, 0.0, None
+        return fresh, None
     last = checkpoints[-1]
     advice = "Delete it to resume from the one before, or start the run over with --force."
     state = read_json(last / STATE_FILE, f"{name}: the state of checkpoint {last}", advice)
@@ -388,7 +401,7 @@ def _resume(accelerator: Accelerator, out_dir: Path, name: str, steps: int) -> t
                                               ("step", "tokens", "seconds")):
         raise TrainingError(f"{last / STATE_FILE}: not a checkpoint state (step, tokens, seconds). {advice}")
     accelerator.print(f"[bidirect] {name}: resumed from {last} at step {state['step']}/{steps}")
-    return state["step"], state["tokens"], state["seconds"], last
+    return {**fresh, **state}, last  # positions: 0 in a checkpoint of an older version
 
 
 def _micro_batches(loader: DataLoader, collate, accelerator: Accelerator, consumed: int) -> Iterator[dict]:
@@ -426,16 +439,18 @@ def _save_model(model: torch.nn.Module, accelerator: Accelerator, out_dir: Path,
     accelerator.wait_for_everyone()
 
 
-def save_checkpoint(accelerator: Accelerator, directory: Path, step: int, tokens: int, seconds: float) -> Path:
-    final = directory / f"step_{step:08d}"
-    tmp = directory / f".tmp_step_{step:08d}"
+def save_checkpoint(accelerator: Accelerator, directory: Path, state: dict[str, Any]) -> Path:
+    """accelerate's state of the phase and the trainer's counters (``state``: step, tokens, positions, seconds),
+    written aside and renamed when complete."""
+    final = directory / f"step_{state['step']:08d}"
+    tmp = directory / f".tmp_step_{state['step']:08d}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json_atomic(tmp / STATE_FILE, {"step": step, "tokens": tokens, "seconds": seconds})
+        write_json_atomic(tmp / STATE_FILE, state)
         if final.exists():  # a half-written leftover of a killed run (complete ones are resumed from)
             shutil.rmtree(final)
         os.replace(tmp, final)

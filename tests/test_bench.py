@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bidirect.analysis.bench import FLOPS_FORMULA, flops_per_token, parse_size, peak_tflops
+from bidirect.analysis.bench import parse_size, peak_tflops
 from bidirect.cli import main
 from bidirect.config import ConfigError, ModelSize
+from bidirect.models import FLOPS_FORMULA, flops_per_token
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 TINY = ["bench", "--size", "tiny", "--steps", "2", "--warmup", "1", "--batch", "2", "--individuals", "30",

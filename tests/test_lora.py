@@ -87,6 +87,9 @@ def test_lora_run_saves_a_merged_model(lora_run, backbone):
     assert phases["finetune"]["mode"] == "lora" and phases["finetune"]["lora_rank"] == 4
     counts = results["parameters"][backbone]
     assert phases["pretrain"]["trainable_parameters"] == counts["total"]
+    # compute per phase: every position at the same per-token FLOPs of the one network, LoRA credited as full
+    per_token = {p: t["flops"] / t["positions"] for p, t in phases.items()}
+    assert per_token["pretrain"] == per_token["finetune"] > 6 * counts["non_embedding"]
     cell = lora_run / "models" / "single" / backbone
     pre, fine = load_backbone(cell / "pretrain" / "model"), load_backbone(cell / "finetune" / "model")
     assert type(fine) is type(pre)  # a plain transformers model, loaded by the Auto classes

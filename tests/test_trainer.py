@@ -130,6 +130,8 @@ def test_resume_continues_the_same_schedule(study_data, tokenizer, tmp_path):
     torch.manual_seed(999)
     summary = train_phase(model, objective, stream, cfg, tmp_path / "resumed", _accelerator(), "t", seed=0)
     assert summary.steps == 8
+    done = json.loads((tmp_path / "straight" / "phase.json").read_text())
+    assert (summary.tokens, summary.positions) == (done["tokens"], done["positions"]) and summary.positions > 0
     resumed = _params(load_backbone(tmp_path / "resumed" / "model"))
     for key in straight:
         torch.testing.assert_close(straight[key], resumed[key], rtol=0, atol=0)
@@ -227,3 +229,14 @@ def test_loader_workers_draw_the_same_masks(study_data, tokenizer, tmp_path, mon
         results.append(_params(load_backbone(tmp_path / str(workers) / "model")))
     for key in results[0]:
         torch.testing.assert_close(results[0][key], results[1][key], rtol=0, atol=0)
+
+
+def test_positions_count_every_computed_token_for_the_flops(study_data, tokenizer, tmp_path):
+    """A phase counts the token positions its model computed (padding included): with static shapes, every
+    batch of the causal windows is the whole context, so 5 steps of 8 windows are 5 x 8 x 128 positions."""
+    model, objective, stream = _setup("gpt2-rope", study_data, tokenizer)
+    assert max(len(ids) for ids in stream["input_ids"]) > 64  # so every padded batch is 128 long
+    cfg = TrainConfig(steps=5, batch_size=8, grad_accum=2, warmup_steps=0, log_every=2)
+    summary = train_phase(model, objective.with_static_shapes(), stream, cfg, tmp_path, _accelerator(), "t", seed=0)
+    assert summary.positions == 5 * 8 * SIZE.context
+    assert 0 < summary.tokens < summary.positions  # labelled tokens: the causal targets, no padding

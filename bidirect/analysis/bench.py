@@ -70,8 +70,7 @@ from bidirect.config import (
     TrainConfig,
     validate,
 )
-
-FLOPS_FORMULA = "6*N_nonembedding + 6*N_lm_head + 12*layers*context*width"
+from bidirect.models import FLOPS_FORMULA, flops_per_token
 
 # Model sizes by name, with the default batch (windows of `context` tokens per step) for each.
 PRESETS: dict[str, tuple[ModelSize, int]] = {
@@ -199,21 +198,6 @@ def peak_tflops(name: str) -> float | None:
         if key.lower() in name.lower():
             return peak
     return None
-
-
-def flops_per_token(model: torch.nn.Module, size: ModelSize) -> dict[str, int]:
-    """The terms of FLOPS_FORMULA for one backbone (training: forward and backward)."""
-    from bidirect.models import parameter_counts
-
-    non_embedding = parameter_counts(model)["non_embedding"]
-    lm_head = model.get_output_embeddings().weight.numel()
-    terms = {
-        "non_embedding_params": non_embedding,
-        "lm_head_params": lm_head,
-        "matmul": 6 * non_embedding + 6 * lm_head,
-        "attention": 12 * size.layers * size.context * size.width,
-    }
-    return {**terms, "total": terms["matmul"] + terms["attention"]}
 
 
 def _sync(device: torch.device) -> None:

@@ -298,17 +298,18 @@ def _rel(path: Path, base: Path) -> str:
 
 
 def training_markdown(results: dict[str, Any]) -> str:
-    lines = ["| augmentation | backbone | phase | mode | trainable params | steps | labelled tokens | final loss | "
-             "exposures | seconds |", "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| augmentation | backbone | phase | mode | trainable params | steps | labelled tokens | training FLOPs | "
+             "final loss | exposures | seconds |", "| --- | --- | --- | --- |" + " ---: |" * 7]
     for aug, by_backbone in results.get("training", {}).items():
         for backbone, phases in by_backbone.items():
             for phase, t in phases.items():
                 mode = phase_mode(t)
                 exp = "-" if t.get("exposures") is None else f"{t['exposures']:.1f}"
                 trainable = t.get("trainable_parameters")
+                flops = "-" if not t.get("flops") else f"{t['flops']:.2e}"  # runs of older versions did not count
                 lines.append(f"| {aug} | {backbone} | {phase} | {mode} | "
                              f"{'-' if trainable is None else f'{trainable:,}'} | {t.get('steps', '-')} | "
-                             f"{t.get('tokens', 0):,} | {t.get('final_loss', float('nan')):.3f} | {exp} | "
+                             f"{t.get('tokens', 0):,} | {flops} | {t.get('final_loss', float('nan')):.3f} | {exp} | "
                              f"{t.get('seconds', 0.0):.1f} |")
     return "\n".join(lines)
 
