@@ -503,3 +503,16 @@ def merge_cells(path: Path, out: dict[str, Any], same: Sequence[str] = ("phase",
             for aug, cell in augs.items():
                 out["results"].setdefault(backbone, {}).setdefault(aug, cell)
     return out
+
+
+def read_cell(run_dir: Path, backbone: str, phase: str = "finetune", augmentation: str | None = None) -> tuple:
+    """What a script reading one trained cell needs: (config, tokenizer, data, augmentation, model), the
+    augmentation the run's first when None, the phase's saved model in evaluation mode."""
+    from bidirect.data.generate import StudyData  # datasets and torch: only when a cell is read
+    from bidirect.models import load_backbone
+
+    cfg = require_run_dir(run_dir)
+    augmentation = augmentation or cfg.augmentations()[0].name
+    run = RunFolder(run_dir)
+    model = load_backbone(run.model(augmentation, backbone, phase)).eval()
+    return cfg, read_tokenizer(run_dir), StudyData.load(run.data), augmentation, model

@@ -15,21 +15,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bidirect.data.generate import StudyData
 from bidirect.evaluate import evaluate_model
-from bidirect.models import load_backbone
-from bidirect.rundir import RunFolder, read_tokenizer, require_run_dir
+from bidirect.rundir import read_cell
 
 FILLS = ("one_pass", "left_to_right", "confidence")
 LEVELS = ("qa_train", "qa_test", "qa_train_given", "qa_test_given")
 
 
 def main(run: Path, augmentation: str | None, backbone: str) -> dict:
-    cfg = require_run_dir(run)
-    augmentation = augmentation or cfg.augmentations()[0].name
-    folder = RunFolder(run)
-    tokenizer, data = read_tokenizer(run), StudyData.load(folder.data)
-    model = load_backbone(folder.model(augmentation, backbone, "finetune")).eval()
+    cfg, tokenizer, data, augmentation, model = read_cell(run, backbone, "finetune", augmentation)
     out = {"run": cfg.name, "augmentation": augmentation, "backbone": backbone, "fills": {}}
     for fill in FILLS:
         started = time.perf_counter()

@@ -18,19 +18,13 @@ from pathlib import Path
 import torch
 
 from bidirect.config import ATTRIBUTES
-from bidirect.data.generate import StudyData
 from bidirect.evaluate import _read, _read_any_length, level_items
-from bidirect.models import load_backbone
-from bidirect.rundir import RunFolder, read_tokenizer, require_run_dir
+from bidirect.rundir import read_cell
 from bidirect.tokenizer import answer_ids
 
 
 def main(run: Path, augmentation: str | None, backbone: str) -> dict:
-    cfg = require_run_dir(run)
-    augmentation = augmentation or cfg.augmentations()[0].name
-    folder = RunFolder(run)
-    tok, data = read_tokenizer(run), StudyData.load(folder.data)
-    model = load_backbone(folder.model(augmentation, backbone, "finetune")).eval()
+    _, tok, data, augmentation, model = read_cell(run, backbone, "finetune", augmentation)
     items = level_items("qa_test", tok, data, augmentation, "masked")
     longest = max(len(answer_ids(tok, a)) for a in data.qa_train["answer"])
     mask, pad, cpu = tok.mask_token_id, tok.pad_token_id, torch.device("cpu")
