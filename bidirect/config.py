@@ -185,9 +185,10 @@ class MaskingConfig:
     probability: float = 0.15
     replace_mask: float = 0.8
     replace_random: float = 0.1
-    # MLM variants: ``uniform`` draws each bio's mask probability from U(0, 1) (MLM-U; ``probability``
-    # is then unused); ``attribute`` masks a whole attribute value when any of its words is chosen.
-    rate: Literal["fixed", "uniform"] = "fixed"
+    # MLM variants: ``uniform`` draws each bio's mask probability t from U(0, 1) (MLM-U; ``probability``
+    # is then unused); ``diffusion`` draws it the same way and weights the bio's loss by 1/t (masked diffusion,
+    # MDLM/SMDM); ``attribute`` masks a whole attribute value when any of its words is chosen.
+    rate: Literal["fixed", "uniform", "diffusion"] = "fixed"
     span: Literal["word", "attribute"] = "word"
 
 

@@ -32,6 +32,7 @@ from bidirect.tokenizer import qa_ids, value_token_span
 
 IGNORE = -100
 STATIC_BUCKET = 64
+DIFFUSION_MIN_RATE = 0.05  # masked diffusion's t is floored here for its 1/t weight: a rarely masked bio weighs <= 20
 MASKED_FEATURES = Features(
     {"input_ids": Sequence(Value("int32")), "word_ids": Sequence(Value("int32")), "labels": Sequence(Value("int64"))}
 )
@@ -205,8 +206,10 @@ class MaskedLM(_Objective):
             seed = int(torch.randint(2**62, ()))
         return torch.Generator().manual_seed(seed)
 
-    def mask_bios(self, ids: torch.Tensor, items: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Whole-word masking of padded bios ``ids`` (rows of ``items``): the masked ids and their labels.
+    def mask_bios(self, ids: torch.Tensor, items: list[dict[str, Any]]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Whole-word masking of padded bios ``ids`` (rows of ``items``): the masked ids, their labels, and each
+        bio's mask rate (``probability``, or the bio's own draw under ``rate: uniform`` or ``diffusion``).
 
         A word (``word_ids``, -1: none) is chosen with probability ``masking.probability`` (``rate: uniform``:
         a per-bio probability drawn from U(0, 1) first, MLM-U), at least one per bio, and has one fate for all
@@ -232,7 +235,7 @@ class MaskedLM(_Objective):
         p = torch.full((rows,), self.masking.probability, dtype=torch.float64)
         draws = []
         for r, (g, w) in enumerate(zip(generators, n_words.tolist())):
-            if self.masking.rate == "uniform":
+            if self.masking.rate in ("uniform", "diffusion"):
                 p[r] = float(torch.rand((), generator=g))
             draws.append(torch.rand(2 * w + 1, generator=g))
         # Row r's draws start at start[r]: its words' choices, then their fates, then the fallback's.
@@ -274,15 +277,25 @@ class MaskedLM(_Objective):
             if k:
                 out[row, to_random[row]] = torch.randint(len(self.special), self.vocab_size, (k,),
                                                          generator=generators[row])
-        return out, torch.where(labelled, ids, IGNORE)
+        return out, torch.where(labelled, ids, IGNORE), p
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Pad a batch, masking its bios afresh (rows with ``word_ids``; QA rows come masked)."""
+        """Pad a batch, masking its bios afresh (rows with ``word_ids``; QA rows come masked).
+
+        ``rate: diffusion`` adds ``weights``, each labelled token's weight in the loss: 1/t for a bio masked at
+        rate t (t floored at DIFFUSION_MIN_RATE), 1 for QA. The trainer takes the weighted mean over labelled
+        tokens; a bio of L tokens masked at rate t has about tL of them, so its share is L times MDLM's
+        per-position bound (1/(tL)) * (sum of its masked tokens' losses): the weighted mean is that bound
+        averaged over the batch's positions."""
         batch = _pad(items, self.pad, with_positions=False, length=_batch_length(items, self.context, self.static))
         bios = [i for i, item in enumerate(items) if item["word_ids"]]
+        weights = torch.ones(batch["labels"].shape)
         if bios:
-            ids, labels = self.mask_bios(batch["input_ids"][bios], [items[i] for i in bios])
+            ids, labels, rate = self.mask_bios(batch["input_ids"][bios], [items[i] for i in bios])
             batch["input_ids"][bios], batch["labels"][bios] = ids, labels
+            weights[bios] = (1 / rate.clamp(min=DIFFUSION_MIN_RATE)).float()[:, None].expand_as(labels)
+        if self.masking.rate == "diffusion":
+            batch["weights"] = torch.where(batch["labels"] != IGNORE, weights, 0.0)
         return batch
 
     __call__ = collate

@@ -78,15 +78,18 @@ def check_batch(cfg: TrainConfig, examples: int, processes: int, name: str, wher
     return micro
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy over labelled positions (labels already aligned with logits).
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed cross-entropy over labelled positions (labels already aligned with logits), each weighted by
+    ``weights`` (same shape as ``labels``) when given.
 
     ``logits`` is (batch, length, vocabulary), or (labelled positions, vocabulary) when the head
     ran on those only (`LabelledHead`), in the row-major order of ``labels != IGNORE``."""
     if logits.dim() == 2:
-        labels = labels[labels != IGNORE]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.flatten(), ignore_index=IGNORE,
-                           reduction="sum")
+        keep = labels != IGNORE
+        labels, weights = labels[keep], (weights[keep] if weights is not None else None)
+    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.flatten(), ignore_index=IGNORE,
+                             reduction="none" if weights is not None else "sum")
+    return losses if weights is None else (losses * weights.flatten().float()).sum()
 
 
 class LabelledHead:
@@ -192,22 +195,25 @@ def make_loader(stream: Dataset, micro: int, collate: Callable, device: torch.de
 
 def train_step(model: torch.nn.Module, micro_batches: list[dict[str, torch.Tensor]], accelerator: Accelerator,
                optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-               head: LabelledHead | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step over ``cfg.grad_accum`` micro-batches on the device; the loss summed over labelled
-    tokens and their number, both summed over processes and left on the device (reading them makes the host
-    wait for the device: the caller does it at logging steps only)."""
+               head: LabelledHead | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step over ``cfg.grad_accum`` micro-batches on the device: the loss summed over labelled
+    tokens, what it is divided by (their number, or their summed ``weights`` when the batch has them), and their
+    number, all summed over processes and left on the device (reading them makes the host wait for the device:
+    the caller does it at logging steps only)."""
     world = accelerator.num_processes
     # Count labelled tokens over the whole optimizer step and every process first, so that each micro-batch's
     # summed loss is divided by the same number.
-    num_items = accelerator.reduce(sum((b["labels"] != IGNORE).sum() for b in micro_batches), "sum")
+    count = accelerator.reduce(sum((b["labels"] != IGNORE).sum() for b in micro_batches), "sum")
+    weighted = "weights" in micro_batches[0]
+    num_items = accelerator.reduce(sum(b["weights"].sum() for b in micro_batches), "sum") if weighted else count
     loss_total = torch.zeros((), dtype=torch.float64, device=accelerator.device)  # as a sum of Python floats
     for batch in micro_batches:
         labels = batch["labels"]
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "index")}
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "index", "weights")}
         with accelerator.accumulate(model):
             if head is not None:
                 head.mask = labels != IGNORE
-            loss_sum = token_loss_sum(model(**inputs).logits, labels)
+            loss_sum = token_loss_sum(model(**inputs).logits, labels, batch.get("weights"))
             # accelerate divides by grad_accum and DDP averages over processes; undo both so that the gradient
             # is that of (summed loss / num_items).
             accelerator.backward(loss_sum * cfg.grad_accum * world / num_items.clamp(min=1))
@@ -216,7 +222,7 @@ def train_step(model: torch.nn.Module, micro_batches: list[dict[str, torch.Tenso
                 accelerator.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    return accelerator.reduce(loss_total, "sum"), num_items
+    return accelerator.reduce(loss_total, "sum"), num_items, count
 
 
 class _Unread:
@@ -225,12 +231,13 @@ class _Unread:
     host wait at every step, and never saved into a checkpoint."""
 
     def __init__(self) -> None:
-        self.steps: list[tuple[int, torch.Tensor, torch.Tensor, list[torch.Tensor]]] = []
+        # per step: its number, summed loss, what the loss is divided by, labelled tokens, example indices
+        self.steps: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]] = []
         self.positions = 0  # this process's, since the last read
 
-    def add(self, step: int, loss: torch.Tensor, num_items: torch.Tensor, indices: list[torch.Tensor],
-            positions: int) -> None:
-        self.steps.append((step, loss, num_items, indices))
+    def add(self, step: int, loss: torch.Tensor, num_items: torch.Tensor, count: torch.Tensor,
+            indices: list[torch.Tensor], positions: int) -> None:
+        self.steps.append((step, loss, num_items, count, indices))
         self.positions += positions
 
     def read(self, name: str, last_checkpoint: Path | None, accelerator: Accelerator) -> tuple[float, int, int]:
@@ -240,15 +247,16 @@ class _Unread:
             return float("nan"), 0, 0
         positions = int(accelerator.reduce(torch.tensor(self.positions, device=accelerator.device), "sum"))
         self.positions = 0
-        losses = torch.stack([loss for _, loss, _, _ in self.steps]).tolist()
-        counts = torch.stack([n for _, _, n, _ in self.steps]).tolist()
-        for (step, _, _, indices), loss in zip(self.steps, losses):
+        losses = torch.stack([loss for _, loss, _, _, _ in self.steps]).tolist()
+        last = float(self.steps[-1][2])
+        counts = torch.stack([n for _, _, _, n, _ in self.steps]).tolist()
+        for (step, _, _, _, indices), loss in zip(self.steps, losses):
             if not math.isfinite(loss):
                 examples = torch.cat(indices).tolist()[:16]
                 raise TrainingError(f"{name}: non-finite loss at step {step}; examples {examples} of this stream; "
                                     f"last good checkpoint: {last_checkpoint or 'none (the phase start)'}")
         self.steps.clear()
-        return losses[-1] / max(counts[-1], 1), int(sum(counts)), positions
+        return losses[-1] / max(last, 1), int(sum(counts)), positions
 
 
 def train_phase(
@@ -306,10 +314,10 @@ def train_phase(
         while step < cfg.steps:
             started = time.perf_counter()
             micro_batches = [next(source) for _ in range(cfg.grad_accum)]
-            loss_sum, num_items = train_step(model, micro_batches, accelerator, optimizer, cfg, head)
+            loss_sum, num_items, count = train_step(model, micro_batches, accelerator, optimizer, cfg, head)
             scheduler.step()
             step += 1
-            unread.add(step, loss_sum, num_items, [b["index"] for b in micro_batches],
+            unread.add(step, loss_sum, num_items, count, [b["index"] for b in micro_batches],
                        sum(b["input_ids"].numel() for b in micro_batches))
             state["step"], state["seconds"] = step, state["seconds"] + time.perf_counter() - started
             checkpoint = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from bidirect.config import ConfigError, MaskingConfig, from_dict
-from bidirect.objectives import IGNORE, MaskedLM, tokenize_bios
+from bidirect.objectives import DIFFUSION_MIN_RATE, IGNORE, MaskedLM, encode_qa, tokenize_bios
 from bidirect.tokenizer import value_token_span
 
 AUG = "multi3+permute+fullname"  # 180 bios of the shared fixture
 
 
-@pytest.mark.parametrize(("key", "allowed"), [("rate", "'fixed', 'uniform'"), ("span", "'word', 'attribute'")])
+@pytest.mark.parametrize(("key", "allowed"), [("rate", "'fixed', 'uniform', 'diffusion'"),
+                                              ("span", "'word', 'attribute'")])
 def test_unknown_variant_named_with_allowed_values(key, allowed):
     with pytest.raises(ConfigError, match=f"masking.{key}: got 'bogus'; allowed: {allowed}"):
         from_dict({"masking": {key: "bogus"}})
@@ -25,6 +26,15 @@ def _examples(obj: MaskedLM, study_data, tokenizer, aug: str = AUG):
     bios = tokenize_bios(study_data.bios[aug], tokenizer, values=obj.values)
     examples = obj.bio_examples(bios, seed=0)
     return [{**examples[i], "index": i} for i in range(len(examples))]
+
+
+@pytest.fixture
+def qa_examples(study_data, tokenizer):
+    def make(obj: MaskedLM) -> list[dict]:
+        examples = obj.qa_examples(encode_qa(study_data.qa_train, tokenizer), seed=0)
+        return [{**examples[i], "index": 10_000 + i} for i in range(8)]
+
+    return make
 
 
 def _word_shares(items, labels):
@@ -152,3 +162,21 @@ def test_batched_masks_equal_the_rule_applied_bio_by_bio(study_data, tokenizer, 
         ids, labels = _reference_masks(obj, item)
         assert batch["input_ids"][row, :n].tolist() == ids and batch["labels"][row, :n].tolist() == labels, row
     assert (batch["labels"] != IGNORE).any() and (batch["input_ids"] == tokenizer.mask_token_id).any()
+
+
+def test_diffusion_masks_as_mlm_u_and_weights_each_bio_by_one_over_its_rate(study_data, tokenizer, qa_examples):
+    """rate: diffusion draws the same per-bio rate t and masks as MLM-U (uniform), and weights each labelled token
+    of a bio by 1/max(t, DIFFUSION_MIN_RATE); QA tokens weigh 1; nothing else carries weight."""
+    uniform = MaskedLM(tokenizer, 256, MaskingConfig(rate="uniform", span="attribute"), seed=5)
+    diffusion = MaskedLM(tokenizer, 256, MaskingConfig(rate="diffusion", span="attribute"), seed=5)
+    items = _examples(diffusion, study_data, tokenizer)[:12] + qa_examples(diffusion)[:4]
+    a, b = uniform.collate(items), diffusion.collate(items)
+    assert "weights" not in a and torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+    labelled = b["labels"] != IGNORE
+    assert (b["weights"][~labelled] == 0).all()
+    for row, item in enumerate(items):
+        if not item["word_ids"]:  # QA
+            assert (b["weights"][row][labelled[row]] == 1).all() and labelled[row].any()
+            continue
+        t = float(torch.rand((), generator=diffusion._generator(item)))  # the bio's first draw is its rate
+        assert torch.allclose(b["weights"][row][labelled[row]], torch.tensor(1 / max(t, DIFFUSION_MIN_RATE)))

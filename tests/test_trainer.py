@@ -47,12 +47,18 @@ def test_every_backbone_learns(name, study_data, tokenizer, tmp_path):
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
 
 
-def test_gradient_accumulation_is_exact(study_data, tokenizer, tmp_path):
+@pytest.mark.parametrize("name", ["gpt2", "gbert-diffusion"])
+def test_gradient_accumulation_is_exact(name, study_data, tokenizer, tmp_path):
     """Pitfall: hand-made accumulation. 1 x 8 and 4 x 2 micro-batches must give the same model,
-    which needs the loss divided by the labelled tokens of the whole step (num_items_in_batch)."""
+    which needs the loss divided by the labelled tokens (or, masked diffusion, their summed weights) of the
+    whole step (num_items_in_batch)."""
     results = []
     for accum in (1, 4):
-        model, objective, stream = _setup("gpt2", study_data, tokenizer)
+        if name == "gbert-diffusion":
+            model, objective, stream = _setup("gbert", study_data, tokenizer)
+            objective = make_objective("masked", tokenizer, SIZE.context, MaskingConfig(rate="diffusion"))
+        else:
+            model, objective, stream = _setup(name, study_data, tokenizer)
         cfg = TrainConfig(steps=3, batch_size=8, grad_accum=accum, lr=1e-3, warmup_steps=0, clip_norm=0.0)
         train_phase(model, objective, stream, cfg, tmp_path / str(accum), _accelerator(), "t", seed=0)
         results.append(_params(load_backbone(tmp_path / str(accum) / "model")))
@@ -240,3 +246,25 @@ def test_positions_count_every_computed_token_for_the_flops(study_data, tokenize
     summary = train_phase(model, objective.with_static_shapes(), stream, cfg, tmp_path, _accelerator(), "t", seed=0)
     assert summary.positions == 5 * 8 * SIZE.context
     assert 0 < summary.tokens < summary.positions  # labelled tokens: the causal targets, no padding
+
+
+def test_weighted_tokens_give_the_weighted_mean_loss(study_data, tokenizer):
+    """A batch with ``weights`` (masked diffusion's 1/t) is trained on sum(w * CE) / sum(w): the step's reported
+    loss and its division are the weighted ones, its token count stays the number of labelled tokens."""
+    objective = make_objective("masked", tokenizer, SIZE.context, MaskingConfig(rate="diffusion", span="attribute"))
+    stream = objective.bio_examples(tokenize_bios(study_data.bios["single"], tokenizer, values=True), seed=0)
+    batch = objective.collate([{**stream[i], "index": i} for i in range(8)])
+    set_seed(0)
+    model = build_backbone("gbert", SIZE, tokenizer)
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "index", "weights")}
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["labels"], reduction="none")
+    assert token_loss_sum(logits, batch["labels"], batch["weights"]).item() == pytest.approx(
+        (ce * batch["weights"]).sum().item(), rel=1e-5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    accelerator = _accelerator()
+    loss_sum, num_items, count = trainer.train_step(model, [batch], accelerator, optimizer, TrainConfig())
+    assert num_items.item() == pytest.approx(batch["weights"].sum().item())
+    assert count.item() == (batch["labels"] != IGNORE).sum().item() < num_items.item()  # weights are >= 1
+    assert loss_sum.item() == pytest.approx((ce * batch["weights"]).sum().item(), rel=1e-4)

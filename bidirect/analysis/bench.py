@@ -328,7 +328,7 @@ def _package_path(model, accelerator, train: TrainConfig, compile_model: bool) -
 
     def step(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        loss_sum, num_items = train_step(model, [batch], accelerator, optimizer, train, head)
+        loss_sum, num_items, _ = train_step(model, [batch], accelerator, optimizer, train, head)
         return loss_sum / num_items.clamp(min=1)
 
     return step, model
