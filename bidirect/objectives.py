@@ -289,13 +289,13 @@ class MaskedLM(_Objective):
         averaged over the batch's positions."""
         batch = _pad(items, self.pad, with_positions=False, length=_batch_length(items, self.context, self.static))
         bios = [i for i, item in enumerate(items) if item["word_ids"]]
-        weights = torch.ones(batch["labels"].shape)
+        rate = torch.ones(len(items), dtype=torch.float64)  # QA rows: weight 1
         if bios:
-            ids, labels, rate = self.mask_bios(batch["input_ids"][bios], [items[i] for i in bios])
+            ids, labels, rate[bios] = self.mask_bios(batch["input_ids"][bios], [items[i] for i in bios])
             batch["input_ids"][bios], batch["labels"][bios] = ids, labels
-            weights[bios] = (1 / rate.clamp(min=DIFFUSION_MIN_RATE)).float()[:, None].expand_as(labels)
         if self.masking.rate == "diffusion":
-            batch["weights"] = torch.where(batch["labels"] != IGNORE, weights, 0.0)
+            weight = (1 / rate.clamp(min=DIFFUSION_MIN_RATE)).float()[:, None]
+            batch["weights"] = torch.where(batch["labels"] != IGNORE, weight, 0.0)
         return batch
 
     __call__ = collate
