@@ -247,9 +247,12 @@ class _Unread:
             return float("nan"), 0, 0
         positions = int(accelerator.reduce(torch.tensor(self.positions, device=accelerator.device), "sum"))
         self.positions = 0
-        losses = torch.stack([loss for _, loss, _, _, _ in self.steps]).tolist()
-        last = float(self.steps[-1][2])
-        counts = torch.stack([n for _, _, _, n, _ in self.steps]).tolist()
+        # One transfer: per step its summed loss, what it is divided by, and its labelled tokens (float64 holds the
+        # counts exactly, and the loss as the trainer sums it).
+        read = torch.stack([torch.stack([loss, n.double(), count.double()])
+                            for _, loss, n, count, _ in self.steps]).tolist()
+        losses, counts = [r[0] for r in read], [int(r[2]) for r in read]
+        last = read[-1][1]
         for (step, _, _, _, indices), loss in zip(self.steps, losses):
             if not math.isfinite(loss):
                 examples = torch.cat(indices).tolist()[:16]
