@@ -247,11 +247,12 @@ def pad_rows(rows: Sequence[list[int]], pad: int, device: torch.device,
     return ids.to(device), attention.to(device)
 
 
-def forward(model, rows: Sequence[list[int]], pad: int, device: torch.device, **kwargs: Any) -> Any:
-    """The one forward pass every reading of a trained model makes (evaluation, probes, capacity): rows right-padded,
-    masked, with positions counted from each row's first token as in training. ``kwargs`` go to the model
-    (``output_hidden_states=True``)."""
-    ids, attention = pad_rows(rows, pad, device)
+def forward(model, rows: Sequence[list[int]] | tuple[torch.Tensor, torch.Tensor], pad: int, device: torch.device,
+            **kwargs: Any) -> Any:
+    """The one forward pass every reading of a trained model makes (evaluation, probes, capacity): rows right-padded
+    (or already padded: ``pad_rows``'s ids and mask), masked, with positions counted from each row's first token as
+    in training. ``kwargs`` go to the model (``output_hidden_states=True``)."""
+    ids, attention = rows if isinstance(rows, tuple) else pad_rows(rows, pad, device)
     positions = torch.arange(ids.shape[1], device=device).expand_as(ids)
     return model(input_ids=ids, attention_mask=attention, position_ids=positions, **kwargs)
 

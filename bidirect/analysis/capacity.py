@@ -106,8 +106,8 @@ def _causal_losses(model, ids: list[list[int]], spans: list[list[tuple]], pad: i
     out = torch.zeros(len(ids), len(FIELDS))
     for lo in range(0, len(ids), batch_size):
         batch = ids[lo : lo + batch_size]
-        x = pad_rows(batch, pad, device)[0]
-        logits = forward(model, batch, pad, device).logits.float()
+        x, attention = pad_rows(batch, pad, device)  # the targets are the padded ids themselves
+        logits = forward(model, (x, attention), pad, device).logits.float()
         nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none").cpu() / math.log(2)
         for b in range(len(batch)):
             for f, (i, j) in enumerate(spans[lo + b]):
