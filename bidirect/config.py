@@ -34,10 +34,13 @@ MAX_BEAMS = 64
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "company", "company_city")
 # The evaluation levels (bidirect.evaluate), in the order tables show them. qa_val exists only with
 # data.p_val > 0, qa_train_given and qa_test_given only for masked backbones decoding with a free answer
-# length (the paper's given-length rule beside it), the inverse ones only where the data has inverse QA.
+# length (the paper's given-length rule beside it), the inverse ones only where the data has inverse QA
+# (inverse_val only with P_val too).
 LEVELS = ("bio_recall", "name_tied", "qa_train", "qa_val", "qa_test")
 GIVEN_LENGTH_LEVELS = ("qa_train_given", "qa_test_given")
-INVERSE_LEVELS = ("inverse_train", "inverse_test")
+INVERSE_LEVELS = ("inverse_train", "inverse_val", "inverse_test")
+# The attributes an inverse search question may give (data.inverse_from); data.templates words each.
+INVERSE_FROM = (("birth_date", "birth_city"), ("birth_date",))
 ALL_LEVELS = (*LEVELS, *GIVEN_LENGTH_LEVELS, *INVERSE_LEVELS)
 HELD_OUT_LEVELS = ("qa_test", "qa_test_given", "inverse_test")  # the headline: people whose QA was never trained on
 
@@ -130,8 +133,12 @@ class DataConfig:
     # before this default, plain and fullname bios of 80 people, is configs/quick80.yaml.
     augmentations: list[str] = field(default_factory=lambda: ["multi5+permute+fullname"])
     # Inverse search (STUDY.md, Part 3.2): also write "Who was born on <date> in <city>?" -> full name
-    # QA; P_train's is fine-tuning data, P_test's is evaluated (levels inverse_train / inverse_test).
+    # QA; P_train's is fine-tuning data, P_val's and P_test's are evaluated (levels inverse_train /
+    # inverse_val / inverse_test).
     inverse: bool = False
+    # The attributes the inverse question gives: birth date and city (Part 3.2), or the birth date alone
+    # (the Factorization Curse's name <- birth date). Read only under inverse: true.
+    inverse_from: list[str] = field(default_factory=lambda: ["birth_date", "birth_city"])
 
 
 @dataclass
@@ -453,6 +460,9 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         )
     if d.p_val > 0 and n_val < 1:
         raise ConfigError(f"data.p_val: {d.p_val} of {d.individuals} individuals is no one; raise it or set 0")
+    if tuple(d.inverse_from) not in INVERSE_FROM:
+        raise ConfigError(f"data.inverse_from: got {d.inverse_from}; allowed: "
+                          + " or ".join(str(list(keys)) for keys in INVERSE_FROM))
     if not d.augmentations:
         raise ConfigError("data.augmentations: needs at least one, e.g. ['single', 'multi5+permute']")
     augmentations = cfg.augmentations()

@@ -16,8 +16,9 @@
   A masked model chooses the answer's length itself (``eval.masked_length: free``), as a causal
   one must decide where to stop; ``qa_train_given`` and ``qa_test_given`` are the paper's rule beside
   it, one mask per answer token, which tells the model the length.
-- ``inverse_train`` / ``inverse_test`` (``data.inverse`` only): inverse search, the full name
-  from birth date and birth city, scored like QA (one number, under ``full_name`` and ``mean``).
+- ``inverse_train`` / ``inverse_val`` / ``inverse_test`` (``data.inverse`` only): inverse search, the full
+  name from birth date and birth city (or the date alone, ``data.inverse_from``), scored like QA (one
+  number, under ``full_name`` and ``mean``).
 
 Every level reduces to `Item`s: a sequence the model reads, the positions whose argmax is
 read, and the token each must be. An item counts only if all of them are right.

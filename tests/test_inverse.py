@@ -10,7 +10,7 @@ import torch
 from datasets import concatenate_datasets
 
 from bidirect import study
-from bidirect.config import Augmentation, DataConfig, EvalConfig, MaskingConfig, from_dict
+from bidirect.config import Augmentation, ConfigError, DataConfig, EvalConfig, MaskingConfig, from_dict
 from bidirect.data.generate import StudyData, generate, write_inverse_qa
 from bidirect.evaluate import INVERSE_LEVELS, evaluate_model
 from bidirect.objectives import encode_qa, make_objective
@@ -50,6 +50,32 @@ def test_ambiguous_attribute_pairs_are_skipped():
     c = {**a, "id": 2, "full_name": "G H I", "birth_city": "Austin, TX"}
     assert [r["id"] for r in write_inverse_qa([a, c])] == [0, 2]
     assert [r["id"] for r in write_inverse_qa([a, c], population=[a, b, c])] == [2]  # b lives in the other split
+
+
+def test_p_val_has_its_own_inverse_qa_held_out_like_p_test():
+    cfg = DataConfig(individuals=60, p_train=0.5, p_val=0.2, inverse=True)
+    data = generate(cfg, [Augmentation.parse("single")], seed=0)
+    splits = {p["id"]: p["split"] for p in data.individuals}
+    assert {splits[i] for i in data.inverse_val["id"]} == {"val"} and len(data.inverse_val) == 12
+    assert list(data.qa_sets()) == ["qa_train", "qa_val", "qa_test", "inverse_train", "inverse_val", "inverse_test"]
+    assert any(ds is data.inverse_val for ds in data.held_out_qa())  # the leak guard looks for it
+    without = generate(DataConfig(individuals=60, p_train=0.5, p_val=0.2), [Augmentation.parse("single")], seed=0)
+    assert without.qa_val["question"] == data.qa_val["question"]
+
+
+def test_inverse_from_the_birth_date_alone():
+    """The Factorization Curse's backward task: the birth date -> the full name; a date two people share has no
+    single answer. The default question's data is the one written before inverse_from existed."""
+    cfg = DataConfig(individuals=40, p_train=0.5, inverse=True, inverse_from=["birth_date"])
+    data = generate(cfg, [Augmentation.parse("single")], seed=0)
+    people = {p["id"]: p for p in data.individuals}
+    for row in data.inverse_test:
+        assert row["question"] == f"Who was born on {people[row['id']]['birth_date']}?"
+    default = generate(DataConfig(individuals=40, p_train=0.5, inverse=True), [Augmentation.parse("single")], seed=0)
+    assert default.inverse_test._fingerprint != data.inverse_test._fingerprint
+    assert default.inverse_test["question"][0].endswith(f"in {people[default.inverse_test['id'][0]]['birth_city']}?")
+    with pytest.raises(ConfigError, match=r"data.inverse_from: got \['birth_city'\]; allowed: \['birth_date', "):
+        from_dict({"data": {"inverse": True, "inverse_from": ["birth_city"]}})
 
 
 def test_inverse_data_saves_and_loads(inverse_study, tmp_path):
@@ -108,7 +134,7 @@ def test_perfect_and_wrong_predictors_on_inverse_levels(inverse_study, kind, fil
     assert perfect == {lv: {"full_name": 1.0, "mean": 1.0, "n": n, "people": n, "ci95": ci} for lv, n in sizes.items()}
     wrong = evaluate_model(Table(len(tokenizer), lambda ids: [tokenizer.unk_token_id] * len(ids)), kind, tokenizer,
                            data, "single", cfg, levels=INVERSE_LEVELS)
-    assert [wrong[lv]["mean"] for lv in INVERSE_LEVELS] == [0.0, 0.0]
+    assert {lv: wrong[lv]["mean"] for lv in wrong} == {"inverse_train": 0.0, "inverse_test": 0.0}  # no P_val here
 
 
 @pytest.mark.parametrize("kind", ["causal", "masked"])

@@ -19,7 +19,7 @@ from datasets import Dataset, DatasetDict, Features, Sequence, Value, load_from_
 
 from bidirect.config import ATTRIBUTES, Augmentation, DataConfig
 from bidirect.data.pools import Pools, load_pools
-from bidirect.data.templates import INVERSE_QUESTION, QUESTIONS, TEMPLATES
+from bidirect.data.templates import INVERSE_QUESTIONS, QUESTIONS, TEMPLATES
 
 MONTHS = (
     "January", "February", "March", "April", "May", "June",
@@ -187,16 +187,17 @@ def write_qa(people: list[dict]) -> list[dict]:
     ]
 
 
-def write_inverse_qa(people: list[dict], population: list[dict] | None = None) -> list[dict]:
-    """Inverse search QA of ``people``: their birth date and birth city -> their full name.
+def write_inverse_qa(people: list[dict], population: list[dict] | None = None,
+                     key: tuple[str, ...] = ("birth_date", "birth_city")) -> list[dict]:
+    """Inverse search QA of ``people``: the attributes ``key`` (birth date and birth city, or the birth date
+    alone) -> their full name.
 
-    A (birth date, birth city) pair shared by two individuals of ``population`` (default:
-    ``people``) has no single answer; those individuals get no inverse question."""
-    key = "birth_date", "birth_city"
+    Values shared by two individuals of ``population`` (default: ``people``) have no single answer; those
+    individuals get no inverse question."""
     counts = Counter(tuple(p[k] for k in key) for p in population or people)
     return [
         {"id": p["id"], "attribute": "full_name", "answer": p["full_name"],
-         "question": INVERSE_QUESTION.format(birth_date=p["birth_date"], birth_city=p["birth_city"])}
+         "question": INVERSE_QUESTIONS[key].format(**{k: p[k] for k in key})}
         for p in people
         if counts[tuple(p[k] for k in key)] == 1
     ]
@@ -234,11 +235,12 @@ class StudyData:
     inverse_train: Dataset | None = None
     inverse_test: Dataset | None = None
     qa_val: Dataset | None = None  # data.p_val > 0 only: QA of P_val, evaluation only, for tuning
+    inverse_val: Dataset | None = None  # data.inverse and data.p_val > 0: P_val's inverse QA, evaluation only
 
     def qa_sets(self) -> dict[str, Dataset]:
         """Every QA dataset there is, by name: qa_train, qa_val, qa_test and the inverse ones, when written."""
         sets = {"qa_train": self.qa_train, "qa_val": self.qa_val, "qa_test": self.qa_test,
-                "inverse_train": self.inverse_train, "inverse_test": self.inverse_test}
+                "inverse_train": self.inverse_train, "inverse_val": self.inverse_val, "inverse_test": self.inverse_test}
         return {name: ds for name, ds in sets.items() if ds is not None}
 
     def held_out_qa(self) -> list[Dataset]:
@@ -267,7 +269,7 @@ class StudyData:
     def load(cls, directory: str | Path) -> StudyData:
         directory = Path(directory)
         inverse = {name: load_from_disk(str(directory / name)) if (directory / name).is_dir() else None
-                   for name in ("inverse_train", "inverse_test", "qa_val")}
+                   for name in ("inverse_train", "inverse_val", "inverse_test", "qa_val")}
         return cls(
             individuals=load_from_disk(str(directory / "individuals")),
             qa_train=load_from_disk(str(directory / "qa_train")),
@@ -290,8 +292,12 @@ def generate(cfg: DataConfig, augmentations: list[Augmentation], seed: int) -> S
     )
     inverse = {}
     if cfg.inverse:
-        inverse = {f"inverse_{split}": _dataset(write_inverse_qa(group, people), QA_FEATURES, f"inverse_{split}-{seed}")
-                   for split, group in (("train", train), ("test", test))}
+        key = tuple(cfg.inverse_from)
+        # The default question keeps its old tag: the data (and hash) of runs made before inverse_from stay the same.
+        tag = "" if key == ("birth_date", "birth_city") else "-" + "+".join(key)
+        inverse = {f"inverse_{split}": _dataset(write_inverse_qa(group, people, key), QA_FEATURES,
+                                                f"inverse_{split}-{seed}{tag}")
+                   for split, group in (("train", train), ("val", val), ("test", test)) if group}
     return StudyData(
         individuals=_dataset(people, INDIVIDUAL_FEATURES, f"individuals-{seed}"),
         qa_train=_dataset(write_qa(train), QA_FEATURES, f"qa_train-{seed}"),

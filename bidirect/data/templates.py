@@ -332,5 +332,10 @@ QUESTIONS: dict[str, str] = {
 }
 
 # Inverse search (STUDY.md, Part 3.2): from attributes back to the person; the answer is the full
-# name. Birth date and birth city together identify almost everyone (people sharing both are skipped).
-INVERSE_QUESTION = "Who was born on {birth_date} in {birth_city}?"
+# name. Birth date and birth city together identify almost everyone (people sharing both are skipped);
+# the birth date alone is the Factorization Curse's backward task (name <- birth date). Keyed by the
+# attributes the question gives (config.INVERSE_FROM lists the same keys).
+INVERSE_QUESTIONS: dict[tuple[str, ...], str] = {
+    ("birth_date", "birth_city"): "Who was born on {birth_date} in {birth_city}?",
+    ("birth_date",): "Who was born on {birth_date}?",
+}

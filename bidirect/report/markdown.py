@@ -40,7 +40,7 @@ from bidirect.sweep import SEED, is_sweep_dir, value_label
 
 LEVEL_COLORS = {"bio_recall": "#c6dbef", "name_tied": "#6baed6", "qa_train": "#4292c6", "qa_val": "#2171b5",
                 "qa_test": "#08306b", "qa_train_given": "#bcbddc", "qa_test_given": "#807dba",
-                "inverse_train": "#fdae6b", "inverse_test": "#a63603"}
+                "inverse_train": "#fdae6b", "inverse_val": "#e6550d", "inverse_test": "#a63603"}
 PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
 LINESTYLES = ["-", "--", ":", "-."]
 DPI = 110
@@ -63,7 +63,7 @@ def _save(fig: Figure, path: Path) -> Path:
 def accuracy_figure(title: str, panels: dict[str, dict[str, dict[str, float]]], baseline: dict[str, float],
                     path: Path, errors: dict[str, dict[str, dict[str, float]]] | None = None) -> Path:
     """One panel per backbone: per attribute (and the mean) a bar per level, in percent; where a
-    backbone has inverse search, its two levels (full name from attributes) as a last group.
+    backbone has inverse search, its levels (full name from attributes) as a last group.
 
     ``panels[backbone][level][attr]`` is a score in [0, 1]; ``errors`` the same shape, the 95%
     half-width, drawn as error bars."""
@@ -76,6 +76,7 @@ def accuracy_figure(title: str, panels: dict[str, dict[str, dict[str, float]]], 
     fig = Figure(figsize=(10, 2.3 * n + 1.0), layout="constrained")
     axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
     shown = [lv for lv in LEVELS if any(lv in levels for levels in panels.values())]
+    shown_inverse = [lv for lv in INVERSE_LEVELS if any(lv in levels for levels in panels.values())]
     width = 0.78 / len(shown)
     for ax, (backbone, levels) in zip(axes, panels.items()):
         for j, level in enumerate(shown):
@@ -96,17 +97,18 @@ def accuracy_figure(title: str, panels: dict[str, dict[str, dict[str, float]]], 
                         floor = 100 * baseline[a] if baseline.get(a) is not None else 0.0
                         ax.text(x, max(y + u, floor) + 1.5, f"{y:.0f}", ha="center", va="bottom", fontsize=7,
                                 color=LEVEL_COLORS[level])
-        for j, level in enumerate(INVERSE_LEVELS if inverse else ()):
+        for j, level in enumerate(shown_inverse):
+            x = len(groups) + (j - (len(shown_inverse) - 1) / 2) * width
             stat = levels.get(level, {}).get("mean")
             half = (errors or {}).get(backbone, {}).get(level, {}).get("mean")
             if stat is None:
                 continue
             y = 100 * stat
             err = None if half is None else [[min(100 * half, y)], [min(100 * half, 100 - y)]]
-            ax.bar([len(groups) + (j - 0.5) * width], [y], width, color=LEVEL_COLORS[level], label=LEVEL_NAMES[level],
+            ax.bar([x], [y], width, color=LEVEL_COLORS[level], label=LEVEL_NAMES[level],
                    yerr=err, error_kw={"elinewidth": 0.9, "capsize": 2, "ecolor": "#444444"})
             if level == "inverse_test":
-                ax.text(len(groups) + 0.5 * width, y + 1.5, f"{y:.0f}", ha="center", va="bottom", fontsize=7,
+                ax.text(x, y + 1.5, f"{y:.0f}", ha="center", va="bottom", fontsize=7,
                         color=LEVEL_COLORS[level])
         for i, a in enumerate(groups):
             if baseline.get(a) is not None:

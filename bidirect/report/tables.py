@@ -18,7 +18,7 @@ SHORT = {"birth_date": "date", "birth_city": "b.city", "university": "univ", "ma
          "company": "comp.", "company_city": "c.city"}
 LEVEL_NAMES = {"bio_recall": "bio recall", "name_tied": "name-tied", "qa_train": "QA P_train", "qa_val": "QA P_val",
                "qa_test": "QA P_test", "qa_train_given": "QA P_train*", "qa_test_given": "QA P_test*",
-               "inverse_train": "inverse P_train", "inverse_test": "inverse P_test"}
+               "inverse_train": "inverse P_train", "inverse_val": "inverse P_val", "inverse_test": "inverse P_test"}
 # The baselines and the level they go with; * marks what is told the answer's length in tokens.
 BASELINES = {"majority_baseline": ("majority", "P_test"), "majority_baseline_given_length": ("majority", "P_test*")}
 GIVEN_NOTE = "*: told the answer's length in tokens (the paper's masked QA rule)"
@@ -142,7 +142,7 @@ def level_cell(level: dict[str, Any] | None, name: str, bold: bool = False) -> s
     text = pct(level.get("mean"))
     if name in HELD_OUT_LEVELS and bold:
         text = f"**{text}**"
-    if (name in HELD_OUT_LEVELS or name == "qa_val") and ci(level) != "-":
+    if (name in HELD_OUT_LEVELS or name in ("qa_val", "inverse_val")) and ci(level) != "-":
         text = f"{text} ({ci(level)})"
     return text
 
