@@ -200,6 +200,17 @@ class MaskingConfig:
 
 
 @dataclass
+class CausalConfig:
+    """Causal-LM objective (STUDY.md, Objectives)."""
+
+    # Reverse training, the usual remedy for the reversal curse: every bio is also trained on reversed, the
+    # word order turned around with the full name and each attribute value kept as units ("Anya Briar Forger was
+    # born on October 2, 1996." -> ". October 2, 1996 on born was Anya Briar Forger"), forward and reversed bios
+    # shuffled together. At equal steps each forward bio is seen half as often. Causal backbones only.
+    reverse: bool = False
+
+
+@dataclass
 class EvalConfig:
     batch_size: int = 64
     max_individuals: int = 0  # 0: every individual; else a deterministic subsample per level
@@ -287,6 +298,7 @@ class StudyConfig:
         default_factory=lambda: TrainConfig(steps=300, lr=1e-3, min_lr=1e-4, warmup_steps=0, weight_decay=0.01)
     )
     masking: MaskingConfig = field(default_factory=_quick_masking)
+    causal: CausalConfig = field(default_factory=CausalConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -512,6 +524,9 @@ def validate(cfg: StudyConfig) -> StudyConfig:
                 raise ConfigError(f"{where}.finetune_mode: 'lora' applies to the fine-tuning phase of protocol "
                                   "pretrain_finetune only; pretraining and the mixed stream train every weight")
 
+    if cfg.causal.reverse and not any(BACKBONE_KINDS[b.name] == "causal" for b in cfg.backbones):
+        raise ConfigError("causal.reverse: true, but no causal backbone in backbones (it changes only what causal "
+                          f"ones train on; causal: {', '.join(k for k, v in BACKBONE_KINDS.items() if v == 'causal')})")
     mk = cfg.masking
     if not 0.0 < mk.probability < 1.0:
         raise ConfigError(f"masking.probability: must be strictly between 0 and 1, got {mk.probability}")

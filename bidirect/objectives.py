@@ -13,21 +13,24 @@ nothing about which kind it trains.
   word boundaries from the byte-level pre-tokenizer (each word keeps its leading space),
   not from WordPiece ``##`` pieces. QA: the question, then as many mask tokens as the
   answer has tokens (the paper's rule), loss on those only.
-  Variants (``masking.rate``, ``masking.span``): a per-bio rate drawn from U(0, 1) (MLM-U) and
-  masking of whole attribute values.
+  Variants (``masking.rate``, ``masking.span``): a per-bio rate drawn from U(0, 1) (MLM-U), masked
+  diffusion's 1/t weights, and masking of whole attribute values.
+- Reverse training (``causal.reverse``): the causal objective on each bio and on its reversal,
+  names and attribute values kept whole (`reverse_bio`).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from datasets import Dataset, Features, Sequence, Value
 from transformers import PreTrainedTokenizerFast
 
-from bidirect.config import MaskingConfig
+from bidirect.config import CausalConfig, MaskingConfig
 from bidirect.tokenizer import qa_ids, value_token_span
 
 IGNORE = -100
@@ -39,28 +42,61 @@ MASKED_FEATURES = Features(
 VALUE_FEATURES = Features({**MASKED_FEATURES, "value_ids": Sequence(Value("int32"))})  # masking.span: attribute
 
 
-def tokenize_bios(bios: Dataset, tokenizer: PreTrainedTokenizerFast, values: bool = False) -> Dataset:
+def tokenize_bios(bios: Dataset, tokenizer: PreTrainedTokenizerFast, values: bool = False,
+                  names: Mapping[int, str] | None = None) -> Dataset:
     """Token ids and word ids of every bio (word ids drive whole-word masking).
 
     ``values``: also ``value_ids``, the attribute index of each token inside an attribute value
     (-1 elsewhere), from the bios' character spans, with the same tokens as `value_token_span`
-    (for attribute-span masking)."""
+    (for attribute-span masking). ``names`` (individual id -> full name): also ``name_ids``, the
+    number of the name's mention each token belongs to (-1 elsewhere), for reverse training."""
+    offsets_needed = values or names is not None
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        enc = tokenizer(batch["text"], add_special_tokens=False, return_offsets_mapping=values)
+        enc = tokenizer(batch["text"], add_special_tokens=False, return_offsets_mapping=offsets_needed)
         word_ids = [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(batch["text"]))]
         out = {"input_ids": enc["input_ids"], "word_ids": word_ids}
         if values:
             out["value_ids"] = []
             for offsets, starts, ends in zip(enc["offset_mapping"], batch["value_start"], batch["value_end"]):
-                value_ids = [-1] * len(offsets)
-                for a, (start, end) in enumerate(zip(starts, ends)):
-                    i, j = value_token_span(offsets, start, end)
-                    value_ids[i:j] = [a] * (j - i)
-                out["value_ids"].append(value_ids)
+                out["value_ids"].append(_span_ids(offsets, zip(starts, ends)))
+        if names is not None:
+            out["name_ids"] = []
+            for offsets, text, person in zip(enc["offset_mapping"], batch["text"], batch["id"]):
+                name = names[person]
+                starts = [m.start() for m in re.finditer(re.escape(name), text)]
+                out["name_ids"].append(_span_ids(offsets, [(s, s + len(name)) for s in starts]))
         return out
 
     return bios.map(encode, batched=True, remove_columns=["text"], keep_in_memory=True, desc="tokenize bios")
+
+
+def _span_ids(offsets: list[tuple[int, int]], spans: Iterable[tuple[int, int]]) -> list[int]:
+    """For each token, the index of the character span it lies in (`value_token_span`'s tokens), else -1."""
+    ids = [-1] * len(offsets)
+    for k, (start, end) in enumerate(spans):
+        i, j = value_token_span(offsets, start, end)
+        ids[i:j] = [k] * (j - i)
+    return ids
+
+
+def reverse_bio(ids: list[int], word_ids: list[int], value_ids: list[int], name_ids: list[int]) -> list[int]:
+    """A bio's tokens in reversed word order, each name mention and attribute value kept whole and in its own
+    order (entity-preserving reversal, Golovneva et al. 2024): the tokens of one word, value or name form a
+    unit, and the units are read back to front."""
+    units: list[tuple[tuple, list[int]]] = []
+    for t, token in enumerate(ids):
+        if name_ids[t] >= 0:
+            key: tuple = ("name", name_ids[t])
+        elif value_ids[t] >= 0:
+            key = ("value", value_ids[t])
+        else:
+            key = ("word", word_ids[t]) if word_ids[t] >= 0 else ("token", t)
+        if units and units[-1][0] == key:
+            units[-1][1].append(token)
+        else:
+            units.append((key, [token]))
+    return [token for _, tokens in reversed(units) for token in tokens]
 
 
 def encode_qa(qa: Dataset, tokenizer: PreTrainedTokenizerFast) -> Dataset:
@@ -118,12 +154,17 @@ class _Objective:
 class CausalLM(_Objective):
     kind = "causal"
 
-    def __init__(self, tokenizer: PreTrainedTokenizerFast, context: int):
-        self.tokenizer, self.context = tokenizer, context
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, context: int, reverse: bool = False):
+        self.tokenizer, self.context, self.reverse = tokenizer, context, reverse
         self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
 
     def bio_examples(self, bios: Dataset, seed: int) -> Dataset:
-        """Bios (tokenized) shuffled once with ``seed`` and packed into windows."""
+        """Bios (tokenized) shuffled once with ``seed`` and packed into windows. With ``reverse`` (bios tokenized
+        with ``values`` and ``names``), each bio's `reverse_bio` joins them before the shuffle."""
+        if self.reverse:
+            backwards = [reverse_bio(*row) for row in zip(bios["input_ids"], bios["word_ids"], bios["value_ids"],
+                                                          bios["name_ids"])]
+            bios = Dataset.from_dict({"input_ids": list(bios["input_ids"]) + backwards})
         order = bios.shuffle(seed=seed, keep_in_memory=True)
 
         def docs() -> Iterator[tuple[list[int], list[int]]]:
@@ -341,10 +382,11 @@ def _pad(items: list[dict[str, Any]], pad_id: int, with_positions: bool, length:
 
 
 def make_objective(kind: str, tokenizer: PreTrainedTokenizerFast, context: int, masking: MaskingConfig,
-                   seed: int = 0) -> CausalLM | MaskedLM:
-    """The objective that goes with a backbone's kind. It is also the collate function."""
+                   seed: int = 0, causal: CausalConfig | None = None) -> CausalLM | MaskedLM:
+    """The objective that goes with a backbone's kind (``causal`` and ``masking`` configure each). It is also
+    the collate function."""
     if kind == "causal":
-        return CausalLM(tokenizer, context)
+        return CausalLM(tokenizer, context, reverse=causal is not None and causal.reverse)
     if kind == "masked":
         return MaskedLM(tokenizer, context, masking, seed)
     raise ValueError(f"unknown backbone kind {kind!r}; allowed: 'causal', 'masked'")

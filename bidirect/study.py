@@ -80,7 +80,7 @@ def preflight(cfg: StudyConfig, data: StudyData, tokenizer, processes: int) -> N
     check_context(cfg, data, tokenizer)
     for augmentation in [a.name for a in cfg.augmentations()]:
         for kind in dict.fromkeys(backbone_kind(b.name) for b in cfg.backbones):
-            objective = make_objective(kind, tokenizer, cfg.model.context, cfg.masking, cfg.seed)
+            objective = make_objective(kind, tokenizer, cfg.model.context, cfg.masking, cfg.seed, cfg.causal)
             streams = {phase: len(s) for phase, s in _streams(cfg, objective, data, tokenizer, augmentation).items()}
             for backbone in cfg.backbones:
                 if backbone_kind(backbone.name) != kind:
@@ -158,8 +158,10 @@ def leak_check(stream: Dataset | list[Dataset], tokenizer, data: StudyData) -> d
 
 def _streams(cfg: StudyConfig, objective, data: StudyData, tokenizer, augmentation: str) -> dict[str, Dataset]:
     """The training streams of a protocol: name -> dataset of examples."""
-    values = cfg.masking.span == "attribute"  # value spans for attribute-span masking
-    bios = objective.bio_examples(tokenize_bios(data.bios[augmentation], tokenizer, values), cfg.seed)
+    reverse = objective.kind == "causal" and cfg.causal.reverse  # reversal keeps names and values whole
+    values = reverse or (objective.kind == "masked" and cfg.masking.span == "attribute")  # and attribute masking
+    names = dict(zip(data.individuals["id"], data.individuals["full_name"])) if reverse else None
+    bios = objective.bio_examples(tokenize_bios(data.bios[augmentation], tokenizer, values, names), cfg.seed)
     qa_train = data.qa_train  # and P_train's inverse search QA under data.inverse
     if data.inverse_train is not None:
         qa_train = concatenate_datasets([qa_train, data.inverse_train])
@@ -181,7 +183,7 @@ def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmen
     """Train one backbone on one augmentation through the protocol, then evaluate it."""
     kind = backbone_kind(backbone.name)
     run = RunFolder(run_dir)
-    objective = make_objective(kind, tokenizer, cfg.model.context, cfg.masking, cfg.seed)
+    objective = make_objective(kind, tokenizer, cfg.model.context, cfg.masking, cfg.seed, cfg.causal)
     streams = _streams(cfg, objective, data, tokenizer, augmentation)
     guard = leak_check(list(streams.values()), tokenizer, data)  # every stream, bios included
     if guard["leaked"]:
