@@ -7,6 +7,16 @@ paths of the study to lists of values::
       seed: [0, 1, 2]
       pretrain.steps: [100, 200]
 
+An axis can also be a set of named variants, each a mapping of dotted paths to values that go
+together (a matched grid: each objective with its own backbone and masking)::
+
+    sweep:
+      objective:
+        causal: {backbones: [gpt2-rope]}
+        mlm-u: {backbones: [gbert], masking.rate: uniform}
+
+The cell is named by the variant (``objective=mlm-u``) and the axis's values are the names.
+
 `bidirect sweep FILE --out DIR` runs the cartesian product, each combination ("cell") as an
 ordinary run folder ``DIR/<cell name>/`` named from its values (``seed=1,pretrain.steps=200``).
 Every cell is built and validated with the study's own loader before anything runs, so a bad
@@ -77,7 +87,9 @@ class Sweep:
     opened: Any = field(default=None, repr=False, compare=False)
 
     def manifest(self) -> dict[str, Any]:
-        return {"axes": self.axes, "cells": [{"name": c.name, "values": c.values} for c in self.cells]}
+        """The axes' values (a named axis: its names) and every cell's."""
+        axes = {k: list(v) for k, v in self.axes.items()}
+        return {"axes": axes, "cells": [{"name": c.name, "values": c.values} for c in self.cells]}
 
 
 # --------------------------------------------------------------------------- parsing
@@ -107,6 +119,7 @@ def parse(raw: Any, where: str = "sweep file") -> Sweep:
         raise ConfigError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
     study = dict(raw)
     axes = study.pop("sweep", None)
+    settings = {}  # axis -> [(the cell's value, {dotted path: value to set})]
     if not isinstance(axes, dict) or not axes:
         raise ConfigError(f"{where}: needs a top-level 'sweep:' mapping of dotted field paths to lists of values, "
                           "e.g. sweep: {seed: [0, 1, 2], pretrain.steps: [100, 200]}; got "
@@ -116,6 +129,9 @@ def parse(raw: Any, where: str = "sweep file") -> Sweep:
     except ConfigError as err:
         raise ConfigError(f"{where}: the study part (without sweep:): {err}") from None
     for key, values in axes.items():
+        if isinstance(values, dict):
+            settings[key] = _variants(study, key, values, axes)
+            continue
         if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):
             raise ConfigError(f"sweep: key {key!r} is not a dotted field path like pretrain.steps")
         check_key(key, "sweep.")
@@ -135,12 +151,14 @@ def parse(raw: Any, where: str = "sweep file") -> Sweep:
                 from_dict(trial)
             except ConfigError as err:
                 raise ConfigError(f"sweep.{key}[{i}] = {value!r}: {err}") from None
-    sweep = Sweep(study=study, axes={k: list(v) for k, v in axes.items()})
-    for combo in itertools.product(*axes.values()):
-        values = dict(zip(axes, combo))
+        settings[key] = [(value, {key: value}) for value in values]
+    sweep = Sweep(study=study, axes={k: dict(v) if isinstance(v, dict) else list(v) for k, v in axes.items()})
+    for combo in itertools.product(*settings.values()):
+        values = {key: value for key, (value, _) in zip(axes, combo)}
         merged = copy.deepcopy(study)
-        for key, value in values.items():
-            set_path(merged, key, value, "sweep.")
+        for _, paths in combo:
+            for path, value in paths.items():
+                set_path(merged, path, value, "sweep.")
         name = cell_name(values)
         try:
             cfg = from_dict(merged)
@@ -148,6 +166,41 @@ def parse(raw: Any, where: str = "sweep file") -> Sweep:
             raise ConfigError(f"sweep cell {name}: {err}") from None
         sweep.cells.append(Cell(name, values, cfg))
     return sweep
+
+
+def _variants(study: dict[str, Any], key: Any, variants: dict[Any, Any], axes: dict[str, Any]
+              ) -> list[tuple[str, dict[str, Any]]]:
+    """A named axis's (name, {dotted path: value}) pairs, each variant checked alone on the study."""
+    fields = [f.name for f in dataclasses.fields(StudyConfig)]
+    if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][\w-]*", key) or key in fields:
+        raise ConfigError(f"sweep: {key!r} maps names to settings, so it must be a name that is not a field of the "
+                          f"study ({', '.join(fields)}), e.g. objective")
+    if not variants:
+        raise ConfigError(f"sweep.{key}: no variants; give name: {{dotted.path: value, ...}} pairs")
+    swept = [k for k in axes if k != key and not isinstance(axes[k], dict)]
+    out = []
+    for name, paths in variants.items():
+        where = f"sweep.{key}.{name}"
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._+-]+", name):
+            raise ConfigError(f"sweep.{key}: variant name {name!r} must be letters, digits and . _ + - only")
+        if not isinstance(paths, dict) or not paths:
+            raise ConfigError(f"{where}: expected a mapping of dotted field paths to values, e.g. "
+                              f"{{masking.rate: uniform}}; got {paths!r}")
+        trial = copy.deepcopy(study)
+        for path, value in paths.items():
+            if not isinstance(path, str):
+                raise ConfigError(f"{where}: key {path!r} is not a dotted field path like masking.rate")
+            check_key(path, f"{where}: ")
+            clash = [k for k in swept if k == path or k.startswith(path + ".") or path.startswith(k + ".")]
+            if clash:
+                raise ConfigError(f"{where}.{path}: also swept as sweep.{clash[0]}; set it in one place")
+            set_path(trial, path, value, f"{where}: ")
+        try:
+            from_dict(trial)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        out.append((name, paths))
+    return out
 
 
 def load(path: str | Path) -> Sweep:
@@ -237,7 +290,7 @@ def _merge_old(out: Path, sweep: Sweep) -> Sweep:
             raise RunDirError(f"{err}; {advice}") from None
         if not isinstance(old_study, dict):
             raise RunDirError(f"{out / SWEEP_FILE}: not a sweep file; {advice}")
-        old_study.pop("sweep", None)
+        old_axes = old_study.pop("sweep", None) or {}
         if list(old["axes"]) != list(sweep.axes) or old_study != sweep.study:
             raise RunDirError(
                 f"--out {out}: holds a sweep of another study or over other keys ({', '.join(old['axes'])}); "
@@ -247,7 +300,15 @@ def _merge_old(out: Path, sweep: Sweep) -> Sweep:
         extra = [Cell(c["name"], c["values"]) for c in old["cells"] if c["name"] not in known]
         axes = {}  # the old values first, then the new ones
         for key, values in sweep.axes.items():
-            axes[key] = list(old["axes"][key]) + [v for v in values if v not in old["axes"][key]]
+            if isinstance(values, dict):  # named variants: a name keeps the settings its cells were run with
+                before = old_axes.get(key) if isinstance(old_axes.get(key), dict) else {}
+                changed = [n for n in values if n in before and before[n] != values[n]]
+                if changed:
+                    raise RunDirError(f"--out {out}: sweep.{key}.{changed[0]} has other settings than when its cell "
+                                      "ran; give the new settings a new name, or --force to start over")
+                axes[key] = {**before, **values}
+            else:
+                axes[key] = list(old["axes"][key]) + [v for v in values if v not in old["axes"][key]]
         sweep = Sweep(sweep.study, axes, extra + sweep.cells)
     return sweep
 
