@@ -394,6 +394,85 @@ def run_report(run_dir: Path, out: Path) -> str:
     return "\n".join(lines)
 
 
+def compute_figure(title: str, points: list[dict[str, Any]], path: Path) -> Path:
+    """Held-out accuracy against training cost: a panel per cost (training FLOPs, labelled tokens), a colour
+    per point ``{label, flops, tokens, levels: {level: (mean, low, high)}}``; QA P_test filled, inverse P_test
+    hollow, each with its 95% interval."""
+    costs = [("flops", "training FLOPs (every phase)"), ("tokens", "labelled tokens (every phase)")]
+    fig = Figure(figsize=(11, 4.4), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, (cost, xlabel) in zip(axes, costs):
+        for i, point in enumerate(points):
+            for level, fill in (("qa_test", True), ("inverse_test", False)):
+                if level not in point["levels"]:
+                    continue
+                mean, low, high = (100 * v if v is not None else None for v in point["levels"][level])
+                yerr = None if low is None else [[mean - low], [high - mean]]
+                color = PALETTE[i % len(PALETTE)]
+                ax.errorbar([point[cost]], [mean], yerr=yerr, color=color, marker="o", markersize=7, capsize=3,
+                            markerfacecolor=color if fill else "white", linestyle="none",
+                            label=f"{point['label']}: {LEVEL_NAMES[level]}")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: ""))
+        ax.set_xlabel(xlabel)
+        ax.set_ylim(-3, 104)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("held-out exact match (%)")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside right center", frameon=False, fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def _with_interval(level: tuple[float, float | None, float | None] | None) -> str:
+    if level is None:
+        return "-"
+    mean, low, high = level
+    return f"{100 * mean:.1f}" + (f" ({100 * low:.0f}-{100 * high:.0f})" if low is not None else "")
+
+
+def _compute_section(rows: list[dict[str, Any]], cells: list[dict[str, Any]], keys: list[str], fig_dir: Path,
+                     base: Path) -> list[str]:
+    """Where cells record training FLOPs: each row's held-out accuracy beside its training cost (means over its
+    cells), as a table and a figure, so that objectives are compared at equal cost. A row of one seed shows
+    its per-person bootstrap interval, of several the interval over seeds."""
+    by_name = {c["name"]: c["results"] for c in cells}
+    points, table = [], []
+    for row in rows:
+        phases = [by_name[name].get("training", {}).get(row["augmentation"], {}).get(row["backbone"], {})
+                  for name in row["cells"] if name in by_name]
+        if not phases or not all(p and all(ph.get("flops") for ph in p.values()) for p in phases):
+            continue
+        flops = sum(sum(ph["flops"] for ph in p.values()) for p in phases) / len(phases)
+        tokens = sum(sum(ph["tokens"] for ph in p.values()) for p in phases) / len(phases)
+        levels = {}
+        for level in ("qa_test", "inverse_test"):
+            stat = row["levels"].get(level, {}).get("mean")
+            if stat is None:
+                continue
+            low, high = stat.get("low"), stat.get("high")
+            if row["n"] == 1:  # one seed: the cell's own per-person interval
+                cell = by_name[row["cells"][0]]["results"][row["augmentation"]][row["backbone"]][level]
+                low, high = (cell.get("ci95") or {}).get("mean") or (None, None)
+            levels[level] = (stat["mean"], low, high)
+        label = _row_label(row, keys)
+        points.append({"label": label, "flops": flops, "tokens": tokens, "levels": levels})
+        tied = row["levels"].get("name_tied", {}).get("mean", {}).get("mean")
+        table.append(f"| {label} | {flops:.3g} | {tokens:,.0f} | {'-' if tied is None else f'{100 * tied:.1f}'} | "
+                     f"{_with_interval(levels.get('qa_test'))} | {_with_interval(levels.get('inverse_test'))} |")
+    if not points:
+        return []
+    path = compute_figure("held-out accuracy against training compute", points, fig_dir / "compute.png")
+    return ["## Held-out accuracy against compute", "",
+            "Training FLOPs (token positions computed, padding included, times the backbone's FLOPs per token, "
+            "pretraining and fine-tuning) and labelled tokens (those with a loss) of each row, beside name-tied "
+            "memorization and held-out accuracy (mean of six attributes; inverse search: the full name).", "",
+            "| row | training FLOPs | labelled tokens | name-tied | QA P_test | inverse P_test |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |", *table, "",
+            f"![held-out accuracy against compute]({_rel(path, base)})", ""]
+
+
 def _numeric_axes(axes: dict[str, list]) -> list[str]:
     return [k for k, vs in axes.items() if k != SEED and len(vs) > 1
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vs)]
@@ -521,6 +600,7 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
                             baseline=mean_majority)
         lines += [f"![QA P_test per seed]({_rel(path, base)})", ""]
 
+    lines += _compute_section(rows, cells, keys, fig_dir, base)
     lines += _capacity_section(sweep_dir, cells, keys, fig_dir, base)
 
     # (b) loss curves of every cell
