@@ -16,12 +16,14 @@ copied together. Figures are drawn with matplotlib's Agg canvas (no display, no 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from bidirect.analysis.seeds import aggregate, read_cells, write_summary
@@ -403,24 +405,34 @@ def compute_figure(title: str, points: list[dict[str, Any]], path: Path) -> Path
     axes = fig.subplots(1, 2, sharey=True)
     for ax, (cost, xlabel) in zip(axes, costs):
         for i, point in enumerate(points):
+            color = PALETTE[i % len(PALETTE)]
             for level, fill in (("qa_test", True), ("inverse_test", False)):
                 if level not in point["levels"]:
                     continue
                 mean, low, high = (100 * v if v is not None else None for v in point["levels"][level])
                 yerr = None if low is None else [[mean - low], [high - mean]]
-                color = PALETTE[i % len(PALETTE)]
                 ax.errorbar([point[cost]], [mean], yerr=yerr, color=color, marker="o", markersize=7, capsize=3,
                             markerfacecolor=color if fill else "white", linestyle="none",
-                            label=f"{point['label']}: {LEVEL_NAMES[level]}")
+                            label=point["label"] if level == "qa_test" else None)
+        xs = [p[cost] for p in points]
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.3g}"))
-        ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: ""))
+        low, high = min(xs) / 1.3, max(xs) * 1.3
+        ax.set_xlim(low, high)
+        # 1, 1.5, 2, 3, 5 and 7 times each power of ten in view: a cost axis often spans less than a decade
+        ticks = [m * 10.0**e for e in range(int(math.floor(math.log10(low))), int(math.log10(high)) + 1)
+                 for m in (1, 1.5, 2, 3, 5, 7) if low <= m * 10.0**e <= high]
+        ax.set_xticks(ticks, [f"{t:.2g}".replace("e+0", "e").replace("e+", "e") for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel(xlabel)
         ax.set_ylim(-3, 104)
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("held-out exact match (%)")
     handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside right center", frameon=False, fontsize=7)
+    for fill, name in ((True, LEVEL_NAMES["qa_test"]), (False, LEVEL_NAMES["inverse_test"] + " (full name)")):
+        handles.append(Line2D([], [], color="#444444", marker="o", linestyle="none",
+                              markerfacecolor="#444444" if fill else "white"))
+        names.append(name)
+    fig.legend(handles, names, loc="outside right center", frameon=False, fontsize=8)
     fig.suptitle(title, fontsize=11)
     return _save(fig, path)
 
@@ -456,7 +468,9 @@ def _compute_section(rows: list[dict[str, Any]], cells: list[dict[str, Any]], ke
                 cell = by_name[row["cells"][0]]["results"][row["augmentation"]][row["backbone"]][level]
                 low, high = (cell.get("ci95") or {}).get("mean") or (None, None)
             levels[level] = (stat["mean"], low, high)
-        label = _row_label(row, keys)
+        # The swept values name a point, after the backbone and augmentation where the rows differ in them.
+        parts = [row[k] for k in ("backbone", "augmentation") if len({r[k] for r in rows}) > 1]
+        label = " / ".join(parts + [value_label(row["values"][k]) for k in keys]) or _row_label(row, keys)
         points.append({"label": label, "flops": flops, "tokens": tokens, "levels": levels})
         tied = row["levels"].get("name_tied", {}).get("mean", {}).get("mean")
         table.append(f"| {label} | {flops:.3g} | {tokens:,.0f} | {'-' if tied is None else f'{100 * tied:.1f}'} | "
