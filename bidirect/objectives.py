@@ -22,8 +22,7 @@ nothing about which kind it trains.
 from __future__ import annotations
 
 import copy
-import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -31,7 +30,7 @@ from datasets import Dataset, Features, Sequence, Value
 from transformers import PreTrainedTokenizerFast
 
 from bidirect.config import CausalConfig, MaskingConfig
-from bidirect.tokenizer import qa_ids, value_token_span
+from bidirect.tokenizer import mention_token_spans, qa_ids, value_token_span
 
 IGNORE = -100
 STATIC_BUCKET = 64
@@ -57,25 +56,21 @@ def tokenize_bios(bios: Dataset, tokenizer: PreTrainedTokenizerFast, values: boo
         word_ids = [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(batch["text"]))]
         out = {"input_ids": enc["input_ids"], "word_ids": word_ids}
         if values:
-            out["value_ids"] = []
-            for offsets, starts, ends in zip(enc["offset_mapping"], batch["value_start"], batch["value_end"]):
-                out["value_ids"].append(_span_ids(offsets, zip(starts, ends)))
+            out["value_ids"] = [
+                _span_ids(len(offsets), [value_token_span(offsets, s, e) for s, e in zip(starts, ends)])
+                for offsets, starts, ends in zip(enc["offset_mapping"], batch["value_start"], batch["value_end"])]
         if names is not None:
-            out["name_ids"] = []
-            for offsets, text, person in zip(enc["offset_mapping"], batch["text"], batch["id"]):
-                name = names[person]
-                starts = [m.start() for m in re.finditer(re.escape(name), text)]
-                out["name_ids"].append(_span_ids(offsets, [(s, s + len(name)) for s in starts]))
+            out["name_ids"] = [_span_ids(len(offsets), mention_token_spans(offsets, text, names[person]))
+                               for offsets, text, person in zip(enc["offset_mapping"], batch["text"], batch["id"])]
         return out
 
     return bios.map(encode, batched=True, remove_columns=["text"], keep_in_memory=True, desc="tokenize bios")
 
 
-def _span_ids(offsets: list[tuple[int, int]], spans: Iterable[tuple[int, int]]) -> list[int]:
-    """For each token, the index of the character span it lies in (`value_token_span`'s tokens), else -1."""
-    ids = [-1] * len(offsets)
-    for k, (start, end) in enumerate(spans):
-        i, j = value_token_span(offsets, start, end)
+def _span_ids(length: int, spans: list[tuple[int, int]]) -> list[int]:
+    """For each of ``length`` tokens, the index of the token range in ``spans`` it lies in, else -1."""
+    ids = [-1] * length
+    for k, (i, j) in enumerate(spans):
         ids[i:j] = [k] * (j - i)
     return ids
 

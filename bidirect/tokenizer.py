@@ -92,3 +92,12 @@ def value_token_span(offsets: list[tuple[int, int]], start: int, end: int) -> tu
     """
     inside = [t for t, (s, e) in enumerate(offsets) if s < end and e > start - 1]
     return inside[0], inside[-1] + 1
+
+
+def mention_token_spans(offsets: list[tuple[int, int]], text: str, name: str) -> list[tuple[int, int]]:
+    """Token ranges of every mention of ``name`` in the encoded ``text``, in order, as `value_token_span`."""
+    spans, at = [], text.find(name)
+    while at >= 0:
+        spans.append(value_token_span(offsets, at, at + len(name)))
+        at = text.find(name, at + len(name))
+    return spans

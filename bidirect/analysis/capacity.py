@@ -52,7 +52,7 @@ from bidirect.data.pools import Pools, load_pools
 from bidirect.evaluate import first_bio_spans, forward, pad_rows
 from bidirect.models import backbone_kind, load_backbone, parameter_counts
 from bidirect.rundir import CAPACITY_FILE, RunFolder, merge_cells, read_tokenizer, select_cells, write_json_atomic
-from bidirect.tokenizer import value_token_span
+from bidirect.tokenizer import mention_token_spans
 
 FIELDS = (*ATTRIBUTES, "full_name")
 DAYS, YEARS = 28, 200  # rng.randint(1, 28), rng.randint(1900, 2099) in draw_individuals
@@ -88,10 +88,7 @@ def field_spans(tokenizer, data: StudyData, augmentation: str
     bios = first_bio_spans(tokenizer, data.bios[augmentation])
     spans_out, others_out = [], []
     for bio in bios:
-        name, mentions, at = names[bio.person], [], bio.text.find(names[bio.person])
-        while at >= 0:
-            mentions.append(value_token_span(bio.offsets, at, at + len(name)))
-            at = bio.text.find(name, at + len(name))
+        mentions = mention_token_spans(bio.offsets, bio.text, names[bio.person])
         if not mentions:
             raise ValueError(f"individual {bio.person}: the full name is not in the first {augmentation} biography")
         spans_out.append([*bio.spans, mentions[0]])
