@@ -138,6 +138,7 @@ class _Objective:
     """What both objectives share: the context and whether batches have static shapes."""
 
     static = False  # pad batches to a few lengths only (see _batch_length): torch.compile traces each shape once
+    reverse = False  # bios also trained on reversed (CausalLM only)
 
     def with_static_shapes(self) -> _Objective:
         """A copy that pads every batch to one of a few lengths, for a compiled model."""

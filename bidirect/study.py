@@ -158,9 +158,9 @@ def leak_check(stream: Dataset | list[Dataset], tokenizer, data: StudyData) -> d
 
 def _streams(cfg: StudyConfig, objective, data: StudyData, tokenizer, augmentation: str) -> dict[str, Dataset]:
     """The training streams of a protocol: name -> dataset of examples."""
-    reverse = objective.kind == "causal" and cfg.causal.reverse  # reversal keeps names and values whole
-    values = reverse or (objective.kind == "masked" and cfg.masking.span == "attribute")  # and attribute masking
-    names = dict(zip(data.individuals["id"], data.individuals["full_name"])) if reverse else None
+    # Reversal keeps names and values whole; attribute-span masking masks values whole.
+    values = objective.reverse or (objective.kind == "masked" and cfg.masking.span == "attribute")
+    names = dict(zip(data.individuals["id"], data.individuals["full_name"])) if objective.reverse else None
     bios = objective.bio_examples(tokenize_bios(data.bios[augmentation], tokenizer, values, names), cfg.seed)
     qa_train = data.qa_train  # and P_train's inverse search QA under data.inverse
     if data.inverse_train is not None:
