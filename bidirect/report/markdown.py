@@ -28,7 +28,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from bidirect.analysis.seeds import aggregate, read_cells, write_summary
 from bidirect.config import ATTRIBUTES, HELD_OUT_LEVELS, INVERSE_LEVELS, LEVELS
-from bidirect.report.tables import LEVEL_NAMES, SHORT, markdown, phase_mode, summary_markdown
+from bidirect.report.tables import LEVEL_NAMES, SHORT, markdown, pct, phase_mode, summary_markdown
 from bidirect.rundir import (
     CAPACITY_FILE,
     MANIFEST_FILE,
@@ -441,7 +441,7 @@ def _with_interval(level: tuple[float, float | None, float | None] | None) -> st
     if level is None:
         return "-"
     mean, low, high = level
-    return f"{100 * mean:.1f}" + (f" ({100 * low:.0f}-{100 * high:.0f})" if low is not None else "")
+    return pct(mean) + (f" ({100 * low:.0f}-{100 * high:.0f})" if low is not None else "")
 
 
 def _compute_section(rows: list[dict[str, Any]], cells: list[dict[str, Any]], keys: list[str], fig_dir: Path,
@@ -450,6 +450,8 @@ def _compute_section(rows: list[dict[str, Any]], cells: list[dict[str, Any]], ke
     cells), as a table and a figure, so that objectives are compared at equal cost. A row of one seed shows
     its per-person bootstrap interval, of several the interval over seeds."""
     by_name = {c["name"]: c["results"] for c in cells}
+    # The swept values name a point, after the backbone and augmentation where the rows differ in them.
+    varying = [k for k in ("backbone", "augmentation") if len({r[k] for r in rows}) > 1]
     points, table = [], []
     for row in rows:
         phases = [by_name[name].get("training", {}).get(row["augmentation"], {}).get(row["backbone"], {})
@@ -468,12 +470,11 @@ def _compute_section(rows: list[dict[str, Any]], cells: list[dict[str, Any]], ke
                 cell = by_name[row["cells"][0]]["results"][row["augmentation"]][row["backbone"]][level]
                 low, high = (cell.get("ci95") or {}).get("mean") or (None, None)
             levels[level] = (stat["mean"], low, high)
-        # The swept values name a point, after the backbone and augmentation where the rows differ in them.
-        parts = [row[k] for k in ("backbone", "augmentation") if len({r[k] for r in rows}) > 1]
-        label = " / ".join(parts + [value_label(row["values"][k]) for k in keys]) or _row_label(row, keys)
+        label = " / ".join([row[k] for k in varying] + [value_label(row["values"][k]) for k in keys]) or \
+            _row_label(row, keys)
         points.append({"label": label, "flops": flops, "tokens": tokens, "levels": levels})
         tied = row["levels"].get("name_tied", {}).get("mean", {}).get("mean")
-        table.append(f"| {label} | {flops:.3g} | {tokens:,.0f} | {'-' if tied is None else f'{100 * tied:.1f}'} | "
+        table.append(f"| {label} | {flops:.3g} | {tokens:,.0f} | {pct(tied)} | "
                      f"{_with_interval(levels.get('qa_test'))} | {_with_interval(levels.get('inverse_test'))} |")
     if not points:
         return []
