@@ -60,7 +60,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     from bidirect.api import run
     from bidirect.report.tables import print_results
 
-    results = run(args.config, args.out, args.set, resume=args.resume, force=args.force)
+    results = run(args.config, args.out, args.set, resume=args.resume, force=args.force,
+                  pretrained_from=args.pretrained_from)
     if PartialState().is_main_process:
         print_results(console, results)
         console.print(f"results: {Path(args.out) / 'results.json'} ({results['wall_seconds']:.0f} s)")
@@ -203,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue a run from its last checkpoint")
     group.add_argument("--force", action="store_true", help="replace a run folder bidirect wrote")
+    p.add_argument("--pretrained-from", metavar="RUN_DIR",
+                   help="start from this run's pretrained models (same data, model and pretraining; only "
+                        "fine-tuning and evaluation may differ): trains the fine-tuning only")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("eval", help="evaluate the saved models of a run again")

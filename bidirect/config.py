@@ -33,16 +33,20 @@ MAX_BEAMS = 64
 
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "company", "company_city")
 # The evaluation levels (bidirect.evaluate), in the order tables show them. qa_val exists only with
-# data.p_val > 0, qa_train_given and qa_test_given only for masked backbones decoding with a free answer
-# length (the paper's given-length rule beside it), the inverse ones only where the data has inverse QA
-# (inverse_val only with P_val too).
+# data.p_val > 0, the answer-length rules' levels (qa_test_given, ...: RULE_LEVELS) only for masked backbones,
+# the inverse ones only where the data has inverse QA (inverse_val only with P_val too).
 LEVELS = ("bio_recall", "name_tied", "qa_train", "qa_val", "qa_test")
-GIVEN_LENGTH_LEVELS = ("qa_train_given", "qa_test_given")
 INVERSE_LEVELS = ("inverse_train", "inverse_val", "inverse_test")
 # The attributes an inverse search question may give (data.inverse_from); data.templates words each.
 INVERSE_FROM = (("birth_date", "birth_city"), ("birth_date",))
-ALL_LEVELS = (*LEVELS, *GIVEN_LENGTH_LEVELS, *INVERSE_LEVELS)
-HELD_OUT_LEVELS = ("qa_test", "qa_test_given", "inverse_test")  # the headline: people whose QA was never trained on
+# The answer-length rules of masked QA (eval.masked_length) that each way of fine-tuning (masking.answer) allows;
+# the headline rule scores qa_train, qa_val and qa_test, each other one the same people as qa_<split>_<rule>.
+LENGTH_RULES = {"exact": ("free", "prior", "given"), "window": ("window", "given")}
+QA_SPLITS = ("train", "val", "test")
+RULE_LEVELS = tuple(f"qa_{split}_{rule}" for rule in ("free", "prior", "window", "given") for split in QA_SPLITS)
+ALL_LEVELS = (*LEVELS, *RULE_LEVELS, *INVERSE_LEVELS)
+# The headline: people whose QA was never trained on, by each answer-length rule.
+HELD_OUT_LEVELS = ("qa_test", *(lv for lv in RULE_LEVELS if lv.startswith("qa_test_")), "inverse_test")
 
 
 class ConfigError(ValueError):
@@ -197,6 +201,18 @@ class MaskingConfig:
     # MDLM/SMDM); ``attribute`` masks a whole attribute value when any of its words is chosen.
     rate: Literal["fixed", "uniform", "diffusion"] = "fixed"
     span: Literal["word", "attribute"] = "word"
+    # QA fine-tuning of masked models. ``exact``: the paper's rule, the question then one mask per answer token (the
+    # length is given away, and no length is learned). ``window``: the question then a fixed window of masks, as long
+    # as the longest P_train answer plus one; its targets are the answer, end-of-text, then ``window_pad`` (LLaDA's
+    # fine-tuning), so the model learns where its answer ends and decodes in one pass.
+    answer: Literal["exact", "window"] = "exact"
+    # What the window's positions after the end-of-text are trained to predict: end-of-text again (LLaDA), the pad
+    # token (one distinct filler, the single-token case of Rainbow Padding), or nothing (no loss there).
+    window_pad: Literal["eos", "pad", "none"] = "pad"
+    # Which of the window's positions are masked in a training example: all (as at evaluation), or each with a
+    # probability t drawn per example from U(0, 1), at least one (masked diffusion's fine-tuning); the others show
+    # their target.
+    window_rate: Literal["all", "uniform"] = "all"
 
 
 @dataclass
@@ -215,11 +231,13 @@ class EvalConfig:
     batch_size: int = 64
     max_individuals: int = 0  # 0: every individual; else a deterministic subsample per level
     num_beams: int = 1  # causal decoding; the paper used 4 and saw little difference
-    # Masked QA: "free" tries every answer length up to the longest P_train answer and keeps the one
-    # the model is most confident in (best mean log-probability), as a causal model must decide where
-    # to stop; "given" is the paper's rule, as many masks as the true answer has tokens. Under "free"
-    # the given-length scores of P_train and P_test are reported beside it (qa_train_given, qa_test_given).
-    masked_length: Literal["free", "given"] = "free"
+    # Masked QA, how the answer's length is chosen (the headline levels qa_train, qa_val, qa_test; the other rules
+    # the model allows are levels beside them, LENGTH_RULES). With masking.answer exact: "free" tries every length up
+    # to the longest P_train answer and keeps the best mean log-probability; "prior" adds the log-probability of the
+    # length under P_train's answer lengths for the question's attribute (Mask-Predict's length candidates); "given"
+    # is the paper's rule, told the length. With masking.answer window: "window" (the answer is what precedes the
+    # first end-of-text of the model's one-pass window) or "given".
+    masked_length: Literal["free", "prior", "window", "given"] = "free"
     # Masked QA: the answer's masks filled in one forward pass, or one pass per token, committing the first
     # still-masked one (left_to_right) or the one the model is surest of (confidence, as masked-diffusion samplers).
     fill: Literal["one_pass", "left_to_right", "confidence"] = "one_pass"
@@ -532,6 +550,19 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         raise ConfigError(f"masking.probability: must be strictly between 0 and 1, got {mk.probability}")
     if mk.replace_mask < 0 or mk.replace_random < 0 or mk.replace_mask + mk.replace_random > 1:
         raise ConfigError("masking.replace_mask + masking.replace_random: each >= 0 and together <= 1")
+    masked = [b.name for b in cfg.backbones if BACKBONE_KINDS[b.name] == "masked"]
+    if mk.answer == "window" and not masked:
+        raise ConfigError("masking.answer: 'window' is how masked backbones are fine-tuned on QA, and no backbone is "
+                          f"masked (masked: {', '.join(k for k, v in BACKBONE_KINDS.items() if v == 'masked')}); "
+                          "a causal model already learns where to stop from its end-of-text")
+    if mk.answer == "exact" and (mk.window_pad, mk.window_rate) != ("pad", "all"):
+        which = "masking.window_pad" if mk.window_pad != "pad" else "masking.window_rate"
+        raise ConfigError(f"{which}: set, but masking.answer is 'exact' (no window to fill); set masking.answer: "
+                          "window, or drop it")
+    rules = LENGTH_RULES[mk.answer]
+    if cfg.eval.masked_length not in rules:
+        raise ConfigError(f"eval.masked_length: {cfg.eval.masked_length!r} does not decode a model fine-tuned with "
+                          f"masking.answer {mk.answer!r}; allowed with it: {', '.join(map(repr, rules))}")
     for i, tracker in enumerate(cfg.tracking.log_with):
         if tracker not in TRACKERS:
             raise ConfigError(f"tracking.log_with[{i}]: unknown tracker {tracker!r}; allowed: {', '.join(TRACKERS)}")

@@ -48,8 +48,9 @@ from transformers import PreTrainedTokenizerFast
 from bidirect.config import (
     ALL_LEVELS,
     ATTRIBUTES,
-    GIVEN_LENGTH_LEVELS,
     INVERSE_LEVELS,
+    LENGTH_RULES,
+    RULE_LEVELS,
     EvalConfig,
 )
 from bidirect.data.generate import StudyData, first_bios
@@ -190,7 +191,10 @@ def name_tied_items(tokenizer: PreTrainedTokenizerFast, bios: Dataset, individua
 
 
 def qa_items(tokenizer: PreTrainedTokenizerFast, questions: Sequence[str], answers: Sequence[str],
-             attributes: Sequence[int], kind: str, people: Sequence[int] | None = None) -> list[Item]:
+             attributes: Sequence[int], kind: str, people: Sequence[int] | None = None, window: int = 0) -> list[Item]:
+    """QA items. Causal: the answer and end-of-text read after the question. Masked: one mask per answer token
+    (the paper's rule; the rules that choose the length put other numbers of masks there, `_with_length`), or,
+    with ``window`` > 0, a window of that many masks whose reading must be the answer, then end-of-text."""
     eos, mask = tokenizer.eos_token_id, tokenizer.mask_token_id
     items = []
     people = people if people is not None else [-1] * len(questions)
@@ -202,35 +206,78 @@ def qa_items(tokenizer: PreTrainedTokenizerFast, questions: Sequence[str], answe
             # exact match, in one batched forward pass instead of len(answer) + 1 decoding steps.
             items.append(Item(q + ans + [eos], list(range(len(q) - 1, len(q) + len(ans))), ans + [eos], a, answer,
                               person, len(ans)))
+        elif window:
+            items.append(Item(q + [mask] * window, list(range(len(q), len(q) + window)), ans + [eos], a, answer,
+                              person, len(ans)))
         else:
-            # The paper's rule: the answer's length is revealed by the number of masks. Free-length
-            # decoding (`_read_any_length`) replaces the masks by each candidate length in turn.
             items.append(Item(q + [mask] * len(ans) + [eos], list(range(len(q), len(q) + len(ans))), ans, a, answer,
                               person, len(ans)))
     return items
 
 
+def split_rule(level: str) -> tuple[str, str | None]:
+    """A QA level's QA set and answer-length rule: ``qa_test_given`` -> (``qa_test``, ``given``); a headline level
+    (``qa_test``, ``inverse_test``) has no rule of its own (None: the study's eval.masked_length)."""
+    if level in RULE_LEVELS:
+        split, rule = level.rsplit("_", 1)
+        return split, rule
+    return level, None
+
+
 def level_items(level: str, tokenizer: PreTrainedTokenizerFast, data: StudyData, augmentation: str, kind: str,
-                max_individuals: int = 0) -> list[Item]:
+                max_individuals: int = 0, window: int = 0) -> list[Item]:
+    """The items of a level; ``window`` > 0: masked QA read from an answer window of that many masks."""
     if level == "bio_recall":
         return bio_items(tokenizer, data.bios[augmentation], kind, max_individuals)
     if level == "name_tied":
         return name_tied_items(tokenizer, data.bios[augmentation], data.individuals, kind, max_individuals)
-    qa = data.qa_sets()[GIVEN_LEVEL_OF.get(level, level)]
+    qa = data.qa_sets()[split_rule(level)[0]]
     keep = set(_first_people(qa["id"], max_individuals))
     qa = qa.select([row for row, person in enumerate(qa["id"]) if person in keep])
     attributes = [ATTRIBUTES.index(a) if a in ATTRIBUTES else -1 for a in qa["attribute"]]
-    return qa_items(tokenizer, qa["question"], qa["answer"], attributes, kind, list(qa["id"]))
+    return qa_items(tokenizer, qa["question"], qa["answer"], attributes, kind, list(qa["id"]), window)
 
 
-GIVEN_LEVEL_OF = {"qa_train_given": "qa_train", "qa_test_given": "qa_test"}  # the items a given-length level scores
+def _train_answers(tokenizer: PreTrainedTokenizerFast, data: StudyData) -> list[tuple[int, int]]:
+    """(attribute, length in tokens) of every P_train answer (inverse ones: attribute -1): what a model could
+    know about answer lengths from its training, never from the held-out answers."""
+    out = []
+    for name, ds in data.qa_sets().items():
+        if name.endswith("_train"):
+            lengths = [len(ids) for ids in qa_ids(tokenizer, [], list(ds["answer"]))[1]]
+            out += [(ATTRIBUTES.index(a) if a in ATTRIBUTES else -1, n) for a, n in zip(ds["attribute"], lengths)]
+    return out
 
 
 def max_answer_tokens(tokenizer: PreTrainedTokenizerFast, data: StudyData) -> int:
-    """The longest answer of P_train QA in tokens: free-length decoding tries every length up to it
-    (what a model could know from its training, never from the held-out answers)."""
-    train = [ds for name, ds in data.qa_sets().items() if name.endswith("_train")]
-    return max(len(ids) for ds in train for ids in qa_ids(tokenizer, [], list(ds["answer"]))[1])
+    """The longest P_train answer in tokens: free-length decoding tries every length up to it, and the answer
+    window (masking.answer: window) is one longer, for the end-of-text."""
+    return max(n for _, n in _train_answers(tokenizer, data))
+
+
+def length_prior(tokenizer: PreTrainedTokenizerFast, data: StudyData) -> dict[int, dict[int, float]]:
+    """Per attribute (-1: inverse search), the log-probability of each answer length from 1 to the longest P_train
+    answer, counted among P_train's answers for that attribute, add-one smoothed (a length P_train never gave that
+    attribute stays possible, made unlikely): the ``prior`` rule's length distribution, predicted from the
+    question's attribute alone."""
+    answers = _train_answers(tokenizer, data)
+    longest = max(n for _, n in answers)
+    counts: dict[int, Counter] = {}
+    for attribute, n in answers:
+        counts.setdefault(attribute, Counter())[n] += 1
+    return {a: {n: math.log((c[n] + 1) / (sum(c.values()) + longest)) for n in range(1, longest + 1)}
+            for a, c in counts.items()}
+
+
+def cell_levels(kind: str, answer: str, masked_length: str, qa_sets: Sequence[str]) -> list[str]:
+    """The QA levels a cell reports, in order: the headline ones (qa_train, qa_val, qa_test by the study's rule),
+    for a masked model every other answer-length rule its fine-tuning allows on the same people
+    (qa_test_given, ...), and inverse search where the data has it."""
+    levels = [lv for lv in ("qa_train", "qa_val", "qa_test") if lv in qa_sets]
+    if kind == "masked":
+        levels += [lv for lv in RULE_LEVELS if split_rule(lv)[0] in qa_sets
+                   and split_rule(lv)[1] in LENGTH_RULES[answer] and split_rule(lv)[1] != masked_length]
+    return levels + [lv for lv in INVERSE_LEVELS if lv in qa_sets]
 
 
 # --------------------------------------------------------------------------- running the model
@@ -300,18 +347,34 @@ def _with_length(item: Item, length: int, mask: int) -> Item:
     return replace(item, ids=item.ids[:q] + [mask] * length + tail, where=list(range(q, q + length)))
 
 
-def _read_any_length(model, items: list[Item], mask: int, pad: int, device: torch.device, fill: str,
-                     longest: int) -> list[list[int]]:
-    """Masked QA without the answer's length: every length from 1 to ``longest`` is filled, and
-    each item keeps the answer whose tokens the model is most confident in (mean log-probability;
-    the shorter on a tie)."""
-    best: list[tuple[float, list[int]]] = [(-math.inf, []) for _ in items]
+def _candidates(model, items: list[Item], mask: int, pad: int, device: torch.device, fill: str,
+                longest: int) -> list[list[tuple[float, list[int]]]]:
+    """Masked QA without the answer's length: per item, for every length from 1 to ``longest``, the filled
+    tokens and their mean log-probability (what the ``free`` and ``prior`` rules choose from)."""
+    out: list[list[tuple[float, list[int]]]] = [[] for _ in items]
     for length in range(1, longest + 1):
         got, score = _read(model, [_with_length(it, length, mask) for it in items], pad, device, fill)
         for i, (tokens, s) in enumerate(zip(got, score, strict=True)):
-            if s > best[i][0]:
-                best[i] = (s, tokens)
-    return [tokens for _, tokens in best]
+            out[i].append((s, tokens))
+    return out
+
+
+def choose_length(candidates: list[tuple[float, list[int]]], prior: dict[int, float] | None = None) -> list[int]:
+    """The answer a length rule keeps among an item's candidates (one per length, from 1): the best mean
+    log-probability (``free``), plus the log-probability of the length under ``prior`` (``prior``: lengths it has
+    never seen are not candidates); the shorter on a tie."""
+    best, answer = -math.inf, []
+    for length, (score, tokens) in enumerate(candidates, start=1):
+        if prior is not None:
+            score = score + prior.get(length, -math.inf)
+        if score > best:
+            best, answer = score, tokens
+    return answer
+
+
+def read_window(tokens: list[int], eos: int) -> list[int]:
+    """An answer window's reading: its tokens up to and with the first end-of-text (all of them without one)."""
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
 
 
 def _generate(model, tokenizer: PreTrainedTokenizerFast, items: list[Item], num_beams: int,
@@ -331,28 +394,48 @@ def _batches(items: list[Item], batch_size: int, show: bool, label: str) -> Iter
     yield from track(batches, description=label, transient=True) if show and len(batches) > 1 else batches
 
 
-def _score(model, kind: str, tokenizer: PreTrainedTokenizerFast, items: list[Item], qa: bool, cfg: EvalConfig,
-           device: torch.device, show: bool, label: str, longest: int = 0) -> list[bool]:
-    """Per item: right or wrong. ``longest`` > 0: masked QA chooses its answer length, up to that."""
-    correct = [False] * len(items)
+def _score(model, kind: str, tokenizer: PreTrainedTokenizerFast, items: list[Item], qa: bool, rule: str | None,
+           cfg: EvalConfig, device: torch.device, show: bool, label: str, longest: int = 0,
+           prior: dict[int, dict[int, float]] | None = None,
+           cache: dict[int, list] | None = None) -> tuple[list[bool], list[int | None]]:
+    """Per item: right or wrong, and the length in tokens of the answer the model gave (None where not read).
+    ``rule``: for masked QA (``qa``) the answer-length rule (`LENGTH_RULES`). ``cache``
+    keeps each item's candidate fills (by its index in ``items``), which ``free`` and ``prior`` share."""
+    correct: list[bool] = [False] * len(items)
+    lengths: list[int | None] = [None] * len(items)
     # A masked model fills a memorized value left to right (the masked analogue of the causal continuation) and
     # a QA answer as eval.fill says; a causal model reads every position of its teacher-forced row in one pass.
     fill = "one_pass" if kind == "causal" else cfg.fill if qa else "left_to_right"
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    cache = {} if cache is None else cache
     for batch in _batches(items, cfg.batch_size, show, label):
         its = [items[i] for i in batch]
         if kind == "causal" and qa and cfg.num_beams > 1:
             got = _generate(model, tokenizer, its, cfg.num_beams, device)
             ok = [g[-1:] == [eos] and decode_answer(tokenizer, g) == it.answer for g, it in zip(got, its, strict=True)]
-        elif kind == "masked" and qa and longest:
-            got = _read_any_length(model, its, tokenizer.mask_token_id, pad, device, fill, longest)
+        elif rule in ("free", "prior"):
+            todo = [i for i in batch if i not in cache]
+            if todo:
+                found = _candidates(model, [items[i] for i in todo], tokenizer.mask_token_id, pad, device, fill,
+                                    longest)
+                cache.update(zip(todo, found, strict=True))
+            got = [choose_length(cache[i], prior.get(items[i].attribute, {}) if rule == "prior" else None)
+                   for i in batch]
             ok = [g == it.want for g, it in zip(got, its, strict=True)]
+        elif rule == "window":
+            got = [read_window(g, eos) for g in _read(model, its, pad, device, fill)[0]]
+            ok = [g == it.want for g, it in zip(got, its, strict=True)]
+            got = [g[:-1] if g[-1:] == [eos] else None for g in got]  # no end-of-text: no length chosen
+        elif rule == "given" and its[0].want[-1:] == [eos]:  # a window model told the length: stop not asked
+            got = [g[: it.tokens] for g, it in zip(_read(model, its, pad, device, fill)[0], its, strict=True)]
+            ok = [g == it.want[:-1] for g, it in zip(got, its, strict=True)]
         else:
             got = _read(model, its, pad, device, fill)[0]
             ok = [g == it.want for g, it in zip(got, its, strict=True)]
-        for i, c in zip(batch, ok, strict=True):
+        for i, c, g in zip(batch, ok, got, strict=True):
             correct[i] = c
-    return correct
+            lengths[i] = None if g is None or rule is None else len(g)
+    return correct, lengths
 
 
 def person_intervals(items: list[Item], correct: list[bool], columns: Sequence[str],
@@ -417,12 +500,13 @@ def by_length(items: list[Item], correct: list[bool]) -> dict[str, dict[str, flo
 
 
 def evaluate_model(model, kind: str, tokenizer: PreTrainedTokenizerFast, data: StudyData, augmentation: str,
-                   cfg: EvalConfig, accelerator: Accelerator | None = None,
-                   levels: Sequence[str] = ALL_LEVELS) -> dict[str, dict[str, float]]:
+                   cfg: EvalConfig, accelerator: Accelerator | None = None, levels: Sequence[str] = ALL_LEVELS,
+                   answer: str = "exact") -> dict[str, dict[str, float]]:
     """Per level, per attribute exact-match accuracy, plus "mean" (of the six), "n" (items), "people"
-    and "ci95" (per-person bootstrap intervals); inverse levels have "full_name" (= "mean").
-    Levels the data or the kind does not have (qa_val without P_val, qa_test_given for a causal
-    model) are left out.
+    and "ci95" (per-person bootstrap intervals); inverse levels have "full_name" (= "mean"); masked QA
+    levels have "true_length", the share of answers given at the true length in tokens.
+    Levels the data, the kind or the fine-tuning (``answer``: masking.answer) does not have (qa_val
+    without P_val, qa_test_given for a causal model, the headline rule again) are left out.
 
     With several processes each scores a share of the items and every process returns the
     same numbers."""
@@ -436,27 +520,35 @@ def evaluate_model(model, kind: str, tokenizer: PreTrainedTokenizerFast, data: S
     was_training = model.training
     model.eval()
     results = {}
-    available = {*MEMORIZATION_LEVELS, *data.qa_sets(), *(GIVEN_LEVEL_OF if kind == "masked" else ())}
-    free = kind == "masked" and cfg.masked_length == "free"
-    longest = max_answer_tokens(tokenizer, data) if free else 0
+    available = {*MEMORIZATION_LEVELS, *cell_levels(kind, answer, cfg.masked_length, list(data.qa_sets()))}
+    longest = max_answer_tokens(tokenizer, data) if kind == "masked" else 0
+    window = longest + 1 if kind == "masked" and answer == "window" else 0
+    prior = length_prior(tokenizer, data) if kind == "masked" else None
+    candidates: dict[str, dict[int, list]] = {}  # per QA set: the free and prior rules read the same fills
     live = Console().is_terminal
     try:
         with torch.no_grad():
             for level in (lv for lv in levels if lv in available):
                 started = time.perf_counter()
-                items = level_items(level, tokenizer, data, augmentation, kind, cfg.max_individuals)
+                qa = level not in MEMORIZATION_LEVELS
+                qa_set, rule = split_rule(level)
+                rule = (rule or cfg.masked_length) if qa and kind == "masked" else None
+                items = level_items(level, tokenizer, data, augmentation, kind, cfg.max_individuals,
+                                    window if qa else 0)
                 mine = list(range(len(items)))
                 if split:
                     with accelerator.split_between_processes(mine) as share:
                         mine = list(share)
-                qa = level not in MEMORIZATION_LEVELS
-                scored = _score(model, kind, tokenizer, [items[i] for i in mine], qa, cfg, device, main,
-                                f"eval {level}", longest if qa and level not in GIVEN_LENGTH_LEVELS else 0)
-                pairs = list(zip(mine, scored, strict=True))
+                correct, lengths = _score(model, kind, tokenizer, [items[i] for i in mine], qa, rule, cfg, device,
+                                          main, f"eval {level}", longest, prior, candidates.setdefault(qa_set, {}))
+                pairs = list(zip(mine, zip(correct, lengths, strict=True), strict=True))
                 done = dict(gather_object(pairs) if split else pairs)  # a dict: an index counts once
                 if sorted(done) != list(range(len(items))):
                     raise RuntimeError(f"{level}: scored {len(done)} distinct items of {len(items)}")
-                results[level] = _accuracy(items, [done[i] for i in range(len(items))], level in INVERSE_LEVELS)
+                results[level] = _accuracy(items, [done[i][0] for i in range(len(items))], level in INVERSE_LEVELS)
+                if rule is not None:
+                    given = [done[i][1] for i in range(len(items))]
+                    results[level]["true_length"] = sum(n == it.tokens for n, it in zip(given, items)) / len(items)
                 if main and not live:  # a log file sees each level as it ends, as the trainer's steps
                     print(f"eval {level}: {len(items)} items, {100 * results[level]['mean']:.1f}% "
                           f"in {time.perf_counter() - started:.0f} s", flush=True)

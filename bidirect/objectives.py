@@ -12,7 +12,8 @@ nothing about which kind it trains.
 - `MaskedLM`: one bio per row; whole-word masking is drawn afresh in every batch, with
   word boundaries from the byte-level pre-tokenizer (each word keeps its leading space),
   not from WordPiece ``##`` pieces. QA: the question, then as many mask tokens as the
-  answer has tokens (the paper's rule), loss on those only.
+  answer has tokens (the paper's rule), loss on those only; or (``masking.answer: window``)
+  a fixed window of masks trained to read the answer, end-of-text, then a filler.
   Variants (``masking.rate``, ``masking.span``): a per-bio rate drawn from U(0, 1) (MLM-U), masked
   diffusion's 1/t weights, and masking of whole attribute values.
 - Reverse training (``causal.reverse``): the causal objective on each bio and on its reversal,
@@ -216,10 +217,19 @@ class MaskedLM(_Objective):
         return out.shuffle(seed=seed, keep_in_memory=True)
 
     def qa_examples(self, qa: Dataset, seed: int) -> Dataset:
+        """The question, then one mask per answer token (``masking.answer: exact``), or a window of
+        `answer_window` masks whose targets are the answer, end-of-text and the filler (``window``)."""
+        window = self.answer_window(qa) if self.masking.answer == "window" else 0
+        fill = {"eos": self.eos, "pad": self.pad, "none": IGNORE}[self.masking.window_pad]
+
         def encode(row: dict[str, Any]) -> dict[str, list[int]]:
             q, a = row["question_ids"], row["answer_ids"]
-            ids = q + [self.mask] * len(a) + [self.eos]
-            labels = [IGNORE] * len(q) + a + [IGNORE]
+            if window:
+                ids = q + [self.mask] * window
+                labels = [IGNORE] * len(q) + a + [self.eos] + [fill] * (window - len(a) - 1)
+            else:
+                ids = q + [self.mask] * len(a) + [self.eos]
+                labels = [IGNORE] * len(q) + a + [IGNORE]
             out = {"input_ids": ids[: self.context], "labels": labels[: self.context], "word_ids": []}
             if self.values:
                 out["value_ids"] = []
@@ -227,6 +237,29 @@ class MaskedLM(_Objective):
 
         out = qa.map(encode, remove_columns=qa.column_names, features=self.features, keep_in_memory=True)
         return out.shuffle(seed=seed, keep_in_memory=True)
+
+    @staticmethod
+    def answer_window(qa: Dataset) -> int:
+        """The answer window's length: the longest answer of the (P_train) QA stream, plus its end-of-text; the
+        evaluator's window is the same (`evaluate.max_answer_tokens` + 1)."""
+        return max(len(a) for a in qa["answer_ids"]) + 1
+
+    def reveal_answers(self, ids: torch.Tensor, labels: torch.Tensor, items: list[dict[str, Any]]) -> None:
+        """``masking.window_rate: uniform``, in place on padded QA rows: each row draws t from U(0, 1) and keeps
+        each labelled window position masked with probability t (at least one); the others show their target and
+        carry no loss, as masked diffusion's fine-tuning trains every stage of a partly filled answer."""
+        for row, item in enumerate(items):
+            where = (labels[row] != IGNORE).nonzero().flatten()
+            if not len(where):
+                continue
+            g = self._generator(item)
+            t = float(torch.rand((), generator=g))
+            u = torch.rand(len(where), generator=g)
+            keep = u < t
+            keep[int(u.argmin())] = True
+            shown = where[~keep]
+            ids[row, shown] = labels[row, shown]
+            labels[row, shown] = IGNORE
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the trainer at each pass over the stream, like a sampler's set_epoch."""
@@ -330,6 +363,11 @@ class MaskedLM(_Objective):
         if bios:
             ids, labels, rate[bios] = self.mask_bios(batch["input_ids"][bios], [items[i] for i in bios])
             batch["input_ids"][bios], batch["labels"][bios] = ids, labels
+        qa = [i for i, item in enumerate(items) if not item["word_ids"]]
+        if qa and self.masking.answer == "window" and self.masking.window_rate == "uniform":
+            ids, labels = batch["input_ids"][qa], batch["labels"][qa]
+            self.reveal_answers(ids, labels, [items[i] for i in qa])
+            batch["input_ids"][qa], batch["labels"][qa] = ids, labels
         if self.masking.rate == "diffusion":
             weight = (1 / rate.clamp(min=DIFFUSION_MIN_RATE)).float()[:, None]
             batch["weights"] = torch.where(batch["labels"] != IGNORE, weight, 0.0)

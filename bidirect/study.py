@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,9 +19,9 @@ from datasets import Dataset, concatenate_datasets, interleave_datasets
 
 from bidirect import config as config_lib
 from bidirect import rundir
-from bidirect.config import GIVEN_LENGTH_LEVELS, INVERSE_LEVELS, ConfigError, StudyConfig, TrainConfig
+from bidirect.config import ConfigError, StudyConfig, TrainConfig
 from bidirect.data.generate import StudyData, generate, saved_sha256
-from bidirect.evaluate import MEMORIZATION_LEVELS, evaluate_model, majority_baselines
+from bidirect.evaluate import MEMORIZATION_LEVELS, cell_levels, evaluate_model, majority_baselines, max_answer_tokens
 from bidirect.lora import add_lora, merge_lora, trainable_parameters
 from bidirect.models import backbone_kind, build_backbone, flops_per_token, load_backbone, parameter_counts
 from bidirect.objectives import IGNORE, encode_qa, make_objective, tokenize_bios
@@ -59,9 +60,11 @@ def check_context(cfg: StudyConfig, data: StudyData, tokenizer) -> None:
         lengths = [len(ids) for ids in tokenizer(list(bios["text"]), add_special_tokens=False)["input_ids"]]
         i = max(range(len(lengths)), key=lengths.__getitem__)
         longest = max(longest, (lengths[i], f"the longest biography ({aug}, individual {bios[i]['id']})"))
+    # A masked model fine-tuned with an answer window reads every question with the window after it.
+    window = max_answer_tokens(tokenizer, data) + 1 if cfg.masking.answer == "window" else 0
     for name, qa in data.qa_sets().items():  # inverse QA too, under data.inverse
         questions, answers = qa_ids(tokenizer, qa["question"], qa["answer"])
-        lengths = [len(q) + len(a) for q, a in zip(questions, answers)]
+        lengths = [len(q) + max(len(a), window - 1) for q, a in zip(questions, answers)]
         i = max(range(len(lengths)), key=lengths.__getitem__)
         longest = max(longest, (lengths[i], f"the longest QA example ({name}: {qa[i]['question']!r})"))
     need = longest[0] + 1  # + end-of-text
@@ -111,6 +114,55 @@ def start_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None
     if opened is not None:
         opened.started(True)
     return data, tokenizer
+
+
+def _pretraining(cfg: StudyConfig) -> dict[str, Any]:
+    """What a study's pretrained models depend on: everything but its name, fine-tuning, the masked QA layout,
+    evaluation and tracking (each backbone's pretraining with its overrides applied)."""
+    d = cfg.to_dict()
+    masking = {k: v for k, v in d["masking"].items() if k not in ("answer", "window_pad", "window_rate")}
+    return {**{k: d[k] for k in ("seed", "protocol", "mixed_precision", "data", "tokenizer", "model", "causal")},
+            "masking": masking}
+
+
+def check_reuse(cfg: StudyConfig, source: Path) -> None:
+    """Raise, naming the first difference, unless ``source``'s finished pretraining phases are the ones ``cfg`` would
+    train (`reuse_pretraining`); checked before the new run folder is made."""
+    src = require_run_dir(source)
+    if cfg.protocol != "pretrain_finetune":
+        raise ConfigError("--pretrained-from: the mixed protocol has no pretraining phase to reuse")
+    mine, theirs = config_lib.dotted(_pretraining(cfg)), config_lib.dotted(_pretraining(src))
+    for key in sorted(set(mine) | set(theirs)):
+        if mine.get(key) != theirs.get(key):
+            raise ConfigError(f"--pretrained-from {source}: its {key} is {theirs.get(key)!r}, this study's "
+                              f"{mine.get(key)!r}; its pretrained models are not the ones this study would train")
+    others = {b.name: b for b in src.backbones}
+    old = RunFolder(source)
+    cells = [(a.name, b) for a in cfg.augmentations() for b in cfg.backbones]
+    for augmentation, backbone in cells:
+        where = f"--pretrained-from {source}: {augmentation}/{backbone.name}"
+        if backbone.name not in others:
+            raise ConfigError(f"{where}: that run has no {backbone.name}")
+        if src.train_config(others[backbone.name], "pretrain") != cfg.train_config(backbone, "pretrain"):
+            raise ConfigError(f"{where}: pretrained with other settings (backbones.{backbone.name}.pretrain)")
+        if phase_done(old.phase(augmentation, backbone.name, "pretrain")) is None:
+            raise RunDirError(f"{where}: its pretraining is not finished")
+
+
+def reuse_pretraining(cfg: StudyConfig, run_dir: Path, source: Path) -> None:
+    """Start the new run folder ``run_dir`` from ``source``'s data, tokenizer and finished pretraining phases, so
+    that a study differing only in fine-tuning or evaluation (`_pretraining`) trains only its fine-tuning.
+    Pretraining is deterministic, so the new run's results are those of running ``cfg`` from scratch."""
+    check_reuse(cfg, source)
+    run, old = RunFolder(run_dir), RunFolder(source)
+    cells = [(a.name, b) for a in cfg.augmentations() for b in cfg.backbones]
+    for path in (old.data, old.tokenizer):
+        shutil.copytree(path, run_dir / path.name)
+    shutil.copy2(old.tokenizer_sha, run.tokenizer_sha)
+    for augmentation, backbone in cells:  # the finished phase without its checkpoints
+        shutil.copytree(old.phase(augmentation, backbone.name, "pretrain"),
+                        run.phase(augmentation, backbone.name, "pretrain"),
+                        ignore=shutil.ignore_patterns(rundir.CHECKPOINTS_DIR))
 
 
 # --------------------------------------------------------------------------- leak guard
@@ -232,10 +284,7 @@ def evaluate_cell(cfg: StudyConfig, run_dir: Path, backbone: str, tokenizer, dat
     pretraining; QA fine-tuning is free to overwrite the bios' wording), QA levels of the final
     model. Under the mixed protocol both are the one model."""
     kind = backbone_kind(backbone)
-    qa_levels = [lv for lv in ("qa_train", "qa_val", "qa_test") if lv in data.qa_sets()]
-    if kind == "masked" and cfg.eval.masked_length == "free":
-        qa_levels += GIVEN_LENGTH_LEVELS
-    qa_levels += [lv for lv in INVERSE_LEVELS if lv in data.qa_sets()]
+    qa_levels = cell_levels(kind, cfg.masking.answer, cfg.eval.masked_length, list(data.qa_sets()))
     if cfg.protocol == "mixed":
         by_phase = {"mixed": [*MEMORIZATION_LEVELS, *qa_levels]}
     else:
@@ -247,7 +296,7 @@ def evaluate_cell(cfg: StudyConfig, run_dir: Path, backbone: str, tokenizer, dat
             raise RunDirError(f"{model_dir}: no trained model; finish the run with `bidirect run ... --resume`")
         model = load_backbone(model_dir).to(accelerator.device)
         results.update(evaluate_model(model, kind, tokenizer, data, augmentation, cfg.eval,
-                                      accelerator, levels=levels))
+                                      accelerator, levels=levels, answer=cfg.masking.answer))
     return results
 
 

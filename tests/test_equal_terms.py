@@ -20,8 +20,9 @@ from bidirect.config import ATTRIBUTES, Augmentation, DataConfig, EvalConfig, Ma
 from bidirect.data.generate import StudyData, generate
 from bidirect.evaluate import (
     Item,
-    _read_any_length,
+    _candidates,
     _score,
+    choose_length,
     level_items,
     majority_baseline,
     name_partners,
@@ -106,10 +107,10 @@ def test_free_length_keeps_the_length_the_model_is_surest_of():
     tokenizer = SimpleNamespace(eos_token_id=eos, pad_token_id=pad, mask_token_id=mask)
     for best, right in ((3, True), (2, False)):
         model = ConfidentAt(mask, best)
-        assert _read_any_length(model, [item], mask, pad, cpu, "one_pass", 5) == [[10 + best] * best]
-        free = _score(model, "masked", tokenizer, [item], True, cfg, cpu, False, "", longest=5)
-        given = _score(model, "masked", tokenizer, [item], True, cfg, cpu, False, "")
-        assert free == [right] and given == [True]  # told the length, it is always right
+        assert choose_length(_candidates(model, [item], mask, pad, cpu, "one_pass", 5)[0]) == [10 + best] * best
+        free = _score(model, "masked", tokenizer, [item], True, "free", cfg, cpu, False, "", longest=5)
+        given = _score(model, "masked", tokenizer, [item], True, "given", cfg, cpu, False, "")
+        assert free == ([right], [best]) and given == ([True], [3])  # told the length, it is always right
 
 
 def test_length_aware_majority_knows_more_than_the_plain_one():

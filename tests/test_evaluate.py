@@ -144,7 +144,8 @@ def test_perfect_wrong_and_last_token_wrong(study, kind, fill):
     expected_tied = 1.0 if kind == "causal" else 0.0
     assert accuracies(perfect, 1.0) == {**dict.fromkeys(perfect, True), "name_tied": expected_tied == 1.0}, perfect
     assert accuracies({"name_tied": perfect["name_tied"]}, expected_tied) == {"name_tied": True}
-    qa_levels = ["qa_train", "qa_test", *(["qa_train_given", "qa_test_given"] if kind == "masked" else [])]
+    qa_levels = ["qa_train", "qa_test", *(["qa_train_prior", "qa_test_prior", "qa_train_given", "qa_test_given"]
+                                          if kind == "masked" else [])]
     assert list(perfect) == ["bio_recall", "name_tied", *qa_levels]  # the default levels, none of P_val here
     assert {level: r["n"] for level, r in perfect.items() if level != "name_tied"} == dict.fromkeys(
         ["bio_recall", *qa_levels], 72)
@@ -217,8 +218,8 @@ def test_teacher_forcing_agrees_with_greedy_generate(study, gpt2):
     items = [*level_items("qa_train", tokenizer, data, "single", "causal", max_individuals=8),
              *level_items("qa_test", tokenizer, data, "single", "causal", max_individuals=3)]
     with torch.no_grad():
-        scored = _score(gpt2, "causal", tokenizer, items, True, EvalConfig(batch_size=16), torch.device("cpu"), False,
-                        "")
+        scored = _score(gpt2, "causal", tokenizer, items, True, None, EvalConfig(batch_size=16), torch.device("cpu"),
+                        False, "")[0]
         batched = _generate(gpt2, tokenizer, items, 1, torch.device("cpu"))  # left-padded, as beams use
         for it, tf, got in zip(items, scored, batched, strict=True):
             prompt = torch.tensor([it.ids[: it.where[0] + 1]])

@@ -131,7 +131,10 @@ def test_perfect_and_wrong_predictors_on_inverse_levels(inverse_study, kind, fil
     sizes = {"inverse_train": len(data.inverse_train), "inverse_test": len(data.inverse_test)}
     # one question a person: as many people as items, and an interval that cannot move off 100%
     ci = {"full_name": [1.0, 1.0], "mean": [1.0, 1.0]}
-    assert perfect == {lv: {"full_name": 1.0, "mean": 1.0, "n": n, "people": n, "ci95": ci} for lv, n in sizes.items()}
+    # a masked model also says how many of its answers have the true length: all of them, here
+    length = {"true_length": 1.0} if kind == "masked" else {}
+    assert perfect == {lv: {"full_name": 1.0, "mean": 1.0, "n": n, "people": n, "ci95": ci, **length}
+                       for lv, n in sizes.items()}
     wrong = evaluate_model(Table(len(tokenizer), lambda ids: [tokenizer.unk_token_id] * len(ids)), kind, tokenizer,
                            data, "single", cfg, levels=INVERSE_LEVELS)
     assert {lv: wrong[lv]["mean"] for lv in wrong} == {"inverse_train": 0.0, "inverse_test": 0.0}  # no P_val here

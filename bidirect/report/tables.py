@@ -9,19 +9,34 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from bidirect.config import ALL_LEVELS, ATTRIBUTES, HELD_OUT_LEVELS
+from bidirect.config import ALL_LEVELS, ATTRIBUTES, HELD_OUT_LEVELS, RULE_LEVELS
 from bidirect.sweep import value_label
 
 SHORT = {"birth_date": "date", "birth_city": "b.city", "university": "univ", "major": "major",
          "company": "comp.", "company_city": "c.city"}
 LEVEL_NAMES = {"bio_recall": "bio recall", "name_tied": "name-tied", "qa_train": "QA P_train", "qa_val": "QA P_val",
-               "qa_test": "QA P_test", "qa_train_given": "QA P_train*", "qa_test_given": "QA P_test*",
-               "inverse_train": "inverse P_train", "inverse_val": "inverse P_val", "inverse_test": "inverse P_test"}
+               "qa_test": "QA P_test", "inverse_train": "inverse P_train", "inverse_val": "inverse P_val",
+               "inverse_test": "inverse P_test"}
+# A masked model's other answer-length rules: * told the length, the others by the rule's name.
+LEVEL_NAMES.update({lv: f"{LEVEL_NAMES[split]}{'*' if rule == 'given' else f' ({rule})'}"
+                    for lv in RULE_LEVELS for split, rule in [lv.rsplit("_", 1)]})
 # The baselines and the level they go with; * marks what is told the answer's length in tokens.
 BASELINES = {"majority_baseline": ("majority", "P_test"), "majority_baseline_given_length": ("majority", "P_test*")}
 GIVEN_NOTE = "*: told the answer's length in tokens (the paper's masked QA rule)"
+RULE_NOTE = {"free": "the best mean log-probability over lengths", "prior": "the best mean log-probability plus "
+             "the log-probability of the length among P_train's answers", "window": "where its one-pass answer "
+             "window puts end-of-text", "given": "told (the paper's rule)"}
+
+
+def note(results: dict[str, Any]) -> str:
+    """What the * and (rule) rows mean, and which rule a masked model's plain QA rows used (from the run's
+    config; older runs chose by ``free``)."""
+    rule = (results.get("config") or {}).get("eval", {}).get("masked_length", "free")
+    return (f"{GIVEN_NOTE}; a masked model's QA rows choose the answer's length by {RULE_NOTE[rule]}, (rule): by "
+            "another rule; len: the share of its answers of the true length")
 
 
 def shown_levels(present: Iterable[str]) -> list[str]:
@@ -81,27 +96,31 @@ def results_tables(results: dict[str, Any]) -> list[Table]:
     for aug, by_backbone in results["results"].items():
         # No vertical rules and one space between columns: the table fits 80 columns.
         table = Table(title=f"{results.get('study', '')} | {aug} | exact match (%), 95% CI over people",
-                      caption=GIVEN_NOTE, box=box.SIMPLE_HEAD, padding=0, show_edge=False)
+                      caption=escape(note(results)), box=box.SIMPLE_HEAD, padding=0, show_edge=False)
+        lengths = any("true_length" in lv for levels in by_backbone.values() for lv in levels.values())
         table.add_column("backbone", no_wrap=True)
         table.add_column("level", no_wrap=True)
         for a in ATTRIBUTES:
             table.add_column(SHORT[a], justify="right", no_wrap=True)
         table.add_column("mean", justify="right", style="bold", no_wrap=True)
         table.add_column("95% CI", justify="right", no_wrap=True)
+        if lengths:
+            table.add_column("len", justify="right", no_wrap=True)
         for name, levels in by_backbone.items():
             for i, level in enumerate(lv for lv in ALL_LEVELS if lv in levels):
                 scores = levels[level]
                 style = "bold" if level in HELD_OUT_LEVELS else None
                 # a LoRA fine-tune says so on a second line under the name
                 label = _label(results, aug, name).replace(" (", "\n(") if i == 0 else ""
+                length = [pct(scores["true_length"]) if "true_length" in scores else ""] if lengths else []
                 table.add_row(label, LEVEL_NAMES[level], *[pct(scores.get(a)) for a in ATTRIBUTES],
-                              pct(scores.get("mean")), ci(scores), style=style)
+                              pct(scores.get("mean")), ci(scores), *length, style=style)
             table.add_section()
         for key, (label, level) in BASELINES.items():
             baseline = results.get(key)
             if baseline:
                 table.add_row(label, level, *[pct(baseline.get(a)) for a in ATTRIBUTES],
-                              pct(baseline.get("mean")), "", style="dim")
+                              pct(baseline.get("mean")), "", *([""] if lengths else []), style="dim")
         tables.append(table)
     return tables
 
@@ -129,7 +148,7 @@ def markdown(results: dict[str, Any]) -> str:
         if base:
             cells = " | ".join(pct(base.get(a)) for a in ATTRIBUTES)
             lines.append(f"| | {label} | {level} | {cells} | {pct(base.get('mean'))} | |")
-    lines.append(f"\n{GIVEN_NOTE}")
+    lines.append(f"\n{note(results)}")
     return "\n".join(lines)
 
 
@@ -159,8 +178,8 @@ def headline_markdown(results: dict[str, Any]) -> str:
             cells = [level_cell(levels.get(lv), lv, bold=True) for lv in shown]
             lines.append(f"| {aug} | {_label(results, aug, name)} | " + " | ".join(cells) + " |")
     base = {level: pct(results[key]["mean"]) for key, (_, level) in BASELINES.items() if results.get(key)}
-    cells = [base.get("P_test*" if lv == "qa_test_given" else "P_test", "") if lv in HELD_OUT_LEVELS[:2] else ""
-             for lv in shown]
+    cells = [base.get("P_test*" if lv == "qa_test_given" else "P_test", "") if lv in ("qa_test", "qa_test_given")
+             else "" for lv in shown]
     lines.append("| | majority | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
