@@ -14,8 +14,11 @@ Every folder here is a real one under pytest's tmp_path, with decoy files of a u
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -385,3 +388,43 @@ def test_damaged_model_of_a_finished_run_advice_works(run_copy, capsys):
     advice = text[text.index("`") + 1:text.rindex("`")].split()
     assert advice[:2] == ["bidirect", "run"] and main(advice[1:]) == 0
     assert main(["eval", str(run)]) == 0
+
+
+@pytest.mark.parametrize("kind", ["fifo", "devnull", "loop", "dangling"])
+def test_config_that_is_no_regular_file_named_as_what_it_is(tmp_path, kind, capsys):
+    path = tmp_path / "c.yaml"
+    if kind == "fifo":
+        os.mkfifo(path)
+        message = f"config file {path} is a named pipe (FIFO), not a YAML file"
+    elif kind == "devnull":
+        path = Path("/dev/null")
+        message = "config file /dev/null is a character device, not a YAML file"
+    elif kind == "loop":
+        path.symlink_to(path)
+        message = f"config file {path} is a symbolic link that loops"
+    else:
+        path.symlink_to(tmp_path / "gone.yaml")
+        message = f"config file {path} is a symbolic link to {tmp_path / 'gone.yaml'}, which does not exist"
+    code, text = _run(["run", str(path), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and message in text and not (tmp_path / "o").exists()
+
+
+def test_markup_in_a_run_name_is_printed_as_written(tmp_path, capsys):
+    from rich.console import Console
+
+    from bidirect.report.tables import print_results
+
+    console = Console(width=200, record=True)
+    name = "[bold red]x[/bold red] \x1b[31mred"
+    print_results(console, {"study": name, "results": {"single": {}}})
+    text = console.export_text()
+    assert "[bold red]x[/bold red]" in text and "\x1b" not in text
+
+
+def test_no_removed_shared_tensor_line_at_save(tmp_path, capfd):
+    config = write_config(tmp_path / "tiny.yaml", **ONE_CELL)
+    capfd.readouterr()
+    proc = subprocess.run([sys.executable, "-m", "bidirect", "run", str(config), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Removed shared tensor" not in proc.stdout + proc.stderr
