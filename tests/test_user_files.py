@@ -291,6 +291,20 @@ def test_summary_does_not_overwrite_a_users_summary_json(tmp_path, capsys):
     assert _snapshot(out) == before
 
 
+def test_committed_runs_are_still_read_and_reported(tmp_path, capsys):
+    """The runs/ of the repository (no marker: written before it) stay inputs of summary and report: copies
+    of them are proved by content, their reports (written before the report manifest) rewritten, and
+    nothing is added to them but what the commands write."""
+    root = Path(__file__).resolve().parents[1] / "runs"
+    run = Path(shutil.copytree(root / "example_lora", tmp_path / "example_lora"))
+    sweep = Path(shutil.copytree(root / "example_sweep", tmp_path / "example_sweep"))
+    assert rundir.folder_kind(run) == "run" and rundir.folder_kind(sweep) == "sweep"
+    assert _run(["summary", str(run)], capsys)[0] == 0
+    assert _run(["summary", str(sweep)], capsys)[0] == 0
+    assert _run(["report", str(run)], capsys)[0] == 0
+    assert (run / "report" / rundir.FIGURES_MANIFEST).is_file() and not (run / MARKER).exists()
+
+
 # --------------------------------------------------------------------------- 5. a marker that is a link
 
 

@@ -645,9 +645,12 @@ def write_report(directory: Path, out: Path | None = None) -> Path:
     sweep = is_sweep_dir(directory)
     if not sweep:
         read_results(directory)  # a folder without results says so before anything else
-    # A sweep's report writes its summary.json; a report inside a folder writes into it: under its lock.
-    inside = directory.resolve() in out.resolve().parents
-    with rundir.writing(directory, "sweep" if sweep else "run") if sweep or inside else contextlib.nullcontext():
+    # A sweep's report writes its summary.json, a report inside a folder writes into it: under the folder's lock,
+    # where it has one (a folder of a version before the marker has none; what the report replaces is proved
+    # its own by `check_report_target` and `write_summary` either way).
+    inside = sweep or directory.resolve() in out.resolve().parents
+    locked = inside and rundir.marker_kind(directory) is not None
+    with rundir.writing(directory, "sweep" if sweep else "run") if locked else contextlib.nullcontext():
         rundir.check_report_target(out)  # a report and figures of someone else's are never overwritten
         out.parent.mkdir(parents=True, exist_ok=True)
         text = sweep_report(directory, out) if sweep else run_report(directory, out)
