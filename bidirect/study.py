@@ -3,6 +3,7 @@ into a run folder (its layout: rundir.RunFolder, drawn in docs/design.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -338,8 +339,10 @@ def reevaluate(run_dir: Path, accelerator: Accelerator | None = None) -> dict[st
     """Evaluate the saved final models of a run again and rewrite its results.json, holding the run's lock
     (a `bidirect run` writing results.json meanwhile is refused, not raced)."""
     cfg = require_run_dir(run_dir)
-    with rundir.writing(run_dir, "run", mark=True):
-        accelerator = accelerator or make_accelerator(cfg)
+    accelerator = accelerator or make_accelerator(cfg)
+    # Under `accelerate launch` the main process locks; its peers evaluate under its lock (as in a run).
+    holding = rundir.writing(run_dir, "run", mark=True) if accelerator.is_main_process else contextlib.nullcontext()
+    with holding:
         run = RunFolder(run_dir)
         data, tokenizer = StudyData.load(run.data), read_tokenizer(run_dir)
         results = read_results(run_dir) if run.results.is_file() else {"results": {}}
