@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,16 @@ def quiet_libraries() -> None:
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
+    # accelerate's save_state drops a tied LM head's duplicate on every checkpoint and warns each time; the
+    # tie is the model's own (models.py), so that one line is noise. Its other warnings still show.
+    saving = logging.getLogger("accelerate.utils.other")
+    if not any(isinstance(f, _SharedTensorFilter) for f in saving.filters):
+        saving.addFilter(_SharedTensorFilter())
+
+
+class _SharedTensorFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in str(record.msg)  # "[RANK 0] Removed shared tensor ..."
 
 
 COLUMNS = ["augmentation", "backbone", "level", "attribute", "accuracy", "ci_low", "ci_high", "items", "people"]

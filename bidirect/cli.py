@@ -78,14 +78,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_summary(args: argparse.Namespace) -> None:
     from bidirect.analysis.seeds import aggregate, write_summary
     from bidirect.report.tables import comparison_tables, print_results, runs_markdown, summary_table
-    from bidirect.rundir import read_results
+    from bidirect.rundir import RESULTS_FILE, RunFolder, read_results, writing
     from bidirect.sweep import is_sweep_dir
 
     sweeps = [Path(d) for d in args.run_dirs if is_sweep_dir(Path(d))]
+    for d in map(Path, args.run_dirs):
+        # Only a sweep bidirect wrote pools its cells as seeds: a folder of unrelated runs is not one.
+        if d not in sweeps and not RunFolder(d).results.exists() and any(d.glob(f"*/{RESULTS_FILE}")):
+            raise RunDirError(f"{d}: not a run folder (no {RESULTS_FILE}) nor a sweep folder (no .bidirect marker, "
+                              f"nor a sweep.yaml and sweep.json of one); to compare the runs in it: "
+                              f"`bidirect summary {d}/*`")
     for sweep_dir in sweeps:
-        summary = aggregate(sweep_dir)
-        console.print(summary_table(summary))
-        console.print(f"summary: {write_summary(sweep_dir, summary)}")
+        with writing(sweep_dir, "sweep"):  # summary.json is written under the sweep's lock
+            summary = aggregate(sweep_dir)
+            console.print(summary_table(summary))
+            console.print(f"summary: {write_summary(sweep_dir, summary)}")
     runs = {d: read_results(Path(d)) for d in args.run_dirs if Path(d) not in sweeps}
     if len(runs) == 1 and not sweeps:
         print_results(console, next(iter(runs.values())))
@@ -115,10 +122,10 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         opened = sweep_lib.open_sweep_dir(out, sweep, Path(args.config), write=False)
     with contextlib.closing(opened.opened) if opened.opened is not None else contextlib.nullcontext():
         sweep_lib.run_sweep(opened, out, accelerator, console)
-    if accelerator.is_main_process:
-        summary = aggregate(out)
-        console.print(summary_table(summary))
-        console.print(f"summary: {write_summary(out, summary)}")
+        if accelerator.is_main_process:  # still under the sweep's lock
+            summary = aggregate(out)
+            console.print(summary_table(summary))
+            console.print(f"summary: {write_summary(out, summary)}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:

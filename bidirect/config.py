@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import math
+import os
 import re
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -682,6 +685,24 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def _not_a_file(path: Path) -> str:
+    """What ``path``, which is no regular file, is instead: a named pipe would hang a reader and /dev/null
+    reads as an empty study, so each is named, not reported as missing."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "is a symbolic link that loops; point it at a YAML file"
+        if path.is_symlink():
+            return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+        return "does not exist"
+    for test, what in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return f"is {what}, not a YAML file"
+    return "is not a regular file"
+
+
 def read_yaml(path: str | Path, what: str = "config file") -> Any:
     """A YAML file's contents; a missing, unreadable, non-UTF-8 or invalid file, or a key given twice,
     is a `ConfigError` naming the file."""
@@ -689,7 +710,7 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
     if path.is_dir():
         raise ConfigError(f"{what} {path} is a folder, not a YAML file")
     if not path.is_file():
-        raise ConfigError(f"{what} {path} does not exist")
+        raise ConfigError(f"{what} {path} {_not_a_file(path)}")
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as err:

@@ -42,7 +42,7 @@ from transformers import (
 )
 
 from bidirect.config import BACKBONE_KINDS, ModelSize
-from bidirect.rundir import RunDirError
+from bidirect.rundir import CONFIG_FILE, MODELS_DIR, RESULTS_FILE, RunDirError
 
 Kind = Literal["causal", "masked"]
 
@@ -225,8 +225,18 @@ def backbone_kind(name: str) -> Kind:
     return _spec(name).kind
 
 
-# A damaged saved model: training is deterministic, so the phase trained again is the same model.
-_RETRAIN = "the file is damaged: delete {} and run the study again with --resume to train that phase anew"
+def _retrain(model_dir: Path) -> str:
+    """Advice that works for a damaged saved model: training is deterministic, so the phase trained again is
+    the same model. A resume skips every cell results.json already holds, so that file goes too (a resume
+    writes it again from the saved phases, training only the deleted one)."""
+    phase = model_dir.parent
+    run = phase.parents[3] if len(phase.parents) > 3 and phase.parents[2].name == MODELS_DIR else None
+    if run is None or not (run / CONFIG_FILE).is_file():
+        return f"the file is damaged: delete {phase} and train that phase anew"
+    results = run / RESULTS_FILE
+    away = f"move {results} away, " if results.exists() else ""
+    return (f"the file is damaged: delete {phase}, {away}then `bidirect run {run / CONFIG_FILE} --out {run} --resume` "
+            "trains that phase anew")
 
 
 def load_backbone(path: str | Path) -> PreTrainedModel:
@@ -238,7 +248,7 @@ def load_backbone(path: str | Path) -> PreTrainedModel:
     try:
         architectures = json.loads(config_file.read_text()).get("architectures") or []
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
-        raise RunDirError(f"corrupt model config {config_file}: {err}; {_RETRAIN.format(path.parent)}") from None
+        raise RunDirError(f"corrupt model config {config_file}: {err}; {_retrain(path)}") from None
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise FileNotFoundError(f"no weights in {path} (expected model.safetensors next to config.json)")
     auto = AutoModelForMaskedLM if any(a.endswith("ForMaskedLM") for a in architectures) else AutoModelForCausalLM
@@ -246,7 +256,7 @@ def load_backbone(path: str | Path) -> PreTrainedModel:
         return auto.from_pretrained(str(path))
     except Exception as err:  # safetensors, torch and OS errors alike: say which folder, not where deep inside
         raise RunDirError(f"could not load the model saved at {path}: {type(err).__name__}: {str(err)[:200]}; "
-                          f"{_RETRAIN.format(path.parent)}") from None
+                          f"{_retrain(path)}") from None
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

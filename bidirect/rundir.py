@@ -4,14 +4,18 @@ bidirect's own, what ``--force`` may replace, and the lock held while a process 
 Every path inside a run or sweep folder is spelled here (`RunFolder`, the ``*_FILE`` names); the
 other modules ask for them. The layout, drawn as a tree, is in docs/design.md.
 
-Every run folder and sweep folder bidirect creates holds a marker, ``.bidirect``, a small JSON
-of what it is. ``--force`` replaces only a folder with that marker (or a run or sweep folder of a
-version before the marker, recognised by the files only bidirect writes together), and never
-``/``, the home folder, the current folder or one of its ancestors, whatever they hold: a wrong
-``--out`` must cost an error message, not someone's files. A replaced folder is moved aside, not
-deleted, until the new run is known to start (`replace` and `settle`).
+bidirect deletes or overwrites only what it can prove it wrote (issue 22). Every run folder and sweep
+folder it creates holds a marker, ``.bidirect``: a small JSON of what it is, a regular file (a link
+there is neither trusted nor written through). A folder of a version before the marker is recognised
+by its content, not by file names: a run's results.json records the config in its config.yaml, a
+sweep's sweep.json is a manifest of the axes in its sweep.yaml (`legacy_why_not`). Such a folder is
+marked by a resume (a file added, nothing deleted); ``--force`` replaces only a marked folder whose
+every entry is one of its layout's (`RUN_ENTRIES`, `SWEEP_ENTRIES`, a sweep's cells: `foreign_entries`),
+and never ``/``, the home folder, the current folder or one of its ancestors, whatever they hold: a
+wrong ``--out`` must cost an error message, not someone's files. A replaced folder is moved aside,
+not deleted, until the new run is known to start (`replace` and `settle`).
 
-A process that writes to a folder holds a lock on its marker (`Lock`); a second process is
+A process that writes to a folder holds a lock on its marker (`Lock`, `writing`); a second process is
 refused with the holder's pid and command line. The lock ends with its process, so a run killed
 with SIGKILL leaves none behind. Under ``accelerate launch`` only the main process locks: its
 peers write to the folder it holds.
@@ -27,10 +31,13 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import socket
+import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -43,38 +50,191 @@ Kind = Literal["run", "sweep"]
 # A run folder
 CONFIG_FILE = "config.yaml"  # the study, as run (a resume must match it)
 RESULTS_FILE = "results.json"  # every level of every cell, the baselines, the training summaries
+DATA_DIR, TOKENIZER_DIR, MODELS_DIR = "data", "tokenizer", "models"
 TOKENIZER_SHA_FILE = "tokenizer.sha256"  # of tokenizer/tokenizer.json, written with it: a swapped one is caught
 PROBE_FILE, CAPACITY_FILE, REPORT_FILE = "probe.json", "capacity.json", "report.md"  # the analyses' outputs
+REPORT_DIR = "report"  # REPORT_FILE's figures: a report's figures go to the folder named by its file's stem
+TRACKERS_DIR = "trackers"  # local experiment trackers' files (tracking.log_with)
+# In a report's figure folder: the report and the figures bidirect wrote there, with their hashes, so that
+# a later report replaces only those (a user's figure or edited report is never overwritten).
+FIGURES_MANIFEST = ".bidirect-report.json"
 # A phase folder (models/AUGMENTATION/BACKBONE/PHASE), which the trainer fills
 MODEL_DIR, LOG_FILE, DONE_FILE, CHECKPOINTS_DIR = "model", "log.jsonl", "phase.json", "checkpoints"
 STATE_FILE = "trainer_state.json"  # written last into a checkpoint (checkpoints/step_N): it marks it complete
 # A sweep folder: one run folder per cell beside these
 SWEEP_FILE, MANIFEST_FILE, SUMMARY_FILE = "sweep.yaml", "sweep.json", "summary.json"
-# What a run or sweep folder of a version before the marker holds; only bidirect writes these together.
-LEGACY = {"run": (CONFIG_FILE, RESULTS_FILE), "sweep": (SWEEP_FILE, MANIFEST_FILE)}
+# What bidirect writes at the top of a run folder, and of a sweep folder beside its cells (the folders
+# of the cells its manifest lists): --force replaces a folder only when it holds nothing else.
+_FOLDERS = {DATA_DIR, TOKENIZER_DIR, MODELS_DIR, REPORT_DIR, TRACKERS_DIR}
+RUN_ENTRIES = frozenset({MARKER, CONFIG_FILE, RESULTS_FILE, DATA_DIR, TOKENIZER_DIR, TOKENIZER_SHA_FILE, MODELS_DIR,
+                         PROBE_FILE, CAPACITY_FILE, REPORT_FILE, REPORT_DIR, TRACKERS_DIR})
+SWEEP_ENTRIES = frozenset({MARKER, SWEEP_FILE, MANIFEST_FILE, SUMMARY_FILE, REPORT_FILE, REPORT_DIR, TRACKERS_DIR})
+KINDS: tuple[Kind, ...] = ("run", "sweep")
 
 
 class RunDirError(ValueError):
     """The run folder cannot be used as asked; the message says why and what to do."""
 
 
+# --------------------------------------------------------------------------- what proves a folder bidirect's
+
+
+def read_regular(path: Path, limit: int = 1 << 26) -> bytes | None:
+    """The bytes of ``path`` when it is a regular file, else None: a symbolic link is not followed and a
+    named pipe is not waited on, so that nothing a user put there under a bidirect name is trusted."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return f.read(limit)
+
+
+def _read_json_regular(path: Path) -> Any:
+    """A regular file's JSON, or None (missing, a link, not JSON)."""
+    raw = read_regular(path)
+    try:
+        return None if raw is None else json.loads(raw)
+    except ValueError:
+        return None
+
+
+def check_marker(folder: Path) -> None:
+    """Refuse a marker that is not a regular file: a link to a user's file is neither trusted (it would
+    make their folder look bidirect's) nor written through."""
+    marker = folder / MARKER
+    if marker.is_symlink():
+        raise RunDirError(f"{marker}: a symbolic link, not bidirect's marker; bidirect neither trusts nor writes "
+                          "through it. Remove the link (what it points to is not touched) if the folder is "
+                          "bidirect's, or give another folder.")
+    if marker.exists() and not marker.is_file():
+        raise RunDirError(f"{marker}: not a regular file, so not bidirect's marker; bidirect will not use this "
+                          "folder. Give another folder.")
+
+
 def write_marker(folder: Path, kind: Kind) -> None:
-    (folder / MARKER).write_text(json.dumps({"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+    check_marker(folder)
+    write_text_atomic(folder / MARKER,
+                      json.dumps({"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+
+
+def marker_kind(folder: Path) -> Kind | None:
+    """``run`` or ``sweep`` for a folder whose marker (a regular file) says so, else None."""
+    meta = _read_json_regular(folder / MARKER)
+    kind = meta.get("kind") if isinstance(meta, dict) else None
+    return kind if kind in KINDS else None
+
+
+def _same_config(saved: Path, recorded: Any) -> bool:
+    """``saved`` (a config.yaml) and ``recorded`` (results.json's ``config``) are one study, both read by
+    today's loader (a config written before a key moved is read as `config.load` reads it)."""
+    try:
+        mine = config_lib.load(saved, saved=True).to_dict()
+        theirs = config_lib.from_dict(config_lib.migrate_saved(recorded)).to_dict()
+    except (config_lib.ConfigError, RecursionError, TypeError, ValueError):
+        return False
+    return mine == theirs
+
+
+def manifest_why_not(meta: Any) -> str | None:
+    """Why ``meta`` (a parsed sweep.json) is not a sweep manifest bidirect wrote, or None."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("axes"), dict) or not isinstance(meta.get("cells"), list):
+        return "it has no axes mapping and cells list"
+    for cell in meta["cells"]:
+        name = cell.get("name") if isinstance(cell, dict) else None
+        # a cell is a folder inside the sweep: one plain name, as `sweep.cell_name` makes it
+        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or name.startswith(".") \
+                or not isinstance(cell.get("values"), dict):
+            return f"a cell is not a name and values: {str(cell)[:60]}"
+    return None
+
+
+def legacy_why_not(folder: Path, kind: Kind) -> str | None:
+    """None when ``folder`` is a ``kind`` folder of a version before the marker, proved by content; else
+    what is missing. A run: results.json is a bidirect results file recording the config in config.yaml.
+    A sweep: sweep.json is a manifest of the axes that sweep.yaml sweeps. Two file names prove nothing."""
+    if kind == "run":
+        if read_regular(folder / CONFIG_FILE, 0) is None or read_regular(folder / RESULTS_FILE, 0) is None:
+            return f"no {CONFIG_FILE} and {RESULTS_FILE} as regular files"
+        results = _read_json_regular(folder / RESULTS_FILE)
+        if not isinstance(results, dict) or not isinstance(results.get("results"), dict) \
+                or not isinstance(results.get("config"), dict):
+            return f"its {RESULTS_FILE} is not a bidirect results file (results and config)"
+        if not _same_config(folder / CONFIG_FILE, results["config"]):
+            return f"its {RESULTS_FILE} does not record the config in {CONFIG_FILE}"
+        return None
+    if read_regular(folder / SWEEP_FILE, 0) is None or read_regular(folder / MANIFEST_FILE, 0) is None:
+        return f"no {SWEEP_FILE} and {MANIFEST_FILE} as regular files"
+    meta = _read_json_regular(folder / MANIFEST_FILE)
+    why = manifest_why_not(meta)
+    if why is not None:
+        return f"its {MANIFEST_FILE} is not a sweep manifest ({why})"
+    try:
+        study = config_lib.read_yaml(folder / SWEEP_FILE, "sweep file")
+    except config_lib.ConfigError:
+        study = None
+    axes = study.get("sweep") if isinstance(study, dict) else None
+    if not isinstance(axes, dict) or list(axes) != list(meta["axes"]):
+        return f"its {MANIFEST_FILE} does not list the axes of {SWEEP_FILE}"
+    return None
 
 
 def folder_kind(folder: Path) -> Kind | None:
-    """``run`` or ``sweep`` for a folder bidirect wrote, else None."""
-    marker = folder / MARKER
-    if marker.is_file():
-        try:
-            kind = json.loads(marker.read_text()).get("kind")
-        except (OSError, ValueError, AttributeError):
-            return None  # a damaged marker proves nothing
-        return kind if kind in LEGACY else None
-    for kind, files in LEGACY.items():
-        if all((folder / f).is_file() for f in files):
+    """``run`` or ``sweep`` for a folder bidirect wrote (its marker, or the content of an older one), else None."""
+    kind = marker_kind(folder)
+    if kind is not None or (folder / MARKER).is_symlink():
+        return kind
+    for kind in KINDS:
+        if legacy_why_not(folder, kind) is None:
             return kind
     return None
+
+
+def _entry_ok(entry: os.DirEntry, allowed: frozenset[str] | set[str], folders: set[str]) -> bool:
+    """An entry bidirect writes: a name of its layout (a folder where the layout has a folder, a regular
+    file elsewhere; never a link), or the temporary name of one (``.results.json.tmp``)."""
+    name = entry.name
+    if name.startswith(".") and name.endswith(".tmp") and name[1:-4] in allowed:
+        name = name[1:-4]
+    if name not in allowed or entry.is_symlink():
+        return False
+    return entry.is_dir() if name in folders else entry.is_file()
+
+
+def foreign_entries(folder: Path, kind: Kind) -> list[str]:
+    """What in ``folder`` (a ``kind`` folder) bidirect did not write, as paths relative to it: entries
+    outside its layout, links, a report.md its report manifest does not account for, a summary.json that
+    is not a summary; in a sweep, the same inside each cell its manifest lists. Inside a folder of the
+    layout (models/, data/) everything is bidirect's: it created the folder."""
+    if kind == "sweep":
+        meta = _read_json_regular(folder / MANIFEST_FILE)
+        cells = {c["name"] for c in meta["cells"]} if manifest_why_not(meta) is None else set()
+        allowed, folders = SWEEP_ENTRIES | cells, _FOLDERS | cells
+    else:
+        cells, allowed, folders = set(), RUN_ENTRIES, _FOLDERS
+    foreign = []
+    with os.scandir(folder) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if not _entry_ok(entry, allowed, folders):
+                foreign.append(entry.name)
+            elif entry.name in cells:
+                foreign += [f"{entry.name}/{name}" for name in foreign_entries(Path(entry.path), "run")]
+    if REPORT_FILE not in foreign and (folder / REPORT_FILE).is_file():
+        why = report_why_not(folder / REPORT_FILE)
+        if why is not None:
+            foreign += [REPORT_FILE] + [f"{REPORT_DIR}/{n}" for n in why[1]]
+    if kind == "sweep" and SUMMARY_FILE not in foreign and (folder / SUMMARY_FILE).exists() \
+            and not is_summary(folder / SUMMARY_FILE):
+        foreign.append(SUMMARY_FILE)
+    return foreign
+
+
+def is_summary(path: Path) -> bool:
+    """``path`` is a summary.json that `analysis.seeds` wrote (its keys), not a user's file of that name."""
+    summary = _read_json_regular(path)
+    return isinstance(summary, dict) and {"rows", "pooled", "group_by", "axes"} <= set(summary)
 
 
 def forbidden(folder: Path) -> str | None:
@@ -95,18 +255,44 @@ def forbidden(folder: Path) -> str | None:
     return None
 
 
+def _few(names: list[str]) -> str:
+    shown = ", ".join(names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
 def check_replaceable(folder: Path, kind: Kind, option: str = "--out") -> None:
-    """Raise unless ``--force`` may delete ``folder``: a bidirect folder of ``kind`` that is none of
-    the folders `forbidden` names."""
+    """Raise unless ``--force`` may delete ``folder``: a marked bidirect folder of ``kind`` holding only
+    what bidirect writes there, and none of the folders `forbidden` names."""
     why = "it is a symbolic link (give the folder it points to)" if folder.is_symlink() else forbidden(folder)
     if why is not None:
         raise RunDirError(f"{option} {folder}: --force will not delete it: {why}. Give a new folder as {option}.")
-    found = folder_kind(folder)
-    if found != kind:
-        what = f"a bidirect {found} folder, not a {kind} folder" if found else \
-            f"not a folder bidirect wrote (no {MARKER} marker)"
+    check_marker(folder)
+    found = marker_kind(folder)
+    if found is None:
+        legacy = {k: legacy_why_not(folder, k) for k in KINDS}
+        old = next((k for k in KINDS if legacy[k] is None), None)
+        if old == kind:
+            config = folder / (CONFIG_FILE if kind == "run" else SWEEP_FILE)
+            how = f"`bidirect run {config} --out {folder} --resume`" if kind == "run" else \
+                f"`bidirect sweep {config} --out {folder}`"
+            raise RunDirError(
+                f"{option} {folder}: --force will not delete it: it is a {kind} folder of a bidirect version before "
+                f"the {MARKER} marker, and --force replaces only marked folders. Mark it with {how} (adds the "
+                "marker, deletes nothing), then --force; or delete it yourself.")
+        if old is None:
+            what = f"not a folder bidirect wrote (no {MARKER} marker; {legacy[kind]})"
+        else:
+            what = f"a bidirect {old} folder, not a {kind} folder"
         raise RunDirError(f"{option} {folder}: --force will not delete it: it is {what}. "
                           f"Give a new or empty folder as {option}, or delete it yourself.")
+    if found != kind:
+        raise RunDirError(f"{option} {folder}: --force will not delete it: it is a bidirect {found} folder, not a "
+                          f"{kind} folder. Give a new or empty folder as {option}, or delete it yourself.")
+    foreign = foreign_entries(folder, kind)
+    if foreign:
+        raise RunDirError(f"{option} {folder}: --force will not delete it: it holds {len(foreign)} "
+                          f"entr{'y' if len(foreign) == 1 else 'ies'} bidirect did not write ({_few(foreign)}); "
+                          f"move them out of it, or give another {option}")
 
 
 def aside_path(folder: Path) -> Path:
@@ -119,7 +305,7 @@ def replace(folder: Path, kind: Kind) -> Path:
     check_replaceable(folder, kind)
     check_unlocked(folder)
     aside = aside_path(folder)
-    if aside.exists():
+    if aside.exists() or aside.is_symlink():
         raise RunDirError(f"--out {folder}: {aside} holds the folder an interrupted --force replaced; "
                           f"move it back to {folder} or delete it, then try again")
     folder.rename(aside)
@@ -152,15 +338,26 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write, then rename: a reader never sees half a file. Always valid JSON (NaN is written null)."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a temporary file beside ``path``, then rename it over ``path``: a reader never sees half a
+    file, and a link at either name is replaced, never written through (the temporary file is created
+    anew, O_EXCL | O_NOFOLLOW)."""
     tmp = path.with_name(f".{path.name}.tmp")
+    if tmp.is_symlink() or tmp.is_file():  # a leftover of a killed write (or a link): only the name goes
+        tmp.unlink()
     try:
-        tmp.write_text(json.dumps(_finite(obj), indent=2, allow_nan=False))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
     except BaseException:  # a full disk: no half file left behind
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """`write_text_atomic` of JSON, always valid (NaN is written null)."""
+    write_text_atomic(path, json.dumps(_finite(obj), indent=2, allow_nan=False))
 
 
 def read_json(path: Path, what: str, advice: str) -> Any:
@@ -169,6 +366,71 @@ def read_json(path: Path, what: str, advice: str) -> Any:
         return json.loads(path.read_text())
     except (ValueError, OSError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise RunDirError(f"{path}: {what} is damaged ({type(err).__name__}: {str(err)[:120]}); {advice}") from None
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def report_why_not(report: Path) -> tuple[str, list[str]] | None:
+    """None when bidirect may replace the report ``report`` (a .md file) and its figure folder (the
+    file's stem): each is absent, or listed in the folder's `FIGURES_MANIFEST` with the hash it had when
+    written, or (a report written before the manifest) the Markdown starts with bidirect's heading and
+    the folder holds only the PNG figures it links to. Else (why, the folder's entries it did not write)."""
+    figures = report.with_suffix("")
+    if figures.is_symlink() or (figures.exists() and not figures.is_dir()):
+        return f"{figures} is not a folder bidirect made", []
+    entries = sorted(p.name for p in figures.iterdir()) if figures.is_dir() else []
+    manifest = _read_json_regular(figures / FIGURES_MANIFEST)
+    if isinstance(manifest, dict) and isinstance(manifest.get("figures"), dict):
+        listed = manifest["figures"]
+        foreign = [n for n in entries if n != FIGURES_MANIFEST and
+                   (n not in listed or read_regular(figures / n) is None or file_sha(figures / n) != listed[n])]
+        if foreign:
+            return f"{figures}: holds files bidirect did not write ({_few(foreign)})", foreign
+        if report.exists() or report.is_symlink():
+            if read_regular(report) is None or manifest.get("report") != [report.name, file_sha(report)]:
+                return "changed since bidirect wrote it (or it is not bidirect's)", []
+        return None
+    if not report.exists() and not report.is_symlink():
+        foreign = entries
+        return (f"{figures}: holds files bidirect did not write ({_few(foreign)})", foreign) if foreign else None
+    text = (read_regular(report) or b"").decode(errors="replace")
+    if not text.startswith(("# bidirect report: ", "# bidirect sweep report: ")):
+        return "exists and bidirect did not write it", []
+    linked = set(re.findall(rf"\]\({re.escape(figures.name)}/([^)/]+\.png)\)", text))
+    foreign = [n for n in entries if n not in linked or not (figures / n).is_file() or (figures / n).is_symlink()]
+    return (f"{figures}: holds files bidirect did not write ({_few(foreign)})", foreign) if foreign else None
+
+
+def check_report_target(report: Path) -> None:
+    """Raise unless a report may be written to ``report`` (`report_why_not`)."""
+    why = report_why_not(report)
+    if why is not None:
+        raise RunDirError(f"--out {report}: {why[0]}; bidirect overwrites only a report and figures it wrote. "
+                          "Move them away, or give another --out.")
+
+
+def clear_report(report: Path) -> Path:
+    """Remove the figures of the report ``report`` wrote before (checked by `check_report_target`: only
+    its own) and return its figure folder, made."""
+    figures = report.with_suffix("")
+    check_report_target(report)
+    figures.mkdir(parents=True, exist_ok=True)
+    for old in figures.iterdir():
+        old.unlink()
+    return figures
+
+
+def record_report(report: Path, figures: list[Path]) -> None:
+    """Write ``report``'s manifest: the report and each figure with its hash, what the next report may replace."""
+    folder = report.with_suffix("")
+    write_json_atomic(folder / FIGURES_MANIFEST, {
+        "report": [report.name, file_sha(report)],
+        "figures": {p.name: file_sha(p) for p in figures if p.parent == folder}})
 
 
 # --------------------------------------------------------------------------- lock
@@ -212,7 +474,10 @@ class Lock:
 
     def acquire(self) -> Lock:
         marker = self.folder / MARKER
-        f = open(marker, "rb")  # noqa: SIM115 (held open until the last release: the lock lives with it)
+        check_marker(self.folder)
+        # O_NOFOLLOW: a marker swapped for a link since it was checked locks nothing of a user's
+        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        f = os.fdopen(fd, "rb")  # held open until the last release: the lock lives with it
         st = os.fstat(f.fileno())
         key = (st.st_dev, st.st_ino)
         if key in Lock._held:
@@ -242,8 +507,33 @@ class Lock:
 
 def check_unlocked(folder: Path) -> None:
     """Raise if another process holds ``folder``'s lock."""
-    if (folder / MARKER).is_file():
+    if (folder / MARKER).is_file() and not (folder / MARKER).is_symlink():
         Lock(folder).acquire().release()
+
+
+@contextmanager
+def writing(folder: Path, kind: Kind, mark: bool = False) -> Iterator[None]:
+    """While a command writes into an existing ``kind`` folder (eval, probe, capacity, report, summary):
+    the folder proved bidirect's, and its lock held. A folder of a version before the marker has no
+    lock to take; ``mark`` (eval, which rewrites results.json as a resume does) marks it first, as a
+    resume would. Without ``mark`` such a folder is written unlocked: a process of this version that
+    writes one marks it first, so none holds it."""
+    check_marker(folder)
+    found = folder_kind(folder)
+    if found != kind:
+        what = f"a bidirect {found} folder" if found else \
+            f"not a folder bidirect wrote (no {MARKER} marker; {legacy_why_not(folder, kind)})"
+        raise RunDirError(f"{folder}: not a {kind} folder: it is {what}; bidirect will not write into it")
+    if marker_kind(folder) is None:
+        if not mark:
+            yield
+            return
+        write_marker(folder, kind)
+    lock = Lock(folder).acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class Opened:
@@ -299,11 +589,11 @@ class RunFolder:
 
     @property
     def data(self) -> Path:
-        return self.root / "data"
+        return self.root / DATA_DIR
 
     @property
     def tokenizer(self) -> Path:
-        return self.root / "tokenizer"
+        return self.root / TOKENIZER_DIR
 
     @property
     def tokenizer_sha(self) -> Path:
@@ -314,7 +604,7 @@ class RunFolder:
         return self.root / name
 
     def cell(self, augmentation: str, backbone: str) -> Path:
-        return self.root / "models" / augmentation / backbone
+        return self.root / MODELS_DIR / augmentation / backbone
 
     def phase(self, augmentation: str, backbone: str, phase: str) -> Path:
         return self.cell(augmentation, backbone) / phase
@@ -332,12 +622,25 @@ def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: b
     (moved aside until the new run passes its checks). Locks it; the caller closes the result."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--out {run_dir}: is a file, not a folder")
+    if resume and force:  # the CLI's options exclude each other; a library caller gets the same answer
+        raise RunDirError(f"{run_dir}: resume=True and force=True contradict each other (resume continues the run "
+                          "there, force replaces it); give one")
     existing = run_dir.is_dir() and any(run_dir.iterdir())
     saved = RunFolder(run_dir).config
     aside = None
     if existing and force:
         aside = replace(run_dir, "run")
     elif existing and resume:
+        check_marker(run_dir)
+        found = marker_kind(run_dir)
+        if found is None:  # a run of a version before the marker is adopted only on proof, not on its file names
+            why = legacy_why_not(run_dir, "run")
+            if why is not None:
+                raise RunDirError(f"--resume {run_dir}: not a bidirect run folder (no {MARKER} marker, and {why}); "
+                                  "bidirect will not write into it. Give another --out.")
+            found = "run"
+        if found != "run":
+            raise RunDirError(f"--resume {run_dir}: a bidirect {found} folder, not a run folder; give a run folder")
         if not saved.is_file():
             raise RunDirError(f"--resume {run_dir}: no {CONFIG_FILE} there, so it is not a bidirect run folder")
         if config_lib.load(saved, saved=True).to_dict() != cfg.to_dict():
@@ -345,7 +648,7 @@ def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: b
                 f"--resume {run_dir}: the config differs from the one this run started with ({saved}); "
                 "resume with that config or start a new run folder"
             )
-        if folder_kind(run_dir) is None:  # a run of a version before the marker: the config proves it ours
+        if marker_kind(run_dir) is None:  # proved by its results.json: marked, nothing deleted
             write_marker(run_dir, "run")
         return Opened(run_dir, Lock(run_dir).acquire())
     elif existing:
@@ -379,6 +682,10 @@ def read_results(run_dir: Path) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: no such run folder")
     path = RunFolder(run_dir).results
+    if not path.is_file() and not RunFolder(run_dir).config.is_file() and any(run_dir.glob(f"*/{RESULTS_FILE}")):
+        # run folders side by side in a folder bidirect did not write: no sweep, so not pooled as one
+        raise RunDirError(f"{run_dir}: not a run folder (no {RESULTS_FILE}) nor a sweep folder (no {MARKER} marker, "
+                          f"nor a {SWEEP_FILE} and {MANIFEST_FILE} of one); give one of the run folders in it")
     if not path.is_file():
         raise RunDirError(f"{run_dir}: no {RESULTS_FILE} (the run has not evaluated anything yet)")
     try:
@@ -395,17 +702,60 @@ def read_results(run_dir: Path) -> dict[str, Any]:
     return results
 
 
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _clear_tmp(path: Path) -> None:
+    """Remove a temporary folder of bidirect's (a killed write's leftover); a link there goes as a link."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _saved_data_why_not(folder: Path) -> str | None:
+    """None when ``folder`` is data `StudyData.save` wrote: its hash file (``sha256``, 64 hex digits) and
+    nothing but datasets saved by `datasets` (each folder with its dataset_info.json or dataset_dict.json);
+    else what bidirect did not write."""
+    if folder.is_symlink() or not folder.is_dir():
+        return "a link or a file, not a folder bidirect made"
+    foreign = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name == "sha256":
+            ok = re.fullmatch(rb"[0-9a-f]{64}\n?", read_regular(entry) or b"") is not None
+        else:
+            ok = entry.is_dir() and not entry.is_symlink() and \
+                ((entry / "dataset_info.json").is_file() or (entry / "dataset_dict.json").is_file())
+        if not ok:
+            foreign.append(entry.name)
+    if not (folder / "sha256").is_file():
+        return f"not data bidirect saved ({_few(foreign) or 'no sha256'})"
+    return f"not data bidirect saved ({_few(foreign)})" if foreign else None
+
+
+def check_fresh_data(run_dir: Path) -> None:
+    """Before data and a tokenizer are made in ``run_dir``: refuse to replace a data/ or tokenizer/ that
+    bidirect did not write. data/ may be a killed run's (saved before its tokenizer); a tokenizer/ without
+    tokenizer.json never is (it is renamed into place whole)."""
+    run = RunFolder(run_dir)
+    if run.data.exists() or run.data.is_symlink():
+        why = _saved_data_why_not(run.data)
+        if why is not None:
+            raise RunDirError(f"{run.data}: {why}; bidirect replaces only data it saved. Move it away, then run the "
+                              "same command again.")
+    if run.tokenizer.is_symlink() or (run.tokenizer.exists() and
+                                      (not run.tokenizer.is_dir() or any(run.tokenizer.iterdir()))):
+        raise RunDirError(f"{run.tokenizer}: holds no tokenizer.json, so not a tokenizer bidirect saved; move it "
+                          "away, then run the same command again.")
 
 
 def write_data(run_dir: Path, data: Any) -> None:
-    """Save the run's `StudyData` (its own format, `StudyData.save`) aside, then rename it into place."""
+    """Save the run's `StudyData` (its own format, `StudyData.save`) aside, then rename it into place (over
+    data bidirect saved: `check_fresh_data`)."""
     run = RunFolder(run_dir)
-    tmp = run_dir / ".data.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    check_fresh_data(run_dir)
+    tmp = run_dir / f".{DATA_DIR}.tmp"
+    _clear_tmp(tmp)
     data.save(tmp)
-    shutil.rmtree(run.data, ignore_errors=True)
+    if run.data.exists():
+        shutil.rmtree(run.data)
     tmp.rename(run.data)
 
 
@@ -413,13 +763,13 @@ def write_tokenizer(run_dir: Path, tokenizer: Any) -> None:
     """Save the run's tokenizer with the hash `read_tokenizer` checks. Written aside, hashed, then renamed:
     a kill leaves either no tokenizer (made again) or a whole one."""
     run = RunFolder(run_dir)
-    tmp = run_dir / ".tokenizer.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    check_fresh_data(run_dir)
+    tmp = run_dir / f".{TOKENIZER_DIR}.tmp"
+    _clear_tmp(tmp)
     tokenizer.save_pretrained(str(tmp))
-    sha = tmp / ".sha256.tmp"
-    sha.write_text(f"{_file_sha(tmp / 'tokenizer.json')}  tokenizer/tokenizer.json\n")
-    os.replace(sha, run.tokenizer_sha)
-    shutil.rmtree(run.tokenizer, ignore_errors=True)
+    write_text_atomic(run.tokenizer_sha, f"{file_sha(tmp / 'tokenizer.json')}  tokenizer/tokenizer.json\n")
+    if run.tokenizer.exists():
+        run.tokenizer.rmdir()  # empty (check_fresh_data)
     os.replace(tmp, run.tokenizer)
 
 
@@ -444,7 +794,7 @@ def read_tokenizer(run_dir: Path) -> Any:
         ) from None
     if run.tokenizer_sha.is_file():  # runs made before the hash was recorded are not checked
         expected = (run.tokenizer_sha.read_text().split() or [""])[0]
-        actual = _file_sha(run.tokenizer / "tokenizer.json")
+        actual = file_sha(run.tokenizer / "tokenizer.json")
         if actual != expected:
             raise RunDirError(
                 f"{run.tokenizer}: the tokenizer does not match the run (sha256 of tokenizer.json is {actual[:12]}..."

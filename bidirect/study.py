@@ -3,6 +3,7 @@ into a run folder (its layout: rundir.RunFolder, drawn in docs/design.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -39,6 +40,7 @@ def prepare_data(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | Non
     """Generate (or load, when already there) the data and the tokenizer of a study."""
     is_main = accelerator is None or accelerator.is_main_process
     if is_main and not rundir.has_tokenizer(run_dir):
+        rundir.check_fresh_data(run_dir)  # before minutes of generation: a data/ of someone else's is refused
         data = generate(cfg.data, cfg.augmentations(), cfg.seed)
         rundir.write_data(run_dir, data)
         # P_test QA never reaches the tokenizer either: bios and P_train QA only.
@@ -325,7 +327,7 @@ def make_accelerator(cfg: StudyConfig, folder: Path | None = None) -> Accelerato
         mixed_precision=precision,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         log_with=log_with or None,
-        project_dir=str(folder / "trackers") if log_with else None,
+        project_dir=str(folder / rundir.TRACKERS_DIR) if log_with else None,
     )
 
 
@@ -383,17 +385,21 @@ def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None =
 
 
 def reevaluate(run_dir: Path, accelerator: Accelerator | None = None) -> dict[str, Any]:
-    """Evaluate the saved final models of a run again and rewrite its results.json."""
+    """Evaluate the saved final models of a run again and rewrite its results.json, holding the run's lock
+    (a `bidirect run` writing results.json meanwhile is refused, not raced)."""
     cfg = require_run_dir(run_dir)
     accelerator = accelerator or make_accelerator(cfg)
-    run = RunFolder(run_dir)
-    data, tokenizer = StudyData.load(run.data), read_tokenizer(run_dir)
-    results = read_results(run_dir) if run.results.is_file() else {"results": {}}
-    for augmentation in [a.name for a in cfg.augmentations()]:
-        for backbone in cfg.backbones:
-            scores = evaluate_cell(cfg, run_dir, backbone.name, tokenizer, data, augmentation, accelerator)
-            results["results"].setdefault(augmentation, {})[backbone.name] = scores
-    results.update(majority_baselines(data, tokenizer))
-    if accelerator.is_main_process:
-        write_json_atomic(run.results, results)
+    # Under `accelerate launch` the main process locks; its peers evaluate under its lock (as in a run).
+    holding = rundir.writing(run_dir, "run", mark=True) if accelerator.is_main_process else contextlib.nullcontext()
+    with holding:
+        run = RunFolder(run_dir)
+        data, tokenizer = StudyData.load(run.data), read_tokenizer(run_dir)
+        results = read_results(run_dir) if run.results.is_file() else {"results": {}}
+        for augmentation in [a.name for a in cfg.augmentations()]:
+            for backbone in cfg.backbones:
+                scores = evaluate_cell(cfg, run_dir, backbone.name, tokenizer, data, augmentation, accelerator)
+                results["results"].setdefault(augmentation, {})[backbone.name] = scores
+        results.update(majority_baselines(data, tokenizer))
+        if accelerator.is_main_process:
+            write_json_atomic(run.results, results)
     return results

@@ -58,7 +58,6 @@ from bidirect.config import (
 )
 from bidirect.rundir import (
     MANIFEST_FILE,
-    RESULTS_FILE,
     SWEEP_FILE,
     RunDirError,
     RunFolder,
@@ -111,6 +110,18 @@ def cell_name(values: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9._+=,-]", "-", name)
 
 
+def _check_folder_names(key: str, values: list[Any]) -> None:
+    """Two values of an axis must not give one cell folder ("run 1", "run-1" and "run/1" are all
+    ``run-1``): the second cell would be skipped as finished, or resume the first's run."""
+    seen: dict[str, Any] = {}
+    for value in values:
+        name = cell_name({key: value})
+        if name in seen:
+            raise ConfigError(f"sweep.{key}: {seen[name]!r} and {value!r} give one folder name ({name}); a cell's "
+                              "folder keeps letters, digits and . _ + = , - only, so make the values differ in those")
+        seen[name] = value
+
+
 def parse(raw: Any, where: str = "sweep file") -> Sweep:
     """Split a parsed sweep file into study and axes and build every cell's config.
 
@@ -143,6 +154,7 @@ def parse(raw: Any, where: str = "sweep file") -> Sweep:
         labels = [value_label(v) for v in values]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"sweep.{key}: a value is listed twice: {values!r}")
+        _check_folder_names(key, values)
         # Each value alone on the study first: an error names the key and the value.
         for i, value in enumerate(values):
             trial = copy.deepcopy(study)
@@ -164,6 +176,10 @@ def parse(raw: Any, where: str = "sweep file") -> Sweep:
             cfg = from_dict(merged)
         except ConfigError as err:  # valid values that do not go together (heads that do not divide a width)
             raise ConfigError(f"sweep cell {name}: {err}") from None
+        twin = next((c for c in sweep.cells if c.name == name), None)
+        if twin is not None:  # values of several axes that spell one name together
+            raise ConfigError(f"sweep: the cells {twin.values} and {values} give one folder name ({name}); make "
+                              "the values differ in letters, digits or . _ + = , -")
         sweep.cells.append(Cell(name, values, cfg))
     return sweep
 
@@ -216,19 +232,17 @@ def load(path: str | Path) -> Sweep:
 
 
 def is_sweep_dir(path: Path) -> bool:
-    """A sweep folder: has sweep.json, or has no results.json of its own but run folders with one."""
-    if not path.is_dir():
-        return False
-    if (path / MANIFEST_FILE).is_file() or rundir.folder_kind(path) == "sweep":
-        return True
-    return not RunFolder(path).results.is_file() and any(path.glob(f"*/{RESULTS_FILE}"))
+    """A sweep folder bidirect wrote (its marker, or the sweep.yaml and sweep.json of an older version):
+    a folder that merely holds run folders is no sweep, and its runs are not seeds of one."""
+    return path.is_dir() and rundir.folder_kind(path) == "sweep"
 
 
 def read_manifest(path: Path, advice: str) -> dict[str, Any]:
     """A sweep.json: axes and cells, or a `RunDirError` naming it and ``advice``."""
     meta = read_json(path, "the sweep's manifest", advice)
-    if not isinstance(meta, dict) or not isinstance(meta.get("axes"), dict) or not isinstance(meta.get("cells"), list):
-        raise RunDirError(f"{path}: not a sweep manifest (axes, cells); {advice}")
+    why = rundir.manifest_why_not(meta)
+    if why is not None:
+        raise RunDirError(f"{path}: not a sweep manifest ({why}); {advice}")
     return meta
 
 
@@ -257,15 +271,21 @@ def open_sweep_dir(out: Path, sweep: Sweep, source: Path, force: bool = False, w
     aside = rundir.replace(out, "sweep") if force and out.is_dir() and any(out.iterdir()) else None
     try:
         rundir.make_folder(out)
-        if rundir.folder_kind(out) is None:  # new, or a sweep folder of a version before the marker
-            _merge_old(out, sweep)  # refuses a folder that is not a sweep's before marking it
-            rundir.write_marker(out, "sweep")
+        rundir.check_marker(out)
+        if rundir.marker_kind(out) is None:
+            if any(out.iterdir()) and rundir.folder_kind(out) is None:
+                why = rundir.legacy_why_not(out, "sweep")
+                raise RunDirError(f"--out {out}: not empty and not a sweep folder bidirect wrote (no {rundir.MARKER} "
+                                  f"marker, and {why}); bidirect will not write into it. Give another --out.")
+            _merge_old(out, sweep)  # a sweep of a version before the marker: refused unless it is this sweep's
+            rundir.write_marker(out, "sweep")  # new, or marked: a file added, nothing deleted
         lock = rundir.Lock(out).acquire()
         try:
             sweep = _merge_old(out, sweep)
             sweep_file = copy.deepcopy(sweep.study)
             sweep_file["sweep"] = sweep.axes
-            (out / SWEEP_FILE).write_text(f"# {source} as swept\n" + yaml.safe_dump(sweep_file, sort_keys=False))
+            rundir.write_text_atomic(out / SWEEP_FILE,
+                                     f"# {source} as swept\n" + yaml.safe_dump(sweep_file, sort_keys=False))
             write_json_atomic(out / MANIFEST_FILE, sweep.manifest())
         except BaseException:
             lock.release()

@@ -133,14 +133,23 @@ def test_force_on_a_sweep_folder_as_a_run_refused(tmp_path, finished, capsys):
     assert code == 2 and "a bidirect sweep folder, not a run folder" in text and (folder / MARKER).is_file()
 
 
-def test_legacy_run_folder_is_replaceable_but_not_a_bare_config(tmp_path):
+def test_old_run_folder_proved_by_content_not_names(tmp_path, run_copy):
+    """Issue 22: two file names prove nothing; a run of a version before the marker is proved by its
+    results.json recording the config in its config.yaml, and even then --force does not replace it
+    unmarked (tests/test_user_files.py: a resume marks it, deleting nothing)."""
     legacy = tmp_path / "legacy"
     legacy.mkdir()
     (legacy / "config.yaml").write_text("name: x\n")
     with pytest.raises(RunDirError, match="no .bidirect marker"):
         rundir.check_replaceable(legacy, "run")
-    (legacy / "results.json").write_text("{}")  # what runs/ of the repository hold, written before the marker
-    rundir.check_replaceable(legacy, "run")
+    (legacy / "results.json").write_text("{}")  # what issue 10 took for proof
+    with pytest.raises(RunDirError, match="results.json is not a bidirect results file"):
+        rundir.check_replaceable(legacy, "run")
+    _, run = run_copy
+    (run / MARKER).unlink()  # what runs/ of the repository hold, written before the marker
+    assert rundir.folder_kind(run) == "run"
+    with pytest.raises(RunDirError, match="before the .bidirect marker, and --force replaces only marked folders"):
+        rundir.check_replaceable(run, "run")
 
 
 def test_force_replaces_a_bidirect_folder(run_copy, capsys):
@@ -184,7 +193,8 @@ def test_sweep_force_with_a_config_failing_late_keeps_the_old_sweep(tmp_path, fi
     old = tmp_path / "old_sweep"
     old.mkdir()
     rundir.write_marker(old, "sweep")
-    (old / "summary.json").write_text('{"rows": []}')
+    (old / "sweep.json").write_text('{"axes": {"seed": [0]}, "cells": [{"name": "seed=0", "values": {"seed": 0}}]}')
+    (old / "summary.json").write_text('{"axes": {}, "group_by": [], "pooled": "seed", "rows": []}')
     (old / "seed=0").mkdir()
     (old / "seed=0" / "results.json").write_text("{}")
     bad = tmp_path / "bad.yaml"

@@ -12,7 +12,7 @@ import yaml
 from tiny import TINY, write_config
 from tiny import single_study as tiny
 
-from bidirect import study
+from bidirect import rundir, study
 from bidirect import sweep as sweep_lib
 from bidirect.analysis import seeds
 from bidirect.cli import main
@@ -280,6 +280,8 @@ def test_report_of_a_sweep_over_a_number(tiny_sweep, tmp_path):
         shutil.copytree(out / old, copy / name, ignore=shutil.ignore_patterns("data", "tokenizer"))
         cells.append({"name": name, "values": {"seed": 0, "pretrain.steps": steps}})
     (copy / "sweep.json").write_text(json.dumps({"axes": {"seed": [0], "pretrain.steps": [4, 8]}, "cells": cells}))
+    assert main(["report", str(copy)]) == 2  # a folder bidirect did not mark is no sweep (issue 22)
+    rundir.write_marker(copy, "sweep")
     assert main(["report", str(copy)]) == 0
     pngs = {p.name for p in check_pngs(copy / "report", copy / "report.md")}
     assert {"levels_vs_pretrain.steps.png", "loss.png"} <= pngs and "qa_test_seeds.png" not in pngs

@@ -51,7 +51,15 @@ from bidirect.data.generate import MONTHS, StudyData
 from bidirect.data.pools import Pools, load_pools
 from bidirect.evaluate import first_bio_spans, forward, pad_rows
 from bidirect.models import backbone_kind, load_backbone, parameter_counts
-from bidirect.rundir import CAPACITY_FILE, RunFolder, merge_cells, read_tokenizer, select_cells, write_json_atomic
+from bidirect.rundir import (
+    CAPACITY_FILE,
+    RunFolder,
+    merge_cells,
+    read_tokenizer,
+    select_cells,
+    write_json_atomic,
+    writing,
+)
 from bidirect.tokenizer import mention_token_spans
 
 FIELDS = (*ATTRIBUTES, "full_name")
@@ -179,21 +187,22 @@ def run_capacity(run_dir: Path, augmentation: str | None = None, backbone: str |
                  phase: str | None = None, batch_size: int = 32) -> dict[str, Any]:
     """Capacity of every asked cell of a run; writes RUN_DIR/capacity.json (``results``: backbone -> aug)."""
     _, cells, phase = select_cells(run_dir, augmentation, backbone, phase)
-    run = RunFolder(run_dir)
-    data, tokenizer = StudyData.load(run.data), read_tokenizer(run_dir)
-    entropy = generator_entropy(len(data.individuals))
-    out: dict[str, Any] = {"phase": phase, "entropy_bits": entropy, "results": {}}
-    for aug, name in cells:
-        model = load_backbone(run.model(aug, name, phase))
-        losses = field_losses(model, backbone_kind(name), tokenizer, data, aug, batch_size)
-        cell = bits_stored(losses, entropy)
-        counts = parameter_counts(model)
-        cell["parameters"] = counts
-        cell["bits_per_parameter"] = cell["bits"] / counts["total"]
-        cell["bits_per_non_embedding_parameter"] = cell["bits"] / max(counts["non_embedding"], 1)
-        out["results"].setdefault(name, {})[aug] = cell
-    out = merge_cells(run.file(CAPACITY_FILE), out)
-    write_json_atomic(run.file(CAPACITY_FILE), out)
+    with writing(run_dir, "run"):  # the run's lock: no `bidirect run` or `eval` writes meanwhile
+        run = RunFolder(run_dir)
+        data, tokenizer = StudyData.load(run.data), read_tokenizer(run_dir)
+        entropy = generator_entropy(len(data.individuals))
+        out: dict[str, Any] = {"phase": phase, "entropy_bits": entropy, "results": {}}
+        for aug, name in cells:
+            model = load_backbone(run.model(aug, name, phase))
+            losses = field_losses(model, backbone_kind(name), tokenizer, data, aug, batch_size)
+            cell = bits_stored(losses, entropy)
+            counts = parameter_counts(model)
+            cell["parameters"] = counts
+            cell["bits_per_parameter"] = cell["bits"] / counts["total"]
+            cell["bits_per_non_embedding_parameter"] = cell["bits"] / max(counts["non_embedding"], 1)
+            out["results"].setdefault(name, {})[aug] = cell
+        out = merge_cells(run.file(CAPACITY_FILE), out)
+        write_json_atomic(run.file(CAPACITY_FILE), out)
     return out
 
 

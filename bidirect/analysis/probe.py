@@ -56,6 +56,7 @@ from bidirect.rundir import (
     read_tokenizer,
     select_cells,
     write_json_atomic,
+    writing,
 )
 
 MODE_NAMES = {"P": "P", "P_prefix": "P, prefix only", "Q": "Q"}
@@ -226,16 +227,17 @@ def run_probe(run_dir: Path, augmentation: str | None = None, backbone: str | No
               steps: int = 300, batch_size: int = 32, lr: float = 3e-3) -> dict[str, Any]:
     """Probe every asked cell of a run and write RUN_DIR/probe.json (``results``: backbone -> aug -> P/Q)."""
     cfg, cells, phase = select_cells(run_dir, augmentation, backbone, phase)
-    run = RunFolder(run_dir)
-    data, tokenizer = StudyData.load(run.data), read_tokenizer(run_dir)
-    out: dict[str, Any] = {"phase": phase, "steps": steps, "batch_size": batch_size, "lr": lr, "rank": RANK,
-                           "majority_baseline": majority_baseline(data), "results": {}}
-    for aug, name in cells:
-        model = load_backbone(run.model(aug, name, phase))
-        out["results"].setdefault(name, {})[aug] = probe_model(model, backbone_kind(name), tokenizer, data, aug,
-                                                               steps, batch_size, lr, cfg.seed)
-    out = merge_cells(run.file(PROBE_FILE), out, ("phase", "steps", "batch_size", "lr", "rank"))
-    write_json_atomic(run.file(PROBE_FILE), out)
+    with writing(run_dir, "run"):  # the run's lock: no `bidirect run` or `eval` writes meanwhile
+        run = RunFolder(run_dir)
+        data, tokenizer = StudyData.load(run.data), read_tokenizer(run_dir)
+        out: dict[str, Any] = {"phase": phase, "steps": steps, "batch_size": batch_size, "lr": lr, "rank": RANK,
+                               "majority_baseline": majority_baseline(data), "results": {}}
+        for aug, name in cells:
+            model = load_backbone(run.model(aug, name, phase))
+            out["results"].setdefault(name, {})[aug] = probe_model(model, backbone_kind(name), tokenizer, data, aug,
+                                                                   steps, batch_size, lr, cfg.seed)
+        out = merge_cells(run.file(PROBE_FILE), out, ("phase", "steps", "batch_size", "lr", "rank"))
+        write_json_atomic(run.file(PROBE_FILE), out)
     return out
 
 

@@ -21,6 +21,7 @@ from bidirect.rundir import (
     SUMMARY_FILE,
     RunDirError,
     RunFolder,
+    is_summary,
     read_results,
     write_json_atomic,
 )
@@ -144,6 +145,11 @@ def aggregate(sweep_dir: Path) -> dict[str, Any]:
 
 
 def write_summary(sweep_dir: Path, summary: dict[str, Any]) -> Path:
+    """Write the sweep's summary.json; one that is not a summary bidirect wrote (a user's file of that name)
+    is refused, not overwritten. The caller holds the sweep's lock (`rundir.writing`)."""
     path = sweep_dir / SUMMARY_FILE
+    if (path.exists() or path.is_symlink()) and not is_summary(path):
+        raise RunDirError(f"{path}: not a summary bidirect wrote; bidirect will not overwrite it. Move it away, then "
+                          "run the same command again.")
     write_json_atomic(path, summary)
     return path

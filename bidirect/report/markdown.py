@@ -15,6 +15,7 @@ copied together. Figures are drawn with matplotlib's Agg canvas (no display, no 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Iterable
@@ -26,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
+from bidirect import rundir
 from bidirect.analysis.seeds import aggregate, read_cells, write_summary
 from bidirect.config import ATTRIBUTES, HELD_OUT_LEVELS, INVERSE_LEVELS, LEVELS
 from bidirect.report.tables import LEVEL_NAMES, SHORT, markdown, pct, phase_mode, summary_markdown
@@ -348,19 +350,12 @@ def _config_block(text: str) -> str:
     return "```yaml\n" + text.strip() + "\n```"
 
 
-def _fresh_figure_dir(fig_dir: Path) -> None:
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    for old in fig_dir.glob("*.png"):  # figures of an earlier report that this one may not redraw
-        old.unlink()
-
-
 # --------------------------------------------------------------------------- reports
 
 
 def run_report(run_dir: Path, out: Path) -> str:
     results = read_results(run_dir)
-    fig_dir = out.with_suffix("")
-    _fresh_figure_dir(fig_dir)
+    fig_dir = rundir.clear_report(out)  # the figures of its earlier report, which this one may not redraw
     base = out.parent
     cfg = results.get("config", {})
     data = cfg.get("data", {})
@@ -539,8 +534,7 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
     summary = aggregate(sweep_dir)
     write_summary(sweep_dir, summary)
     axes, cells = read_cells(sweep_dir)
-    fig_dir = out.with_suffix("")
-    _fresh_figure_dir(fig_dir)
+    fig_dir = rundir.clear_report(out)  # the figures of its earlier report, which this one may not redraw
     base = out.parent
     rows, keys = summary["rows"], summary["group_by"]
     first = cells[0]["results"]
@@ -652,8 +646,19 @@ def write_report(directory: Path, out: Path | None = None) -> Path:
     out = out or directory / REPORT_FILE
     if out.suffix != ".md":
         raise RunDirError(f"--out {out}: expected a .md file (its figures go to {out.with_suffix('')}/)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = sweep_report(directory, out) if is_sweep_dir(directory) else run_report(directory, out)
-    out.write_text(text)
+    sweep = is_sweep_dir(directory)
+    if not sweep:
+        read_results(directory)  # a folder without results says so before anything else
+    # A sweep's report writes its summary.json, a report inside a folder writes into it: under the folder's lock,
+    # where it has one (a folder of a version before the marker has none; what the report replaces is proved
+    # its own by `check_report_target` and `write_summary` either way).
+    inside = sweep or directory.resolve() in out.resolve().parents
+    locked = inside and rundir.marker_kind(directory) is not None
+    with rundir.writing(directory, "sweep" if sweep else "run") if locked else contextlib.nullcontext():
+        rundir.check_report_target(out)  # a report and figures of someone else's are never overwritten
+        out.parent.mkdir(parents=True, exist_ok=True)
+        text = sweep_report(directory, out) if sweep else run_report(directory, out)
+        rundir.write_text_atomic(out, text)
+        rundir.record_report(out, sorted(out.with_suffix("").glob("*.png")))
     return out
 

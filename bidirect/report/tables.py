@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from statistics import mean
@@ -11,6 +12,7 @@ from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from bidirect.config import ALL_LEVELS, ATTRIBUTES, HELD_OUT_LEVELS, RULE_LEVELS
 from bidirect.sweep import value_label
@@ -90,12 +92,18 @@ def _label(results: dict[str, Any], aug: str, name: str) -> str:
     return backbone_label(name, results.get("training", {}).get(aug, {}).get(name, {}).get("finetune"))
 
 
+def plain(text: str) -> Text:
+    """``text`` (a study's name, a path: the user's words) as printed, not read as rich markup, its control
+    characters (an ANSI colour code) shown escaped rather than sent to the terminal."""
+    return Text(re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text))
+
+
 def results_tables(results: dict[str, Any]) -> list[Table]:
     """One table per augmentation: a row per backbone and level, a column per attribute."""
     tables = []
     for aug, by_backbone in results["results"].items():
         # No vertical rules and one space between columns: the table fits 80 columns.
-        table = Table(title=f"{results.get('study', '')} | {aug} | exact match (%), 95% CI over people",
+        table = Table(title=plain(f"{results.get('study', '')} | {aug} | exact match (%), 95% CI over people"),
                       caption=escape(note(results)), box=box.SIMPLE_HEAD, padding=0, show_edge=False)
         lengths = any("true_length" in lv for levels in by_backbone.values() for lv in levels.values())
         table.add_column("backbone", no_wrap=True)
@@ -255,8 +263,8 @@ def summary_table(summary: dict[str, Any]):
     from rich.table import Table
 
     levels_shown = _levels_shown(summary)
-    table = Table(title=f"sweep {summary['sweep_dir']}: mean of the six attributes (%), mean ± 95% CI over "
-                        f"{summary['pooled']}s", caption=f"majority guess: {_majority_range(summary)}")
+    table = Table(title=plain(f"sweep {summary['sweep_dir']}: mean of the six attributes (%), mean ± 95% CI over "
+                              f"{summary['pooled']}s"), caption=f"majority guess: {_majority_range(summary)}")
     table.add_column("backbone / augmentation" + "".join(f" / {k}" for k in summary["group_by"]), ratio=1,
                      overflow="fold")
     table.add_column("seeds", justify="right", no_wrap=True)
