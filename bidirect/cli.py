@@ -114,6 +114,12 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     sweep = sweep_lib.load(args.config)  # every cell validated before anything is created
     out = Path(args.out)
+    source = Path(args.pretrained_from) if args.pretrained_from else None
+    if source is not None:  # every cell checked before the sweep folder is made
+        from bidirect.study import check_reuse
+
+        for cell in sweep.cells:
+            check_reuse(cell.config, source)
     accelerator = make_accelerator(sweep.cells[0].config, out)
     if accelerator.is_main_process:
         opened = sweep_lib.open_sweep_dir(out, sweep, Path(args.config), force=args.force)
@@ -121,7 +127,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     if not accelerator.is_main_process:  # the same cells, read from what the main process wrote
         opened = sweep_lib.open_sweep_dir(out, sweep, Path(args.config), write=False)
     with contextlib.closing(opened.opened) if opened.opened is not None else contextlib.nullcontext():
-        sweep_lib.run_sweep(opened, out, accelerator, console)
+        sweep_lib.run_sweep(opened, out, accelerator, console, pretrained_from=source)
         if accelerator.is_main_process:  # still under the sweep's lock
             summary = aggregate(out)
             console.print(summary_table(summary))
@@ -231,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="sweep YAML: a study plus sweep: {dotted.field: [values, ...]}")
     p.add_argument("--out", required=True, help="sweep folder; run again to resume it or to add values")
     p.add_argument("--force", action="store_true", help="replace a sweep folder bidirect wrote")
+    p.add_argument("--pretrained-from", metavar="RUN_DIR",
+                   help="every cell starts from this run's pretrained models (a grid of fine-tuning or evaluation "
+                        "choices on one pretraining)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="write a Markdown report with PNG figures of a run or sweep folder")

@@ -38,7 +38,7 @@ ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "company", "com
 # The evaluation levels (bidirect.evaluate), in the order tables show them. qa_val exists only with
 # data.p_val > 0, the answer-length rules' levels (qa_test_given, ...: RULE_LEVELS) only for masked backbones,
 # the inverse ones only where the data has inverse QA (inverse_val only with P_val too).
-LEVELS = ("bio_recall", "name_tied", "qa_train", "qa_val", "qa_test")
+LEVELS = ("bio_recall", "name_tied", "sentence_recall", "qa_train", "qa_val", "qa_test")
 INVERSE_LEVELS = ("inverse_train", "inverse_val", "inverse_test")
 # The attributes an inverse search question may give (data.inverse_from); data.templates words each.
 INVERSE_FROM = (("birth_date", "birth_city"), ("birth_date",))

@@ -10,7 +10,11 @@
 - ``name_tied``: the same reading after a name swap. In A's first bio, every mention of A's full
   name becomes B's (another individual, same pronoun where there is one) and the value read becomes
   B's; an item counts if the model writes B's value, which only the name can tell it. Items where
-  A and B share the value are left out. Defined the same way for both kinds.
+  A and B share the value are left out. Defined the same way for both kinds, but not the same
+  information: the swapped bio keeps A's other values in view, the causal model those before the
+  value, the masked model all of them.
+- ``sentence_recall``: the same information for both kinds: the value read from one sentence of
+  the person's own bio, alone, the full name before the value (`sentence_items`).
 - ``qa_train``: was the QA format learned? ``qa_val``: people whose QA is never trained on, for
   tuning. ``qa_test``: is the knowledge extractable for people never seen in QA (the headline)?
   A masked model chooses the answer's length itself (``eval.masked_length: free``), as a causal
@@ -68,7 +72,7 @@ class Item:
     tokens: int = 0  # the answer's (value's) length in tokens, end-of-text not counted
 
 
-MEMORIZATION_LEVELS = ("bio_recall", "name_tied")  # read on the pretrained model
+MEMORIZATION_LEVELS = ("bio_recall", "name_tied", "sentence_recall")  # read on the pretrained model
 BOOTSTRAP_RESAMPLES = 1000
 
 
@@ -190,6 +194,39 @@ def name_tied_items(tokenizer: PreTrainedTokenizerFast, bios: Dataset, individua
     return _value_items(tokenizer, texts, list(rows["id"]), kind)
 
 
+def sentence_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """The characters of the sentence holding the value at ``start:end`` in a bio: every template is one sentence
+    with its only full stop at its end, and no name or value has one, so sentences are cut at full stops."""
+    begin = text.rfind(". ", 0, start)
+    return (0 if begin < 0 else begin + 2), text.index(".", end) + 1
+
+
+def sentence_items(tokenizer: PreTrainedTokenizerFast, bios: Dataset, individuals: Dataset, kind: str,
+                   max_individuals: int = 0) -> list[Item]:
+    """Sentence recall (see the module's docstring): per person and attribute, the value's sentence from the
+    person's first bio in which that sentence names the person before the value, read alone. Both kinds get the
+    same input: the full name and the template's words, no other value of the person; a causal model continues it,
+    a masked model fills the value's masks (told its length, as in bio recall) with the sentence's end in view.
+    The sentence keeps the space before it in the bio, so its tokens are the bio's own. A person whose bios never
+    name them before a value (no ``fullname``, the attribute never first) has no item for it."""
+    names = dict(zip(individuals["id"], individuals["full_name"], strict=True))
+    people = sorted(set(bios["id"]))[: max_individuals or None]
+    wanted = set(people)
+    found: dict[int, list] = {p: [("", (0, 0))] * len(ATTRIBUTES) for p in people}
+    for person, text, starts, ends in zip(bios["id"], bios["text"], bios["value_start"], bios["value_end"],
+                                          strict=True):
+        if person not in wanted:
+            continue
+        for a, (start, end) in enumerate(zip(starts, ends, strict=True)):
+            if found[person][a][0]:
+                continue
+            begin, stop = sentence_span(text, start, end)
+            if names[person] in text[begin:start]:
+                lead = max(begin - 1, 0)  # the space before it, as the bio has it
+                found[person][a] = (text[lead:stop], (start - lead, end - lead))
+    return _value_items(tokenizer, [found[p] for p in people], people, kind)
+
+
 def qa_items(tokenizer: PreTrainedTokenizerFast, questions: Sequence[str], answers: Sequence[str],
              attributes: Sequence[int], kind: str, people: Sequence[int] | None = None, window: int = 0) -> list[Item]:
     """QA items. Causal: the answer and end-of-text read after the question. Masked: one mask per answer token
@@ -231,6 +268,8 @@ def level_items(level: str, tokenizer: PreTrainedTokenizerFast, data: StudyData,
         return bio_items(tokenizer, data.bios[augmentation], kind, max_individuals)
     if level == "name_tied":
         return name_tied_items(tokenizer, data.bios[augmentation], data.individuals, kind, max_individuals)
+    if level == "sentence_recall":
+        return sentence_items(tokenizer, data.bios[augmentation], data.individuals, kind, max_individuals)
     qa = data.qa_sets()[split_rule(level)[0]]
     keep = set(_first_people(qa["id"], max_individuals))
     qa = qa.select([row for row, person in enumerate(qa["id"]) if person in keep])
@@ -477,7 +516,10 @@ def _accuracy(items: list[Item], correct: list[bool], inverse: bool = False) -> 
     for a, name in enumerate(ATTRIBUTES):
         hits = [c for it, c in zip(items, correct, strict=True) if it.attribute == a]
         out[name] = sum(hits) / len(hits) if hits else float("nan")
-    out["mean"] = sum(out[a] for a in ATTRIBUTES) / len(ATTRIBUTES)
+    # The mean over the attributes that have items (sentence recall has none for a value no sentence names its
+    # person before; every other level has all six).
+    present = [out[a] for a in ATTRIBUTES if out[a] == out[a]]
+    out["mean"] = sum(present) / len(present) if present else float("nan")
     out["n"] = len(items)
     out["people"] = people
     out["ci95"] = person_intervals(items, correct, ATTRIBUTES)

@@ -333,12 +333,17 @@ def _merge_old(out: Path, sweep: Sweep) -> Sweep:
     return sweep
 
 
-def run_sweep(sweep: Sweep, out: Path, accelerator=None, console=None) -> None:
+def run_sweep(sweep: Sweep, out: Path, accelerator=None, console=None, pretrained_from: Path | None = None) -> None:
     """Every cell of ``sweep`` in order, skipping finished ones (`analysis.seeds.aggregate` pools them after).
-    Cells of an earlier invocation that this sweep file no longer lists are kept, not run."""
-    from bidirect.study import make_accelerator, run_study
+    Cells of an earlier invocation that this sweep file no longer lists are kept, not run. ``pretrained_from``: a
+    run whose finished pretraining every new cell starts from (`study.reuse_pretraining`; a grid of fine-tuning or
+    evaluation choices), checked for every cell before any runs."""
+    from bidirect.study import check_reuse, make_accelerator, reuse_pretraining, run_study
 
     cells = [c for c in sweep.cells if c.config is not None]
+    if pretrained_from is not None:
+        for cell in cells:
+            check_reuse(cell.config, pretrained_from)
     accelerator = accelerator or make_accelerator(cells[0].config, out)
     # After --force the old sweep folder waits aside until a cell passes its checks (study.start_study).
     replaced = sweep.opened if sweep.opened is not None and sweep.opened.aside is not None else None
@@ -351,6 +356,8 @@ def run_sweep(sweep: Sweep, out: Path, accelerator=None, console=None) -> None:
         if console is not None and accelerator.is_main_process:
             console.print(f"[bold]sweep {i}/{len(cells)} {cell.name}[/bold]")
         opened = open_run_dir(run_dir, cell.config, resume=True) if accelerator.is_main_process else None
+        if pretrained_from is not None and accelerator.is_main_process and not RunFolder(run_dir).data.exists():
+            reuse_pretraining(cell.config, run_dir, pretrained_from)
         accelerator.wait_for_everyone()
         try:
             run_study(cell.config, run_dir, accelerator, opened=replaced)

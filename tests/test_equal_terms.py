@@ -154,6 +154,50 @@ def test_name_tied_items_swap_the_name_and_want_the_partners_value():
         assert n["company_city"] < len(people)
 
 
+@pytest.mark.parametrize("kind", ["causal", "masked"])
+def test_sentence_recall_reads_one_sentence_of_the_persons_own_bio(kind):
+    """Both kinds get the same input: the value's sentence alone, the full name before the value, none of the
+    person's other values; a causal item reads nothing after the value, a masked one sees only that sentence.
+    Expected texts are cut from the bio by hand (split at '. '), not by the code under test."""
+    data, tokenizer = make_study("bpe")
+    people = {p["id"]: p for p in data.individuals}
+    mask = tokenizer.mask_token_id
+    for aug in ("single+fullname", "single", "multi2+permute"):
+        bios = data.bios[aug]
+        items = level_items("sentence_recall", tokenizer, data, aug, kind)
+        texts = {}
+        for person, text in zip(bios["id"], bios["text"], strict=True):
+            texts.setdefault(person, []).append(text)
+        for it in items:
+            me, value = people[it.person], ATTRIBUTES[it.attribute]
+            assert it.want == answer_ids(tokenizer, me[value])
+            read = tokenizer.decode([t for t in it.ids if t != mask]) if kind == "masked" else \
+                tokenizer.decode(it.ids[: it.where[-1] + 1])  # what a causal model has seen at its last read
+            # one of the person's bio sentences, whole, that names them before the value
+            sentences = {s if s.endswith(".") else s + "." for text in texts[it.person] for s in text.split(". ")}
+            full = tokenizer.decode(it.ids if kind == "causal" else
+                                    [it.want[it.where.index(t)] if t in it.where else x for t, x in enumerate(it.ids)])
+            assert full.strip() in sentences
+            assert me["full_name"] in read.split(me[value])[0] if kind == "causal" else me["full_name"] in read
+            others = [a for a in ATTRIBUTES if a != value and me[a] not in me[value] and me[value] not in me[a]]
+            assert not any(me[a] in full for a in others)
+            if kind == "causal":
+                assert it.where[-1] + 1 < len(it.ids) and read.endswith(tokenizer.decode(it.want[:-1]).strip() or "")
+            else:
+                assert [it.ids[t] for t in it.where] == [mask] * len(it.want)
+            # the same tokens as in the bio: the sentence's ids are a run of the bio's ids
+            full_ids = it.ids if kind == "causal" else tokenizer(full, add_special_tokens=False)["input_ids"]
+            assert any(bio[i:i + len(full_ids)] == full_ids for text in texts[it.person]
+                       for bio in [tokenizer(text, add_special_tokens=False)["input_ids"]] for i in range(len(bio)))
+        # an item for every (person, value) with a bio sentence naming the person before the value, by hand
+        named = {(p, a) for p, ts in texts.items() for t in ts for s in t.split(". ") for a in ATTRIBUTES
+                 if people[p][a] in s and people[p]["full_name"] in s.split(people[p][a])[0]}
+        assert {(it.person, ATTRIBUTES[it.attribute]) for it in items} == named
+        assert len(items) == len(named)
+        if aug == "single":  # only the first sentence names the person: at most one value a person
+            assert len(named) <= len(people)
+
+
 # --------------------------------------------------------------------------- intervals over people
 
 

@@ -79,12 +79,17 @@ def masked_rule(tokenizer, data: StudyData, break_last: bool = False):
     """Looks up the sequence the masks were cut from: the evaluator never shows the truth."""
     eos, mask, unk = tokenizer.eos_token_id, tokenizer.mask_token_id, tokenizer.unk_token_id
     truths = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in data.bios["single"]["text"]]
+    # sentence recall reads single sentences: the first as it starts a bio, the others after their space
+    sentences = {s + "." if i < len(t.split(". ")) - 1 else s for t in data.bios["single"]["text"]
+                 for i, s in enumerate(t.split(". "))}
+    truths += [tokenizer(s, add_special_tokens=False)["input_ids"] for s in sentences]
+    truths += [tokenizer(" " + s, add_special_tokens=False)["input_ids"] for s in sentences]
     for d in (data.qa_train, data.qa_test):
         for q, a in zip(d["question"], d["answer"], strict=True):
             truths.append(question_ids(tokenizer, q) + answer_ids(tokenizer, a) + [eos])
 
     by_length: dict[int, list[list[int]]] = {}
-    for t in truths:
+    for t in map(list, dict.fromkeys(map(tuple, truths))):  # a pronoun sentence can be several people's
         by_length.setdefault(len(t), []).append(t)
 
     def rule(ids):
@@ -110,7 +115,10 @@ def run(study, kind, rule, levels=ALL_LEVELS, fill="one_pass", **eval_kw):
 
 
 def accuracies(results, expected):
-    return {level: {a: r[a] for a in (*ATTRIBUTES, "mean")} == dict.fromkeys((*ATTRIBUTES, "mean"), expected)
+    """Per level: is every attribute that has items (sentence recall: only those a sentence names the person
+    before), and their mean, at ``expected``?"""
+    return {level: {a: r[a] for a in (*ATTRIBUTES, "mean") if r[a] == r[a]} ==
+            {a: expected for a in (*ATTRIBUTES, "mean") if r[a] == r[a]} and r["mean"] == r["mean"]
             for level, r in results.items()}
 
 
@@ -146,11 +154,17 @@ def test_perfect_wrong_and_last_token_wrong(study, kind, fill):
     assert accuracies({"name_tied": perfect["name_tied"]}, expected_tied) == {"name_tied": True}
     qa_levels = ["qa_train", "qa_test", *(["qa_train_prior", "qa_test_prior", "qa_train_given", "qa_test_given"]
                                           if kind == "masked" else [])]
-    assert list(perfect) == ["bio_recall", "name_tied", *qa_levels]  # the default levels, none of P_val here
-    assert {level: r["n"] for level, r in perfect.items() if level != "name_tied"} == dict.fromkeys(
-        ["bio_recall", *qa_levels], 72)
+    assert list(perfect) == ["bio_recall", "name_tied", "sentence_recall", *qa_levels]  # none of P_val here
+    assert {level: r["n"] for level, r in perfect.items() if level not in ("name_tied", "sentence_recall")} == \
+        dict.fromkeys(["bio_recall", *qa_levels], 72)
+    # sentence recall: the people among the 12 whose first sentence names them before their birth date (by hand)
+    people = {p["id"]: p for p in data.individuals}
+    named = sum(people[b["id"]]["full_name"] in b["text"].split(people[b["id"]]["birth_date"])[0]
+                for b in data.bios["single"] if b["id"] < 12)
+    assert 0 < named < 12
     assert {lv: (r["ci95"]["mean"], r["people"]) for lv, r in perfect.items()} == {
-        lv: ([expected_tied] * 2 if lv == "name_tied" else [1.0, 1.0], 12) for lv in perfect}
+        lv: ([expected_tied] * 2 if lv == "name_tied" else [1.0, 1.0], named if lv == "sentence_recall" else 12)
+        for lv in perfect}
 
     for level, r in perfect.items():  # the answer-length split covers every item once
         assert sum(g["n"] for g in r["by_length"].values()) == r["n"], level

@@ -42,7 +42,8 @@ from bidirect.rundir import (
 )
 from bidirect.sweep import SEED, is_sweep_dir, value_label
 
-LEVEL_COLORS = {"bio_recall": "#c6dbef", "name_tied": "#6baed6", "qa_train": "#4292c6", "qa_val": "#2171b5",
+LEVEL_COLORS = {"bio_recall": "#c6dbef", "name_tied": "#6baed6", "sentence_recall": "#9ecae1",
+                "qa_train": "#4292c6", "qa_val": "#2171b5",
                 "qa_test": "#08306b",
                 "qa_train_given": "#bcbddc", "qa_val_given": "#9e9ac8", "qa_test_given": "#807dba",
                 "qa_train_window": "#c7e9c0", "qa_val_window": "#74c476", "qa_test_window": "#238b45",

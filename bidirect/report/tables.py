@@ -19,7 +19,8 @@ from bidirect.sweep import value_label
 
 SHORT = {"birth_date": "date", "birth_city": "b.city", "university": "univ", "major": "major",
          "company": "comp.", "company_city": "c.city"}
-LEVEL_NAMES = {"bio_recall": "bio recall", "name_tied": "name-tied", "qa_train": "QA P_train", "qa_val": "QA P_val",
+LEVEL_NAMES = {"bio_recall": "bio recall", "name_tied": "name-tied", "sentence_recall": "sentence",
+               "qa_train": "QA P_train", "qa_val": "QA P_val",
                "qa_test": "QA P_test", "inverse_train": "inverse P_train", "inverse_val": "inverse P_val",
                "inverse_test": "inverse P_test"}
 # A masked model's other answer-length rules: * told the length, the others by the rule's name.
