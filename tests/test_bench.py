@@ -44,6 +44,11 @@ def test_report_has_both_paths_and_their_ratio(report):
         assert r["package"]["attention"] == "sdpa" and r["plain"]["attention"] == "eager"
         assert r["speedup"] == pytest.approx(r["package"]["tokens_per_second"] / r["plain"]["tokens_per_second"])
         assert r["eval"]["items"] == 15 * 6 and r["eval"]["qa_per_second"] > 0
+        if r["kind"] == "masked":  # every candidate length against one pass over the answer window
+            assert r["eval"]["forward_passes_per_batch"] > 1 and r["eval"]["rule"] == "free"
+            assert r["eval_window"]["forward_passes_per_batch"] == 1 and r["eval_window"]["items"] == 15 * 6
+        else:
+            assert "eval_window" not in r
     assert report["data"]["generate_seconds"] > 0 and report["data"]["bios"] == 30
     assert report["device_type"] == "cpu" and report["peak_tflops"] is None
     assert {"torch", "transformers", "accelerate"} <= set(report["versions"])

@@ -361,22 +361,25 @@ def _plain_path(model, device: torch.device, train: TrainConfig) -> Callable:
 # --------------------------------------------------------------------------- the benchmark
 
 
-def _time_eval(model, kind: str, tokenizer, data, augmentation: str, cfg: BenchConfig,
-               accelerator) -> dict[str, Any]:
-    """The evaluator on the QA level of P_test (a masked model choosing the answer's length, as a study reads it)."""
+def _time_eval(model, kind: str, tokenizer, data, augmentation: str, cfg: BenchConfig, accelerator,
+               rule: str = "free") -> dict[str, Any]:
+    """The evaluator on the QA level of P_test, as a study reads it: a masked model choosing the answer's length by
+    ``rule`` (``free``: one forward pass per candidate length; ``window``: one pass over the answer window)."""
     from bidirect.evaluate import evaluate_model, max_answer_tokens
 
     device = accelerator.device
     _sync(device)
     started = time.perf_counter()
-    scores = evaluate_model(model, kind, tokenizer, data, augmentation, EvalConfig(batch_size=cfg.eval_batch),
-                            accelerator, levels=("qa_test",))
+    scores = evaluate_model(model, kind, tokenizer, data, augmentation,
+                            EvalConfig(batch_size=cfg.eval_batch, masked_length=rule), accelerator, levels=("qa_test",),
+                            answer="window" if rule == "window" else "exact")
     _sync(device)
     seconds = time.perf_counter() - started
     items = int(scores["qa_test"]["n"])
-    return {"level": "qa_test", "items": items, "seconds": seconds, "qa_per_second": items / seconds,
-            "batch_size": cfg.eval_batch,
-            "forward_passes_per_batch": max_answer_tokens(tokenizer, data) if kind == "masked" else 1}
+    return {"level": "qa_test", "rule": rule if kind == "masked" else None, "items": items, "seconds": seconds,
+            "qa_per_second": items / seconds, "batch_size": cfg.eval_batch,
+            "forward_passes_per_batch": max_answer_tokens(tokenizer, data) if kind == "masked" and rule == "free"
+            else 1}
 
 
 def _figures(timing: dict[str, Any], flops: int, peak: float | None) -> dict[str, Any]:
@@ -472,6 +475,7 @@ def _run_bench(cfg: BenchConfig, console: Console | None,
     }
     for backbone in cfg.backbones:
         kind = backbone_kind(backbone)
+        window_figures = None
         objective = make_objective(kind, tokenizer, ctx, MaskingConfig(), cfg.seed)
         started = time.perf_counter()
         stream = objective.bio_examples(bios, cfg.seed)
@@ -498,6 +502,9 @@ def _run_bench(cfg: BenchConfig, console: Console | None,
                                batching="packed windows" if kind == "causal" else "one masked bio per row")
             if not compiled:  # the evaluator on P_test's QA, with the model just trained
                 eval_figures = _time_eval(model, kind, tokenizer, eval_data, aug.name, cfg, accelerator)
+                if kind == "masked":  # a model fine-tuned with the answer window reads it in one pass
+                    window_figures = _time_eval(model, kind, tokenizer, eval_data, aug.name, cfg, accelerator,
+                                                "window")
             del model, step
             accelerator.free_memory()
             _free(device)
@@ -528,6 +535,7 @@ def _run_bench(cfg: BenchConfig, console: Console | None,
             "plain": _figures(plain, flops["total"], peak),
             "speedup": timed["package"]["tokens_per_second"] / plain["tokens_per_second"],
             "eval": eval_figures,
+            **({"eval_window": window_figures} if kind == "masked" else {}),
         }
         if partial is not None:  # a bench cut short by a time limit keeps the backbones it finished
             partial(report)
@@ -545,6 +553,12 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
+def _qa_rate(r: dict[str, Any]) -> str:
+    """QA items per second; a masked backbone's as ``free / window`` (every candidate length / the answer window)."""
+    rate = f"{r['eval']['qa_per_second']:,.0f}"
+    return f"{rate} / {r['eval_window']['qa_per_second']:,.0f}" if "eval_window" in r else rate
+
+
 def print_bench(console: Console, report: dict[str, Any]) -> None:
     table = Table(title=f"bidirect bench: {report['device']} ({report['config']['size_name']})", box=box.SIMPLE_HEAD,
                   padding=(0, 1))
@@ -559,7 +573,7 @@ def print_bench(console: Console, report: dict[str, Any]) -> None:
                 backbone if first else "", path, f"{f['tokens_per_second']:,.0f}", f"{f['padding_share']:.0%}",
                 f"{f['step_ms']:,.1f}", f"{f['host_share']:.1%}", f"{f['tflops']:.3g}",
                 "-" if f["mfu"] is None else f"{f['mfu']:.1%}", _mib(f["peak_memory_bytes"]),
-                f"{r['speedup']:.2f}x" if first else "", f"{r['eval']['qa_per_second']:,.0f}" if first else "",
+                f"{r['speedup']:.2f}x" if first else "", _qa_rate(r) if first else "",
             )
     if console.width < 120 and not console.is_terminal:  # a pipe's 80 columns would cut the numbers
         console = Console(file=console.file, width=120)
@@ -571,7 +585,8 @@ def print_bench(console: Console, report: dict[str, Any]) -> None:
                   f"{d['generate_seconds']:.2f} s, tokenizer {d['tokenizer_seconds']:.2f} s. "
                   f"'host': the share of a step spent waiting for the next batch; the rest is the device's. "
                   f"QA/s: the evaluator on {next(iter(report['backbones'].values()))['eval']['items']:,} "
-                  f"P_test QA items.", highlight=False)
+                  f"P_test QA items (masked: choosing the length among every candidate / from the answer window).",
+                  highlight=False)
 
 
 def default_out(report: dict[str, Any]) -> Path:
