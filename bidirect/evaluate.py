@@ -477,25 +477,41 @@ def _score(model, kind: str, tokenizer: PreTrainedTokenizerFast, items: list[Ite
     return correct, lengths
 
 
+def _per_person(items: list[Item], correct: list[bool], columns: Sequence[str]) -> dict[str, list]:
+    """Each individual's right answers and items per column (attribute, or the one inverse column): what every
+    interval resamples, kept in results.json so that two backbones' levels can be compared person by person."""
+    people = sorted({it.person for it in items})
+    row = {p: i for i, p in enumerate(people)}
+    hits = [[0] * len(columns) for _ in people]
+    count = [[0] * len(columns) for _ in people]
+    for it, c in zip(items, correct, strict=True):
+        col = max(it.attribute, 0) if len(columns) > 1 else 0
+        hits[row[it.person]][col] += int(c)
+        count[row[it.person]][col] += 1
+    return {"id": people, "hits": hits, "items": count}
+
+
+def _resampled_accuracy(hits: np.ndarray, count: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per resample (a row of ``weights``: how often each person is drawn) and column, the accuracy."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (weights @ hits) / (weights @ count)
+
+
+def _weights(people: int, resamples: int, seed: int) -> np.ndarray:
+    # One multinomial draw per resample: how often each person is drawn, so an interval over 10,000
+    # people costs two matrix products instead of a copy of every item per resample.
+    return np.random.default_rng(seed).multinomial(people, [1 / people] * people, size=resamples)
+
+
 def person_intervals(items: list[Item], correct: list[bool], columns: Sequence[str],
                      resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, list[float] | None]:
     """95% percentile intervals of each column's accuracy and of their mean, resampling individuals
     with replacement (all of a person's items go together). Deterministic in ``seed``."""
-    people = sorted({it.person for it in items})
-    if not people:
+    table = _per_person(items, correct, columns)
+    if not table["id"]:
         return dict.fromkeys([*columns, "mean"])
-    row = {p: i for i, p in enumerate(people)}
-    hits = np.zeros((len(people), len(columns)))
-    count = np.zeros((len(people), len(columns)))
-    for it, c in zip(items, correct, strict=True):
-        col = max(it.attribute, 0) if len(columns) > 1 else 0
-        hits[row[it.person], col] += c
-        count[row[it.person], col] += 1
-    # One multinomial draw per resample: how often each person is drawn, so an interval over 10,000
-    # people costs two matrix products instead of a copy of every item per resample.
-    weights = np.random.default_rng(seed).multinomial(len(people), [1 / len(people)] * len(people), size=resamples)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        acc = (weights @ hits) / (weights @ count)
+    hits, count = np.array(table["hits"], dtype=float), np.array(table["items"], dtype=float)
+    acc = _resampled_accuracy(hits, count, _weights(len(table["id"]), resamples, seed))
     present = count.sum(0) > 0
     out: dict[str, list[float] | None] = {}
     for j, name in enumerate(columns):
@@ -505,13 +521,61 @@ def person_intervals(items: list[Item], correct: list[bool], columns: Sequence[s
     return out
 
 
+def paired_difference(first: dict[str, Any], second: dict[str, Any], resamples: int = BOOTSTRAP_RESAMPLES,
+                      seed: int = 0) -> dict[str, Any] | None:
+    """The difference of two levels' means (``first`` minus ``second``, each a level of results.json with its
+    ``per_person``) over the individuals both scored, with a 95% interval from one bootstrap that resamples the
+    same people for both: two backbones answer the same people, so the difference is paired, and its interval is
+    not read from whether two intervals overlap. The mean is over the attributes both have items for. None
+    where either level has no ``per_person`` (results made before it was kept) or no person is shared."""
+    a, b = first.get("per_person"), second.get("per_person")
+    if not a or not b:
+        return None
+    shared = sorted(set(a["id"]) & set(b["id"]))
+    if not shared:
+        return None
+    rows = []
+    for table in (a, b):
+        at = {p: i for i, p in enumerate(table["id"])}
+        rows.append((np.array([table["hits"][at[p]] for p in shared], dtype=float),
+                     np.array([table["items"][at[p]] for p in shared], dtype=float)))
+    present = (rows[0][1].sum(0) > 0) & (rows[1][1].sum(0) > 0)
+    point = [(h.sum(0)[present] / c.sum(0)[present]).mean() for h, c in rows]
+    weights = _weights(len(shared), resamples, seed)
+    diffs = [np.nanmean(_resampled_accuracy(h, c, weights)[:, present], axis=1) for h, c in rows]
+    return {"difference": float(point[0] - point[1]), "ci95": np.percentile(diffs[0] - diffs[1], [2.5, 97.5]).tolist(),
+            "people": len(shared)}
+
+
+PAIRED_LEVELS = ("name_tied", "sentence_recall", "qa_test")  # what two backbones are compared on, person by person
+
+
+def paired_differences(cell: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every pair of backbones of one augmentation (``cell``: backbone -> its levels, in the study's order),
+    compared on the same people (`paired_difference`): memorization (name-tied, sentence recall) and P_test,
+    the second backbone's other answer-length rules (qa_test_given, ...) against the first's P_test."""
+    out = []
+    names = list(cell)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            pairs = [(lv, lv) for lv in PAIRED_LEVELS]
+            pairs += [(lv if lv in cell[first] else "qa_test", lv) for lv in cell[second] if lv.startswith("qa_test_")]
+            for a, b in pairs:
+                if a in cell[first] and b in cell[second]:
+                    diff = paired_difference(cell[first][a], cell[second][b])
+                    if diff is not None:
+                        out.append({"first": first, "second": second, "levels": [a, b], **diff})
+    return out
+
+
 def _accuracy(items: list[Item], correct: list[bool], inverse: bool = False) -> dict:
     """Accuracy per attribute, their mean, the number of items and of people, and the 95% intervals."""
     people = len({it.person for it in items})
     if inverse:
         acc = sum(correct) / len(correct) if correct else float("nan")
         ci = person_intervals(items, correct, ["full_name"])
-        return {"full_name": acc, "mean": acc, "n": len(items), "people": people, "ci95": ci}
+        return {"full_name": acc, "mean": acc, "n": len(items), "people": people, "ci95": ci,
+                "per_person": _per_person(items, correct, ["full_name"])}
     out: dict = {}
     for a, name in enumerate(ATTRIBUTES):
         hits = [c for it, c in zip(items, correct, strict=True) if it.attribute == a]
@@ -523,6 +587,7 @@ def _accuracy(items: list[Item], correct: list[bool], inverse: bool = False) -> 
     out["n"] = len(items)
     out["people"] = people
     out["ci95"] = person_intervals(items, correct, ATTRIBUTES)
+    out["per_person"] = _per_person(items, correct, ATTRIBUTES)
     out["by_length"] = by_length(items, correct)
     return out
 

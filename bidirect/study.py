@@ -22,7 +22,14 @@ from bidirect import config as config_lib
 from bidirect import rundir
 from bidirect.config import ConfigError, StudyConfig, TrainConfig
 from bidirect.data.generate import StudyData, generate, saved_sha256
-from bidirect.evaluate import MEMORIZATION_LEVELS, cell_levels, evaluate_model, majority_baselines, max_answer_tokens
+from bidirect.evaluate import (
+    MEMORIZATION_LEVELS,
+    cell_levels,
+    evaluate_model,
+    majority_baselines,
+    max_answer_tokens,
+    paired_differences,
+)
 from bidirect.lora import add_lora, merge_lora, trainable_parameters
 from bidirect.models import backbone_kind, build_backbone, flops_per_token, load_backbone, parameter_counts
 from bidirect.objectives import IGNORE, encode_qa, make_objective, tokenize_bios
@@ -371,6 +378,7 @@ def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None =
             out["leak_check"].setdefault(augmentation, {})[backbone.name] = cell["leak_check"]
             out["parameters"][backbone.name] = cell["parameters"]
             out["wall_seconds"] = round(time.time() - started + previous.get("wall_seconds", 0.0), 1)
+            out["paired"] = {aug: paired_differences(cells) for aug, cells in out["results"].items()}
             if accelerator.is_main_process and trained:
                 write_json_atomic(path, out)
             if trained:
@@ -400,6 +408,7 @@ def reevaluate(run_dir: Path, accelerator: Accelerator | None = None) -> dict[st
                 scores = evaluate_cell(cfg, run_dir, backbone.name, tokenizer, data, augmentation, accelerator)
                 results["results"].setdefault(augmentation, {})[backbone.name] = scores
         results.update(majority_baselines(data, tokenizer))
+        results["paired"] = {aug: paired_differences(cells) for aug, cells in results["results"].items()}
         if accelerator.is_main_process:
             write_json_atomic(run.results, results)
     return results

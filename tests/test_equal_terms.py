@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -26,6 +27,8 @@ from bidirect.evaluate import (
     level_items,
     majority_baseline,
     name_partners,
+    paired_difference,
+    paired_differences,
     person_intervals,
 )
 from bidirect.objectives import encode_qa, make_objective
@@ -214,6 +217,44 @@ def test_intervals_resample_people_not_questions():
 
 
 # --------------------------------------------------------------------------- P_val
+
+
+def _level(hits_by_person: dict[int, list[int]], items: int = 1) -> dict:
+    """A level as results.json keeps it, one column (birth date) with ``items`` questions a person."""
+    people = sorted(hits_by_person)
+    return {"per_person": {"id": people, "hits": [[hits_by_person[p][0]] + [0] * 5 for p in people],
+                           "items": [[items] + [0] * 5 for _ in people]}}
+
+
+def test_paired_difference_resamples_the_same_people_for_both():
+    # half the people right on everything, half wrong: each level's own interval is wide (about 20 to 80)
+    first = _level({p: [1 if p < 10 else 0] for p in range(20)})
+    second = _level({p: [1 if p < 9 else 0] for p in range(20)})  # person 9 lost, nobody else changed
+    paired = paired_difference(first, second)
+    assert paired["difference"] == pytest.approx(0.05) and paired["people"] == 20
+    # by hand: in a resample the difference is (how often person 9 is drawn) / 20, never below 0
+    low, high = paired["ci95"]
+    assert low == 0.0 and 0.05 <= high <= 0.2
+    # a second implementation: draw people with replacement, 4,000 times, and take the percentiles
+    rng = np.random.default_rng(7)
+    draws = rng.integers(0, 20, size=(4000, 20))
+    diffs = ((draws < 10).mean(1) - (draws < 9).mean(1))
+    assert np.percentile(diffs, 97.5) == pytest.approx(high, abs=0.05)
+    assert paired_difference(first, first) == {"difference": 0.0, "ci95": [0.0, 0.0], "people": 20}
+    # only the people both scored: a level over people 0-9 against one over 5-19 compares 5-9
+    assert paired_difference(_level({p: [1] for p in range(10)}), _level({p: [0] for p in range(5, 20)}))[
+        "people"] == 5
+    assert paired_difference({"mean": 0.5}, second) is None  # results made before per-person hits were kept
+
+
+def test_paired_differences_compare_the_masked_rules_with_the_causal_headline():
+    right, wrong = _level({p: [1] for p in range(6)}), _level({p: [0] for p in range(6)})
+    cell = {"gpt2-rope": {"name_tied": right, "qa_test": right},
+            "gbert": {"name_tied": wrong, "qa_test": wrong, "qa_test_given": right, "qa_test_prior": wrong}}
+    got = {tuple(r["levels"]): r["difference"] for r in paired_differences(cell)}
+    assert got == {("name_tied", "name_tied"): 1.0, ("qa_test", "qa_test"): 1.0, ("qa_test", "qa_test_given"): 0.0,
+                   ("qa_test", "qa_test_prior"): 1.0}
+    assert all(r["first"] == "gpt2-rope" and r["second"] == "gbert" for r in paired_differences(cell))
 
 
 def test_p_val_people_are_held_out_like_p_test():

@@ -133,8 +133,11 @@ def test_perfect_and_wrong_predictors_on_inverse_levels(inverse_study, kind, fil
     ci = {"full_name": [1.0, 1.0], "mean": [1.0, 1.0]}
     # a masked model also says how many of its answers have the true length: all of them, here
     length = {"true_length": 1.0} if kind == "masked" else {}
-    assert perfect == {lv: {"full_name": 1.0, "mean": 1.0, "n": n, "people": n, "ci95": ci, **length}
-                       for lv, n in sizes.items()}
+    kept = {lv: {k: v for k, v in r.items() if k != "per_person"} for lv, r in perfect.items()}
+    assert kept == {lv: {"full_name": 1.0, "mean": 1.0, "n": n, "people": n, "ci95": ci, **length}
+                    for lv, n in sizes.items()}
+    for lv, r in perfect.items():  # each person's one question, right, kept for paired comparisons
+        assert r["per_person"]["hits"] == r["per_person"]["items"] == [[1]] * sizes[lv]
     wrong = evaluate_model(Table(len(tokenizer), lambda ids: [tokenizer.unk_token_id] * len(ids)), kind, tokenizer,
                            data, "single", cfg, levels=INVERSE_LEVELS)
     assert {lv: wrong[lv]["mean"] for lv in wrong} == {"inverse_train": 0.0, "inverse_test": 0.0}  # no P_val here

@@ -134,9 +134,28 @@ def results_tables(results: dict[str, Any]) -> list[Table]:
     return tables
 
 
+def paired_lines(results: dict[str, Any]) -> list[str]:
+    """Per augmentation and pair of backbones, their differences on the same people with the paired 95% interval
+    (results.json's ``paired``), one line a pair."""
+    lines = []
+    for aug, records in (results.get("paired") or {}).items():
+        pairs: dict[tuple[str, str], list[str]] = {}
+        for r in records:
+            a, b = r["levels"]
+            name = LEVEL_NAMES[a] if a == b else f"{LEVEL_NAMES[a]} - {LEVEL_NAMES[b]}"
+            low, high = (100 * x for x in r["ci95"])
+            pairs.setdefault((r["first"], r["second"]), []).append(
+                f"{name} {100 * r['difference']:+.1f} ({low:+.0f} to {high:+.0f})")
+        for (first, second), cells in pairs.items():
+            lines.append(f"{aug}: {first} - {second}, paired over the same people: " + "; ".join(cells))
+    return lines
+
+
 def print_results(console: Console, results: dict[str, Any]) -> None:
     for table in results_tables(results):
         console.print(table)
+    for line in paired_lines(results):
+        console.print(plain(line))
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -158,6 +177,7 @@ def markdown(results: dict[str, Any]) -> str:
             cells = " | ".join(pct(base.get(a)) for a in ATTRIBUTES)
             lines.append(f"| | {label} | {level} | {cells} | {pct(base.get('mean'))} | |")
     lines.append(f"\n{note(results)}")
+    lines += [f"\n{line}" for line in paired_lines(results)]
     return "\n".join(lines)
 
 
