@@ -1,5 +1,6 @@
 """A masked model's QA read three ways: masks filled in one pass, left to right, or most confident first
-(masked-diffusion order), each choosing the answer's length and told it, with the answer-length split; and
+(masked-diffusion order), each choosing the answer's length by the run's rule (its answer window, if it was
+fine-tuned with one) and told it, with the answer-length split; and
 inverse search on P_test where the run has it (the full name, its length chosen).
 
     python scripts/fill_orders.py RUN_DIR [AUGMENTATION] [BACKBONE]   # writes RUN_DIR/fill_orders.json
@@ -20,7 +21,8 @@ from bidirect.evaluate import evaluate_model
 from bidirect.rundir import read_cell
 
 FILLS = ("one_pass", "left_to_right", "confidence")
-LEVELS = ("qa_train", "qa_test", "qa_train_given", "qa_test_given", "inverse_test")  # those the run has
+# those the run has; P_val to choose a fill order on, P_test to report it
+LEVELS = ("qa_train", "qa_val", "qa_test", "qa_train_given", "qa_val_given", "qa_test_given", "inverse_test")
 
 
 def main(run: Path, augmentation: str | None, backbone: str) -> dict:
@@ -29,8 +31,8 @@ def main(run: Path, augmentation: str | None, backbone: str) -> dict:
     for fill in FILLS:
         started = time.perf_counter()
         scores = evaluate_model(model, "masked", tokenizer, data, augmentation, replace(cfg.eval, fill=fill),
-                                levels=LEVELS)
-        out["fills"][fill] = {level: {k: scores[level][k] for k in ("mean", "ci95", "n", "by_length")
+                                levels=LEVELS, answer=cfg.masking.answer)
+        out["fills"][fill] = {level: {k: scores[level][k] for k in ("mean", "ci95", "n", "by_length", "true_length")
                                       if k in scores[level]} for level in LEVELS if level in scores}
         out["fills"][fill]["seconds"] = round(time.perf_counter() - started, 1)
     return out
@@ -49,13 +51,16 @@ def _split(level: dict) -> str:
 
 def table(out: dict) -> str:
     lines = [f"{out['run']} / {out['augmentation']} / {out['backbone']}: QA mean exact match (%), 95% CI over people",
-             "| fill | P_train | P_test | P_test, 1 token / more | P_test* | P_test*, 1 token / more "
-             "| inverse P_test |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| fill | P_train | P_val | P_test | P_test, 1 token / more | true length | P_test* "
+             "| P_test*, 1 token / more | inverse P_test |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for fill, s in out["fills"].items():
         inverse = _cell(s["inverse_test"]) if "inverse_test" in s else "-"
-        lines.append(f"| {fill} | {100 * s['qa_train']['mean']:.1f} | {_cell(s['qa_test'])} | {_split(s['qa_test'])} | "
-                     f"{_cell(s['qa_test_given'])} | {_split(s['qa_test_given'])} | {inverse} |")
+        val = _cell(s["qa_val"]) if "qa_val" in s else "-"
+        length = f"{100 * s['qa_test']['true_length']:.0f}" if "true_length" in s["qa_test"] else "-"
+        lines.append(f"| {fill} | {100 * s['qa_train']['mean']:.1f} | {val} | {_cell(s['qa_test'])} | "
+                     f"{_split(s['qa_test'])} | {length} | {_cell(s['qa_test_given'])} | {_split(s['qa_test_given'])} "
+                     f"| {inverse} |")
     return "\n".join(lines)
 
 
