@@ -356,7 +356,10 @@ def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None =
     out: dict[str, Any] = {"study": cfg.name, "seed": cfg.seed, "protocol": cfg.protocol,
                            "data_sha256": saved_sha256(RunFolder(run_dir).data),
                            **majority_baselines(data, tokenizer), "results": {}, "training": {},
-                           "parameters": {}, "leak_check": {}, "config": cfg.to_dict()}
+                           "parameters": {}, "leak_check": {}, "config": cfg.to_dict(),
+                           # Training is bit-identical only at the same number of torch threads (float sums are
+                           # ordered by it); another count gives figures within the intervals, not the same ones.
+                           "torch_threads": torch.get_num_threads()}
     previous = read_results(run_dir) if path.is_file() else {}
     if accelerator.log_with:  # one tracker run per run folder (a sweep's cells share one accelerator)
         accelerator.init_trackers(run_dir.name, config=_hparams(cfg))
