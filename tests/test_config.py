@@ -16,6 +16,8 @@ CONFIGS = Path(__file__).parent.parent / "configs"
 def test_shipped_configs_load(path):
     if path.name.startswith("accelerate"):
         pytest.skip("an accelerate launch config, not a study")
+    if "rungs" in (yaml.safe_load(path.read_text()) or {}):
+        pytest.skip("a GPU ladder (scripts/ladder.py), not a study: tests/test_device_check.py loads it")
     if "sweep" in (yaml.safe_load(path.read_text()) or {}):  # a sweep file: every cell is a study
         from bidirect import sweep
 

@@ -291,7 +291,7 @@ def test_every_config_pins_the_tokenizer_kind():
     """A default that changes must not change what a committed config means."""
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         raw = yaml.safe_load(path.read_text())
-        if "accelerate" in path.name:
+        if "accelerate" in path.name or "rungs" in raw:  # an accelerate config, a GPU ladder: not studies
             continue
         assert (raw.get("tokenizer") or {}).get("kind") in ("word", "bpe"), path.name
 
