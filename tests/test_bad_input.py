@@ -1,0 +1,212 @@
+"""Bad input and faults of issue 22: each gets one message naming the field or file, exit code 2 (1 for a fault of
+the machine, with the command that continues), and changes nothing on disk.
+
+Every case runs the real command (`bidirect.cli.main`, or a subprocess) on real files under pytest's tmp_path, beside
+a decoy file of a user's, and checks the exit code, the message and that the folder is byte for byte as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from bidirect.cli import main
+from bidirect.config import MAX_YAML_VALUES, apply_overrides, from_dict, load, shown
+
+ONE_CELL = dict(data__augmentations=["single"], backbones=["gpt2-rope"])
+
+
+def _snapshot(top: Path) -> dict[str, str]:
+    """Every file and folder under ``top`` with the hash of its bytes and its modification time."""
+    return {str(p.relative_to(top)): hashlib.sha256(p.read_bytes()).hexdigest() + str(p.stat().st_mtime_ns)
+            if p.is_file() else "dir" for p in sorted(top.rglob("*"))}
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(argv)
+    text = capsys.readouterr().out
+    assert "Traceback" not in text
+    return code, " ".join(text.split())
+
+
+def _refused(tmp_path: Path, text: str, capsys, argv: list[str] | None = None, command: str = "run") -> str:
+    """Write ``text`` as a config beside a user's file, run ``command`` on it and return the one error line, after
+    checking exit code 2, that it is short, and that nothing was written."""
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    (tmp_path / "notes.txt").write_text("mine")
+    before = _snapshot(tmp_path)
+    code, out = _run([command, str(config), "--out", str(tmp_path / "out"), *(argv or [])], capsys)
+    assert code == 2 and out.startswith("error: "), out
+    assert len(out) < 600, out  # one message, never the value echoed whole
+    assert _snapshot(tmp_path) == before
+    return out
+
+
+# --------------------------------------------------------------------------- the YAML itself
+
+
+def _bomb(levels: int) -> str:
+    """`seed:` a list of nine aliases of a list of nine aliases ... (9**levels strings once expanded)."""
+    lists = ['&l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lists += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return f"seed: [{', '.join(lists)}]\n"
+
+
+def test_alias_bomb_refused_while_loading(tmp_path, capsys):
+    out = _refused(tmp_path, _bomb(6), capsys)
+    assert f"c.yaml: its aliases (*name) expand to more than {MAX_YAML_VALUES:,} values" in out
+
+
+def test_a_bad_value_is_shown_cut_never_echoed(tmp_path, capsys):
+    out = _refused(tmp_path, _bomb(4), capsys)  # 6,561 strings: loads, and the message echoed all (4.3 MB at 6)
+    assert "c.yaml: seed: expected an integer, got [['lol', 'lol'," in out and out.endswith("...")
+    out = _refused(tmp_path, "name: [" + ", ".join(["x" * 50] * 2000) + "]\n", capsys)
+    assert "name: expected a string, got ['xxxx" in out and out.endswith("...")
+    assert len(shown(list(range(10**6)))) <= 80
+
+
+def test_alias_inside_its_own_value_refused(tmp_path, capsys):
+    out = _refused(tmp_path, "seed: &a [*a]\n", capsys)
+    assert "c.yaml: an alias (line 1) is inside the value it names" in out
+
+
+def test_nested_10000_deep_refused(tmp_path, capsys):
+    out = _refused(tmp_path, "seed: " + "[" * 10_000 + "]" * 10_000 + "\n", capsys)
+    assert "c.yaml: nested more than 64 levels deep (line 1)" in out
+
+
+@pytest.mark.parametrize("text,what", [("? [a, b]\n: 1\n", "list"), ("data:\n  ? {a: 1}\n  : 2\n", "mapping")])
+def test_list_or_mapping_as_a_key_refused(tmp_path, text, what, capsys):
+    out = _refused(tmp_path, text, capsys)
+    assert "c.yaml: not valid YAML" in out and f"found a {what} as a key" in out
+
+
+@pytest.mark.parametrize("text", ["", "# just a comment\n\n", "~\n", "---\n"])
+def test_empty_config_refused_not_the_default_study(tmp_path, text, capsys):
+    out = _refused(tmp_path, text, capsys)
+    assert "c.yaml: the file is empty (no settings), which would run the whole default study" in out
+    assert "`bidirect run --out DIR`" in out
+
+
+@pytest.mark.parametrize("text,field,shown_as", [
+    ("data: {individuals: 1:20}\n", "data.individuals", "'1:20'"),  # YAML 1.1 read 80
+    ("data: {individuals: 010}\n", "data.individuals", "'010'"),  # YAML 1.1 read 8
+    ("pretrain: {lr: 1:30.5}\n", "pretrain.lr", "'1:30.5'"),  # YAML 1.1 read 90.5
+])
+def test_base_60_and_octal_numbers_not_reinterpreted(tmp_path, text, field, shown_as, capsys):
+    out = _refused(tmp_path, text, capsys)
+    assert f"{field}: expected " in out and shown_as in out
+
+
+def test_base_60_in_a_set_value_and_a_name_keeps_what_was_written(tmp_path, capsys):
+    out = _refused(tmp_path, "name: x\n", capsys, ["--set", "data.individuals=1:20"])
+    assert "data.individuals: expected an integer, got '1:20'" in out
+    config = tmp_path / "n.yaml"
+    config.write_text("name: 1:20\n")
+    assert load(config).name == "1:20"
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+@pytest.mark.parametrize("text,message", [
+    ("finetune: {lora_rank: 1000000000, finetune_mode: lora}\n", "finetune.lora_rank: at most model.width (128), "
+                                                                  "got 1,000,000,000"),
+    ("finetune: {lora_rank: 1000000000}\n", "finetune.lora_rank: at most model.width"),
+    ("pretrain: {lr: 1.0e+300}\n", "pretrain.lr: at most 10, got 1e+300"),
+    ("backbones: [{name: gbert, pretrain: {lr: 1.0e+300}}]\n", "backbones.gbert.pretrain.lr: at most 10"),
+    (f"pretrain: {{batch_size: {2**62}, grad_accum: {2**62}}}\n", "pretrain.batch_size: at most 1,048,576"),
+    (f"finetune: {{batch_size: {2**62}}}\n", "finetune.batch_size: at most 1,048,576"),
+    ("pretrain: {batch_size: 65536, grad_accum: 65536}\n", "pretrain.grad_accum: at most 4,096 micro-batches"),
+])
+def test_sizes_that_ran_out_of_memory_or_hung_are_bounded(tmp_path, text, message, capsys):
+    assert message in _refused(tmp_path, text, capsys)
+
+
+# --------------------------------------------------------------------------- --set: what was asked, once
+
+
+def test_set_the_same_key_twice_refused(tmp_path, capsys):
+    out = _refused(tmp_path, "name: x\n", capsys, ["--set", "seed=3", "seed=4"])
+    assert "--set seed: given twice ('seed=3' and 'seed=4'); give each field once" in out
+    out = _refused(tmp_path, "name: x\n", capsys, ["--set", "model={layers: 1}", "model.layers=2"])
+    assert "--set model.layers: overlaps --set model" in out
+
+
+def test_set_a_section_keeps_its_other_fields_like_the_file(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {width: 64, heads: 2}\n")
+    cfg = load(config, ["model={layers: 1}"])
+    assert (cfg.model.layers, cfg.model.width, cfg.model.heads) == (1, 64, 2)  # was width 128, heads 4
+    from_file = tmp_path / "f.yaml"
+    from_file.write_text("model: {width: 64, heads: 2, layers: 1}\n")
+    assert load(from_file) == cfg
+
+
+def test_sweep_over_a_whole_section_keeps_its_other_fields(tmp_path):
+    from bidirect.sweep import load as load_sweep
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("model: {width: 64, heads: 2}\nsweep:\n  model: [{layers: 1}, {layers: 3}]\n")
+    cells = load_sweep(sweep).cells
+    assert [(c.config.model.layers, c.config.model.width, c.config.model.heads) for c in cells] == [(1, 64, 2),
+                                                                                                   (3, 64, 2)]
+
+
+def _pretrain_steps(folder: Path) -> list[int]:
+    from bidirect.config import load as load_config
+
+    cfg = load_config(folder / "config.yaml", saved=True)
+    return [cfg.train_config(b, "pretrain").steps for b in cfg.backbones]
+
+
+def test_readme_set_pretrain_steps_does_what_it_says(tmp_path, capsys):
+    """`bidirect run --set pretrain.steps=400` (the README's example) trained 1,500 and 3,000 steps: the default
+    backbones' own pretrain.steps won. It applies to every backbone now, and a note says what it replaced."""
+    out = tmp_path / "q"
+    code, text = _run(["data", "--out", str(out), "--set", "pretrain.steps=400"], capsys)
+    assert code == 0 and _pretrain_steps(out) == [400, 400]
+    assert "note: --set pretrain.steps=400 applies to gpt2-rope too, in place of its own pretrain.steps 1500" in text
+    assert "applies to gbert too, in place of its own pretrain.steps 3000" in text
+    quick = Path(__file__).parents[1] / "configs" / "quick.yaml"
+    code, text = _run(["data", str(quick), "--out", str(tmp_path / "q2"), "--set", "pretrain.steps=400"], capsys)
+    assert code == 0 and _pretrain_steps(tmp_path / "q2") == [400, 400]
+
+
+def test_a_file_setting_a_phase_field_applies_to_the_default_backbones(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("pretrain: {steps: 400}\n")
+    notes: list[str] = []
+    cfg = load(config, notes=notes)
+    assert [cfg.train_config(b, "pretrain").steps for b in cfg.backbones] == [400, 400]
+    assert notes == ["pretrain.steps = 400 applies to every backbone, in place of the default backbones' own "
+                     "(gpt2-rope 1500, gbert 3000)"]
+    # a backbone's own value written in the same file is more specific, and wins as documented
+    config.write_text("pretrain: {steps: 400}\nbackbones: [{name: gbert, pretrain: {steps: 50}}, gpt2-rope]\n")
+    cfg = load(config)
+    assert [cfg.train_config(b, "pretrain").steps for b in cfg.backbones] == [50, 400]
+
+
+def test_set_lr_replaces_a_backbones_own_lr_and_min_lr_together():
+    notes: list[str] = []
+    raw = {"backbones": [{"name": "gpt2-rope", "pretrain": {"lr": 3e-3, "min_lr": 3e-4, "steps": 7}}]}
+    cfg = from_dict(apply_overrides(raw, ["pretrain.lr=1e-4", "pretrain.min_lr=1e-5"], notes))
+    train = cfg.train_config(cfg.backbones[0], "pretrain")
+    assert (train.lr, train.min_lr, train.steps) == (1e-4, 1e-5, 7)
+    assert notes[0] == "--set pretrain.lr=1e-4 applies to gpt2-rope too, in place of its own pretrain.lr 0.003, " \
+                       "pretrain.min_lr 0.0003"
+
+
+def test_sweep_over_pretrain_steps_varies_every_backbone(tmp_path):
+    from bidirect.sweep import load as load_sweep
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text((Path(__file__).parents[1] / "configs" / "quick.yaml").read_text()
+                     + "sweep: {pretrain.steps: [100, 200]}\n")
+    cells = load_sweep(sweep).cells
+    assert [[c.config.train_config(b, "pretrain").steps for b in c.config.backbones] for c in cells] == \
+        [[100, 100], [200, 200]]  # each cell trained 1,500 and 3,000 steps
