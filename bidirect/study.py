@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from dataclasses import asdict
@@ -260,6 +261,11 @@ def make_accelerator(cfg: StudyConfig, folder: Path | None = None) -> Accelerato
     ``folder``: the run or sweep folder, whose ``trackers/`` holds local trackers' files
     (``tracking.log_with``); without it nothing is tracked."""
     precision = cfg.mixed_precision
+    if precision == "fp16" and not torch.cuda.is_available():
+        # accelerate takes fp16 on a CPU without a word and trains fp32 (no autocast there), while config.yaml
+        # records fp16: refuse rather than record what did not run
+        raise ConfigError("mixed_precision: 'fp16' needs a CUDA GPU, and there is none here (on a CPU it would train "
+                          "in fp32 and record fp16); use auto, no or bf16")
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     log_with = list(cfg.tracking.log_with) if folder is not None else []
@@ -271,13 +277,43 @@ def make_accelerator(cfg: StudyConfig, folder: Path | None = None) -> Accelerato
         if missing:  # accelerate would drop them with a warning, and the run would track nothing
             raise ConfigError(f"tracking.log_with: {', '.join(missing)} is not installed here (pip install "
                               f"{' '.join(missing)}); installed trackers: {', '.join(sorted(available)) or 'none'}")
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=precision,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         log_with=log_with or None,
         project_dir=str(folder / "trackers") if log_with else None,
     )
+    check_launch(accelerator.num_processes)
+    return accelerator
+
+
+def _asked_processes(argv: list[str]) -> int | None:
+    """The ``--num_processes`` of an ``accelerate launch`` command line, if given."""
+    for i, arg in enumerate(argv):
+        text = argv[i + 1] if arg == "--num_processes" and i + 1 < len(argv) else \
+            arg.partition("=")[2] if arg.startswith("--num_processes=") else None
+        if text is not None:
+            return int(text) if text.isdigit() else None
+    return None
+
+
+def check_launch(processes: int) -> None:
+    """Refuse a run that `accelerate launch` started as one process when more were asked: without --multi_gpu,
+    ``accelerate launch --cpu --num_processes 2`` runs a single process (its simple launcher) without a word."""
+    if "ACCELERATE_USE_CPU" not in os.environ or processes > 1:  # not under accelerate launch, or several processes
+        return
+    try:  # the launcher is this process's parent; its command line says what was asked
+        argv = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return
+    if not any(a.endswith(("accelerate", "accelerate.commands.launch")) for a in argv[:3]):
+        return  # `accelerate launch ...` or `python -m accelerate.commands.launch ...`
+    asked = _asked_processes(argv)
+    if asked is not None and asked > 1:
+        raise ConfigError(f"accelerate launch --num_processes {asked} started 1 process: without --multi_gpu "
+                          f"accelerate runs one. Use `accelerate launch --multi_gpu --num_processes {asked} ...` "
+                          "(with --cpu on a CPU), or leave --num_processes out")
 
 
 def _hparams(cfg: StudyConfig) -> dict[str, Any]:

@@ -8,9 +8,13 @@ a decoy file of a user's, and checks the exit code, the message and that the fol
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from tiny import write_config
 
 from bidirect.cli import main
 from bidirect.config import MAX_YAML_VALUES, apply_overrides, from_dict, load, shown
@@ -210,3 +214,29 @@ def test_sweep_over_pretrain_steps_varies_every_backbone(tmp_path):
     cells = load_sweep(sweep).cells
     assert [[c.config.train_config(b, "pretrain").steps for b in c.config.backbones] for c in cells] == \
         [[100, 100], [200, 200]]  # each cell trained 1,500 and 3,000 steps
+
+
+# --------------------------------------------------------------------------- what runs is what is recorded
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="fp16 is refused only without a GPU")
+def test_fp16_on_a_cpu_refused_not_recorded(tmp_path, capsys):
+    write_config(tmp_path / "base.yaml", **ONE_CELL)
+    out = _refused(tmp_path, (tmp_path / "base.yaml").read_text() + "mixed_precision: fp16\n", capsys)
+    assert "mixed_precision: 'fp16' needs a CUDA GPU, and there is none here" in out and "use auto, no or bf16" in out
+
+
+def test_accelerate_launch_num_processes_without_multi_gpu_refused(tmp_path):
+    """`accelerate launch --cpu --num_processes 2` runs one process without --multi_gpu; it trained as one."""
+    config = write_config(tmp_path / "tiny.yaml", **ONE_CELL)
+    (tmp_path / "notes.txt").write_text("mine")
+    before = _snapshot(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                           "-m", "bidirect", "run", str(config), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    lines = proc.stdout.splitlines()
+    assert lines == ["error: accelerate launch --num_processes 2 started 1 process: without --multi_gpu accelerate "
+                     "runs one. Use `accelerate launch --multi_gpu --num_processes 2 ...` (with --cpu on a CPU), or "
+                     "leave --num_processes out"], proc.stdout + proc.stderr
+    assert _snapshot(tmp_path) == before
