@@ -145,7 +145,8 @@ def _truncate_log(log_path: Path, step: int) -> None:
     run will log them again."""
     if not log_path.is_file():
         return
-    lines = log_path.read_text().splitlines()
+    # bytes that are no UTF-8 (a damaged disk) make unreadable lines, which go like the line a kill cut
+    lines = log_path.read_bytes().decode("utf-8", errors="replace").splitlines()
     kept = []
     for line in lines:
         try:

@@ -8,7 +8,9 @@ a decoy file of a user's, and checks the exit code, the message and that the fol
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -240,3 +242,109 @@ def test_accelerate_launch_num_processes_without_multi_gpu_refused(tmp_path):
                      "runs one. Use `accelerate launch --multi_gpu --num_processes 2 ...` (with --cpu on a CPU), or "
                      "leave --num_processes out"], proc.stdout + proc.stderr
     assert _snapshot(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- damaged files of a run: one message
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished one-cell tiny run (made once; tests work on copies)."""
+    root = tmp_path_factory.mktemp("bad_input")
+    config = write_config(root / "tiny.yaml", **ONE_CELL)
+    assert main(["run", str(config), "--out", str(root / "run")]) == 0
+    return config, root / "run"
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path):
+    config, run = finished
+    copy = Path(shutil.copytree(run, tmp_path / "run", symlinks=True))
+    (copy / "notes.txt").write_text("a user's file inside the run folder")
+    (tmp_path / "thesis.tex").write_text("a user's file beside it")
+    return config, copy
+
+
+def _edit_results(run: Path, change) -> None:
+    path = run / "results.json"
+    results = json.loads(path.read_text())
+    change(results)
+    path.write_text(json.dumps(results))
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda r: r.update(results=[]), "results: expected a mapping of augmentation -> backbone -> level -> scores, "
+                                     "got list"),
+    (lambda r: r.update(wall_seconds="ten"), "wall_seconds: expected a number, got str"),
+    (lambda r: r["results"]["single"].update({"gpt2-rope": [1]}), "results.single.gpt2-rope: expected a mapping"),
+])
+def test_results_json_of_another_shape(run_copy, damage, message, capsys):
+    config, run = run_copy
+    _edit_results(run, damage)
+    before = _snapshot(run.parent)
+    for argv in (["summary", str(run)], ["eval", str(run)], ["run", str(config), "--out", str(run), "--resume"]):
+        code, text = _run(argv, capsys)
+        assert code == 2 and f"{run / 'results.json'}: not a bidirect results file ({message}" in text, argv
+        assert f"`bidirect run {run / 'config.yaml'} --out {run} --resume`" in text
+        assert _snapshot(run.parent) == before
+
+
+def test_summary_of_a_backbone_not_in_the_run(run_copy, capsys):
+    _, run = run_copy
+    before = _snapshot(run.parent)
+    code, text = _run(["summary", str(run), "--backbone", "nope"], capsys)
+    assert code == 2 and text == "error: --backbone nope: not in this run (it has gpt2-rope)"
+    assert _snapshot(run.parent) == before
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--eval-items", "1000000000000", "--eval-items: at most 10,000,000, got 1,000,000,000,000"),
+    ("--batch", str(2**62), "--batch: at most 1,048,576, got 4,611,686,018,427,387,904"),
+    ("--peak-tflops", "nan", "--peak-tflops: must be a finite number > 0, got nan"),
+])
+def test_bench_options_bounded(tmp_path, option, value, message, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    before = _snapshot(tmp_path)
+    code, text = _run(["bench", "--size", "tiny", "--steps", "1", option, value], capsys)
+    assert code == 2 and text == f"error: {message}"
+    assert _snapshot(tmp_path) == before
+
+
+def test_log_jsonl_with_bytes_that_are_no_text(run_copy, capsys):
+    config, run = run_copy
+    log = run / "models/single/gpt2-rope/pretrain/log.jsonl"
+    log.write_bytes(log.read_bytes() + b"\xff\xfe{garbage\n")
+    code, text = _run(["report", str(run)], capsys)  # the damaged line is left out of the loss curve
+    assert code == 0 and "report:" in text
+    from bidirect.trainer import _truncate_log
+
+    _truncate_log(log, 10**9)  # what a resume does first: the damaged line goes like a line a kill cut
+    assert b"garbage" not in log.read_bytes() and json.loads(log.read_text().splitlines()[-1])["step"] == 6
+
+
+def test_corrupt_capacity_json_in_a_sweep_report(tmp_path, finished, capsys):
+    config, run = finished
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text(config.read_text() + "sweep: {seed: [0]}\n")
+    sweep = tmp_path / "sweep"
+    from bidirect import rundir
+
+    sweep.mkdir()
+    rundir.write_marker(sweep, "sweep")
+    shutil.copytree(run, sweep / "seed=0")
+    (sweep / "sweep.yaml").write_text(sweep_file.read_text())
+    (sweep / "sweep.json").write_text(json.dumps({"axes": {"seed": [0]}, "cells": [{"name": "seed=0",
+                                                                                   "values": {"seed": 0}}]}))
+    (sweep / "seed=0" / "capacity.json").write_text('{"results": {"gpt2-rope": {"single": {"bits": 1}}}}')
+    before = _snapshot(sweep)
+    code, text = _run(["report", str(sweep), "--out", str(tmp_path / "r.md")], capsys)
+    assert code == 2 and f"{sweep / 'seed=0' / 'capacity.json'}: not a capacity file bidirect wrote (KeyError" in text
+    assert f"`bidirect capacity {sweep / 'seed=0'}`" in text and _snapshot(sweep) == before
+
+
+def test_capacity_replaces_its_own_damaged_file(run_copy, capsys):
+    _, run = run_copy
+    (run / "capacity.json").write_text('{"phase": "pretrain", "results": [3]}')  # a list: AttributeError before
+    code, _ = _run(["capacity", str(run)], capsys)
+    assert code == 0 and "gpt2-rope" in json.loads((run / "capacity.json").read_text())["results"]
