@@ -44,6 +44,9 @@ Kind = Literal["run", "sweep"]
 CONFIG_FILE = "config.yaml"  # the study, as run (a resume must match it)
 RESULTS_FILE = "results.json"  # every level of every cell, the baselines, the training summaries
 TOKENIZER_SHA_FILE = "tokenizer.sha256"  # of tokenizer/tokenizer.json, written with it: a swapped one is caught
+# In data/ and in each phase's model/: the sha256 of every other file there, written with them (`sha256sum -c`
+# reads it) and checked before they are used (bidirect.integrity): a damaged arrow file segfaulted eval
+FILES_SHA_FILE = "files.sha256"
 PROBE_FILE, CAPACITY_FILE, REPORT_FILE = "probe.json", "capacity.json", "report.md"  # the analyses' outputs
 # A phase folder (models/AUGMENTATION/BACKBONE/PHASE), which the trainer fills
 MODEL_DIR, LOG_FILE, DONE_FILE, CHECKPOINTS_DIR = "model", "log.jsonl", "phase.json", "checkpoints"
@@ -489,6 +492,11 @@ def select_cells(run_dir: Path, augmentation: str | None, backbone: str | None,
     """For an analysis of a run's trained models (probe, capacity): the run's config, the (augmentation,
     backbone) cells asked for, and the phase; clear errors otherwise."""
     cfg = require_run_dir(run_dir)
+    from bidirect.integrity import check_models, check_results
+
+    if RunFolder(run_dir).results.is_file():  # an edited config.yaml or another data/ would be analysed as the run's
+        check_results(run_dir, cfg, read_results(run_dir))
+    check_models(run_dir, cfg)  # all before any is used
     augs = [a.name for a in cfg.augmentations()]
     backbones = [b.name for b in cfg.backbones]
     if augmentation is not None and augmentation not in augs:

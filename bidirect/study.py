@@ -22,6 +22,7 @@ from bidirect import rundir
 from bidirect.config import GIVEN_LENGTH_LEVELS, INVERSE_LEVELS, ConfigError, StudyConfig, TrainConfig
 from bidirect.data.generate import StudyData, generate, saved_sha256
 from bidirect.evaluate import MEMORIZATION_LEVELS, evaluate_model, majority_baselines
+from bidirect.integrity import check_models, check_results
 from bidirect.lora import add_lora, merge_lora, trainable_parameters
 from bidirect.models import backbone_kind, build_backbone, flops_per_token, load_backbone, parameter_counts
 from bidirect.objectives import IGNORE, encode_qa, make_objective, tokenize_bios
@@ -336,6 +337,7 @@ def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None =
                            **majority_baselines(data, tokenizer), "results": {}, "training": {},
                            "parameters": {}, "leak_check": {}, "config": cfg.to_dict()}
     previous = read_results(run_dir) if path.is_file() else {}
+    check_results(run_dir, cfg, previous)  # cells it holds are kept: they must be of this config and data
     if accelerator.log_with:  # one tracker run per run folder (a sweep's cells share one accelerator)
         accelerator.init_trackers(run_dir.name, config=_hparams(cfg))
     for augmentation in [a.name for a in cfg.augmentations()]:
@@ -372,10 +374,12 @@ def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None =
 def reevaluate(run_dir: Path, accelerator: Accelerator | None = None) -> dict[str, Any]:
     """Evaluate the saved final models of a run again and rewrite its results.json."""
     cfg = require_run_dir(run_dir)
-    accelerator = accelerator or make_accelerator(cfg)
     run = RunFolder(run_dir)
-    data, tokenizer = StudyData.load(run.data), read_tokenizer(run_dir)
     results = read_results(run_dir) if run.results.is_file() else {"results": {}}
+    check_results(run_dir, cfg, results)
+    check_models(run_dir, cfg)
+    accelerator = accelerator or make_accelerator(cfg)
+    data, tokenizer = StudyData.load(run.data), read_tokenizer(run_dir)
     for augmentation in [a.name for a in cfg.augmentations()]:
         for backbone in cfg.backbones:
             scores = evaluate_cell(cfg, run_dir, backbone.name, tokenizer, data, augmentation, accelerator)

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, get_cosine_with_min_lr_schedule_with_warmup
 
 from bidirect.config import ConfigError, TrainConfig
+from bidirect.integrity import write_manifest
 from bidirect.objectives import IGNORE
 from bidirect.rundir import (
     CHECKPOINTS_DIR,
@@ -444,6 +445,7 @@ def _save_model(model: torch.nn.Module, accelerator: Accelerator, out_dir: Path,
             to_save.save_pretrained(tmp, state_dict=full_state)
         else:
             (finalize(to_save) if finalize is not None else to_save).save_pretrained(tmp)
+        write_manifest(tmp)  # models.load_backbone checks every file against it
         shutil.rmtree(out_dir / MODEL_DIR, ignore_errors=True)
         os.replace(tmp, out_dir / MODEL_DIR)
         write_json_atomic(out_dir / DONE_FILE, asdict(summary))

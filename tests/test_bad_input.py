@@ -348,3 +348,102 @@ def test_capacity_replaces_its_own_damaged_file(run_copy, capsys):
     (run / "capacity.json").write_text('{"phase": "pretrain", "results": [3]}')  # a list: AttributeError before
     code, _ = _run(["capacity", str(run)], capsys)
     assert code == 0 and "gpt2-rope" in json.loads((run / "capacity.json").read_text())["results"]
+
+
+# --------------------------------------------------------------------------- what a run uses is what it made
+
+
+def _overwrite(path: Path, offset: int, data: bytes) -> None:
+    content = bytearray(path.read_bytes())
+    content[offset:offset + len(data)] = data
+    path.write_bytes(bytes(content))
+
+
+ARROW = "data/individuals/data-00000-of-00001.arrow"
+MODEL = "models/single/gpt2-rope/finetune/model/model.safetensors"
+
+
+@pytest.mark.parametrize("command", ["eval", "capacity", "probe"])
+def test_overwritten_arrow_bytes_refused_not_a_segfault(run_copy, command, capsys):
+    """64 overwritten bytes of an arrow file segfaulted eval (exit -11); capacity ran on them without a word."""
+    _, run = run_copy
+    _overwrite(run / ARROW, 100, bytes(64))
+    before = _snapshot(run.parent)
+    code, text = _run([command, str(run), *(["--steps", "1"] if command == "probe" else [])], capsys)
+    assert code == 2 and text.startswith(f"error: {run / ARROW}: damaged: its sha256 is "), text
+    assert f"`bidirect data {run / 'config.yaml'} --out NEW` writes the same files" in text
+    assert _snapshot(run.parent) == before
+
+
+def test_the_advice_for_damaged_data_works(run_copy, tmp_path, capsys):
+    _, run = run_copy
+    _overwrite(run / ARROW, 100, bytes(64))
+    assert main(["data", str(run / "config.yaml"), "--out", str(tmp_path / "new")]) == 0
+    shutil.rmtree(run / "data")
+    shutil.copytree(tmp_path / "new" / "data", run / "data")  # "put NEW/data in place of it"
+    assert main(["eval", str(run)]) == 0
+
+
+def test_random_bytes_in_model_tensors_refused(run_copy, capsys):
+    config, run = run_copy
+    _overwrite(run / MODEL, (run / MODEL).stat().st_size - 200, os.urandom(100))
+    before = _snapshot(run.parent)
+    for argv in (["eval", str(run)], ["capacity", str(run), "--phase", "finetune"]):
+        code, text = _run(argv, capsys)
+        assert code == 2 and text.startswith(f"error: {run / MODEL}: damaged: its sha256 is "), text
+        assert "eval bio_recall" not in text  # every model checked before any is evaluated
+        assert _snapshot(run.parent) == before
+    # the advice: delete the phase, move results.json away, resume: the same model again
+    advice = text[text.index("`") + 1:text.rindex("`")].split()
+    shutil.rmtree(run / MODEL.rsplit("/", 2)[0])
+    (run / "results.json").rename(run.parent / "results.json.old")
+    assert main(advice[1:]) == 0
+    assert main(["eval", str(run)]) == 0
+
+
+def test_zeroed_data_sha256_refused(run_copy, capsys):
+    _, run = run_copy
+    (run / "data" / "sha256").write_text("0" * 64 + "\n")
+    for older in (False, True):  # older: a data folder without a manifest; results.json's hash catches it still
+        if older:
+            (run / "data" / "files.sha256").unlink()
+        before = _snapshot(run.parent)
+        code, text = _run(["eval", str(run)], capsys)
+        assert code == 2 and f"{run / 'data' / 'sha256'}: '0000000000" in text and "is not the data hash" in text
+        assert _snapshot(run.parent) == before
+
+
+def test_edited_config_yaml_refused(run_copy, capsys):
+    config, run = run_copy
+    saved = run / "config.yaml"
+    saved.write_text(saved.read_text().replace("  steps: 3\n", "  steps: 4\n"))
+    before = _snapshot(run.parent)
+    for argv in (["eval", str(run)], ["capacity", str(run)], ["probe", str(run), "--steps", "1"],
+                 ["run", str(saved), "--out", str(run), "--resume"]):
+        code, text = _run(argv, capsys)
+        assert code == 2 and f"{saved}: not the config {run / 'results.json'} was made with (finetune.steps: 4 in " \
+                              "config.yaml, 3 in results.json)" in text, argv
+        assert _snapshot(run.parent) == before
+
+
+def test_corrupt_dataset_dict_json_of_an_older_data_folder(run_copy, capsys):
+    _, run = run_copy
+    (run / "data" / "files.sha256").unlink()  # no manifest (an older version): the reader's error, in one line
+    (run / "data" / "bios" / "dataset_dict.json").write_text("{")
+    before = _snapshot(run.parent)
+    code, text = _run(["eval", str(run)], capsys)
+    assert code == 2 and text.startswith(f"error: {run / 'data'}: cannot be read (JSONDecodeError")
+    assert _snapshot(run.parent) == before
+
+
+def test_committed_runs_still_read():
+    """The runs in runs/ have no models, no data manifest and some a results.json older than fields of the config:
+    summary and report read them, and their config.yaml matches what their results.json recorded."""
+    from bidirect.integrity import check_results
+    from bidirect.rundir import read_results, require_run_dir
+
+    runs = [p.parent for p in sorted((Path(__file__).parents[1] / "runs").rglob("config.yaml"))
+            if (p.parent / "results.json").is_file()]
+    assert len(runs) > 10
+    for run in runs:
+        check_results(run, require_run_dir(run), read_results(run))
