@@ -28,7 +28,7 @@ from bidirect.models import backbone_kind, build_backbone, flops_per_token, load
 from bidirect.objectives import IGNORE, encode_qa, make_objective, tokenize_bios
 from bidirect.rundir import RunDirError, RunFolder, read_results, read_tokenizer, require_run_dir, write_json_atomic
 from bidirect.tokenizer import qa_ids, qa_text, train_tokenizer
-from bidirect.trainer import TrainingError, check_batch, phase_done, train_phase
+from bidirect.trainer import TrainingError, check_batch, disk_faults, phase_done, train_phase
 
 FULL_NAME = re.compile(r"\b[A-Z][a-zA-Z]+ [A-Z][a-zA-Z]+ [A-Z][a-zA-Z]+\b")  # first middle last
 
@@ -46,7 +46,9 @@ def prepare_data(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | Non
         corpus = [t for aug in data.bios for t in data.bios[aug]["text"]]
         for qa in [data.qa_train] + ([data.inverse_train] if data.inverse_train is not None else []):
             corpus += [qa_text(q, a) for q, a in zip(qa["question"], qa["answer"])]
-        rundir.write_tokenizer(run_dir, train_tokenizer(corpus, cfg.tokenizer.kind, cfg.tokenizer.vocab_size))
+        tokenizer = train_tokenizer(corpus, cfg.tokenizer.kind, cfg.tokenizer.vocab_size)
+        with disk_faults(run_dir):  # tokenizers reports a full disk as its own exception
+            rundir.write_tokenizer(run_dir, tokenizer)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return StudyData.load(RunFolder(run_dir).data), read_tokenizer(run_dir)

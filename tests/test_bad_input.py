@@ -447,3 +447,57 @@ def test_committed_runs_still_read():
     assert len(runs) > 10
     for run in runs:
         check_results(run, require_run_dir(run), read_results(run))
+
+
+# --------------------------------------------------------------------------- a full disk while saving
+
+
+BIG = dict(ONE_CELL, model={"layers": 2, "heads": 2, "width": 256, "mlp_width": 1024, "context": 256},
+           pretrain={"steps": 1, "batch_size": 4}, finetune={"steps": 1, "batch_size": 4})
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB file system (tmpfs): room for the tiny study's data and tokenizer, not for a 256-wide model."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)],
+                                                   capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("needs root and mount (a real full disk)")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_full_disk_while_saving_a_model_is_one_line_then_resumes(small_disk, tmp_path, capsys):
+    config = write_config(tmp_path / "big.yaml", **BIG)
+    out = small_disk / "run"
+    code, text = _run(["run", str(config), "--out", str(out)], capsys)
+    assert code == 1, text
+    error = text[text.index("error: "):]
+    assert error == (f"error: {out}/models/single/gpt2-rope/pretrain/.model.tmp: No space left on device; free space "
+                     f"(or fix the disk), then continue with `bidirect run {config} --out {out} --resume`")
+    assert not (out / "models/single/gpt2-rope/pretrain/.model.tmp").exists()  # the half model gave its space back
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # "free space"
+    advice = error[error.index("`") + 1:error.rindex("`")].split()
+    assert main(advice[1:]) == 0 and (out / "results.json").is_file()
+
+
+def test_full_disk_reported_by_safetensors_is_an_oserror(run_copy, monkeypatch, capsys):
+    """Where no file system can be filled: the error safetensors raises on a full disk, raised by its own writer."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    config, run = run_copy
+    shutil.rmtree(run / "models/single/gpt2-rope/finetune")
+    (run / "results.json").unlink()
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "serialize_file", full)
+    code, text = _run(["run", str(config), "--out", str(run), "--resume"], capsys)
+    assert code == 1 and text.endswith(f"finetune/.model.tmp: No space left on device; free space (or fix the disk), "
+                                       f"then continue with `bidirect run {config} --out {run} --resume`")
