@@ -468,7 +468,7 @@ def small_disk(tmp_path):
     try:
         yield disk
     finally:
-        subprocess.run(["umount", str(disk)], check=True)
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)  # lazy: a file still open cannot stop it
 
 
 def test_full_disk_while_saving_a_model_is_one_line_then_resumes(small_disk, tmp_path, capsys):
