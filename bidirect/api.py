@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -50,14 +51,22 @@ COLUMNS = ["augmentation", "backbone", "level", "attribute", "accuracy", "ci_low
 def study_config(config: str | Path | dict[str, Any] | StudyConfig | None = None,
                  overrides: list[str] | None = None) -> StudyConfig:
     """A validated study: from a YAML file, a mapping shaped like one, a `StudyConfig`, or the embedded
-    default (None); ``overrides`` as on the command line (``pretrain.steps=400``)."""
+    default (None); ``overrides`` as on the command line (``pretrain.steps=400``). A phase field set on top of
+    backbones that have their own value of it is applied to them too, and a note printed says so."""
+    notes: list[str] = []
     if isinstance(config, (str, Path)):
-        return load(config, overrides)
-    if isinstance(config, StudyConfig):
-        config = config.to_dict()
-    if config is None and not overrides:
-        return validate(StudyConfig())
-    return from_dict(apply_overrides(config if config is not None else StudyConfig().to_dict(), overrides or []))
+        cfg = load(config, overrides, notes=notes)
+    elif config is None and not overrides:
+        cfg = validate(StudyConfig())
+    else:
+        if isinstance(config, StudyConfig):
+            config = config.to_dict()
+        raw = config if config is not None else StudyConfig().to_dict()
+        cfg = from_dict(apply_overrides(raw, overrides or [], notes), notes)
+    if os.environ.get("RANK", "0") == "0":  # once under `accelerate launch`, whose processes all load the config
+        for note in notes:
+            print(f"note: {note}", flush=True)
+    return cfg
 
 
 def run(config: str | Path | dict[str, Any] | StudyConfig | None, out: str | Path, overrides: list[str] | None = None,

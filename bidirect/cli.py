@@ -94,6 +94,12 @@ def cmd_summary(args: argparse.Namespace) -> None:
             console.print(summary_table(summary))
             console.print(f"summary: {write_summary(sweep_dir, summary)}")
     runs = {d: read_results(Path(d)) for d in args.run_dirs if Path(d) not in sweeps}
+    if args.backbone and runs:  # a name in no run left no rows, and the table code failed on none
+        have = list(dict.fromkeys(b for r in runs.values() for cells in r["results"].values() for b in cells))
+        for name in args.backbone:
+            if name not in have:
+                raise ConfigError(f"--backbone {name}: not in {'this run' if len(runs) == 1 else 'these runs'} "
+                                  f"(it has {', '.join(have) or 'no results'})")
     if len(runs) == 1 and not sweeps:
         print_results(console, next(iter(runs.values())))
     if args.backbone:  # only these backbones' rows

@@ -13,6 +13,7 @@ import errno
 import math
 import os
 import re
+import reprlib
 import stat
 import types
 import typing
@@ -33,6 +34,16 @@ MAX_BIOS = 50_000_000  # individuals x bios per person, per augmentation (about 
 MAX_SIZE = {"layers": 256, "heads": 256, "width": 16_384, "mlp_width": 65_536, "context": 32_768}
 MAX_VOCAB = 262_144
 MAX_BEAMS = 64
+# Training bounds: a learning rate past 10 is a typo for any optimizer here (AdamW's step is about lr in size; the
+# studies use 1e-4 to 3e-3); a batch past 2**20 sequences, or 4,096 micro-batches per step, would sit for hours
+# without a line printed before the first step ends (2**62 passed the divisibility checks and hung).
+MAX_LR = 10.0
+MAX_BATCH = 2**20
+MAX_GRAD_ACCUM = 4096
+# A YAML file's shape: a study is 4 levels deep and a few hundred values; past these it is a mistake or an alias
+# bomb (an alias of an alias ... expands exponentially, and every message or copy of the value would expand it).
+MAX_YAML_DEPTH = 64
+MAX_YAML_VALUES = 100_000
 
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "company", "company_city")
 # The evaluation levels (bidirect.evaluate), in the order tables show them. qa_val exists only with
@@ -54,6 +65,18 @@ HELD_OUT_LEVELS = ("qa_test", *(lv for lv in RULE_LEVELS if lv.startswith("qa_te
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the field and what is allowed."""
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 60, 60, 40
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 8
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters, for messages: a bad value is shown, never echoed whole
+    (reprlib stops at a few levels and items, so a huge or self-containing value costs nothing to show)."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -93,7 +116,8 @@ class Augmentation:
         """Parse the study's own notation, e.g. ``multi5+permute+fullname``."""
         allowed = "single, multiM (M >= 1), permute, permuteP (P >= 1), fullname joined by '+'"
         if not isinstance(spec, str) or not spec:
-            raise ConfigError(f"{where}: expected a string like 'multi5+permute', got {spec!r}; allowed: {allowed}")
+            raise ConfigError(f"{where}: expected a string like 'multi5+permute', got {shown(spec)}; "
+                              f"allowed: {allowed}")
         multi, permute, fullname = 1, 0, False
         seen: dict[str, str] = {}
         for part in spec.split("+"):
@@ -101,7 +125,8 @@ class Augmentation:
             # otherwise be read as something the user did not write.
             kind = "multi" if part == "single" or part.startswith("multi") else re.sub(r"\d+$", "", part)
             if kind in seen:
-                raise ConfigError(f"{where}: {seen[kind]!r} and {part!r} both set {kind} in {spec!r}; give it once")
+                raise ConfigError(f"{where}: {shown(seen[kind])} and {shown(part)} both set {kind} in {shown(spec)}; "
+                                  "give it once")
             seen[kind] = part
             if part == "single":
                 multi = 1
@@ -112,13 +137,13 @@ class Augmentation:
             elif part == "fullname":
                 fullname = True
             else:
-                raise ConfigError(f"{where}: unknown augmentation {part!r} in {spec!r}; allowed: {allowed}")
+                raise ConfigError(f"{where}: unknown augmentation {shown(part)} in {shown(spec)}; allowed: {allowed}")
         if multi < 1:
-            raise ConfigError(f"{where}: multi must be >= 1 in {spec!r}")
+            raise ConfigError(f"{where}: multi must be >= 1 in {shown(spec)}")
         if "permute" in spec and permute < 1:
-            raise ConfigError(f"{where}: permuteP needs P >= 1 in {spec!r}")
+            raise ConfigError(f"{where}: permuteP needs P >= 1 in {shown(spec)}")
         if multi > MAX_AUGMENT or permute > MAX_AUGMENT:
-            raise ConfigError(f"{where}: at most multi{MAX_AUGMENT} and permute{MAX_AUGMENT} in {spec!r} "
+            raise ConfigError(f"{where}: at most multi{MAX_AUGMENT} and permute{MAX_AUGMENT} in {shown(spec)} "
                               "(the paper's richest is multi5+permute)")
         return cls(multi=multi, permute=permute, fullname=fullname)
 
@@ -355,45 +380,45 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return _build(tp, value, where)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{where}: got {value!r}; allowed: {', '.join(repr(a) for a in args)}")
+            raise ConfigError(f"{where}: got {shown(value)}; allowed: {', '.join(repr(a) for a in args)}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {shown(value)}")
         if origin is tuple:
             if len(value) != len(args):
-                raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+                raise ConfigError(f"{where}: expected {len(args)} values, got {shown(value)}")
             return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
         return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {shown(value)}")
         return dict(value)
     if origin in (typing.Union, types.UnionType):
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {shown(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {shown(value)}")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
             try:
                 value = float(value)
             except ValueError:
-                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+                raise ConfigError(f"{where}: expected a number, got {shown(value)}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {shown(value)}")
         # NaN passes every range check (each comparison is false) and is no valid JSON in results.json.
         if not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{where}: expected a finite number, got {shown(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {shown(value)}")
         return value
     return value
 
@@ -433,16 +458,17 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     if isinstance(raw, cls):
         return raw
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping of {cls.__name__} fields, got {raw!r}")
+        raise ConfigError(f"{where or 'config'}: expected a mapping of {cls.__name__} fields, got {shown(raw)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(names))
+    unknown = sorted(set(raw) - set(names), key=str)  # key=str: YAML keys may be numbers beside names
     if unknown:
         prefix = f"{where}." if where else ""
+        key = unknown[0] if isinstance(unknown[0], str) and len(unknown[0]) <= 80 else shown(unknown[0])
         moved = MOVED.get((cls.__name__, unknown[0]))
         if moved:
-            raise ConfigError(f"{prefix}{unknown[0]}: moved to {moved[0]} ({moved[1]}); write it there")
-        raise ConfigError(f"unknown key {prefix}{unknown[0]}; allowed keys: {', '.join(names)}")
+            raise ConfigError(f"{prefix}{key}: moved to {moved[0]} ({moved[1]}); write it there")
+        raise ConfigError(f"unknown key {prefix}{key}; allowed keys: {', '.join(names)}")
     raw = dict(raw)
     for f in dataclasses.fields(cls):
         # A partial section starts from the study's default for that section, not from the
@@ -459,7 +485,7 @@ def _backbone(raw: Any, where: str) -> BackboneConfig:
         raw = {"name": raw}
     if isinstance(raw, dict) and "name" not in raw:  # else the dataclass default, gpt2, would train unasked
         raise ConfigError(f"{where}: a backbone mapping needs name: (e.g. {{name: gbert, pretrain: {{lr: 1e-3}}}}), "
-                          f"got {raw!r}")
+                          f"got {shown(raw)}")
     return _build(BackboneConfig, raw, where)
 
 
@@ -527,18 +553,18 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         raise ConfigError(f"backbones: needs at least one of {', '.join(BACKBONE_KINDS)}")
     # The study-wide phases first: an error in them is named where the user wrote it (pretrain.lr),
     # not under the first backbone that inherits it.
-    validate_train(cfg.pretrain, "pretrain")
-    validate_train(cfg.finetune, "finetune")
+    validate_train(cfg.pretrain, "pretrain", m.width)
+    validate_train(cfg.finetune, "finetune", m.width)
     seen = set()
     for i, b in enumerate(cfg.backbones):
         if b.name not in BACKBONE_KINDS:
-            raise ConfigError(f"backbones[{i}]: unknown backbone {b.name!r}; known: {', '.join(BACKBONE_KINDS)}")
+            raise ConfigError(f"backbones[{i}]: unknown backbone {shown(b.name)}; known: {', '.join(BACKBONE_KINDS)}")
         if b.name in seen:
-            raise ConfigError(f"backbones[{i}]: {b.name!r} listed twice")
+            raise ConfigError(f"backbones[{i}]: {shown(b.name)} listed twice")
         seen.add(b.name)
         for phase in ("pretrain", "finetune"):
             train = cfg.train_config(b, phase)
-            validate_train(train, f"backbones.{b.name}.{phase}")
+            validate_train(train, f"backbones.{b.name}.{phase}", m.width)
             # LoRA is a way to fine-tune; nothing else reads the field
             if train.finetune_mode == "lora" and (phase == "pretrain" or cfg.protocol == "mixed"):
                 where = phase if getattr(cfg, phase).finetune_mode == "lora" else f"backbones.{b.name}.{phase}"
@@ -568,7 +594,8 @@ def validate(cfg: StudyConfig) -> StudyConfig:
                           f"masking.answer {mk.answer!r}; allowed with it: {', '.join(map(repr, rules))}")
     for i, tracker in enumerate(cfg.tracking.log_with):
         if tracker not in TRACKERS:
-            raise ConfigError(f"tracking.log_with[{i}]: unknown tracker {tracker!r}; allowed: {', '.join(TRACKERS)}")
+            raise ConfigError(f"tracking.log_with[{i}]: unknown tracker {shown(tracker)}; "
+                              f"allowed: {', '.join(TRACKERS)}")
     _positive("eval.batch_size", cfg.eval.batch_size)
     _positive("eval.max_individuals", cfg.eval.max_individuals, allow_zero=True)
     _positive("eval.num_beams", cfg.eval.num_beams)
@@ -577,9 +604,21 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     return cfg
 
 
-def validate_train(t: TrainConfig, where: str) -> None:
+def validate_train(t: TrainConfig, where: str, width: int | None = None) -> None:
+    """Range checks of one phase; ``width``: the model's, which bounds the LoRA rank."""
     for k in ("steps", "batch_size", "grad_accum", "lr", "lora_rank"):
         _positive(f"{where}.{k}", getattr(t, k))
+    if t.lr > MAX_LR:
+        raise ConfigError(f"{where}.lr: at most {MAX_LR:g}, got {t.lr:g} (the studies train at 1e-4 to 3e-3)")
+    if t.batch_size > MAX_BATCH:
+        raise ConfigError(f"{where}.batch_size: at most {MAX_BATCH:,} sequences per step, got {t.batch_size:,} "
+                          "(the paper's is 96)")
+    if t.grad_accum > MAX_GRAD_ACCUM:
+        raise ConfigError(f"{where}.grad_accum: at most {MAX_GRAD_ACCUM:,} micro-batches per step, got "
+                          f"{t.grad_accum:,}")
+    if width is not None and t.lora_rank > width:
+        # LoRA's update of a width x width matrix has rank at most the width; more only costs memory (1e9 ran out)
+        raise ConfigError(f"{where}.lora_rank: at most model.width ({width}), got {t.lora_rank:,}")
     for k in ("min_lr", "warmup_steps", "weight_decay", "adam_eps", "clip_norm", "checkpoint_every"):
         _positive(f"{where}.{k}", getattr(t, k), allow_zero=True)
     _positive(f"{where}.log_every", t.log_every)
@@ -591,8 +630,25 @@ def validate_train(t: TrainConfig, where: str) -> None:
         raise ConfigError(f"{where}.adam_betas: each must be in [0, 1), got {t.adam_betas}")
 
 
-def from_dict(raw: Any) -> StudyConfig:
-    """Build and validate a study from a plain mapping (a parsed YAML file)."""
+# Fields of a phase that are one setting: the learning rate decays from lr to min_lr, so a value given for either
+# replaces a backbone's own pair (else its min_lr could end above the lr given).
+_PAIRED = {"lr": ("lr", "min_lr"), "min_lr": ("lr", "min_lr")}
+
+
+def _with_pairs(keys: set[str]) -> set[str]:
+    return {k for key in keys for k in _PAIRED.get(key, (key,))}
+
+
+def _value(value: Any) -> str:
+    """A value in a note, as it was written (1e-3 is read as a string, which the loader turns into a number)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}"
+    return shown(value, 40) if not isinstance(value, str) or len(value) > 40 else value
+
+
+def from_dict(raw: Any, notes: list[str] | None = None) -> StudyConfig:
+    """Build and validate a study from a plain mapping (a parsed YAML file). ``notes``, when given, receives a line
+    for each phase field of the study that the default backbones' own value of it gave way to (see below)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -605,8 +661,20 @@ def from_dict(raw: Any) -> StudyConfig:
     cfg = _build(StudyConfig, raw, "")
     if backbones is not None:
         if not isinstance(backbones, list):
-            raise ConfigError(f"backbones: expected a list of names or mappings, got {backbones!r}")
+            raise ConfigError(f"backbones: expected a list of names or mappings, got {shown(backbones)}")
         cfg.backbones = [_backbone(b, f"backbones[{i}]") for i, b in enumerate(backbones)]
+    else:
+        # The default backbones carry the quick study's own steps and learning rates, which as overrides won over a
+        # phase field the file sets: `pretrain: {steps: 400}` trained 1,500 and 3,000 steps without a word. The user
+        # wrote the study's field and not the defaults', so theirs is meant for every backbone.
+        for phase in ("pretrain", "finetune"):
+            given = raw.get(phase) if isinstance(raw.get(phase), dict) else {}
+            for key in sorted(_with_pairs(set(given))):
+                own = {b.name: getattr(b, phase).pop(key) for b in cfg.backbones if key in getattr(b, phase)}
+                if own and notes is not None and key in given:
+                    notes.append(f"{phase}.{key} = {_value(given[key])} applies to every backbone, in place of the "
+                                 "default backbones' own (" + ", ".join(f"{n} {_value(v)}" for n, v in own.items())
+                                 + ")")
     return validate(cfg)
 
 
@@ -627,8 +695,40 @@ def check_key(key: str, where: str = "") -> None:
         parts.append(part)
 
 
-def set_path(raw: dict[str, Any], path: str, value: Any, where: str = "") -> None:
-    """Set the dotted ``path`` in a parsed study file, making the sections it goes through."""
+def _section(path: str) -> bool:
+    """``path`` names a whole section of the study (``model``), whose partial mapping keeps its other fields."""
+    cls: Any = StudyConfig
+    for part in path.split("."):
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in hints:
+            return False
+        cls = hints[part]
+    return dataclasses.is_dataclass(cls)
+
+
+def _give_way(raw: dict[str, Any], path: str, value: Any, where: str, notes: list[str] | None) -> None:
+    """A phase field set on top of a study (``--set pretrain.steps=400``, a sweep's value) is meant for every
+    backbone: a backbone's own value of it, which would otherwise win, gives way (and ``notes`` says so)."""
+    phase, _, key = path.partition(".")
+    if phase not in ("pretrain", "finetune") or "." in key:
+        return
+    keys = _with_pairs({key} if key else set(value) if isinstance(value, dict) else set())
+    for i, backbone in enumerate(raw.get("backbones") or []):
+        if not isinstance(backbone, dict) or not isinstance(backbone.get(phase), dict):
+            continue
+        gone = {k: v for k, v in backbone[phase].items() if k in keys}
+        if gone:
+            backbone[phase] = {k: v for k, v in backbone[phase].items() if k not in keys}
+            if notes is not None:
+                name = backbone.get("name", f"backbones[{i}]")
+                notes.append(f"{where}{path}={_value(value)} applies to {name} too, in place of its own "
+                             + ", ".join(f"{phase}.{k} {_value(v)}" for k, v in gone.items()))
+
+
+def set_path(raw: dict[str, Any], path: str, value: Any, where: str = "", notes: list[str] | None = None) -> None:
+    """Set the dotted ``path`` in a parsed study file, making the sections it goes through. A mapping given for a
+    whole section (``model={layers: 1}``) is merged into it, as the same partial section in a file keeps the other
+    fields; a phase field (``pretrain.steps``) replaces the backbones' own value of it too (`_give_way`)."""
     *parents, last = path.split(".")
     node = raw
     for i, key in enumerate(parents):
@@ -639,7 +739,11 @@ def set_path(raw: dict[str, Any], path: str, value: Any, where: str = "") -> Non
             raise ConfigError(f"{where}{path}: {'.'.join(parents[:i + 1])} is not a mapping in the study, "
                               f"so {path} cannot be set")
         node = child
+    given = value
+    if isinstance(value, dict) and isinstance(node.get(last), dict) and _section(path):
+        value = {**node[last], **value}
     node[last] = copy.deepcopy(value)
+    _give_way(raw, path, given, where, notes)  # only the fields given, not those the merge kept
 
 
 def dotted(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -649,38 +753,90 @@ def dotted(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: obj}
 
 
-def apply_overrides(raw: Any, overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(raw: Any, overrides: list[str], notes: list[str] | None = None) -> dict[str, Any]:
     """A parsed study file with ``KEY=VALUE`` overrides (``pretrain.steps=400``, ``backbones=[gpt2-rope]``)
-    set on it; values are read as YAML. The caller validates the result like any study file, so a bad
-    value gets the message the same value would get in the file."""
+    set on it by `set_path` (a section's mapping is merged in, a phase field is meant for every backbone; ``notes``
+    gets a line for each backbone's own value replaced); values are read as YAML. The caller validates the result
+    like any study file, so a bad value gets the message the same value would get in the file. A field given
+    twice, or inside a section also given, is refused."""
     raw = copy.deepcopy(raw) if raw is not None else {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config: expected a mapping at the top level, got {type(raw).__name__}")
+    given: dict[str, str] = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted field path, e.g. pretrain.steps=400")
+            raise ConfigError(f"--set {shown(item)}: expected KEY=VALUE with a dotted field path, "
+                              "e.g. pretrain.steps=400")
+        # `--set seed=3 seed=4` took the last without a word; `model={layers: 1} model.layers=2` is as ambiguous
+        for other, first in given.items():
+            if key == other or key.startswith(other + ".") or other.startswith(key + "."):
+                twice = "given twice" if key == other else f"overlaps --set {other}"
+                raise ConfigError(f"--set {key}: {twice} ({shown(first)} and {shown(item)}); give each field once")
+        given[key] = item
         # No check_key here: an unknown key is reported by the loader, word for word as in a file.
         try:
-            value = yaml.safe_load(text) if text else None
+            value = yaml.load(text, Loader=_StudyLoader) if text else None  # noqa: S506 (a SafeLoader)
+        except _Refused as err:
+            raise ConfigError(f"--set {key}: {err}") from None
         except yaml.YAMLError as err:
-            raise ConfigError(f"--set {key}: {text!r} is not a YAML value ({str(err).splitlines()[0]})") from None
-        set_path(raw, key, value, "--set ")
+            raise ConfigError(f"--set {key}: {shown(text)} is not a YAML value ({str(err).splitlines()[0]})") from None
+        set_path(raw, key, value, "--set ", notes)
     return raw
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping; PyYAML keeps the last silently."""
+class _Refused(yaml.YAMLError):
+    """A YAML text past the shape a study can have: nested too deep, or aliases expanding too far."""
+
+
+# YAML 1.1's integers and floats without the forms that read a value as something else than written: base 60
+# (`individuals: 1:20` was 80) and a leading 0 for octal (`010` was 8). Such values stay strings, so a number field
+# says it expected a number and a name keeps what was written (YAML 1.2 dropped both forms too).
+_INT = re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$")
+_FLOAT = re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+                    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+_NUMBER = {"tag:yaml.org,2002:int": _INT, "tag:yaml.org,2002:float": _FLOAT}
+
+
+class _StudyLoader(yaml.SafeLoader):
+    """SafeLoader for study and sweep files: refuses a key given twice in one mapping (PyYAML keeps the last
+    silently) and a list or mapping as a key, bounds nesting and what aliases expand to (`_expanded`), and reads
+    no base-60 or octal numbers."""
+
+    yaml_implicit_resolvers = {first: [(tag, _NUMBER.get(tag, rx)) for tag, rx in resolvers]
+                               for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        # Composing recurses once per level: 10,000 nested brackets ended in a RecursionError
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise _Refused(f"nested more than {MAX_YAML_DEPTH} levels deep (line {line}); a study has 4")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None:
+            _expanded(node, {}, set(), 0)
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen = set()
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden key by key
                 continue
+            if not isinstance(key_node, yaml.ScalarNode):  # else a TypeError (unhashable) from deep inside PyYAML
+                what = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+                raise yaml.constructor.ConstructorError("while reading a mapping", node.start_mark,
+                                                        f"found a {what} as a key (keys are names)",
+                                                        key_node.start_mark)
             key = self.construct_object(key_node, deep=True)
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while reading a mapping", node.start_mark, f"found the key {key!r} twice", key_node.start_mark)
+                raise yaml.constructor.ConstructorError("while reading a mapping", node.start_mark,
+                                                        f"found the key {shown(key)} twice", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -702,10 +858,31 @@ def _not_a_file(path: Path) -> str:
             return f"is {what}, not a YAML file"
     return "is not a regular file"
 
+def _expanded(node: Any, sizes: dict[int, int], open_: set[int], depth: int) -> int:
+    """How many values ``node`` holds once its aliases are expanded, each node visited once (so linear in the
+    file); refused past MAX_YAML_VALUES (an alias bomb: a list of nine aliases of a list of nine aliases ...),
+    past MAX_YAML_DEPTH levels, and for an alias inside the value it names."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_:
+        raise _Refused(f"an alias (line {node.start_mark.line + 1}) is inside the value it names, which never ends")
+    if depth > MAX_YAML_DEPTH:
+        raise _Refused(f"its aliases nest values more than {MAX_YAML_DEPTH} levels deep; a study has 4")
+    open_.add(id(node))
+    children = [] if isinstance(node, yaml.ScalarNode) else \
+        [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
+    size = 1 + sum(_expanded(child, sizes, open_, depth + 1) for child in children)
+    open_.discard(id(node))
+    if size > MAX_YAML_VALUES:
+        raise _Refused(f"its aliases (*name) expand to more than {MAX_YAML_VALUES:,} values (an alias bomb?); "
+                       "a study has a few hundred")
+    sizes[id(node)] = size
+    return size
+
 
 def read_yaml(path: str | Path, what: str = "config file") -> Any:
-    """A YAML file's contents; a missing, unreadable, non-UTF-8 or invalid file, or a key given twice,
-    is a `ConfigError` naming the file."""
+    """A YAML file's contents; a missing, unreadable, non-UTF-8 or invalid file, a key given twice, or one past
+    the shape a study can have (`_StudyLoader`), is a `ConfigError` naming the file."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{what} {path} is a folder, not a YAML file")
@@ -719,23 +896,31 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
         raise ConfigError(f"{what} {path}: not a UTF-8 text file (byte {err.start} is {err.object[err.start]:#04x})") \
             from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        return yaml.load(text, Loader=_StudyLoader)  # noqa: S506 (a SafeLoader)
+    except _Refused as err:
+        raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
 
 
-def load(path: str | Path, overrides: list[str] | None = None, saved: bool = False) -> StudyConfig:
+def load(path: str | Path, overrides: list[str] | None = None, saved: bool = False,
+         notes: list[str] | None = None) -> StudyConfig:
     """Load a study YAML file, with ``KEY=VALUE`` overrides on top (see `apply_overrides`); every
     problem is a `ConfigError` naming the file and field. ``saved``: a run folder's config.yaml, which an
-    older version may have written with the keys of MOVED (`migrate_saved`)."""
+    older version may have written with the keys of MOVED (`migrate_saved`). ``notes``: see `from_dict`."""
     path = Path(path)
     raw = read_yaml(path)
+    if raw is None:  # empty, only comments, or `~`: almost surely a mistake, yet it ran the whole default study
+        if saved:
+            raise ConfigError(f"{path}: empty; it should hold the study this run was made with")
+        raise ConfigError(f"{path}: the file is empty (no settings), which would run the whole default study; to "
+                          "run that, leave the config out (`bidirect run --out DIR`) or give configs/quick.yaml")
     if saved:
         raw = migrate_saved(raw)
     if isinstance(raw, dict) and "sweep" in raw:
         raise ConfigError(f"{path}: a sweep file (top-level sweep:); run it with `bidirect sweep {path} --out DIR`")
     try:
-        return from_dict(apply_overrides(raw, overrides or []))
+        return from_dict(apply_overrides(raw, overrides or [], notes), notes)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
 

@@ -42,6 +42,7 @@ from transformers import (
 )
 
 from bidirect.config import BACKBONE_KINDS, ModelSize
+from bidirect.integrity import check_manifest, retrain_advice
 from bidirect.rundir import CONFIG_FILE, MODELS_DIR, RESULTS_FILE, RunDirError
 
 Kind = Literal["causal", "masked"]
@@ -251,6 +252,13 @@ def load_backbone(path: str | Path) -> PreTrainedModel:
         raise RunDirError(f"corrupt model config {config_file}: {err}; {_retrain(path)}") from None
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise FileNotFoundError(f"no weights in {path} (expected model.safetensors next to config.json)")
+    # the hashes recorded at save: random bytes in a tensor load without an error, and evaluate as another model
+    run_dir = path.parents[4] if len(path.parents) > 4 else path  # RUN/models/AUG/BACKBONE/PHASE/model
+    if (run_dir / "config.yaml").is_file():
+        advice = retrain_advice(run_dir, path.parent)
+    else:
+        advice = _retrain(path).replace("the file is damaged: ", "")
+    check_manifest(path, "the saved model", advice)
     auto = AutoModelForMaskedLM if any(a.endswith("ForMaskedLM") for a in architectures) else AutoModelForCausalLM
     try:
         return auto.from_pretrained(str(path))

@@ -52,6 +52,9 @@ CONFIG_FILE = "config.yaml"  # the study, as run (a resume must match it)
 RESULTS_FILE = "results.json"  # every level of every cell, the baselines, the training summaries
 DATA_DIR, TOKENIZER_DIR, MODELS_DIR = "data", "tokenizer", "models"
 TOKENIZER_SHA_FILE = "tokenizer.sha256"  # of tokenizer/tokenizer.json, written with it: a swapped one is caught
+# In data/ and in each phase's model/: the sha256 of every other file there, written with them (`sha256sum -c`
+# reads it) and checked before they are used (bidirect.integrity): a damaged arrow file segfaulted eval
+FILES_SHA_FILE = "files.sha256"
 PROBE_FILE, CAPACITY_FILE, REPORT_FILE = "probe.json", "capacity.json", "report.md"  # the analyses' outputs
 REPORT_DIR = "report"  # REPORT_FILE's figures: a report's figures go to the folder named by its file's stem
 TRACKERS_DIR = "trackers"  # local experiment trackers' files (tracking.log_with)
@@ -688,17 +691,18 @@ def read_results(run_dir: Path) -> dict[str, Any]:
                           f"nor a {SWEEP_FILE} and {MANIFEST_FILE} of one); give one of the run folders in it")
     if not path.is_file():
         raise RunDirError(f"{run_dir}: no {RESULTS_FILE} (the run has not evaluated anything yet)")
+    # Not `bidirect eval`: it reads this file first. A resume re-evaluates the saved models and writes it anew.
+    advice = (f"move it away, then `bidirect run {RunFolder(run_dir).config} --out {run_dir} --resume` writes it "
+              "again from the saved models")
     try:
         results = json.loads(path.read_text())
     except (ValueError, OSError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        # Not `bidirect eval`: it reads this file first. A resume re-evaluates the saved models and writes it anew.
-        raise RunDirError(
-            f"{path}: corrupt JSON ({type(err).__name__}: {str(err)[:120]}); move it away, then "
-            f"`bidirect run {RunFolder(run_dir).config} --out {run_dir} --resume` writes it again from the saved "
-            "models"
-        ) from None
+        raise RunDirError(f"{path}: corrupt JSON ({type(err).__name__}: {str(err)[:120]}); {advice}") from None
     if not isinstance(results, dict) or "results" not in results:
         raise RunDirError(f"{path}: not a bidirect results file (no 'results' key)")
+    wrong = results_shape(results)
+    if wrong:  # `{"results": []}` or a text wall_seconds ended in a traceback wherever the file was read
+        raise RunDirError(f"{path}: not a bidirect results file ({wrong}); {advice}")
     return results
 
 
@@ -744,6 +748,32 @@ def check_fresh_data(run_dir: Path) -> None:
                                       (not run.tokenizer.is_dir() or any(run.tokenizer.iterdir()))):
         raise RunDirError(f"{run.tokenizer}: holds no tokenizer.json, so not a tokenizer bidirect saved; move it "
                           "away, then run the same command again.")
+
+
+def results_shape(results: dict[str, Any]) -> str | None:
+    """What in a parsed results.json is not as bidirect writes it (the parts the commands read), or None."""
+    cells = results["results"]
+    if not isinstance(cells, dict):
+        return f"results: expected a mapping of augmentation -> backbone -> level -> scores, got {type(cells).__name__}"
+    for aug, backbones in cells.items():
+        if not isinstance(backbones, dict):
+            return f"results.{aug}: expected a mapping of backbone -> level -> scores"
+        for backbone, levels in backbones.items():
+            if not isinstance(levels, dict) or not all(isinstance(v, dict) for v in levels.values()):
+                return f"results.{aug}.{backbone}: expected a mapping of level -> scores"
+    for key in ("training", "parameters", "leak_check", "config", "majority_baseline"):
+        if key in results and not isinstance(results[key], dict):
+            return f"{key}: expected a mapping, got {type(results[key]).__name__}"
+    seconds = results.get("wall_seconds", 0.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        return f"wall_seconds: expected a number, got {type(seconds).__name__}"
+    if not isinstance(results.get("data_sha256", ""), (str, type(None))):
+        return "data_sha256: expected a text"
+    return None
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def write_data(run_dir: Path, data: Any) -> None:
@@ -816,6 +846,11 @@ def select_cells(run_dir: Path, augmentation: str | None, backbone: str | None,
     """For an analysis of a run's trained models (probe, capacity): the run's config, the (augmentation,
     backbone) cells asked for, and the phase; clear errors otherwise."""
     cfg = require_run_dir(run_dir)
+    from bidirect.integrity import check_models, check_results
+
+    if RunFolder(run_dir).results.is_file():  # an edited config.yaml or another data/ would be analysed as the run's
+        check_results(run_dir, cfg, read_results(run_dir))
+    check_models(run_dir, cfg)  # all before any is used
     augs = [a.name for a in cfg.augmentations()]
     backbones = [b.name for b in cfg.backbones]
     if augmentation is not None and augmentation not in augs:
@@ -845,9 +880,11 @@ def merge_cells(path: Path, out: dict[str, Any], same: Sequence[str] = ("phase",
     if path.is_file():
         try:
             old = json.loads(path.read_text())
-        except json.JSONDecodeError:
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError: a damaged file is replaced whole, as another's
             old = {}
-        if not isinstance(old, dict) or any(old.get(k) != out.get(k) for k in same):
+        if not isinstance(old, dict) or any(old.get(k) != out.get(k) for k in same) or \
+                not isinstance(old.get("results", {}), dict) or \
+                not all(isinstance(augs, dict) for augs in old.get("results", {}).values()):
             old = {}
         for backbone, augs in old.get("results", {}).items():
             for aug, cell in augs.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import shutil
 import time
@@ -30,12 +31,13 @@ from bidirect.evaluate import (
     max_answer_tokens,
     paired_differences,
 )
+from bidirect.integrity import check_models, check_results
 from bidirect.lora import add_lora, merge_lora, trainable_parameters
 from bidirect.models import backbone_kind, build_backbone, flops_per_token, load_backbone, parameter_counts
 from bidirect.objectives import IGNORE, encode_qa, make_objective, tokenize_bios
 from bidirect.rundir import RunDirError, RunFolder, read_results, read_tokenizer, require_run_dir, write_json_atomic
 from bidirect.tokenizer import qa_ids, qa_text, train_tokenizer
-from bidirect.trainer import TrainingError, check_batch, phase_done, train_phase
+from bidirect.trainer import TrainingError, check_batch, disk_faults, phase_done, train_phase
 
 FULL_NAME = re.compile(r"\b[A-Z][a-zA-Z]+ [A-Z][a-zA-Z]+ [A-Z][a-zA-Z]+\b")  # first middle last
 
@@ -54,7 +56,9 @@ def prepare_data(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | Non
         corpus = [t for aug in data.bios for t in data.bios[aug]["text"]]
         for qa in [data.qa_train] + ([data.inverse_train] if data.inverse_train is not None else []):
             corpus += [qa_text(q, a) for q, a in zip(qa["question"], qa["answer"])]
-        rundir.write_tokenizer(run_dir, train_tokenizer(corpus, cfg.tokenizer.kind, cfg.tokenizer.vocab_size))
+        tokenizer = train_tokenizer(corpus, cfg.tokenizer.kind, cfg.tokenizer.vocab_size)
+        with disk_faults(run_dir):  # tokenizers reports a full disk as its own exception
+            rundir.write_tokenizer(run_dir, tokenizer)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return StudyData.load(RunFolder(run_dir).data), read_tokenizer(run_dir)
@@ -318,6 +322,11 @@ def make_accelerator(cfg: StudyConfig, folder: Path | None = None) -> Accelerato
     ``folder``: the run or sweep folder, whose ``trackers/`` holds local trackers' files
     (``tracking.log_with``); without it nothing is tracked."""
     precision = cfg.mixed_precision
+    if precision == "fp16" and not torch.cuda.is_available():
+        # accelerate takes fp16 on a CPU without a word and trains fp32 (no autocast there), while config.yaml
+        # records fp16: refuse rather than record what did not run
+        raise ConfigError("mixed_precision: 'fp16' needs a CUDA GPU, and there is none here (on a CPU it would train "
+                          "in fp32 and record fp16); use auto, no or bf16")
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     log_with = list(cfg.tracking.log_with) if folder is not None else []
@@ -329,13 +338,43 @@ def make_accelerator(cfg: StudyConfig, folder: Path | None = None) -> Accelerato
         if missing:  # accelerate would drop them with a warning, and the run would track nothing
             raise ConfigError(f"tracking.log_with: {', '.join(missing)} is not installed here (pip install "
                               f"{' '.join(missing)}); installed trackers: {', '.join(sorted(available)) or 'none'}")
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=precision,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         log_with=log_with or None,
         project_dir=str(folder / rundir.TRACKERS_DIR) if log_with else None,
     )
+    check_launch(accelerator.num_processes)
+    return accelerator
+
+
+def _asked_processes(argv: list[str]) -> int | None:
+    """The ``--num_processes`` of an ``accelerate launch`` command line, if given."""
+    for i, arg in enumerate(argv):
+        text = argv[i + 1] if arg == "--num_processes" and i + 1 < len(argv) else \
+            arg.partition("=")[2] if arg.startswith("--num_processes=") else None
+        if text is not None:
+            return int(text) if text.isdigit() else None
+    return None
+
+
+def check_launch(processes: int) -> None:
+    """Refuse a run that `accelerate launch` started as one process when more were asked: without --multi_gpu,
+    ``accelerate launch --cpu --num_processes 2`` runs a single process (its simple launcher) without a word."""
+    if "ACCELERATE_USE_CPU" not in os.environ or processes > 1:  # not under accelerate launch, or several processes
+        return
+    try:  # the launcher is this process's parent; its command line says what was asked
+        argv = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return
+    if not any(a.endswith(("accelerate", "accelerate.commands.launch")) for a in argv[:3]):
+        return  # `accelerate launch ...` or `python -m accelerate.commands.launch ...`
+    asked = _asked_processes(argv)
+    if asked is not None and asked > 1:
+        raise ConfigError(f"accelerate launch --num_processes {asked} started 1 process: without --multi_gpu "
+                          f"accelerate runs one. Use `accelerate launch --multi_gpu --num_processes {asked} ...` "
+                          "(with --cpu on a CPU), or leave --num_processes out")
 
 
 def _hparams(cfg: StudyConfig) -> dict[str, Any]:
@@ -361,6 +400,7 @@ def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None =
                            # ordered by it); another count gives figures within the intervals, not the same ones.
                            "torch_threads": torch.get_num_threads()}
     previous = read_results(run_dir) if path.is_file() else {}
+    check_results(run_dir, cfg, previous)  # cells it holds are kept: they must be of this config and data
     if accelerator.log_with:  # one tracker run per run folder (a sweep's cells share one accelerator)
         accelerator.init_trackers(run_dir.name, config=_hparams(cfg))
     for augmentation in [a.name for a in cfg.augmentations()]:
@@ -404,8 +444,10 @@ def reevaluate(run_dir: Path, accelerator: Accelerator | None = None) -> dict[st
     holding = rundir.writing(run_dir, "run", mark=True) if accelerator.is_main_process else contextlib.nullcontext()
     with holding:
         run = RunFolder(run_dir)
-        data, tokenizer = StudyData.load(run.data), read_tokenizer(run_dir)
         results = read_results(run_dir) if run.results.is_file() else {"results": {}}
+        check_results(run_dir, cfg, results)
+        check_models(run_dir, cfg)
+        data, tokenizer = StudyData.load(run.data), read_tokenizer(run_dir)
         for augmentation in [a.name for a in cfg.augmentations()]:
             for backbone in cfg.backbones:
                 scores = evaluate_cell(cfg, run_dir, backbone.name, tokenizer, data, augmentation, accelerator)

@@ -55,6 +55,7 @@ from bidirect.config import (
     from_dict,
     read_yaml,
     set_path,
+    shown,
 )
 from bidirect.rundir import (
     MANIFEST_FILE,
@@ -134,7 +135,7 @@ def parse(raw: Any, where: str = "sweep file") -> Sweep:
     if not isinstance(axes, dict) or not axes:
         raise ConfigError(f"{where}: needs a top-level 'sweep:' mapping of dotted field paths to lists of values, "
                           "e.g. sweep: {seed: [0, 1, 2], pretrain.steps: [100, 200]}; got "
-                          f"{axes!r}. A study without one runs with `bidirect run`.")
+                          f"{shown(axes)}. A study without one runs with `bidirect run`.")
     try:
         from_dict(copy.deepcopy(study))
     except ConfigError as err:
@@ -144,16 +145,16 @@ def parse(raw: Any, where: str = "sweep file") -> Sweep:
             settings[key] = _variants(study, key, values, axes)
             continue
         if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):
-            raise ConfigError(f"sweep: key {key!r} is not a dotted field path like pretrain.steps")
+            raise ConfigError(f"sweep: key {shown(key)} is not a dotted field path like pretrain.steps")
         check_key(key, "sweep.")
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"sweep.{key}: expected a non-empty list of values, got {values!r}")
+            raise ConfigError(f"sweep.{key}: expected a non-empty list of values, got {shown(values)}")
         for other in axes:
             if other != key and other.startswith(key + "."):
                 raise ConfigError(f"sweep.{key}: overlaps sweep.{other}; sweep one or the other")
         labels = [value_label(v) for v in values]
         if len(set(labels)) != len(labels):
-            raise ConfigError(f"sweep.{key}: a value is listed twice: {values!r}")
+            raise ConfigError(f"sweep.{key}: a value is listed twice: {shown(values)}")
         _check_folder_names(key, values)
         # Each value alone on the study first: an error names the key and the value.
         for i, value in enumerate(values):
@@ -162,7 +163,7 @@ def parse(raw: Any, where: str = "sweep file") -> Sweep:
             try:
                 from_dict(trial)
             except ConfigError as err:
-                raise ConfigError(f"sweep.{key}[{i}] = {value!r}: {err}") from None
+                raise ConfigError(f"sweep.{key}[{i}] = {shown(value)}: {err}") from None
         settings[key] = [(value, {key: value}) for value in values]
     sweep = Sweep(study=study, axes={k: dict(v) if isinstance(v, dict) else list(v) for k, v in axes.items()})
     for combo in itertools.product(*settings.values()):
@@ -189,8 +190,8 @@ def _variants(study: dict[str, Any], key: Any, variants: dict[Any, Any], axes: d
     """A named axis's (name, {dotted path: value}) pairs, each variant checked alone on the study."""
     fields = [f.name for f in dataclasses.fields(StudyConfig)]
     if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][\w-]*", key) or key in fields:
-        raise ConfigError(f"sweep: {key!r} maps names to settings, so it must be a name that is not a field of the "
-                          f"study ({', '.join(fields)}), e.g. objective")
+        raise ConfigError(f"sweep: {shown(key)} maps names to settings, so it must be a name that is not a field of "
+                          f"the study ({', '.join(fields)}), e.g. objective")
     if not variants:
         raise ConfigError(f"sweep.{key}: no variants; give name: {{dotted.path: value, ...}} pairs")
     swept = [k for k in axes if k != key and not isinstance(axes[k], dict)]
@@ -198,14 +199,14 @@ def _variants(study: dict[str, Any], key: Any, variants: dict[Any, Any], axes: d
     for name, paths in variants.items():
         where = f"sweep.{key}.{name}"
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._+-]+", name):
-            raise ConfigError(f"sweep.{key}: variant name {name!r} must be letters, digits and . _ + - only")
+            raise ConfigError(f"sweep.{key}: variant name {shown(name)} must be letters, digits and . _ + - only")
         if not isinstance(paths, dict) or not paths:
             raise ConfigError(f"{where}: expected a mapping of dotted field paths to values, e.g. "
-                              f"{{masking.rate: uniform}}; got {paths!r}")
+                              f"{{masking.rate: uniform}}; got {shown(paths)}")
         trial = copy.deepcopy(study)
         for path, value in paths.items():
             if not isinstance(path, str):
-                raise ConfigError(f"{where}: key {path!r} is not a dotted field path like masking.rate")
+                raise ConfigError(f"{where}: key {shown(path)} is not a dotted field path like masking.rate")
             check_key(path, f"{where}: ")
             clash = [k for k in swept if k == path or k.startswith(path + ".") or path.startswith(k + ".")]
             if clash:

@@ -14,6 +14,7 @@ resumes from the last complete one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -35,6 +36,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, get_cosine_with_min_lr_schedule_with_warmup
 
 from bidirect.config import ConfigError, TrainConfig
+from bidirect.integrity import write_manifest
 from bidirect.objectives import IGNORE
 from bidirect.rundir import (
     CHECKPOINTS_DIR,
@@ -145,7 +147,8 @@ def _truncate_log(log_path: Path, step: int) -> None:
     run will log them again."""
     if not log_path.is_file():
         return
-    lines = log_path.read_text().splitlines()
+    # bytes that are no UTF-8 (a damaged disk) make unreadable lines, which go like the line a kill cut
+    lines = log_path.read_bytes().decode("utf-8", errors="replace").splitlines()
     kept = []
     for line in lines:
         try:
@@ -428,6 +431,27 @@ def _micro_batches(loader: DataLoader, collate, accelerator: Accelerator, consum
             yield batch
 
 
+@contextlib.contextmanager
+def disk_faults(path: Path) -> Iterator[None]:
+    """A full disk (or quota, or I/O error) met by safetensors, torch or tokenizers while writing under ``path``
+    raised as the `OSError` it is: they report it as their own exception with the OS error only in the text
+    (``SafetensorError: ... No space left on device (os error 28)``), which reached the user as a traceback. The
+    CLI answers an OSError of the machine in one line with the command that continues (exit 1)."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as err:
+        text = str(err)
+        for code in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+            if f"os error {code})" in text or os.strerror(code) in text:
+                raise OSError(code, os.strerror(code), str(path)) from None
+        # torch's writer says only "file write failed"; with next to no space left that is the disk being full
+        if "file write failed" in text and shutil.disk_usage(path if path.exists() else path.parent).free < 2**26:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise
+
+
 def _save_model(model: torch.nn.Module, accelerator: Accelerator, out_dir: Path, summary: PhaseSummary, fsdp: bool,
                 finalize: Callable[[torch.nn.Module], PreTrainedModel] | None) -> None:
     """``out_dir/model`` (renamed into place when complete), then ``phase.json``; the checkpoints go."""
@@ -439,10 +463,16 @@ def _save_model(model: torch.nn.Module, accelerator: Accelerator, out_dir: Path,
         tmp = out_dir / ".model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         to_save = getattr(unwrapped, "_orig_mod", unwrapped)
-        if full_state is not None:
-            to_save.save_pretrained(tmp, state_dict=full_state)
-        else:
-            (finalize(to_save) if finalize is not None else to_save).save_pretrained(tmp)
+        try:
+            with disk_faults(tmp):
+                if full_state is not None:
+                    to_save.save_pretrained(tmp, state_dict=full_state)
+                else:
+                    (finalize(to_save) if finalize is not None else to_save).save_pretrained(tmp)
+                write_manifest(tmp)  # models.load_backbone checks every file against it
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # half a model is of no use, and gives back the space it took
+            raise
         shutil.rmtree(out_dir / MODEL_DIR, ignore_errors=True)
         os.replace(tmp, out_dir / MODEL_DIR)
         write_json_atomic(out_dir / DONE_FILE, asdict(summary))
@@ -458,7 +488,8 @@ def save_checkpoint(accelerator: Accelerator, directory: Path, state: dict[str, 
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    with disk_faults(tmp):
+        accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(tmp / STATE_FILE, state)

@@ -60,6 +60,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 
 from bidirect.config import (
+    MAX_BATCH,
     Augmentation,
     ConfigError,
     DataConfig,
@@ -80,6 +81,10 @@ PRESETS: dict[str, tuple[ModelSize, int]] = {
     "bert-base": (ModelSize(layers=12, heads=12, width=768, mlp_width=3072, context=512), 32),  # same size
 }
 DEFAULT_BATCH = 32
+# Upper bounds of the options that size work or memory: a typo past them would run out of memory (--eval-items 1e12
+# built a list of a trillion items) or time rather than stop with a message.
+MAX_OPTION = {"batch": MAX_BATCH, "eval_batch": MAX_BATCH, "eval_items": 10_000_000, "steps": 1_000_000,
+              "warmup": 1_000_000, "threads": 4096}
 SIZE_KEYS = {"layers": "layers", "heads": "heads", "width": "width", "mlp": "mlp_width", "mlp_width": "mlp_width",
              "context": "context"}
 DEFAULT_BACKBONES = ("gpt2-rope", "gbert", "bert")
@@ -168,9 +173,12 @@ class BenchConfig:
                 raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(self, name)}")
         for name in ("warmup", "threads", "eval_items"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"--{name}: must be >= 0, got {getattr(self, name)}")
-        if self.peak_tflops is not None and self.peak_tflops <= 0:
-            raise ConfigError(f"--peak-tflops: must be > 0, got {self.peak_tflops}")
+                raise ConfigError(f"--{name.replace('_', '-')}: must be >= 0, got {getattr(self, name)}")
+        for name, bound in MAX_OPTION.items():
+            if getattr(self, name) > bound:
+                raise ConfigError(f"--{name.replace('_', '-')}: at most {bound:,}, got {getattr(self, name):,}")
+        if self.peak_tflops is not None and not 0 < self.peak_tflops < float("inf"):  # NaN fails this too
+            raise ConfigError(f"--peak-tflops: must be a finite number > 0, got {self.peak_tflops}")
         Augmentation.parse(self.augmentation, "--augmentation")
         validate(StudyConfig(data=DataConfig(individuals=self.individuals, augmentations=[self.augmentation])))
         check_backbones(self.backbones)

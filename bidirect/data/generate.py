@@ -20,6 +20,8 @@ from datasets import Dataset, DatasetDict, Features, Sequence, Value, load_from_
 from bidirect.config import ATTRIBUTES, Augmentation, DataConfig
 from bidirect.data.pools import Pools, load_pools
 from bidirect.data.templates import INVERSE_QUESTIONS, QUESTIONS, TEMPLATES
+from bidirect.integrity import check_manifest, data_advice, write_manifest
+from bidirect.rundir import RunDirError
 
 MONTHS = (
     "January", "February", "March", "April", "May", "June",
@@ -264,19 +266,29 @@ class StudyData:
         for name, ds in self.qa_sets().items():
             ds.save_to_disk(directory / name)
         self.bios.save_to_disk(directory / "bios")
+        write_manifest(directory)  # checked by `load` before any file is memory-mapped
 
     @classmethod
     def load(cls, directory: str | Path) -> StudyData:
+        """The data saved in ``directory``, each file checked against the hash `save` recorded (folders saved
+        before it recorded one are not): a damaged arrow file is memory-mapped as it is and segfaulted the reader."""
         directory = Path(directory)
-        inverse = {name: load_from_disk(str(directory / name)) if (directory / name).is_dir() else None
-                   for name in ("inverse_train", "inverse_val", "inverse_test", "qa_val")}
-        return cls(
-            individuals=load_from_disk(str(directory / "individuals")),
-            qa_train=load_from_disk(str(directory / "qa_train")),
-            qa_test=load_from_disk(str(directory / "qa_test")),
-            bios=load_from_disk(str(directory / "bios")),
-            **inverse,
-        )
+        check_manifest(directory, "the run's data", data_advice(directory))
+        try:
+            inverse = {name: load_from_disk(str(directory / name)) if (directory / name).is_dir() else None
+                       for name in ("inverse_train", "inverse_val", "inverse_test", "qa_val")}
+            return cls(
+                individuals=load_from_disk(str(directory / "individuals")),
+                qa_train=load_from_disk(str(directory / "qa_train")),
+                qa_test=load_from_disk(str(directory / "qa_test")),
+                bios=load_from_disk(str(directory / "bios")),
+                **inverse,
+            )
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # datasets' and pyarrow's errors alike (a corrupt dataset_dict.json, a cut file)
+            raise RunDirError(f"{directory}: cannot be read ({type(err).__name__}: {str(err)[:120]}); "
+                              f"{data_advice(directory)}") from None
 
 
 def generate(cfg: DataConfig, augmentations: list[Augmentation], seed: int) -> StudyData:

@@ -142,7 +142,7 @@ def accuracy_figure(title: str, panels: dict[str, dict[str, dict[str, float]]], 
 def read_log(path: Path) -> tuple[list[int], list[float]]:
     steps, losses = [], []
     if path.is_file():
-        for line in path.read_text().splitlines():
+        for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():  # a damaged line is skipped
             try:
                 row = json.loads(line)
                 steps.append(int(row["step"]))
@@ -498,26 +498,40 @@ def _row_label(row: dict[str, Any], keys: Iterable[str]) -> str:
     return f"{row['backbone']} / {row['augmentation']}" + (f" ({extra})" if extra else "")
 
 
-def _capacity_section(sweep_dir: Path, cells: list[dict[str, Any]], keys: list[str], fig_dir: Path,
-                      base: Path) -> list[str]:
-    """Where cells have a capacity.json (`bidirect capacity`): bits stored against parameters."""
+def _read_capacity(sweep_dir: Path, cells: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str], set[float]]:
+    """The cells' capacity.json files (`bidirect capacity`), read before the report writes anything: the series of
+    the figure, the table's rows and the ceilings; a damaged file is a `RunDirError` naming it."""
     series: dict[str, dict[str, Any]] = {}
     rows, ceilings = [], set()
     for cell in cells:
         path = sweep_dir / cell["name"] / CAPACITY_FILE
         if not path.is_file():
             continue
-        for backbone, by_aug in json.loads(path.read_text()).get("results", {}).items():
-            for aug, c in by_aug.items():
-                label = f"{backbone} / {aug}"
-                s = series.setdefault(label, {"label": label, "params": [], "bits": []})
-                s["params"].append(c["parameters"]["total"])
-                s["bits"].append(c["bits"])
-                ceilings.add(round(c["max_bits"], 1))
-                rows.append(f"| {cell['name']} | {label} | {c['parameters']['total']:,} "
-                            f"({c['parameters']['non_embedding']:,}) | {c['bits']:,.0f} | "
-                            f"{100 * c['bits'] / c['max_bits']:.1f}% | {c['bits_per_parameter']:.3f} "
-                            f"({c['bits_per_non_embedding_parameter']:.3f}) |")
+        try:  # every number first, so a damaged file stops with its name rather than a KeyError from deep inside
+            found = [(f"{backbone} / {aug}", c["parameters"]["total"], c["parameters"]["non_embedding"],
+                      float(c["bits"]), float(c["max_bits"]), c["bits_per_parameter"],
+                      c["bits_per_non_embedding_parameter"])
+                     for backbone, by_aug in json.loads(path.read_text()).get("results", {}).items()
+                     for aug, c in by_aug.items()]
+            rows += [f"| {cell['name']} | {label} | {total:,} ({non_embedding:,}) | {bits:,.0f} | "
+                     f"{100 * bits / max_bits:.1f}% | {per:.3f} ({per_non:.3f}) |"
+                     for label, total, non_embedding, bits, max_bits, per, per_non in found]
+        except (ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError, OSError) as err:
+            raise RunDirError(f"{path}: not a capacity file bidirect wrote ({type(err).__name__}: {str(err)[:80]}); "
+                              f"move it away (the report leaves that cell out), or write it again with "
+                              f"`bidirect capacity {sweep_dir / cell['name']}`") from None
+        for label, total, _, bits, max_bits, _, _ in found:
+            s = series.setdefault(label, {"label": label, "params": [], "bits": []})
+            s["params"].append(total)
+            s["bits"].append(bits)
+            ceilings.add(round(max_bits, 1))
+    return series, rows, ceilings
+
+
+def _capacity_section(capacity: tuple[dict[str, Any], list[str], set[float]], fig_dir: Path,
+                      base: Path) -> list[str]:
+    """Where cells have a capacity.json (`_read_capacity`): bits stored against parameters."""
+    series, rows, ceilings = capacity
     if not rows:
         return []
     path = capacity_figure("knowledge capacity: bits stored against model size", list(series.values()),
@@ -533,8 +547,9 @@ def _capacity_section(sweep_dir: Path, cells: list[dict[str, Any]], keys: list[s
 
 def sweep_report(sweep_dir: Path, out: Path) -> str:
     summary = aggregate(sweep_dir)
-    write_summary(sweep_dir, summary)
     axes, cells = read_cells(sweep_dir)
+    capacity = _read_capacity(sweep_dir, cells)  # a damaged file stops the report before it writes anything
+    write_summary(sweep_dir, summary)
     fig_dir = rundir.clear_report(out)  # the figures of its earlier report, which this one may not redraw
     base = out.parent
     rows, keys = summary["rows"], summary["group_by"]
@@ -615,7 +630,7 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
         lines += [f"![QA P_test per seed]({_rel(path, base)})", ""]
 
     lines += _compute_section(rows, cells, keys, fig_dir, base)
-    lines += _capacity_section(sweep_dir, cells, keys, fig_dir, base)
+    lines += _capacity_section(capacity, fig_dir, base)
 
     # (b) loss curves of every cell
     curves = []

@@ -1,0 +1,503 @@
+"""Bad input and faults of issue 22: each gets one message naming the field or file, exit code 2 (1 for a fault of
+the machine, with the command that continues), and changes nothing on disk.
+
+Every case runs the real command (`bidirect.cli.main`, or a subprocess) on real files under pytest's tmp_path, beside
+a decoy file of a user's, and checks the exit code, the message and that the folder is byte for byte as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny import write_config
+
+from bidirect.cli import main
+from bidirect.config import MAX_YAML_VALUES, apply_overrides, from_dict, load, shown
+
+ONE_CELL = dict(data__augmentations=["single"], backbones=["gpt2-rope"])
+
+
+def _snapshot(top: Path) -> dict[str, str]:
+    """Every file and folder under ``top`` with the hash of its bytes and its modification time."""
+    return {str(p.relative_to(top)): hashlib.sha256(p.read_bytes()).hexdigest() + str(p.stat().st_mtime_ns)
+            if p.is_file() else "dir" for p in sorted(top.rglob("*"))}
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(argv)
+    text = capsys.readouterr().out
+    assert "Traceback" not in text
+    return code, " ".join(text.split())
+
+
+def _refused(tmp_path: Path, text: str, capsys, argv: list[str] | None = None, command: str = "run") -> str:
+    """Write ``text`` as a config beside a user's file, run ``command`` on it and return the one error line, after
+    checking exit code 2, that it is short, and that nothing was written."""
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    (tmp_path / "notes.txt").write_text("mine")
+    before = _snapshot(tmp_path)
+    code, out = _run([command, str(config), "--out", str(tmp_path / "out"), *(argv or [])], capsys)
+    assert code == 2 and out.startswith("error: "), out
+    assert len(out) < 600, out  # one message, never the value echoed whole
+    assert _snapshot(tmp_path) == before
+    return out
+
+
+# --------------------------------------------------------------------------- the YAML itself
+
+
+def _bomb(levels: int) -> str:
+    """`seed:` a list of nine aliases of a list of nine aliases ... (9**levels strings once expanded)."""
+    lists = ['&l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lists += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return f"seed: [{', '.join(lists)}]\n"
+
+
+def test_alias_bomb_refused_while_loading(tmp_path, capsys):
+    out = _refused(tmp_path, _bomb(6), capsys)
+    assert f"c.yaml: its aliases (*name) expand to more than {MAX_YAML_VALUES:,} values" in out
+
+
+def test_a_bad_value_is_shown_cut_never_echoed(tmp_path, capsys):
+    out = _refused(tmp_path, _bomb(4), capsys)  # 6,561 strings: loads, and the message echoed all (4.3 MB at 6)
+    assert "c.yaml: seed: expected an integer, got [['lol', 'lol'," in out and out.endswith("...")
+    out = _refused(tmp_path, "name: [" + ", ".join(["x" * 50] * 2000) + "]\n", capsys)
+    assert "name: expected a string, got ['xxxx" in out and out.endswith("...")
+    assert len(shown(list(range(10**6)))) <= 80
+
+
+def test_alias_inside_its_own_value_refused(tmp_path, capsys):
+    out = _refused(tmp_path, "seed: &a [*a]\n", capsys)
+    assert "c.yaml: an alias (line 1) is inside the value it names" in out
+
+
+def test_nested_10000_deep_refused(tmp_path, capsys):
+    out = _refused(tmp_path, "seed: " + "[" * 10_000 + "]" * 10_000 + "\n", capsys)
+    assert "c.yaml: nested more than 64 levels deep (line 1)" in out
+
+
+@pytest.mark.parametrize("text,what", [("? [a, b]\n: 1\n", "list"), ("data:\n  ? {a: 1}\n  : 2\n", "mapping")])
+def test_list_or_mapping_as_a_key_refused(tmp_path, text, what, capsys):
+    out = _refused(tmp_path, text, capsys)
+    assert "c.yaml: not valid YAML" in out and f"found a {what} as a key" in out
+
+
+@pytest.mark.parametrize("text", ["", "# just a comment\n\n", "~\n", "---\n"])
+def test_empty_config_refused_not_the_default_study(tmp_path, text, capsys):
+    out = _refused(tmp_path, text, capsys)
+    assert "c.yaml: the file is empty (no settings), which would run the whole default study" in out
+    assert "`bidirect run --out DIR`" in out
+
+
+@pytest.mark.parametrize("text,field,shown_as", [
+    ("data: {individuals: 1:20}\n", "data.individuals", "'1:20'"),  # YAML 1.1 read 80
+    ("data: {individuals: 010}\n", "data.individuals", "'010'"),  # YAML 1.1 read 8
+    ("pretrain: {lr: 1:30.5}\n", "pretrain.lr", "'1:30.5'"),  # YAML 1.1 read 90.5
+])
+def test_base_60_and_octal_numbers_not_reinterpreted(tmp_path, text, field, shown_as, capsys):
+    out = _refused(tmp_path, text, capsys)
+    assert f"{field}: expected " in out and shown_as in out
+
+
+def test_base_60_in_a_set_value_and_a_name_keeps_what_was_written(tmp_path, capsys):
+    out = _refused(tmp_path, "name: x\n", capsys, ["--set", "data.individuals=1:20"])
+    assert "data.individuals: expected an integer, got '1:20'" in out
+    config = tmp_path / "n.yaml"
+    config.write_text("name: 1:20\n")
+    assert load(config).name == "1:20"
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+@pytest.mark.parametrize("text,message", [
+    ("finetune: {lora_rank: 1000000000, finetune_mode: lora}\n", "finetune.lora_rank: at most model.width (128), "
+                                                                  "got 1,000,000,000"),
+    ("finetune: {lora_rank: 1000000000}\n", "finetune.lora_rank: at most model.width"),
+    ("pretrain: {lr: 1.0e+300}\n", "pretrain.lr: at most 10, got 1e+300"),
+    ("backbones: [{name: gbert, pretrain: {lr: 1.0e+300}}]\n", "backbones.gbert.pretrain.lr: at most 10"),
+    (f"pretrain: {{batch_size: {2**62}, grad_accum: {2**62}}}\n", "pretrain.batch_size: at most 1,048,576"),
+    (f"finetune: {{batch_size: {2**62}}}\n", "finetune.batch_size: at most 1,048,576"),
+    ("pretrain: {batch_size: 65536, grad_accum: 65536}\n", "pretrain.grad_accum: at most 4,096 micro-batches"),
+])
+def test_sizes_that_ran_out_of_memory_or_hung_are_bounded(tmp_path, text, message, capsys):
+    assert message in _refused(tmp_path, text, capsys)
+
+
+# --------------------------------------------------------------------------- --set: what was asked, once
+
+
+def test_set_the_same_key_twice_refused(tmp_path, capsys):
+    out = _refused(tmp_path, "name: x\n", capsys, ["--set", "seed=3", "seed=4"])
+    assert "--set seed: given twice ('seed=3' and 'seed=4'); give each field once" in out
+    out = _refused(tmp_path, "name: x\n", capsys, ["--set", "model={layers: 1}", "model.layers=2"])
+    assert "--set model.layers: overlaps --set model" in out
+
+
+def test_set_a_section_keeps_its_other_fields_like_the_file(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {width: 64, heads: 2}\n")
+    cfg = load(config, ["model={layers: 1}"])
+    assert (cfg.model.layers, cfg.model.width, cfg.model.heads) == (1, 64, 2)  # was width 128, heads 4
+    from_file = tmp_path / "f.yaml"
+    from_file.write_text("model: {width: 64, heads: 2, layers: 1}\n")
+    assert load(from_file) == cfg
+
+
+def test_sweep_over_a_whole_section_keeps_its_other_fields(tmp_path):
+    from bidirect.sweep import load as load_sweep
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("model: {width: 64, heads: 2}\nsweep:\n  model: [{layers: 1}, {layers: 3}]\n")
+    cells = load_sweep(sweep).cells
+    assert [(c.config.model.layers, c.config.model.width, c.config.model.heads) for c in cells] == [(1, 64, 2),
+                                                                                                   (3, 64, 2)]
+
+
+def _pretrain_steps(folder: Path) -> list[int]:
+    from bidirect.config import load as load_config
+
+    cfg = load_config(folder / "config.yaml", saved=True)
+    return [cfg.train_config(b, "pretrain").steps for b in cfg.backbones]
+
+
+def test_readme_set_pretrain_steps_does_what_it_says(tmp_path, capsys):
+    """`bidirect run --set pretrain.steps=400` (the README's example) trained 1,500 and 3,000 steps: the default
+    backbones' own pretrain.steps won. It applies to every backbone now, and a note says what it replaced."""
+    out = tmp_path / "q"
+    code, text = _run(["data", "--out", str(out), "--set", "pretrain.steps=400"], capsys)
+    assert code == 0 and _pretrain_steps(out) == [400, 400]
+    assert "note: --set pretrain.steps=400 applies to gpt2-rope too, in place of its own pretrain.steps 1500" in text
+    assert "applies to gbert too, in place of its own pretrain.steps 3000" in text
+    quick = Path(__file__).parents[1] / "configs" / "quick.yaml"
+    code, text = _run(["data", str(quick), "--out", str(tmp_path / "q2"), "--set", "pretrain.steps=400"], capsys)
+    assert code == 0 and _pretrain_steps(tmp_path / "q2") == [400, 400]
+
+
+def test_a_file_setting_a_phase_field_applies_to_the_default_backbones(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("pretrain: {steps: 400}\n")
+    notes: list[str] = []
+    cfg = load(config, notes=notes)
+    assert [cfg.train_config(b, "pretrain").steps for b in cfg.backbones] == [400, 400]
+    assert notes == ["pretrain.steps = 400 applies to every backbone, in place of the default backbones' own "
+                     "(gpt2-rope 1500, gbert 3000)"]
+    # a backbone's own value written in the same file is more specific, and wins as documented
+    config.write_text("pretrain: {steps: 400}\nbackbones: [{name: gbert, pretrain: {steps: 50}}, gpt2-rope]\n")
+    cfg = load(config)
+    assert [cfg.train_config(b, "pretrain").steps for b in cfg.backbones] == [50, 400]
+
+
+def test_set_lr_replaces_a_backbones_own_lr_and_min_lr_together():
+    notes: list[str] = []
+    raw = {"backbones": [{"name": "gpt2-rope", "pretrain": {"lr": 3e-3, "min_lr": 3e-4, "steps": 7}}]}
+    cfg = from_dict(apply_overrides(raw, ["pretrain.lr=1e-4", "pretrain.min_lr=1e-5"], notes))
+    train = cfg.train_config(cfg.backbones[0], "pretrain")
+    assert (train.lr, train.min_lr, train.steps) == (1e-4, 1e-5, 7)
+    assert notes[0] == "--set pretrain.lr=1e-4 applies to gpt2-rope too, in place of its own pretrain.lr 0.003, " \
+                       "pretrain.min_lr 0.0003"
+
+
+def test_sweep_over_pretrain_steps_varies_every_backbone(tmp_path):
+    from bidirect.sweep import load as load_sweep
+
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text((Path(__file__).parents[1] / "configs" / "quick.yaml").read_text()
+                     + "sweep: {pretrain.steps: [100, 200]}\n")
+    cells = load_sweep(sweep).cells
+    assert [[c.config.train_config(b, "pretrain").steps for b in c.config.backbones] for c in cells] == \
+        [[100, 100], [200, 200]]  # each cell trained 1,500 and 3,000 steps
+
+
+# --------------------------------------------------------------------------- what runs is what is recorded
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="fp16 is refused only without a GPU")
+def test_fp16_on_a_cpu_refused_not_recorded(tmp_path, capsys):
+    write_config(tmp_path / "base.yaml", **ONE_CELL)
+    out = _refused(tmp_path, (tmp_path / "base.yaml").read_text() + "mixed_precision: fp16\n", capsys)
+    assert "mixed_precision: 'fp16' needs a CUDA GPU, and there is none here" in out and "use auto, no or bf16" in out
+
+
+def test_accelerate_launch_num_processes_without_multi_gpu_refused(tmp_path):
+    """`accelerate launch --cpu --num_processes 2` runs one process without --multi_gpu; it trained as one."""
+    config = write_config(tmp_path / "tiny.yaml", **ONE_CELL)
+    (tmp_path / "notes.txt").write_text("mine")
+    before = _snapshot(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                           "-m", "bidirect", "run", str(config), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    lines = proc.stdout.splitlines()
+    assert lines == ["error: accelerate launch --num_processes 2 started 1 process: without --multi_gpu accelerate "
+                     "runs one. Use `accelerate launch --multi_gpu --num_processes 2 ...` (with --cpu on a CPU), or "
+                     "leave --num_processes out"], proc.stdout + proc.stderr
+    assert _snapshot(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- damaged files of a run: one message
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished one-cell tiny run (made once; tests work on copies)."""
+    root = tmp_path_factory.mktemp("bad_input")
+    config = write_config(root / "tiny.yaml", **ONE_CELL)
+    assert main(["run", str(config), "--out", str(root / "run")]) == 0
+    return config, root / "run"
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path):
+    config, run = finished
+    copy = Path(shutil.copytree(run, tmp_path / "run", symlinks=True))
+    (copy / "notes.txt").write_text("a user's file inside the run folder")
+    (tmp_path / "thesis.tex").write_text("a user's file beside it")
+    return config, copy
+
+
+def _edit_results(run: Path, change) -> None:
+    path = run / "results.json"
+    results = json.loads(path.read_text())
+    change(results)
+    path.write_text(json.dumps(results))
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda r: r.update(results=[]), "results: expected a mapping of augmentation -> backbone -> level -> scores, "
+                                     "got list"),
+    (lambda r: r.update(wall_seconds="ten"), "wall_seconds: expected a number, got str"),
+    (lambda r: r["results"]["single"].update({"gpt2-rope": [1]}), "results.single.gpt2-rope: expected a mapping"),
+])
+def test_results_json_of_another_shape(run_copy, damage, message, capsys):
+    config, run = run_copy
+    _edit_results(run, damage)
+    before = _snapshot(run.parent)
+    for argv in (["summary", str(run)], ["eval", str(run)], ["run", str(config), "--out", str(run), "--resume"]):
+        code, text = _run(argv, capsys)
+        assert code == 2 and f"{run / 'results.json'}: not a bidirect results file ({message}" in text, argv
+        assert f"`bidirect run {run / 'config.yaml'} --out {run} --resume`" in text
+        assert _snapshot(run.parent) == before
+
+
+def test_summary_of_a_backbone_not_in_the_run(run_copy, capsys):
+    _, run = run_copy
+    before = _snapshot(run.parent)
+    code, text = _run(["summary", str(run), "--backbone", "nope"], capsys)
+    assert code == 2 and text == "error: --backbone nope: not in this run (it has gpt2-rope)"
+    assert _snapshot(run.parent) == before
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--eval-items", "1000000000000", "--eval-items: at most 10,000,000, got 1,000,000,000,000"),
+    ("--batch", str(2**62), "--batch: at most 1,048,576, got 4,611,686,018,427,387,904"),
+    ("--peak-tflops", "nan", "--peak-tflops: must be a finite number > 0, got nan"),
+])
+def test_bench_options_bounded(tmp_path, option, value, message, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    before = _snapshot(tmp_path)
+    code, text = _run(["bench", "--size", "tiny", "--steps", "1", option, value], capsys)
+    assert code == 2 and text == f"error: {message}"
+    assert _snapshot(tmp_path) == before
+
+
+def test_log_jsonl_with_bytes_that_are_no_text(run_copy, capsys):
+    config, run = run_copy
+    log = run / "models/single/gpt2-rope/pretrain/log.jsonl"
+    log.write_bytes(log.read_bytes() + b"\xff\xfe{garbage\n")
+    code, text = _run(["report", str(run)], capsys)  # the damaged line is left out of the loss curve
+    assert code == 0 and "report:" in text
+    from bidirect.trainer import _truncate_log
+
+    _truncate_log(log, 10**9)  # what a resume does first: the damaged line goes like a line a kill cut
+    assert b"garbage" not in log.read_bytes() and json.loads(log.read_text().splitlines()[-1])["step"] == 6
+
+
+def test_corrupt_capacity_json_in_a_sweep_report(tmp_path, finished, capsys):
+    config, run = finished
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text(config.read_text() + "sweep: {seed: [0]}\n")
+    sweep = tmp_path / "sweep"
+    from bidirect import rundir
+
+    sweep.mkdir()
+    rundir.write_marker(sweep, "sweep")
+    shutil.copytree(run, sweep / "seed=0")
+    (sweep / "sweep.yaml").write_text(sweep_file.read_text())
+    (sweep / "sweep.json").write_text(json.dumps({"axes": {"seed": [0]}, "cells": [{"name": "seed=0",
+                                                                                   "values": {"seed": 0}}]}))
+    (sweep / "seed=0" / "capacity.json").write_text('{"results": {"gpt2-rope": {"single": {"bits": 1}}}}')
+    before = _snapshot(sweep)
+    code, text = _run(["report", str(sweep), "--out", str(tmp_path / "r.md")], capsys)
+    assert code == 2 and f"{sweep / 'seed=0' / 'capacity.json'}: not a capacity file bidirect wrote (KeyError" in text
+    assert f"`bidirect capacity {sweep / 'seed=0'}`" in text and _snapshot(sweep) == before
+
+
+def test_capacity_replaces_its_own_damaged_file(run_copy, capsys):
+    _, run = run_copy
+    (run / "capacity.json").write_text('{"phase": "pretrain", "results": [3]}')  # a list: AttributeError before
+    code, _ = _run(["capacity", str(run)], capsys)
+    assert code == 0 and "gpt2-rope" in json.loads((run / "capacity.json").read_text())["results"]
+
+
+# --------------------------------------------------------------------------- what a run uses is what it made
+
+
+def _overwrite(path: Path, offset: int, data: bytes) -> None:
+    content = bytearray(path.read_bytes())
+    content[offset:offset + len(data)] = data
+    path.write_bytes(bytes(content))
+
+
+ARROW = "data/individuals/data-00000-of-00001.arrow"
+MODEL = "models/single/gpt2-rope/finetune/model/model.safetensors"
+
+
+@pytest.mark.parametrize("command", ["eval", "capacity", "probe"])
+def test_overwritten_arrow_bytes_refused_not_a_segfault(run_copy, command, capsys):
+    """64 overwritten bytes of an arrow file segfaulted eval (exit -11); capacity ran on them without a word."""
+    _, run = run_copy
+    _overwrite(run / ARROW, 100, bytes(64))
+    before = _snapshot(run.parent)
+    code, text = _run([command, str(run), *(["--steps", "1"] if command == "probe" else [])], capsys)
+    assert code == 2 and text.startswith(f"error: {run / ARROW}: damaged: its sha256 is "), text
+    assert f"`bidirect data {run / 'config.yaml'} --out NEW` writes the same files" in text
+    assert _snapshot(run.parent) == before
+
+
+def test_the_advice_for_damaged_data_works(run_copy, tmp_path, capsys):
+    _, run = run_copy
+    _overwrite(run / ARROW, 100, bytes(64))
+    assert main(["data", str(run / "config.yaml"), "--out", str(tmp_path / "new")]) == 0
+    shutil.rmtree(run / "data")
+    shutil.copytree(tmp_path / "new" / "data", run / "data")  # "put NEW/data in place of it"
+    assert main(["eval", str(run)]) == 0
+
+
+def test_random_bytes_in_model_tensors_refused(run_copy, capsys):
+    config, run = run_copy
+    _overwrite(run / MODEL, (run / MODEL).stat().st_size - 200, os.urandom(100))
+    before = _snapshot(run.parent)
+    for argv in (["eval", str(run)], ["capacity", str(run), "--phase", "finetune"]):
+        code, text = _run(argv, capsys)
+        assert code == 2 and text.startswith(f"error: {run / MODEL}: damaged: its sha256 is "), text
+        assert "eval bio_recall" not in text  # every model checked before any is evaluated
+        assert _snapshot(run.parent) == before
+    # the advice: delete the phase, move results.json away, resume: the same model again
+    advice = text[text.index("`") + 1:text.rindex("`")].split()
+    shutil.rmtree(run / MODEL.rsplit("/", 2)[0])
+    (run / "results.json").rename(run.parent / "results.json.old")
+    assert main(advice[1:]) == 0
+    assert main(["eval", str(run)]) == 0
+
+
+def test_zeroed_data_sha256_refused(run_copy, capsys):
+    _, run = run_copy
+    (run / "data" / "sha256").write_text("0" * 64 + "\n")
+    for older in (False, True):  # older: a data folder without a manifest; results.json's hash catches it still
+        if older:
+            (run / "data" / "files.sha256").unlink()
+        before = _snapshot(run.parent)
+        code, text = _run(["eval", str(run)], capsys)
+        assert code == 2 and f"{run / 'data' / 'sha256'}: '0000000000" in text and "is not the data hash" in text
+        assert _snapshot(run.parent) == before
+
+
+def test_edited_config_yaml_refused(run_copy, capsys):
+    config, run = run_copy
+    saved = run / "config.yaml"
+    saved.write_text(saved.read_text().replace("  steps: 3\n", "  steps: 4\n"))
+    before = _snapshot(run.parent)
+    for argv in (["eval", str(run)], ["capacity", str(run)], ["probe", str(run), "--steps", "1"],
+                 ["run", str(saved), "--out", str(run), "--resume"]):
+        code, text = _run(argv, capsys)
+        assert code == 2 and f"{saved}: not the config {run / 'results.json'} was made with (finetune.steps: 4 in " \
+                              "config.yaml, 3 in results.json)" in text, argv
+        assert _snapshot(run.parent) == before
+
+
+def test_corrupt_dataset_dict_json_of_an_older_data_folder(run_copy, capsys):
+    _, run = run_copy
+    (run / "data" / "files.sha256").unlink()  # no manifest (an older version): the reader's error, in one line
+    (run / "data" / "bios" / "dataset_dict.json").write_text("{")
+    before = _snapshot(run.parent)
+    code, text = _run(["eval", str(run)], capsys)
+    assert code == 2 and text.startswith(f"error: {run / 'data'}: cannot be read (JSONDecodeError")
+    assert _snapshot(run.parent) == before
+
+
+def test_committed_runs_still_read():
+    """The runs in runs/ have no models, no data manifest and some a results.json older than fields of the config:
+    summary and report read them, and their config.yaml matches what their results.json recorded."""
+    from bidirect.integrity import check_results
+    from bidirect.rundir import read_results, require_run_dir
+
+    runs = [p.parent for p in sorted((Path(__file__).parents[1] / "runs").rglob("config.yaml"))
+            if (p.parent / "results.json").is_file()]
+    assert len(runs) > 10
+    for run in runs:
+        check_results(run, require_run_dir(run), read_results(run))
+
+
+# --------------------------------------------------------------------------- a full disk while saving
+
+
+BIG = dict(ONE_CELL, model={"layers": 2, "heads": 2, "width": 256, "mlp_width": 1024, "context": 256},
+           pretrain={"steps": 1, "batch_size": 4}, finetune={"steps": 1, "batch_size": 4})
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB file system (tmpfs): room for the tiny study's data and tokenizer, not for a 256-wide model."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)],
+                                                   capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("needs root and mount (a real full disk)")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)  # lazy: a file still open cannot stop it
+
+
+def test_full_disk_while_saving_a_model_is_one_line_then_resumes(small_disk, tmp_path, capsys):
+    config = write_config(tmp_path / "big.yaml", **BIG)
+    out = small_disk / "run"
+    code, text = _run(["run", str(config), "--out", str(out)], capsys)
+    assert code == 1, text
+    error = text[text.index("error: "):]
+    assert error == (f"error: {out}/models/single/gpt2-rope/pretrain/.model.tmp: No space left on device; free space "
+                     f"(or fix the disk), then continue with `bidirect run {config} --out {out} --resume`")
+    assert not (out / "models/single/gpt2-rope/pretrain/.model.tmp").exists()  # the half model gave its space back
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # "free space"
+    advice = error[error.index("`") + 1:error.rindex("`")].split()
+    assert main(advice[1:]) == 0 and (out / "results.json").is_file()
+
+
+def test_full_disk_reported_by_safetensors_is_an_oserror(run_copy, monkeypatch, capsys):
+    """Where no file system can be filled: the error safetensors raises on a full disk, raised by its own writer."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    config, run = run_copy
+    shutil.rmtree(run / "models/single/gpt2-rope/finetune")
+    (run / "results.json").unlink()
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "serialize_file", full)
+    code, text = _run(["run", str(config), "--out", str(run), "--resume"], capsys)
+    assert code == 1 and text.endswith(f"finetune/.model.tmp: No space left on device; free space (or fix the disk), "
+                                       f"then continue with `bidirect run {config} --out {run} --resume`")
