@@ -579,10 +579,10 @@ def _accuracy(items: list[Item], correct: list[bool], inverse: bool = False) -> 
     out: dict = {}
     for a, name in enumerate(ATTRIBUTES):
         hits = [c for it, c in zip(items, correct, strict=True) if it.attribute == a]
-        out[name] = sum(hits) / len(hits) if hits else float("nan")
+        out[name] = sum(hits) / len(hits) if hits else None  # null in results.json, as written
     # The mean over the attributes that have items (sentence recall has none for a value no sentence names its
     # person before; every other level has all six).
-    present = [out[a] for a in ATTRIBUTES if out[a] == out[a]]
+    present = [out[a] for a in ATTRIBUTES if out[a] is not None]
     out["mean"] = sum(present) / len(present) if present else float("nan")
     out["n"] = len(items)
     out["people"] = people

@@ -715,15 +715,17 @@ def _clear_tmp(path: Path) -> None:
 
 
 def _saved_data_why_not(folder: Path) -> str | None:
-    """None when ``folder`` is data `StudyData.save` wrote: its hash file (``sha256``, 64 hex digits) and
-    nothing but datasets saved by `datasets` (each folder with its dataset_info.json or dataset_dict.json);
-    else what bidirect did not write."""
+    """None when ``folder`` is data `StudyData.save` wrote: its hash file (``sha256``, 64 hex digits), its
+    files' hashes (FILES_SHA_FILE) and nothing but datasets saved by `datasets` (each folder with its
+    dataset_info.json or dataset_dict.json); else what bidirect did not write."""
     if folder.is_symlink() or not folder.is_dir():
         return "a link or a file, not a folder bidirect made"
     foreign = []
     for entry in sorted(folder.iterdir()):
         if entry.name == "sha256":
             ok = re.fullmatch(rb"[0-9a-f]{64}\n?", read_regular(entry) or b"") is not None
+        elif entry.name == FILES_SHA_FILE:  # the hash of every file, written with the data (integrity.py)
+            ok = entry.is_file() and not entry.is_symlink()
         else:
             ok = entry.is_dir() and not entry.is_symlink() and \
                 ((entry / "dataset_info.json").is_file() or (entry / "dataset_dict.json").is_file())

@@ -117,8 +117,8 @@ def run(study, kind, rule, levels=ALL_LEVELS, fill="one_pass", **eval_kw):
 def accuracies(results, expected):
     """Per level: is every attribute that has items (sentence recall: only those a sentence names the person
     before), and their mean, at ``expected``?"""
-    return {level: {a: r[a] for a in (*ATTRIBUTES, "mean") if r[a] == r[a]} ==
-            {a: expected for a in (*ATTRIBUTES, "mean") if r[a] == r[a]} and r["mean"] == r["mean"]
+    return {level: {a: r[a] for a in (*ATTRIBUTES, "mean") if r[a] is not None} ==
+            {a: expected for a in (*ATTRIBUTES, "mean") if r[a] is not None} and r["mean"] is not None
             for level, r in results.items()}
 
 

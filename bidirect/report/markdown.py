@@ -91,7 +91,8 @@ def accuracy_figure(title: str, panels: dict[str, dict[str, dict[str, float]]], 
         for j, level in enumerate(shown):
             scores = levels.get(level, {})
             xs = [i + (j - (len(shown) - 1) / 2) * width for i in range(len(groups))]
-            ys = [100 * scores.get(a, float("nan")) for a in groups]
+            # null: no item (sentence recall of a value no sentence names its person before)
+            ys = [100 * v if (v := scores.get(a)) is not None else float("nan") for a in groups]
             err, up = None, [0.0] * len(ys)
             half = (errors or {}).get(backbone, {}).get(level, {})
             if any(h is not None for h in half.values()):  # the interval, clipped to what an accuracy can be
