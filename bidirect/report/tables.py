@@ -30,8 +30,8 @@ LEVEL_NAMES.update({lv: f"{LEVEL_NAMES[split]}{'*' if rule == 'given' else f' ({
 BASELINES = {"majority_baseline": ("majority", "P_test"), "majority_baseline_given_length": ("majority", "P_test*")}
 GIVEN_NOTE = "*: told the answer's length in tokens (the paper's masked QA rule)"
 RULE_NOTE = {"free": "the best mean log-probability over lengths", "prior": "the best mean log-probability plus "
-             "the log-probability of the length among P_train's answers", "window": "where its one-pass answer "
-             "window puts end-of-text", "given": "told (the paper's rule)"}
+             "the log-probability of the length among P_train's answers", "window": "where its answer window puts "
+             "end-of-text", "given": "told (the paper's rule)"}
 
 
 def note(results: dict[str, Any]) -> str:
