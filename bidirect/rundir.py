@@ -358,9 +358,23 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+_NUMBER = r"(?:-?[0-9][0-9.eE+-]*|null)"
+_NUMBERS = re.compile(rf"\[\n\s*({_NUMBER}(?:,\n\s*{_NUMBER})*)\n\s*\]")  # a list of numbers, one a line
+_ROWS = re.compile(r"\[\n\s*(\[[^\[\]\n]*\](?:,\n\s*\[[^\[\]\n]*\])*)\n\s*\]")  # a list of one-line lists
+
+
+def json_text(obj: Any) -> str:
+    """``obj`` as indented JSON, always valid (NaN written null), with every list of numbers on one line and a
+    list of such lists too: a results file keeps each person's hits (`evaluate`), and one number a line would
+    make it tens of thousands of lines."""
+    text = json.dumps(_finite(obj), indent=2, allow_nan=False)
+    text = _NUMBERS.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
+    return _ROWS.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",\n")) + "]", text)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """`write_text_atomic` of JSON, always valid (NaN is written null)."""
-    write_text_atomic(path, json.dumps(_finite(obj), indent=2, allow_nan=False))
+    """`write_text_atomic` of `json_text`."""
+    write_text_atomic(path, json_text(obj))
 
 
 def read_json(path: Path, what: str, advice: str) -> Any:

@@ -3,6 +3,7 @@ the last answer token; the teacher-forced causal path against `generate`."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -307,3 +308,16 @@ def test_masked_fill_orders(fill, written):
     item = Item([5, 6, mask, mask, mask, eos], [2, 3, 4], written, 0)
     model = CountsCommitted(mask)
     assert _read(model, [item, item], 0, torch.device("cpu"), fill)[0] == [written, written]
+
+
+def test_results_text_keeps_lists_of_numbers_on_one_line_and_reads_back_the_same():
+    from bidirect.rundir import json_text
+
+    results = {"qa_test": {"mean": 0.5, "ci95": {"mean": [0.25, 0.75], "major": None},
+                           "per_person": {"id": [3, 7], "hits": [[1, 0, 0, 1, 1, 0], [0] * 6],
+                                          "items": [[1] * 6, [1] * 6]}},
+               "names": ["a", "b"], "empty": [], "nan": float("nan")}
+    text = json_text(results)
+    assert json.loads(text) == {**results, "nan": None}
+    assert '"hits": [[1, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0]]' in text and '"mean": [0.25, 0.75]' in text
+    assert '"names": [\n' in text  # only numbers are packed
