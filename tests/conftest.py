@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import yaml
-from tiny import single_study
+from tiny import ONE_CELL, single_study, write_config
 
 from bidirect.cli import main
 from bidirect.config import Augmentation, DataConfig
@@ -36,3 +39,18 @@ def lora_run(tmp_path_factory):
                                                     "finetune_mode": "lora", "lora_rank": 4})))
     assert main(["run", str(config), "--out", str(root / "run")]) == 0
     return root / "run"
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory):
+    """A finished one-cell tiny run, made once for the session; tests that change it work on `run_copy`."""
+    root = tmp_path_factory.mktemp("finished")
+    config = write_config(root / "tiny.yaml", **ONE_CELL)
+    assert main(["run", str(config), "--out", str(root / "run")]) == 0
+    return config, root / "run"
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path):
+    config, run = finished
+    return config, Path(shutil.copytree(run, tmp_path / "run", symlinks=True))

@@ -16,12 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny import write_config
+from tiny import ONE_CELL, write_config
 
 from bidirect.cli import main
 from bidirect.config import MAX_YAML_VALUES, apply_overrides, from_dict, load, shown
-
-ONE_CELL = dict(data__augmentations=["single"], backbones=["gpt2-rope"])
 
 
 def _snapshot(top: Path) -> dict[str, str]:
@@ -247,17 +245,9 @@ def test_accelerate_launch_num_processes_without_multi_gpu_refused(tmp_path):
 # --------------------------------------------------------------------------- damaged files of a run: one message
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished one-cell tiny run (made once; tests work on copies)."""
-    root = tmp_path_factory.mktemp("bad_input")
-    config = write_config(root / "tiny.yaml", **ONE_CELL)
-    assert main(["run", str(config), "--out", str(root / "run")]) == 0
-    return config, root / "run"
-
-
 @pytest.fixture
 def run_copy(finished, tmp_path):
+    """A copy of the session's finished run (conftest), with a user's files inside and beside it."""
     config, run = finished
     copy = Path(shutil.copytree(run, tmp_path / "run", symlinks=True))
     (copy / "notes.txt").write_text("a user's file inside the run folder")

@@ -20,14 +20,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny import write_config
+from tiny import ONE_CELL, write_config
 
 from bidirect import rundir, study
 from bidirect.cli import main
 from bidirect.config import MAX_BIOS, ConfigError, from_dict, load
 from bidirect.rundir import MARKER, RunDirError
 
-ONE_CELL = dict(data__augmentations=["single"], backbones=["gpt2-rope"])
 FINETUNE = "models/single/gpt2-rope/finetune"
 
 
@@ -49,21 +48,6 @@ def _run(argv: list[str], capsys) -> tuple[int, str]:
     text = capsys.readouterr().out
     assert "Traceback" not in text
     return code, " ".join(text.split())
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished one-cell tiny run (made once; tests work on copies)."""
-    root = tmp_path_factory.mktemp("safety")
-    config = write_config(root / "tiny.yaml", **ONE_CELL)
-    assert main(["run", str(config), "--out", str(root / "run")]) == 0
-    return config, root / "run"
-
-
-@pytest.fixture
-def run_copy(finished, tmp_path):
-    config, run = finished
-    return config, Path(shutil.copytree(run, tmp_path / "run", symlinks=True))
 
 
 # --------------------------------------------------------------------------- --force: only bidirect's own folders

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 from test_safety import _hold, _run, _snapshot
-from tiny import single_study, write_config
+from tiny import ONE_CELL, single_study, write_config
 
 from bidirect import rundir
 from bidirect import sweep as sweep_lib
@@ -32,23 +32,7 @@ from bidirect.cli import main
 from bidirect.config import ConfigError
 from bidirect.rundir import MARKER, RunDirError
 
-ONE_CELL = dict(data__augmentations=["single"], backbones=["gpt2-rope"])
 FINETUNE = "models/single/gpt2-rope/finetune"
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished one-cell tiny run (made once; tests work on copies)."""
-    root = tmp_path_factory.mktemp("user_files")
-    config = write_config(root / "tiny.yaml", **ONE_CELL)
-    assert main(["run", str(config), "--out", str(root / "run")]) == 0
-    return config, root / "run"
-
-
-@pytest.fixture
-def run_copy(finished, tmp_path):
-    config, run = finished
-    return config, Path(shutil.copytree(run, tmp_path / "run", symlinks=True))
 
 
 def _decoys(*folders: Path) -> None:

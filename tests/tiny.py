@@ -45,3 +45,7 @@ def single_study(**changes) -> dict:
     tests, with ``section__field=value`` changes."""
     base = tiny_config(data__augmentations=["single"], backbones=["gpt2-rope"], pretrain__checkpoint_every=0)
     return tiny_config(base, **changes)
+
+
+# One cell, one backbone: the finished run (conftest's `finished`) the safety, user-files and bad-input tests copy.
+ONE_CELL = dict(data__augmentations=["single"], backbones=["gpt2-rope"])
