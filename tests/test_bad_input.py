@@ -7,7 +7,6 @@ a decoy file of a user's, and checks the exit code, the message and that the fol
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,24 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_safety import _run, _snapshot
 from tiny import ONE_CELL, write_config
 
 from bidirect.cli import main
 from bidirect.config import MAX_YAML_VALUES, apply_overrides, from_dict, load, shown
-
-
-def _snapshot(top: Path) -> dict[str, str]:
-    """Every file and folder under ``top`` with the hash of its bytes and its modification time."""
-    return {str(p.relative_to(top)): hashlib.sha256(p.read_bytes()).hexdigest() + str(p.stat().st_mtime_ns)
-            if p.is_file() else "dir" for p in sorted(top.rglob("*"))}
-
-
-def _run(argv: list[str], capsys) -> tuple[int, str]:
-    capsys.readouterr()
-    code = main(argv)
-    text = capsys.readouterr().out
-    assert "Traceback" not in text
-    return code, " ".join(text.split())
 
 
 def _refused(tmp_path: Path, text: str, capsys, argv: list[str] | None = None, command: str = "run") -> str:
