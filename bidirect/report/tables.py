@@ -26,6 +26,10 @@ LEVEL_NAMES = {"bio_recall": "bio recall", "name_tied": "name-tied", "sentence_r
 # A masked model's other answer-length rules: * told the length, the others by the rule's name.
 LEVEL_NAMES.update({lv: f"{LEVEL_NAMES[split]}{'*' if rule == 'given' else f' ({rule})'}"
                     for lv in RULE_LEVELS for split, rule in [lv.rsplit("_", 1)]})
+# On a terminal's 80 columns each rule is a mark after the level's name (the caption says which).
+RULE_MARKS = {"given": "*", "prior": "^", "free": "~", "window": "="}
+SHORT_NAMES = {**LEVEL_NAMES, **{lv: f"{LEVEL_NAMES[split]}{RULE_MARKS[rule]}"
+                                 for lv in RULE_LEVELS for split, rule in [lv.rsplit("_", 1)]}}
 # The baselines and the level they go with; * marks what is told the answer's length in tokens.
 BASELINES = {"majority_baseline": ("majority", "P_test"), "majority_baseline_given_length": ("majority", "P_test*")}
 GIVEN_NOTE = "*: told the answer's length in tokens (the paper's masked QA rule)"
@@ -35,11 +39,12 @@ RULE_NOTE = {"free": "the best mean log-probability over lengths", "prior": "the
 
 
 def note(results: dict[str, Any]) -> str:
-    """What the * and (rule) rows mean, and which rule a masked model's plain QA rows used (from the run's
+    """What the marked rows mean, and which rule a masked model's plain QA rows used (from the run's
     config; older runs chose by ``free``)."""
     rule = (results.get("config") or {}).get("eval", {}).get("masked_length", "free")
-    return (f"{GIVEN_NOTE}; a masked model's QA rows choose the answer's length by {RULE_NOTE[rule]}, (rule): by "
-            "another rule; len: the share of its answers of the true length")
+    return (f"{GIVEN_NOTE}; a masked model's QA rows choose the answer's length by {RULE_NOTE[rule]}; ^: with "
+            "P_train's length prior, ~: by the best mean log-probability, =: from its answer window; len: the share of "
+            "its answers of the true length")
 
 
 def shown_levels(present: Iterable[str]) -> list[str]:
@@ -122,7 +127,7 @@ def results_tables(results: dict[str, Any]) -> list[Table]:
                 # a LoRA fine-tune says so on a second line under the name
                 label = _label(results, aug, name).replace(" (", "\n(") if i == 0 else ""
                 length = [pct(scores["true_length"]) if "true_length" in scores else ""] if lengths else []
-                table.add_row(label, LEVEL_NAMES[level], *[pct(scores.get(a)) for a in ATTRIBUTES],
+                table.add_row(label, SHORT_NAMES[level], *[pct(scores.get(a)) for a in ATTRIBUTES],
                               pct(scores.get("mean")), ci(scores), *length, style=style)
             table.add_section()
         for key, (label, level) in BASELINES.items():
@@ -245,7 +250,7 @@ def comparison_tables(runs: dict[str, dict[str, Any]], width: int = 80) -> list[
                 values = [level_cell(levels.get(lv), lv) for lv in shown]
                 values += [base.get("P_test", "-"), base.get("P_test*", "-")]
                 cells.append((f"{Path(run).name}\n{aug}\n{_label(results, aug, name)}", values))
-    labels = [LEVEL_NAMES[lv] for lv in shown] + ["majority", "majority*"]
+    labels = [SHORT_NAMES[lv] for lv in shown] + ["majority", "majority*"]
     per_table = max(1, (width - 16) // 15)  # a level column of ~15 characters, ~15 for each cell
     tables = []
     for start in range(0, len(cells), per_table):
@@ -290,7 +295,7 @@ def summary_table(summary: dict[str, Any]):
                      overflow="fold")
     table.add_column("seeds", justify="right", no_wrap=True)
     for level in levels_shown:
-        table.add_column(LEVEL_NAMES[level], justify="right", no_wrap=True,
+        table.add_column(SHORT_NAMES[level], justify="right", no_wrap=True,
                          style="bold" if level in HELD_OUT_LEVELS else None)
     for row in summary["rows"]:
         levels = row["levels"]
