@@ -138,9 +138,10 @@ def _pretraining(cfg: StudyConfig) -> dict[str, Any]:
             "masking": masking}
 
 
-def check_reuse(cfg: StudyConfig, source: Path) -> None:
+def check_reuse(cfg: StudyConfig, source: Path) -> list[tuple[str, Any]]:
     """Raise, naming the first difference, unless ``source``'s finished pretraining phases are the ones ``cfg`` would
-    train (`reuse_pretraining`); checked before the new run folder is made."""
+    train (`reuse_pretraining`); checked before the new run folder is made. Returns the (augmentation, backbone)
+    cells whose pretraining is reused."""
     src = require_run_dir(source)
     if cfg.protocol != "pretrain_finetune":
         raise ConfigError("--pretrained-from: the mixed protocol has no pretraining phase to reuse")
@@ -160,15 +161,15 @@ def check_reuse(cfg: StudyConfig, source: Path) -> None:
             raise ConfigError(f"{where}: pretrained with other settings (backbones.{backbone.name}.pretrain)")
         if phase_done(old.phase(augmentation, backbone.name, "pretrain")) is None:
             raise RunDirError(f"{where}: its pretraining is not finished")
+    return cells
 
 
 def reuse_pretraining(cfg: StudyConfig, run_dir: Path, source: Path) -> None:
     """Start the new run folder ``run_dir`` from ``source``'s data, tokenizer and finished pretraining phases, so
     that a study differing only in fine-tuning or evaluation (`_pretraining`) trains only its fine-tuning.
     Pretraining is deterministic, so the new run's results are those of running ``cfg`` from scratch."""
-    check_reuse(cfg, source)
+    cells = check_reuse(cfg, source)  # again at the copy: the source may have changed since the first check
     run, old = RunFolder(run_dir), RunFolder(source)
-    cells = [(a.name, b) for a in cfg.augmentations() for b in cfg.backbones]
     for path in (old.data, old.tokenizer):
         shutil.copytree(path, run_dir / path.name)
     shutil.copy2(old.tokenizer_sha, run.tokenizer_sha)

@@ -337,14 +337,11 @@ def _merge_old(out: Path, sweep: Sweep) -> Sweep:
 def run_sweep(sweep: Sweep, out: Path, accelerator=None, console=None, pretrained_from: Path | None = None) -> None:
     """Every cell of ``sweep`` in order, skipping finished ones (`analysis.seeds.aggregate` pools them after).
     Cells of an earlier invocation that this sweep file no longer lists are kept, not run. ``pretrained_from``: a
-    run whose finished pretraining every new cell starts from (`study.reuse_pretraining`; a grid of fine-tuning or
-    evaluation choices), checked for every cell before any runs."""
-    from bidirect.study import check_reuse, make_accelerator, reuse_pretraining, run_study
+    run whose finished pretraining every new cell starts from (`study.reuse_pretraining`, which checks each cell; a
+    grid of fine-tuning or evaluation choices). `bidirect sweep` checks every cell before the sweep folder is made."""
+    from bidirect.study import make_accelerator, reuse_pretraining, run_study
 
     cells = [c for c in sweep.cells if c.config is not None]
-    if pretrained_from is not None:
-        for cell in cells:
-            check_reuse(cell.config, pretrained_from)
     accelerator = accelerator or make_accelerator(cells[0].config, out)
     # After --force the old sweep folder waits aside until a cell passes its checks (study.start_study).
     replaced = sweep.opened if sweep.opened is not None and sweep.opened.aside is not None else None
