@@ -299,7 +299,10 @@ def length_prior(tokenizer: PreTrainedTokenizerFast, data: StudyData) -> dict[in
     answer, counted among P_train's answers for that attribute, add-one smoothed (a length P_train never gave that
     attribute stays possible, made unlikely): the ``prior`` rule's length distribution, predicted from the
     question's attribute alone."""
-    answers = _train_answers(tokenizer, data)
+    return _length_prior(_train_answers(tokenizer, data))
+
+
+def _length_prior(answers: list[tuple[int, int]]) -> dict[int, dict[int, float]]:
     longest = max(n for _, n in answers)
     counts: dict[int, Counter] = {}
     for attribute, n in answers:
@@ -507,7 +510,12 @@ def person_intervals(items: list[Item], correct: list[bool], columns: Sequence[s
                      resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, list[float] | None]:
     """95% percentile intervals of each column's accuracy and of their mean, resampling individuals
     with replacement (all of a person's items go together). Deterministic in ``seed``."""
-    table = _per_person(items, correct, columns)
+    return _intervals(_per_person(items, correct, columns), columns, resamples, seed)
+
+
+def _intervals(table: dict[str, list], columns: Sequence[str], resamples: int = BOOTSTRAP_RESAMPLES,
+               seed: int = 0) -> dict[str, list[float] | None]:
+    """`person_intervals` from a `_per_person` table."""
     if not table["id"]:
         return dict.fromkeys([*columns, "mean"])
     hits, count = np.array(table["hits"], dtype=float), np.array(table["items"], dtype=float)
@@ -573,9 +581,9 @@ def _accuracy(items: list[Item], correct: list[bool], inverse: bool = False) -> 
     people = len({it.person for it in items})
     if inverse:
         acc = sum(correct) / len(correct) if correct else float("nan")
-        ci = person_intervals(items, correct, ["full_name"])
-        return {"full_name": acc, "mean": acc, "n": len(items), "people": people, "ci95": ci,
-                "per_person": _per_person(items, correct, ["full_name"])}
+        table = _per_person(items, correct, ["full_name"])
+        return {"full_name": acc, "mean": acc, "n": len(items), "people": people,
+                "ci95": _intervals(table, ["full_name"]), "per_person": table}
     out: dict = {}
     for a, name in enumerate(ATTRIBUTES):
         hits = [c for it, c in zip(items, correct, strict=True) if it.attribute == a]
@@ -586,8 +594,9 @@ def _accuracy(items: list[Item], correct: list[bool], inverse: bool = False) -> 
     out["mean"] = sum(present) / len(present) if present else float("nan")
     out["n"] = len(items)
     out["people"] = people
-    out["ci95"] = person_intervals(items, correct, ATTRIBUTES)
-    out["per_person"] = _per_person(items, correct, ATTRIBUTES)
+    table = _per_person(items, correct, ATTRIBUTES)
+    out["ci95"] = _intervals(table, ATTRIBUTES)
+    out["per_person"] = table
     out["by_length"] = by_length(items, correct)
     return out
 
@@ -628,9 +637,10 @@ def evaluate_model(model, kind: str, tokenizer: PreTrainedTokenizerFast, data: S
     model.eval()
     results = {}
     available = {*MEMORIZATION_LEVELS, *cell_levels(kind, answer, cfg.masked_length, list(data.qa_sets()))}
-    longest = max_answer_tokens(tokenizer, data) if kind == "masked" else 0
-    window = longest + 1 if kind == "masked" and answer == "window" else 0
-    prior = length_prior(tokenizer, data) if kind == "masked" else None
+    answers = _train_answers(tokenizer, data) if kind == "masked" else []  # tokenized once for both
+    longest = max(n for _, n in answers) if answers else 0  # as max_answer_tokens
+    window = longest + 1 if answer == "window" else 0
+    prior = _length_prior(answers) if answers else None
     candidates: dict[str, dict[int, list]] = {}  # per QA set: the free and prior rules read the same fills
     live = Console().is_terminal
     try:
