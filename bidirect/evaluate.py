@@ -403,8 +403,8 @@ def _candidates(model, items: list[Item], mask: int, pad: int, device: torch.dev
 
 def choose_length(candidates: list[tuple[float, list[int]]], prior: dict[int, float] | None = None) -> list[int]:
     """The answer a length rule keeps among an item's candidates (one per length, from 1): the best mean
-    log-probability (``free``), plus the log-probability of the length under ``prior`` (``prior``: lengths it has
-    never seen are not candidates); the shorter on a tie."""
+    log-probability (``free``), plus the log-probability of the length under ``prior`` (``prior``, `length_prior`:
+    every length from 1 to the longest P_train answer; one outside it is no candidate); the shorter on a tie."""
     best, answer = -math.inf, []
     for length, (score, tokens) in enumerate(candidates, start=1):
         if prior is not None:
