@@ -127,15 +127,18 @@ def _call(out: Path, budget: int, *flags: str, cut=None) -> subprocess.Completed
         deadline = time.monotonic() + 300
         while not cut.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        victim = _bidirect_child(proc.pid)
+        victim = None
+        while victim is None and proc.poll() is None and time.monotonic() < deadline:
+            victim = _bidirect_child(proc.pid, out)  # /proc is read while processes come and go: look again
         assert victim is not None and cut.exists(), "the rung ended before it could be cut off"
         os.kill(victim, signal.SIGTERM)
     stdout, _ = proc.communicate(timeout=600)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout)
 
 
-def _bidirect_child(pid: int) -> int | None:
-    """The `python3 -m bidirect` process under ``pid`` (through `timeout`), from /proc."""
+def _bidirect_child(pid: int, out: Path) -> int | None:
+    """The `python3 -m bidirect` process under ``pid`` (through `timeout`), from /proc; or, where a parent's entry
+    was missed while /proc was read, the one writing under ``out`` (only this test's rung does)."""
     parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -148,7 +151,8 @@ def _bidirect_child(pid: int) -> int | None:
         ancestor = parent
         while ancestor not in (pid, 0, 1) and ancestor in parents:
             ancestor = parents[ancestor][0]
-        if ancestor == pid and cmdline[1:3] == [b"-m", b"bidirect"]:  # not `timeout` above it
+        if cmdline[1:3] == [b"-m", b"bidirect"] and (  # not `timeout` above it
+                ancestor == pid or any(arg.startswith(str(out).encode()) for arg in cmdline)):
             return child
     return None
 
