@@ -124,13 +124,18 @@ def _call(out: Path, budget: int, *flags: str, cut=None) -> subprocess.Completed
     proc = subprocess.Popen(["bash", str(SCRIPT), str(out), str(budget), *flags], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if cut is not None:
+        # The rung's process is found while it starts, not after the file appears: a tiny rung can finish in the
+        # time /proc takes to read, so the cut is only a kill of a process already known.
         deadline = time.monotonic() + 300
-        while not cut.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
         victim = None
+        while not cut.exists() and proc.poll() is None and time.monotonic() < deadline:
+            if victim is None:
+                victim = _bidirect_child(proc.pid, out)  # /proc is read while processes come and go: look again
+            else:
+                time.sleep(0.01)
         while victim is None and proc.poll() is None and time.monotonic() < deadline:
-            victim = _bidirect_child(proc.pid, out)  # /proc is read while processes come and go: look again
-        assert victim is not None and cut.exists(), "the rung ended before it could be cut off"
+            victim = _bidirect_child(proc.pid, out)
+        assert victim is not None and cut.exists() and proc.poll() is None, "the rung ended before it could be cut off"
         os.kill(victim, signal.SIGTERM)
     stdout, _ = proc.communicate(timeout=600)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout)
