@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -101,6 +102,19 @@ def test_two_processes_match_one(tmp_path):
     loss1 = r1["training"]["single"]["gpt2-rope"]["pretrain"]["final_loss"]
     loss2 = r2["training"]["single"]["gpt2-rope"]["pretrain"]["final_loss"]
     assert abs(loss1 - loss2) < 0.05 * loss1
+    # The tiny model's accuracies are near zero, so the comparison above cannot see a wrong item. The same model
+    # evaluated by two processes must give every person exactly the answers one process gave.
+    shutil.copytree(tmp_path / "one", tmp_path / "again")
+    again = subprocess.run([*launch, "eval", str(tmp_path / "again")], env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    r3 = json.loads((tmp_path / "again" / "results.json").read_text())
+    levels = r1["results"]["single"]["gpt2-rope"]
+    assert {"bio_recall", "name_tied", "qa_train", "qa_test"} <= set(levels)
+    for level, one_process in levels.items():
+        two_processes = r3["results"]["single"]["gpt2-rope"][level]
+        assert two_processes["per_person"] == one_process["per_person"], level
+        assert two_processes["mean"] == one_process["mean"] and two_processes["n"] == one_process["n"], level
 
 
 def test_help_of_every_command(capsys):

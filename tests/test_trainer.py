@@ -197,7 +197,9 @@ def test_compiled_training_follows_the_eager_run(study_data, tokenizer, tmp_path
         collate = objective.with_static_shapes() if compiled else objective
         train_phase(model, collate, stream, cfg, out, _accelerator(), "t", seed=0)
         losses[compiled] = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
-        assert load_backbone(out / "model") is not None  # saved without the compile wrapper
+        saved = load_backbone(out / "model").state_dict()  # saved without the compile wrapper's _orig_mod. names
+        trained = {k.removeprefix("_orig_mod."): v for k, v in model.state_dict().items()}
+        assert saved.keys() == trained.keys() and all(torch.equal(saved[k], trained[k].cpu()) for k in saved)
     assert len(losses[True]) == 4
     assert losses[True] == pytest.approx(losses[False], rel=1e-3)
 
