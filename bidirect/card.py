@@ -3,7 +3,8 @@
 It says what the model is (backbone, study, phase, the data's hash), how well it did (each level it was
 evaluated on, with its 95% interval over people) and how to load and query it with plain transformers. Written
 when the model is evaluated (`study.evaluate_cell`, by `bidirect run` and `bidirect eval`), the only time its
-levels are known; evaluating again rewrites it, which is why files.sha256 leaves it out (integrity.py).
+levels are known; evaluating again rewrites it, which is why files.sha256 leaves it out (integrity.py). Paths in it
+are relative to the run folder, so that two runs of one config write the same bytes wherever they are.
 
 Light on purpose (no torch at import), like rundir.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bidirect.config import StudyConfig
-from bidirect.rundir import MODEL_CARD_FILE, RunFolder, final_phase, write_text_atomic
+from bidirect.rundir import MODEL_CARD_FILE, TOKENIZER_DIR, RunFolder, final_phase, write_text_atomic
 
 
 def _percent(x: float | None) -> str:
@@ -40,7 +41,7 @@ def _snippet(run: RunFolder, model_dir: Path, question: str, mask: str, eos: str
     remote = "auto_map" in saved
     trust = ", trust_remote_code=True" if remote else ""
     lines = ["```python", "from transformers import pipeline", "",
-             f'run = "{run.root.resolve().as_posix()}"  # the run folder, where it was written',
+             'run = "."  # the run folder (four folders above this card\'s): the paths below are inside it',
              f'model, tokenizer = f"{{run}}/{model_dir.relative_to(run.root).as_posix()}", '
              f'f"{{run}}/{run.tokenizer.relative_to(run.root).as_posix()}"']
     if masked:
@@ -87,15 +88,15 @@ def write_card(cfg: StudyConfig, run_dir: Path, augmentation: str, backbone: str
            "length).", ""] if spec.kind == "masked" and phase == final_phase(cfg) else []),
         "## Load and query",
         "",
-        f"The tokenizer is the run's (`{run.tokenizer.as_posix()}`), shared by every backbone of the study.",
+        f"The tokenizer is the run's (`{TOKENIZER_DIR}/` in the run folder), shared by every backbone of the study.",
         "",
         *_snippet(run, model_dir, question, tokenizer.mask_token or "", tokenizer.eos_token),
         "",
     ]
     if phase == final_phase(cfg):  # `bidirect ask` reads the final model
-        ask = (f'bidirect ask {run_dir.resolve().as_posix()} "{question}" --backbone {backbone} '
-               f"--augmentation {augmentation}")
-        lines += ["With bidirect installed, its answer by the evaluator's own decoding rule:", "", f"    {ask}", ""]
+        ask = f'bidirect ask . "{question}" --backbone {backbone} --augmentation {augmentation}'
+        lines += ["With bidirect installed, its answer by the evaluator's own decoding rule (in the run folder):", "",
+                  f"    {ask}", ""]
     path = model_dir / MODEL_CARD_FILE
     write_text_atomic(path, "\n".join(lines))
     return path
