@@ -5,8 +5,9 @@
     df = bd.results_frame("runs/q")            # one row per augmentation, backbone, level, attribute
     df[df.level == "qa_test"].pivot(index="backbone", columns="attribute", values="accuracy")
     bd.sweep_frame("runs/example_sweep")       # the same for every cell of a sweep, its swept values as columns
+    bd.ask("runs/q", "What is the birth city of Anya Briar Forger?")   # each trained model's answer
 
-`bidirect run` is `run` plus the printed table.
+`bidirect run` is `run` plus the printed table; `bidirect ask` is `ask`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ from typing import Any
 
 import pandas as pd
 
-from bidirect.config import ALL_LEVELS, ATTRIBUTES, StudyConfig, apply_overrides, from_dict, load, validate
+from bidirect.config import (
+    ALL_LEVELS,
+    ATTRIBUTES,
+    ConfigError,
+    StudyConfig,
+    apply_overrides,
+    from_dict,
+    load,
+    validate,
+)
 
 
 def quiet_libraries() -> None:
@@ -134,3 +144,53 @@ def sweep_frame(sweep_dir: str | Path) -> pd.DataFrame:
         frame.insert(0, "cell", cell["name"])
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+ASK_COLUMNS = ["augmentation", "backbone", "kind", "rule", "answer"]
+
+
+def ask(run: str | Path, question: str, backbone: str | None = None, augmentation: str | None = None,
+        length: int | None = None) -> pd.DataFrame:
+    """The answer of each final (fine-tuned, or mixed) model of a run folder to ``question``, decoded by the
+    evaluator's own rule for the run (`evaluate.answer_questions`): one row per augmentation and backbone (only
+    ``backbone``'s, ``augmentation``'s when given), with the rule in words. ``length``: tell masked models the
+    answer's length in tokens (the ``given`` rule); a run whose rule is ``given`` needs it."""
+    import torch
+
+    from bidirect.data.generate import StudyData
+    from bidirect.data.templates import QUESTIONS, question_attribute
+    from bidirect.evaluate import answer_questions
+    from bidirect.models import backbone_kind, load_backbone
+    from bidirect.rundir import RunFolder, final_phase, read_tokenizer, require_run_dir, select_cells
+
+    run_dir = Path(run)
+    cfg = require_run_dir(run_dir)
+    example = QUESTIONS["birth_city"].format(name="NAME")
+    if not question.strip():
+        raise ConfigError(f"question: empty; ask in one of the study's forms, e.g. {example!r}")
+    if length is not None and length < 1:
+        raise ConfigError(f"--length: {length}; give the answer's length in tokens, 1 or more")
+    cfg, cells, phase = select_cells(run_dir, augmentation, backbone, final_phase(cfg))
+    rule = "given" if length is not None else cfg.eval.masked_length
+    if any(backbone_kind(b) == "masked" for _, b in cells):  # before any model is loaded
+        if rule == "given" and length is None:
+            raise ConfigError("--length: this run tells masked models the answer's length (eval.masked_length: "
+                              "given); give it, --length N tokens")
+        if rule == "prior" and question_attribute(question) is None:
+            raise ConfigError(f"question: {question!r} is in none of the study's forms, and this run chooses a "
+                              "masked answer's length from the attribute asked (eval.masked_length: prior); ask in "
+                              f"one of them (e.g. {example!r}), or tell the length with --length N")
+    run_folder, device = RunFolder(run_dir), torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer, data = read_tokenizer(run_dir), StudyData.load(run_folder.data)
+    rows = []
+    for aug, name in cells:
+        kind = backbone_kind(name)
+        model = load_backbone(run_folder.model(aug, name, phase)).to(device)
+        said = answer_questions(model, kind, tokenizer, data, [question], cfg.eval, cfg.masking.answer, length)[0]
+        if kind == "causal":
+            how = "greedy" if cfg.eval.num_beams == 1 else f"beam search, {cfg.eval.num_beams} beams"
+        else:
+            told = f" ({length} tokens)" if length is not None else ""
+            how = f"{rule} length{told}, {cfg.eval.fill} fill"
+        rows.append([aug, name, kind, how, said])
+    return pd.DataFrame(rows, columns=ASK_COLUMNS)

@@ -8,6 +8,7 @@
     bidirect report DIR [--out FILE.md]          Markdown report with PNG figures of a run or sweep folder
     bidirect probe RUN_DIR [--steps N]           P- and Q-probing of the trained models (RUN_DIR/probe.json)
     bidirect capacity RUN_DIR                    knowledge capacity: bits stored per parameter (RUN_DIR/capacity.json)
+    bidirect ask RUN_DIR "QUESTION"              each trained model's answer, by the evaluator's decoding rule
     bidirect backbones                           the registry
     bidirect bench [--size S] [--backbone B ...] training tokens/s: the package's path against a plain loop
 
@@ -199,6 +200,16 @@ def cmd_capacity(args: argparse.Namespace) -> None:
     console.print(f"capacity: {Path(args.run_dir) / CAPACITY_FILE}")
 
 
+def cmd_ask(args: argparse.Namespace) -> None:
+    from bidirect.api import ask
+
+    answers = ask(Path(args.run_dir), args.question, args.backbone, args.augmentation, args.length)
+    for row in answers.itertuples():
+        said = row.answer if row.answer else "(nothing)"
+        console.print(f"[bold]{escape(row.augmentation)}/{escape(row.backbone)}[/bold] ({row.kind}, {row.rule}): "
+                      f"{escape(said)}", highlight=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bidirect", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"bidirect {__version__}")
@@ -280,6 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="JSON report (default: runs/bench/<device>.json)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("ask", help="each trained model's answer to a question, by the evaluator's decoding rule")
+    p.add_argument("run_dir", help="a finished run folder")
+    p.add_argument("question", help='in the study\'s form, e.g. "What is the birth city of Anya Briar Forger?"')
+    p.add_argument("--backbone", help="only this backbone (default: every one of the run)")
+    p.add_argument("--augmentation", help="only this augmentation (default: every one of the run)")
+    p.add_argument("--length", type=int, metavar="N",
+                   help="tell masked models the answer's length in tokens (the given rule; default: the run's "
+                        "eval.masked_length)")
+    p.set_defaults(func=cmd_ask)
 
     for name, func, about in (
         ("probe", cmd_probe, "P- and Q-probing: a frozen model, a rank-2 embedding update and a linear probe"),

@@ -58,6 +58,7 @@ from bidirect.config import (
     EvalConfig,
 )
 from bidirect.data.generate import StudyData, first_bios
+from bidirect.data.templates import question_attribute
 from bidirect.tokenizer import answer_ids, decode_answer, qa_ids, question_ids, value_token_span
 
 
@@ -672,6 +673,49 @@ def evaluate_model(model, kind: str, tokenizer: PreTrainedTokenizerFast, data: S
     finally:
         model.train(was_training)
     return results
+
+
+def answer_questions(model, kind: str, tokenizer: PreTrainedTokenizerFast, data: StudyData, questions: Sequence[str],
+                     cfg: EvalConfig, answer: str = "exact", length: int | None = None) -> list[str]:
+    """Each question's answer as the evaluator decodes it, where no answer is known to score (`bidirect ask`).
+    Causal: greedy (eval.num_beams beams: beam search) until end-of-text, at most one token past the longest P_train
+    answer; the evaluator's teacher-forced exact match is this greedy decoding, scored. Masked: the masks filled by
+    eval.fill and the length chosen by eval.masked_length, as `_score` does; with ``length``, told the length (the
+    ``given`` rule). ``answer``: how the model was fine-tuned (masking.answer). The prior rule reads the attribute
+    from the question's form (`question_attribute`); one in no form of the study gets no prior (an empty answer)."""
+    device = next(model.parameters()).device
+    eos, mask, pad = tokenizer.eos_token_id, tokenizer.mask_token_id, tokenizer.pad_token_id
+    answers = _train_answers(tokenizer, data)
+    longest = max(n for _, n in answers)
+    rule = "given" if length is not None else cfg.masked_length
+    asked = [question_ids(tokenizer, q) for q in questions]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if kind == "causal":  # want: only its length is read, the most new tokens
+                got = _generate(model, tokenizer, [Item(q, [len(q) - 1], [eos] * (longest + 1), -1) for q in asked],
+                                cfg.num_beams, device)
+            elif answer == "window":  # a window of masks one longer than any answer, as fine-tuned (`level_items`)
+                items = [Item(q + [mask] * (longest + 1), list(range(len(q), len(q) + longest + 1)), [], -1)
+                         for q in asked]
+                read = _read(model, items, pad, device, cfg.fill)[0]
+                got = [g[:length] for g in read] if rule == "given" else [read_window(g, eos) for g in read]
+            else:
+                n = length or 1  # free and prior try every length (`_with_length`)
+                attributes = [question_attribute(q) for q in questions]
+                items = [Item(q + [mask] * n + [eos], list(range(len(q), len(q) + n)), [],
+                              ATTRIBUTES.index(a) if a in ATTRIBUTES else -1) for q, a in zip(asked, attributes)]
+                if rule == "given":
+                    got = _read(model, items, pad, device, cfg.fill)[0]
+                else:
+                    prior = _length_prior(answers) if rule == "prior" else None
+                    found = _candidates(model, items, mask, pad, device, cfg.fill, longest)
+                    got = [choose_length(c, None if prior is None else {} if a is None else prior.get(it.attribute, {}))
+                           for c, it, a in zip(found, items, attributes, strict=True)]
+    finally:
+        model.train(was_training)
+    return [decode_answer(tokenizer, g) for g in got]
 
 
 def majority_baseline(data: StudyData, tokenizer: PreTrainedTokenizerFast | None = None) -> dict[str, float]:

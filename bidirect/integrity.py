@@ -1,7 +1,8 @@
 """What a run uses is what it made: its data, its saved models and its config, checked before use.
 
 Each folder bidirect writes whole and reads again later (``data/``, each phase's ``model/``) gets a manifest when it
-is written, ``files.sha256``: the sha256 of every other file in it, in the format ``sha256sum -c`` reads. Before
+is written, ``files.sha256``: the sha256 of every other file in it (a saved gbert's code too, which runs when it
+loads; not a model's card, README.md, which evaluation rewrites), in the format ``sha256sum -c`` reads. Before
 the folder is used, every file is hashed again and compared, so 64 overwritten bytes of an arrow file (which
 segfaulted the evaluation), random bytes in a model's tensors or a zeroed ``data/sha256`` stop the command with one
 line naming the file, instead of a crash or numbers computed from damaged input. Folders written before the
@@ -24,7 +25,7 @@ from typing import Any
 
 from bidirect import config as config_lib
 from bidirect.config import StudyConfig, shown
-from bidirect.rundir import CONFIG_FILE, FILES_SHA_FILE, RESULTS_FILE, RunDirError, RunFolder
+from bidirect.rundir import CONFIG_FILE, FILES_SHA_FILE, MODEL_CARD_FILE, RESULTS_FILE, RunDirError, RunFolder
 
 DATA_SHA = "sha256"  # data/'s content hash (bidirect.data.generate.DATA_SHA), which results.json records
 
@@ -38,7 +39,10 @@ def _sha(path: Path) -> str:
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != FILES_SHA_FILE)
+    """The files a manifest covers: all but itself and a model's card (written again after each evaluation, and
+    read by people, not by bidirect)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != FILES_SHA_FILE and
+                  p.relative_to(folder).as_posix() != MODEL_CARD_FILE)
 
 
 def write_manifest(folder: Path) -> None:

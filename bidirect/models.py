@@ -1,15 +1,16 @@
 """The backbones a study can train, each built from scratch out of one `ModelSize` (STUDY.md, Backbones).
 
-Every backbone is a stock `transformers` class, so runs save and load with ``save_pretrained`` and
-the Auto classes and need no code of ours to be read back. All are called the same way,
-``model(input_ids=..., attention_mask=..., position_ids=...).logits``, and the trainer computes
-the loss itself, so the only thing a backbone decides beyond its network is its `Kind`.
+Every backbone is a stock `transformers` network, so runs save and load with ``save_pretrained`` and
+the Auto classes; only gbert needs code of ours to be read back, and it is saved beside the weights. All
+are called the same way, ``model(input_ids=..., attention_mask=..., position_ids=...).logits``, and the
+trainer computes the loss itself, so the only thing a backbone decides beyond its network is its `Kind`.
 
 ``gbert`` is the paper's "BERT": the ``gpt2-rope`` network, parameter for parameter, with the
 causal mask removed (``config.is_causal = False``, which transformers 5 turns into a
 bidirectional mask and which is saved in config.json). Comparing the two isolates bidirectionality.
 Saved, it is a ``gbert`` model (`GBertForMaskedLM`, registered with the Auto classes on import), so
-the masked-LM tools take it; runs saved before that load as the GPT-NeoX class they were saved as.
+the masked-LM tools take it; runs saved before that load as the GPT-NeoX class they were saved as. Its code
+(bidirect/gbert.py) is saved beside its weights, so plain transformers loads it with ``trust_remote_code=True``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from transformers import (
 )
 
 from bidirect.config import BACKBONE_KINDS, ModelSize
+from bidirect.gbert import GBertConfig, GBertForMaskedLM
 from bidirect.integrity import check_manifest, retrain_advice
 from bidirect.rundir import CONFIG_FILE, MODELS_DIR, RESULTS_FILE, RunDirError
 
@@ -124,27 +126,12 @@ def _mask_id(tok: PreTrainedTokenizerFast) -> int:
     return tok.mask_token_id
 
 
-class GBertConfig(GPTNeoXConfig):
-    """gpt2-rope's configuration with the causal mask removed, under a masked-LM identity of its own,
-    so that `AutoModelForMaskedLM` and `pipeline("fill-mask")` take a saved gbert once bidirect is
-    imported (and `AutoModelForCausalLM` no longer loads it as if it were a generator)."""
-
-    model_type = "gbert"
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.is_causal = False  # the only difference from gpt2-rope
-
-
-class GBertForMaskedLM(GPTNeoXForCausalLM):
-    """GPTNeoXForCausalLM's network and weights, parameter for parameter; only the name and the
-    config (bidirectional attention) say what it is. Its logits at a mask are the masked-LM prediction."""
-
-    config_class = GBertConfig
-
-
+# Saved with its own code (bidirect/gbert.py, named in config.json's auto_map), so that plain transformers loads
+# it with trust_remote_code=True; with bidirect imported, the registered classes load it without that flag.
 AutoConfig.register("gbert", GBertConfig)
 AutoModelForMaskedLM.register(GBertConfig, GBertForMaskedLM)
+GBertConfig.register_for_auto_class()
+GBertForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
 
 
 def _gbert(size: ModelSize, tok: PreTrainedTokenizerFast) -> PreTrainedModel:

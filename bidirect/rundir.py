@@ -63,6 +63,8 @@ TRACKERS_DIR = "trackers"  # local experiment trackers' files (tracking.log_with
 FIGURES_MANIFEST = ".bidirect-report.json"
 # A phase folder (models/AUGMENTATION/BACKBONE/PHASE), which the trainer fills
 MODEL_DIR, LOG_FILE, DONE_FILE, CHECKPOINTS_DIR = "model", "log.jsonl", "phase.json", "checkpoints"
+# In a phase's model/: its model card, rewritten when the model is evaluated, so outside files.sha256 (bidirect.card)
+MODEL_CARD_FILE = "README.md"
 STATE_FILE = "trainer_state.json"  # written last into a checkpoint (checkpoints/step_N): it marks it complete
 # A sweep folder: one run folder per cell beside these
 SWEEP_FILE, MANIFEST_FILE, SUMMARY_FILE = "sweep.yaml", "sweep.json", "summary.json"
@@ -855,6 +857,11 @@ def read_tokenizer(run_dir: Path) -> Any:
 
 def default_phase(cfg: StudyConfig) -> str:
     return "mixed" if cfg.protocol == "mixed" else "pretrain"
+
+
+def final_phase(cfg: StudyConfig) -> str:
+    """The phase whose model answers questions: the one the QA levels are read on."""
+    return "mixed" if cfg.protocol == "mixed" else "finetune"
 
 
 def select_cells(run_dir: Path, augmentation: str | None, backbone: str | None,

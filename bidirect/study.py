@@ -21,6 +21,7 @@ from datasets import Dataset, concatenate_datasets, interleave_datasets
 
 from bidirect import config as config_lib
 from bidirect import rundir
+from bidirect.card import write_card
 from bidirect.config import ConfigError, StudyConfig, TrainConfig
 from bidirect.data.generate import StudyData, generate, saved_sha256
 from bidirect.evaluate import (
@@ -296,8 +297,11 @@ def evaluate_cell(cfg: StudyConfig, run_dir: Path, backbone: str, tokenizer, dat
                   accelerator: Accelerator) -> dict[str, dict[str, float]]:
     """Memorization (bio recall, name-tied) of the model that was trained on the bios (a property of
     pretraining; QA fine-tuning is free to overwrite the bios' wording), QA levels of the final
-    model. Under the mixed protocol both are the one model."""
+    model. Under the mixed protocol both are the one model. Each model's card gets the levels read on it."""
     kind = backbone_kind(backbone)
+    data_sha = saved_sha256(RunFolder(run_dir).data)
+    asked = data.qa_test if len(data.qa_test) else data.qa_train
+    example = asked[0]["question"]  # a held-out question where there is one, for the card's snippet
     qa_levels = cell_levels(kind, cfg.masking.answer, cfg.eval.masked_length, list(data.qa_sets()))
     if cfg.protocol == "mixed":
         by_phase = {"mixed": [*MEMORIZATION_LEVELS, *qa_levels]}
@@ -309,8 +313,12 @@ def evaluate_cell(cfg: StudyConfig, run_dir: Path, backbone: str, tokenizer, dat
         if not model_dir.is_dir():
             raise RunDirError(f"{model_dir}: no trained model; finish the run with `bidirect run ... --resume`")
         model = load_backbone(model_dir).to(accelerator.device)
-        results.update(evaluate_model(model, kind, tokenizer, data, augmentation, cfg.eval,
-                                      accelerator, levels=levels, answer=cfg.masking.answer))
+        scores = evaluate_model(model, kind, tokenizer, data, augmentation, cfg.eval, accelerator, levels=levels,
+                                answer=cfg.masking.answer)
+        if accelerator.is_main_process:
+            write_card(cfg, run_dir, augmentation, backbone, phase, scores, data_sha, parameter_counts(model),
+                       example, tokenizer)
+        results.update(scores)
     return results
 
 

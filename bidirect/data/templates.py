@@ -7,6 +7,8 @@ sentence start), ``{poss}`` (possessive), ``{obj}`` (object) and the verb forms
 verbs).
 """
 
+import re
+
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "birth_date": (
         # value last
@@ -339,3 +341,12 @@ INVERSE_QUESTIONS: dict[tuple[str, ...], str] = {
     ("birth_date", "birth_city"): "Who was born on {birth_date} in {birth_city}?",
     ("birth_date",): "Who was born on {birth_date}?",
 }
+
+
+def question_attribute(question: str) -> str | None:
+    """The attribute a question in one of the study's forms asks for (``full_name`` for inverse search), or None:
+    the answer-length prior of masked QA (eval.masked_length: prior) is the asked attribute's."""
+    for attribute, form in [*QUESTIONS.items(), *(("full_name", form) for form in INVERSE_QUESTIONS.values())]:
+        if re.fullmatch(re.sub(r"\\\{\w+\\\}", ".+", re.escape(form)), question.strip()):
+            return attribute
+    return None
