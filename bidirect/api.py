@@ -157,11 +157,12 @@ def ask(run: str | Path, question: str, backbone: str | None = None, augmentatio
     answer's length in tokens (the ``given`` rule); a run whose rule is ``given`` needs it."""
     import torch
 
+    from bidirect.analysis.cells import select_cells
     from bidirect.data.generate import StudyData
     from bidirect.data.templates import QUESTIONS, question_attribute
     from bidirect.evaluate import answer_questions
     from bidirect.models import backbone_kind, load_backbone
-    from bidirect.rundir import RunFolder, final_phase, read_tokenizer, require_run_dir, select_cells
+    from bidirect.rundir import RunFolder, final_phase, read_tokenizer, require_run_dir
 
     run_dir = Path(run)
     cfg = require_run_dir(run_dir)

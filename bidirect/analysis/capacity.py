@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from rich.table import Table
 
+from bidirect.analysis.cells import merge_cells, select_cells
 from bidirect.config import ATTRIBUTES
 from bidirect.data.generate import MONTHS, StudyData
 from bidirect.data.pools import Pools, load_pools
@@ -54,9 +55,7 @@ from bidirect.models import backbone_kind, load_backbone, parameter_counts
 from bidirect.rundir import (
     CAPACITY_FILE,
     RunFolder,
-    merge_cells,
     read_tokenizer,
-    select_cells,
     write_json_atomic,
     writing,
 )

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from rich.table import Table
 from torch import nn
 
+from bidirect.analysis.cells import merge_cells, select_cells
 from bidirect.config import ATTRIBUTES
 from bidirect.data.generate import StudyData
 from bidirect.evaluate import first_bio_spans, forward, majority_baseline
@@ -52,9 +53,7 @@ from bidirect.rundir import (
     PROBE_FILE,
     RunDirError,
     RunFolder,
-    merge_cells,
     read_tokenizer,
-    select_cells,
     write_json_atomic,
     writing,
 )
