@@ -20,16 +20,8 @@ from typing import Any
 
 import pandas as pd
 
-from bidirect.config import (
-    ALL_LEVELS,
-    ATTRIBUTES,
-    ConfigError,
-    StudyConfig,
-    apply_overrides,
-    from_dict,
-    load,
-    validate,
-)
+from bidirect.config import ConfigError, StudyConfig, apply_overrides, from_dict, load, validate
+from bidirect.results import ALL_LEVELS, ATTRIBUTES, final_phase
 
 
 def quiet_libraries() -> None:
@@ -162,7 +154,7 @@ def ask(run: str | Path, question: str, backbone: str | None = None, augmentatio
     from bidirect.data.templates import QUESTIONS, question_attribute
     from bidirect.evaluate import answer_questions
     from bidirect.models import backbone_kind, load_backbone
-    from bidirect.rundir import RunFolder, final_phase, read_tokenizer, require_run_dir
+    from bidirect.rundir import RunFolder, read_tokenizer, require_run_dir
 
     run_dir = Path(run)
     cfg = require_run_dir(run_dir)
@@ -171,7 +163,7 @@ def ask(run: str | Path, question: str, backbone: str | None = None, augmentatio
         raise ConfigError(f"question: empty; ask in one of the study's forms, e.g. {example!r}")
     if length is not None and length < 1:
         raise ConfigError(f"--length: {length}; give the answer's length in tokens, 1 or more")
-    cfg, cells, phase = select_cells(run_dir, augmentation, backbone, final_phase(cfg))
+    cfg, cells, phase = select_cells(run_dir, augmentation, backbone, final_phase(cfg.protocol))
     rule = "given" if length is not None else cfg.eval.masked_length
     if any(backbone_kind(b) == "masked" for _, b in cells):  # before any model is loaded
         if rule == "given" and length is None:

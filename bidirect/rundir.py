@@ -850,11 +850,3 @@ def read_tokenizer(run_dir: Path) -> Any:
                 "tokens). Put back the tokenizer/ this run was made with, or start a new run."
             )
     return tokenizer
-
-
-# --------------------------------------------------------------------------- the protocol's phases
-
-
-def final_phase(cfg: StudyConfig) -> str:
-    """The phase whose model answers questions: the one the QA levels are read on."""
-    return "mixed" if cfg.protocol == "mixed" else "finetune"

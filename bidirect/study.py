@@ -36,6 +36,7 @@ from bidirect.integrity import check_models, check_results
 from bidirect.lora import add_lora, merge_lora, trainable_parameters
 from bidirect.models import backbone_kind, build_backbone, flops_per_token, load_backbone, parameter_counts
 from bidirect.objectives import IGNORE, encode_qa, make_objective, tokenize_bios
+from bidirect.results import bio_phase, final_phase, phases, train_section
 from bidirect.rundir import RunDirError, RunFolder, read_results, read_tokenizer, require_run_dir, write_json_atomic
 from bidirect.tokenizer import qa_ids, qa_text, train_tokenizer
 from bidirect.trainer import TrainingError, check_batch, disk_faults, phase_done, train_phase
@@ -103,7 +104,7 @@ def preflight(cfg: StudyConfig, data: StudyData, tokenizer, processes: int) -> N
                 if backbone_kind(backbone.name) != kind:
                     continue
                 for phase, examples in streams.items():
-                    section = "finetune" if phase == "finetune" else "pretrain"
+                    section = train_section(phase)
                     # The field where the user set it: the backbone's override (named as validate names
                     # overrides), else the study's phase.
                     where = f"backbones.{backbone.name}.{section}" if "batch_size" in getattr(backbone, section) \
@@ -233,16 +234,17 @@ def _streams(cfg: StudyConfig, objective, data: StudyData, tokenizer, augmentati
     if data.inverse_train is not None:
         qa_train = concatenate_datasets([qa_train, data.inverse_train])
     qa = objective.qa_examples(encode_qa(qa_train, tokenizer), cfg.seed)
-    if cfg.protocol == "mixed":
+    if cfg.protocol == "mixed":  # one stream, bios and QA interleaved
         share = cfg.qa_share
-        mixed = interleave_datasets([bios, qa], probabilities=[1 - share, share], seed=cfg.seed,
-                                    stopping_strategy="all_exhausted")
-        return {"mixed": mixed}
-    return {"pretrain": bios, "finetune": qa}
+        trained = [interleave_datasets([bios, qa], probabilities=[1 - share, share], seed=cfg.seed,
+                                       stopping_strategy="all_exhausted")]
+    else:
+        trained = [bios, qa]
+    return dict(zip(phases(cfg.protocol), trained, strict=True))
 
 
 def _phase_config(cfg: StudyConfig, backbone, phase: str) -> TrainConfig:
-    return cfg.train_config(backbone, "finetune" if phase == "finetune" else "pretrain")
+    return cfg.train_config(backbone, train_section(phase))
 
 
 def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmentation: str, backbone,
@@ -303,10 +305,9 @@ def evaluate_cell(cfg: StudyConfig, run_dir: Path, backbone: str, tokenizer, dat
     asked = data.qa_test if len(data.qa_test) else data.qa_train
     example = asked[0]["question"]  # a held-out question where there is one, for the card's snippet
     qa_levels = cell_levels(kind, cfg.masking.answer, cfg.eval.masked_length, list(data.qa_sets()))
-    if cfg.protocol == "mixed":
-        by_phase = {"mixed": [*MEMORIZATION_LEVELS, *qa_levels]}
-    else:
-        by_phase = {"pretrain": list(MEMORIZATION_LEVELS), "finetune": qa_levels}
+    by_phase: dict[str, list[str]] = {}  # under the mixed protocol both are the one phase's
+    by_phase.setdefault(bio_phase(cfg.protocol), []).extend(MEMORIZATION_LEVELS)
+    by_phase.setdefault(final_phase(cfg.protocol), []).extend(qa_levels)
     results = {}
     for phase, levels in by_phase.items():
         model_dir = RunFolder(run_dir).model(augmentation, backbone, phase)

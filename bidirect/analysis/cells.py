@@ -15,11 +15,8 @@ from typing import Any
 
 from bidirect.config import StudyConfig
 from bidirect.integrity import check_models, check_results
+from bidirect.results import bio_phase, phases
 from bidirect.rundir import RunDirError, RunFolder, read_results, read_tokenizer, require_run_dir
-
-
-def default_phase(cfg: StudyConfig) -> str:
-    return "mixed" if cfg.protocol == "mixed" else "pretrain"
 
 
 def select_cells(run_dir: Path, augmentation: str | None, backbone: str | None,
@@ -36,10 +33,10 @@ def select_cells(run_dir: Path, augmentation: str | None, backbone: str | None,
         raise RunDirError(f"--augmentation {augmentation}: not in this run (it has {', '.join(augs)})")
     if backbone is not None and backbone not in backbones:
         raise RunDirError(f"--backbone {backbone}: not in this run (it has {', '.join(backbones)})")
-    phases = ["mixed"] if cfg.protocol == "mixed" else ["pretrain", "finetune"]
-    phase = phase or default_phase(cfg)
-    if phase not in phases:
-        raise RunDirError(f"--phase {phase}: this run's protocol ({cfg.protocol}) has the phases {', '.join(phases)}")
+    phase = phase or bio_phase(cfg.protocol)
+    if phase not in phases(cfg.protocol):
+        raise RunDirError(f"--phase {phase}: this run's protocol ({cfg.protocol}) has the phases "
+                          f"{', '.join(phases(cfg.protocol))}")
     run = RunFolder(run_dir)
     if not run.data.is_dir() or not run.tokenizer.is_dir():
         raise RunDirError(f"{run_dir}: no data/ or tokenizer/ yet; run `bidirect run CONFIG --out {run_dir}` first")

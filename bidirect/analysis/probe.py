@@ -45,10 +45,10 @@ from rich.table import Table
 from torch import nn
 
 from bidirect.analysis.cells import merge_cells, select_cells
-from bidirect.config import ATTRIBUTES
 from bidirect.data.generate import StudyData
 from bidirect.evaluate import first_bio_spans, forward, majority_baseline
 from bidirect.models import backbone_kind, load_backbone
+from bidirect.results import ATTRIBUTES
 from bidirect.rundir import (
     PROBE_FILE,
     RunDirError,

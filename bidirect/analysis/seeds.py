@@ -13,8 +13,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bidirect.config import ALL_LEVELS, ATTRIBUTES, dotted
-from bidirect.report.tables import phase_mode
+from bidirect.config import dotted
+from bidirect.results import ALL_LEVELS, ATTRIBUTES, phase_mode
 from bidirect.rundir import (
     MANIFEST_FILE,
     RESULTS_FILE,

@@ -29,8 +29,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from bidirect import rundir
 from bidirect.analysis.seeds import aggregate, read_cells, write_summary
-from bidirect.config import ATTRIBUTES, HELD_OUT_LEVELS, INVERSE_LEVELS, LEVELS
-from bidirect.report.tables import LEVEL_NAMES, SHORT, markdown, pct, phase_mode, summary_markdown
+from bidirect.report.tables import LEVEL_NAMES, SHORT, markdown, pct, summary_markdown
+from bidirect.results import ATTRIBUTES, HELD_OUT_LEVELS, INVERSE_LEVELS, LEVELS, phase_mode
 from bidirect.rundir import (
     CAPACITY_FILE,
     MANIFEST_FILE,

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from bidirect.config import ALL_LEVELS, ATTRIBUTES, HELD_OUT_LEVELS, RULE_LEVELS
+from bidirect.results import ALL_LEVELS, ATTRIBUTES, HELD_OUT_LEVELS, RULE_LEVELS
 from bidirect.sweep import value_label
 
 SHORT = {"birth_date": "date", "birth_city": "b.city", "university": "univ", "major": "major",
@@ -81,12 +81,6 @@ def data_summary(console: Console, data, tokenizer) -> None:
         console.print(f"[bold]{aug}[/bold]: {data.bios[aug][0]['text']}")
     qa = data.qa_train[0]
     console.print(f"[bold]QA[/bold]: {qa['question']} -> {qa['answer']}")
-
-
-def phase_mode(phase: dict[str, Any]) -> str:
-    """How a phase trained (its summary in results.json), spelled the same in every table: ``full`` or
-    ``lora (r=4)``."""
-    return f"lora (r={phase['lora_rank']})" if phase.get("mode") == "lora" else "full"
 
 
 def backbone_label(name: str, finetune: dict[str, Any] | None) -> str:
