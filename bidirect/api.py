@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from bidirect.config import ConfigError, StudyConfig, apply_overrides, from_dict, load, validate
-from bidirect.results import ALL_LEVELS, ATTRIBUTES, final_phase
+from bidirect.results import ATTRIBUTES, BASELINES, Run, final_phase
 
 
 def quiet_libraries() -> None:
@@ -95,27 +95,26 @@ def run(config: str | Path | dict[str, Any] | StudyConfig | None, out: str | Pat
         return run_study(cfg, run_dir, accelerator, opened=opened)
 
 
-def results_frame(run: str | Path | dict[str, Any]) -> pd.DataFrame:
+def results_frame(run: str | Path | dict[str, Any] | Run) -> pd.DataFrame:
     """A run's results (its folder or its results.json as a dict) as one row per augmentation, backbone,
     level and attribute (the six and their ``mean``): accuracy, its 95% interval over people, and the
     item and people counts of the level. Baselines are rows too (backbone ``majority``, level
     ``qa_test`` or ``qa_test_given``)."""
     from bidirect.rundir import read_results
 
-    results = read_results(Path(run)) if isinstance(run, (str, Path)) else run
+    results = Run.of(read_results(Path(run)) if isinstance(run, (str, Path)) else run)
     rows = []
-    for aug, by_backbone in results["results"].items():
-        for backbone, levels in by_backbone.items():
-            for level in (lv for lv in ALL_LEVELS if lv in levels):
-                scores = levels[level]
-                for attr in (*ATTRIBUTES, "mean"):
-                    if scores.get(attr) is None:
-                        continue
-                    low, high = (scores.get("ci95") or {}).get(attr) or (None, None)
-                    rows.append([aug, backbone, level, attr, scores[attr], low, high, scores.get("n"),
-                                 scores.get("people")])
-    for key, level in (("majority_baseline", "qa_test"), ("majority_baseline_given_length", "qa_test_given")):
-        for attr, value in (results.get(key) or {}).items():
+    for cell in results.cells:
+        for level in cell.shown_levels():
+            scores = cell.levels[level]
+            for attr in (*ATTRIBUTES, "mean"):
+                if scores.get(attr) is None:
+                    continue
+                low, high = (scores.get("ci95") or {}).get(attr) or (None, None)
+                rows.append([cell.augmentation, cell.backbone, level, attr, scores[attr], low, high, scores.get("n"),
+                             scores.get("people")])
+    for key, level in zip(BASELINES, ("qa_test", "qa_test_given")):
+        for attr, value in (results.baselines.get(key) or {}).items():
             if attr in (*ATTRIBUTES, "mean"):
                 rows.append([None, "majority", level, attr, value, None, None, None, None])
     # counts stay integers beside the baselines' missing ones

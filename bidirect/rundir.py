@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 from bidirect import config as config_lib
 from bidirect.config import StudyConfig
+from bidirect.results import shape_error
 
 MARKER = ".bidirect"
 Kind = Literal["run", "sweep"]
@@ -716,7 +717,7 @@ def read_results(run_dir: Path) -> dict[str, Any]:
         raise RunDirError(f"{path}: corrupt JSON ({type(err).__name__}: {str(err)[:120]}); {advice}") from None
     if not isinstance(results, dict) or "results" not in results:
         raise RunDirError(f"{path}: not a bidirect results file (no 'results' key)")
-    wrong = results_shape(results)
+    wrong = shape_error(results)
     if wrong:  # `{"results": []}` or a text wall_seconds ended in a traceback wherever the file was read
         raise RunDirError(f"{path}: not a bidirect results file ({wrong}); {advice}")
     return results
@@ -766,28 +767,6 @@ def check_fresh_data(run_dir: Path) -> None:
                                       (not run.tokenizer.is_dir() or any(run.tokenizer.iterdir()))):
         raise RunDirError(f"{run.tokenizer}: holds no tokenizer.json, so not a tokenizer bidirect saved; move it "
                           "away, then run the same command again.")
-
-
-def results_shape(results: dict[str, Any]) -> str | None:
-    """What in a parsed results.json is not as bidirect writes it (the parts the commands read), or None."""
-    cells = results["results"]
-    if not isinstance(cells, dict):
-        return f"results: expected a mapping of augmentation -> backbone -> level -> scores, got {type(cells).__name__}"
-    for aug, backbones in cells.items():
-        if not isinstance(backbones, dict):
-            return f"results.{aug}: expected a mapping of backbone -> level -> scores"
-        for backbone, levels in backbones.items():
-            if not isinstance(levels, dict) or not all(isinstance(v, dict) for v in levels.values()):
-                return f"results.{aug}.{backbone}: expected a mapping of level -> scores"
-    for key in ("training", "parameters", "leak_check", "config", "majority_baseline"):
-        if key in results and not isinstance(results[key], dict):
-            return f"{key}: expected a mapping, got {type(results[key]).__name__}"
-    seconds = results.get("wall_seconds", 0.0)
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        return f"wall_seconds: expected a number, got {type(seconds).__name__}"
-    if not isinstance(results.get("data_sha256", ""), (str, type(None))):
-        return "data_sha256: expected a text"
-    return None
 
 
 def _file_sha(path: Path) -> str:
