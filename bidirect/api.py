@@ -20,16 +20,8 @@ from typing import Any
 
 import pandas as pd
 
-from bidirect.config import (
-    ALL_LEVELS,
-    ATTRIBUTES,
-    ConfigError,
-    StudyConfig,
-    apply_overrides,
-    from_dict,
-    load,
-    validate,
-)
+from bidirect.config import ConfigError, StudyConfig, apply_overrides, from_dict, load, validate
+from bidirect.results import ATTRIBUTES, BASELINES, Run, final_phase
 
 
 def quiet_libraries() -> None:
@@ -103,27 +95,26 @@ def run(config: str | Path | dict[str, Any] | StudyConfig | None, out: str | Pat
         return run_study(cfg, run_dir, accelerator, opened=opened)
 
 
-def results_frame(run: str | Path | dict[str, Any]) -> pd.DataFrame:
+def results_frame(run: str | Path | dict[str, Any] | Run) -> pd.DataFrame:
     """A run's results (its folder or its results.json as a dict) as one row per augmentation, backbone,
     level and attribute (the six and their ``mean``): accuracy, its 95% interval over people, and the
     item and people counts of the level. Baselines are rows too (backbone ``majority``, level
     ``qa_test`` or ``qa_test_given``)."""
     from bidirect.rundir import read_results
 
-    results = read_results(Path(run)) if isinstance(run, (str, Path)) else run
+    results = Run.of(read_results(Path(run)) if isinstance(run, (str, Path)) else run)
     rows = []
-    for aug, by_backbone in results["results"].items():
-        for backbone, levels in by_backbone.items():
-            for level in (lv for lv in ALL_LEVELS if lv in levels):
-                scores = levels[level]
-                for attr in (*ATTRIBUTES, "mean"):
-                    if scores.get(attr) is None:
-                        continue
-                    low, high = (scores.get("ci95") or {}).get(attr) or (None, None)
-                    rows.append([aug, backbone, level, attr, scores[attr], low, high, scores.get("n"),
-                                 scores.get("people")])
-    for key, level in (("majority_baseline", "qa_test"), ("majority_baseline_given_length", "qa_test_given")):
-        for attr, value in (results.get(key) or {}).items():
+    for cell in results.cells:
+        for level in cell.shown_levels():
+            scores = cell.levels[level]
+            for attr in (*ATTRIBUTES, "mean"):
+                if scores.get(attr) is None:
+                    continue
+                low, high = (scores.get("ci95") or {}).get(attr) or (None, None)
+                rows.append([cell.augmentation, cell.backbone, level, attr, scores[attr], low, high, scores.get("n"),
+                             scores.get("people")])
+    for key, level in zip(BASELINES, ("qa_test", "qa_test_given")):
+        for attr, value in (results.baselines.get(key) or {}).items():
             if attr in (*ATTRIBUTES, "mean"):
                 rows.append([None, "majority", level, attr, value, None, None, None, None])
     # counts stay integers beside the baselines' missing ones
@@ -157,11 +148,12 @@ def ask(run: str | Path, question: str, backbone: str | None = None, augmentatio
     answer's length in tokens (the ``given`` rule); a run whose rule is ``given`` needs it."""
     import torch
 
+    from bidirect.analysis.cells import select_cells
     from bidirect.data.generate import StudyData
     from bidirect.data.templates import QUESTIONS, question_attribute
     from bidirect.evaluate import answer_questions
     from bidirect.models import backbone_kind, load_backbone
-    from bidirect.rundir import RunFolder, final_phase, read_tokenizer, require_run_dir, select_cells
+    from bidirect.rundir import RunFolder, read_tokenizer, require_run_dir
 
     run_dir = Path(run)
     cfg = require_run_dir(run_dir)
@@ -170,7 +162,7 @@ def ask(run: str | Path, question: str, backbone: str | None = None, augmentatio
         raise ConfigError(f"question: empty; ask in one of the study's forms, e.g. {example!r}")
     if length is not None and length < 1:
         raise ConfigError(f"--length: {length}; give the answer's length in tokens, 1 or more")
-    cfg, cells, phase = select_cells(run_dir, augmentation, backbone, final_phase(cfg))
+    cfg, cells, phase = select_cells(run_dir, augmentation, backbone, final_phase(cfg.protocol))
     rule = "given" if length is not None else cfg.eval.masked_length
     if any(backbone_kind(b) == "masked" for _, b in cells):  # before any model is loaded
         if rule == "given" and length is None:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bidirect.config import StudyConfig
-from bidirect.rundir import MODEL_CARD_FILE, TOKENIZER_DIR, RunFolder, final_phase, write_text_atomic
+from bidirect.results import final_phase
+from bidirect.rundir import MODEL_CARD_FILE, TOKENIZER_DIR, RunFolder, write_text_atomic
 
 
 def _percent(x: float | None) -> str:
@@ -85,7 +86,7 @@ def write_card(cfg: StudyConfig, run_dir: Path, augmentation: str, backbone: str
         "",
         *([f"qa_train and qa_test choose the answer's length as the run does (eval.masked_length: "
            f"{cfg.eval.masked_length}); a level ending in a rule's name reads it by that rule (given: told the "
-           "length).", ""] if spec.kind == "masked" and phase == final_phase(cfg) else []),
+           "length).", ""] if spec.kind == "masked" and phase == final_phase(cfg.protocol) else []),
         "## Load and query",
         "",
         f"The tokenizer is the run's (`{TOKENIZER_DIR}/` in the run folder), shared by every backbone of the study.",
@@ -93,7 +94,7 @@ def write_card(cfg: StudyConfig, run_dir: Path, augmentation: str, backbone: str
         *_snippet(run, model_dir, question, tokenizer.mask_token or "", tokenizer.eos_token),
         "",
     ]
-    if phase == final_phase(cfg):  # `bidirect ask` reads the final model
+    if phase == final_phase(cfg.protocol):  # `bidirect ask` reads the final model
         ask = f'bidirect ask . "{question}" --backbone {backbone} --augmentation {augmentation}'
         lines += ["With bidirect installed, its answer by the evaluator's own decoding rule (in the run folder):", "",
                   f"    {ask}", ""]

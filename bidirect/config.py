@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 import yaml
 
+from bidirect.results import phases
+
 # Sizes of the shipped pools; kept here so that validation needs no file access.
 N_FIRST, N_MIDDLE, N_LAST = 400, 400, 1000
 MAX_INDIVIDUALS = N_FIRST * N_MIDDLE * N_LAST
@@ -45,22 +47,12 @@ MAX_GRAD_ACCUM = 4096
 MAX_YAML_DEPTH = 64
 MAX_YAML_VALUES = 100_000
 
-ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "company", "company_city")
-# The evaluation levels (bidirect.evaluate), in the order tables show them. qa_val exists only with
-# data.p_val > 0, the answer-length rules' levels (qa_test_given, ...: RULE_LEVELS) only for masked backbones,
-# the inverse ones only where the data has inverse QA (inverse_val only with P_val too).
-LEVELS = ("bio_recall", "name_tied", "sentence_recall", "qa_train", "qa_val", "qa_test")
-INVERSE_LEVELS = ("inverse_train", "inverse_val", "inverse_test")
 # The attributes an inverse search question may give (data.inverse_from); data.templates words each.
 INVERSE_FROM = (("birth_date", "birth_city"), ("birth_date",))
 # The answer-length rules of masked QA (eval.masked_length) that each way of fine-tuning (masking.answer) allows;
-# the headline rule scores qa_train, qa_val and qa_test, each other one the same people as qa_<split>_<rule>.
+# the headline rule scores qa_train, qa_val and qa_test, each other one the same people as qa_<split>_<rule>
+# (results.RULE_LEVELS).
 LENGTH_RULES = {"exact": ("free", "prior", "given"), "window": ("window", "given")}
-QA_SPLITS = ("train", "val", "test")
-RULE_LEVELS = tuple(f"qa_{split}_{rule}" for rule in ("free", "prior", "window", "given") for split in QA_SPLITS)
-ALL_LEVELS = (*LEVELS, *RULE_LEVELS, *INVERSE_LEVELS)
-# The headline: people whose QA was never trained on, by each answer-length rule.
-HELD_OUT_LEVELS = ("qa_test", *(lv for lv in RULE_LEVELS if lv.startswith("qa_test_")), "inverse_test")
 
 
 class ConfigError(ValueError):
@@ -566,7 +558,7 @@ def validate(cfg: StudyConfig) -> StudyConfig:
             train = cfg.train_config(b, phase)
             validate_train(train, f"backbones.{b.name}.{phase}", m.width)
             # LoRA is a way to fine-tune; nothing else reads the field
-            if train.finetune_mode == "lora" and (phase == "pretrain" or cfg.protocol == "mixed"):
+            if train.finetune_mode == "lora" and not (phase == "finetune" and phase in phases(cfg.protocol)):
                 where = phase if getattr(cfg, phase).finetune_mode == "lora" else f"backbones.{b.name}.{phase}"
                 raise ConfigError(f"{where}.finetune_mode: 'lora' applies to the fine-tuning phase of protocol "
                                   "pretrain_finetune only; pretraining and the mixed stream train every weight")

@@ -49,16 +49,10 @@ from rich.console import Console
 from rich.progress import track
 from transformers import PreTrainedTokenizerFast
 
-from bidirect.config import (
-    ALL_LEVELS,
-    ATTRIBUTES,
-    INVERSE_LEVELS,
-    LENGTH_RULES,
-    RULE_LEVELS,
-    EvalConfig,
-)
+from bidirect.config import LENGTH_RULES, EvalConfig
 from bidirect.data.generate import StudyData, first_bios
 from bidirect.data.templates import question_attribute
+from bidirect.results import ALL_LEVELS, ATTRIBUTES, INVERSE_LEVELS, RULE_LEVELS
 from bidirect.tokenizer import answer_ids, decode_answer, qa_ids, question_ids, value_token_span
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from bidirect import config as config_lib
 from bidirect.config import StudyConfig, shown
+from bidirect.results import phases
 from bidirect.rundir import CONFIG_FILE, FILES_SHA_FILE, MODEL_CARD_FILE, RESULTS_FILE, RunDirError, RunFolder
 
 DATA_SHA = "sha256"  # data/'s content hash (bidirect.data.generate.DATA_SHA), which results.json records
@@ -110,10 +111,9 @@ def check_models(run_dir: Path, cfg: StudyConfig) -> None:
     """Every saved model of the run against its manifest, before any is used: a damaged fine-tuned model was
     found only after the pretrained ones had been evaluated (models.load_backbone checks each again as it loads)."""
     run = RunFolder(run_dir)
-    phases = ["mixed"] if cfg.protocol == "mixed" else ["pretrain", "finetune"]
     for augmentation in cfg.augmentations():
         for backbone in cfg.backbones:
-            for phase in phases:
+            for phase in phases(cfg.protocol):
                 model = run.model(augmentation.name, backbone.name, phase)
                 check_manifest(model, "the saved model", retrain_advice(run_dir, model.parent))
 

@@ -36,7 +36,7 @@ import shutil
 import socket
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 from bidirect import config as config_lib
 from bidirect.config import StudyConfig
+from bidirect.results import shape_error
 
 MARKER = ".bidirect"
 Kind = Literal["run", "sweep"]
@@ -716,7 +717,7 @@ def read_results(run_dir: Path) -> dict[str, Any]:
         raise RunDirError(f"{path}: corrupt JSON ({type(err).__name__}: {str(err)[:120]}); {advice}") from None
     if not isinstance(results, dict) or "results" not in results:
         raise RunDirError(f"{path}: not a bidirect results file (no 'results' key)")
-    wrong = results_shape(results)
+    wrong = shape_error(results)
     if wrong:  # `{"results": []}` or a text wall_seconds ended in a traceback wherever the file was read
         raise RunDirError(f"{path}: not a bidirect results file ({wrong}); {advice}")
     return results
@@ -766,28 +767,6 @@ def check_fresh_data(run_dir: Path) -> None:
                                       (not run.tokenizer.is_dir() or any(run.tokenizer.iterdir()))):
         raise RunDirError(f"{run.tokenizer}: holds no tokenizer.json, so not a tokenizer bidirect saved; move it "
                           "away, then run the same command again.")
-
-
-def results_shape(results: dict[str, Any]) -> str | None:
-    """What in a parsed results.json is not as bidirect writes it (the parts the commands read), or None."""
-    cells = results["results"]
-    if not isinstance(cells, dict):
-        return f"results: expected a mapping of augmentation -> backbone -> level -> scores, got {type(cells).__name__}"
-    for aug, backbones in cells.items():
-        if not isinstance(backbones, dict):
-            return f"results.{aug}: expected a mapping of backbone -> level -> scores"
-        for backbone, levels in backbones.items():
-            if not isinstance(levels, dict) or not all(isinstance(v, dict) for v in levels.values()):
-                return f"results.{aug}.{backbone}: expected a mapping of level -> scores"
-    for key in ("training", "parameters", "leak_check", "config", "majority_baseline"):
-        if key in results and not isinstance(results[key], dict):
-            return f"{key}: expected a mapping, got {type(results[key]).__name__}"
-    seconds = results.get("wall_seconds", 0.0)
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        return f"wall_seconds: expected a number, got {type(seconds).__name__}"
-    if not isinstance(results.get("data_sha256", ""), (str, type(None))):
-        return "data_sha256: expected a text"
-    return None
 
 
 def _file_sha(path: Path) -> str:
@@ -850,79 +829,3 @@ def read_tokenizer(run_dir: Path) -> Any:
                 "tokens). Put back the tokenizer/ this run was made with, or start a new run."
             )
     return tokenizer
-
-
-# --------------------------------------------------------------------------- the analyses' cells
-
-
-def default_phase(cfg: StudyConfig) -> str:
-    return "mixed" if cfg.protocol == "mixed" else "pretrain"
-
-
-def final_phase(cfg: StudyConfig) -> str:
-    """The phase whose model answers questions: the one the QA levels are read on."""
-    return "mixed" if cfg.protocol == "mixed" else "finetune"
-
-
-def select_cells(run_dir: Path, augmentation: str | None, backbone: str | None,
-                 phase: str | None) -> tuple[StudyConfig, list[tuple[str, str]], str]:
-    """For an analysis of a run's trained models (probe, capacity): the run's config, the (augmentation,
-    backbone) cells asked for, and the phase; clear errors otherwise."""
-    cfg = require_run_dir(run_dir)
-    from bidirect.integrity import check_models, check_results
-
-    if RunFolder(run_dir).results.is_file():  # an edited config.yaml or another data/ would be analysed as the run's
-        check_results(run_dir, cfg, read_results(run_dir))
-    check_models(run_dir, cfg)  # all before any is used
-    augs = [a.name for a in cfg.augmentations()]
-    backbones = [b.name for b in cfg.backbones]
-    if augmentation is not None and augmentation not in augs:
-        raise RunDirError(f"--augmentation {augmentation}: not in this run (it has {', '.join(augs)})")
-    if backbone is not None and backbone not in backbones:
-        raise RunDirError(f"--backbone {backbone}: not in this run (it has {', '.join(backbones)})")
-    phases = ["mixed"] if cfg.protocol == "mixed" else ["pretrain", "finetune"]
-    phase = phase or default_phase(cfg)
-    if phase not in phases:
-        raise RunDirError(f"--phase {phase}: this run's protocol ({cfg.protocol}) has the phases {', '.join(phases)}")
-    run = RunFolder(run_dir)
-    if not run.data.is_dir() or not run.tokenizer.is_dir():
-        raise RunDirError(f"{run_dir}: no data/ or tokenizer/ yet; run `bidirect run CONFIG --out {run_dir}` first")
-    cells = [(a, b) for a in augs for b in backbones
-             if (augmentation is None or a == augmentation) and (backbone is None or b == backbone)]
-    for a, b in cells:
-        model_dir = run.model(a, b, phase)
-        if not (model_dir / "config.json").is_file():
-            raise RunDirError(f"{model_dir}: no trained model; finish the run with `bidirect run ... --resume`")
-    return cfg, cells, phase
-
-
-def merge_cells(path: Path, out: dict[str, Any], same: Sequence[str] = ("phase",)) -> dict[str, Any]:
-    """An analysis's results file: cells computed now replace the same cells of an earlier file; its other
-    cells are kept when it was made with the same settings (``same``: keys that must match), else the earlier
-    file is replaced whole."""
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except ValueError:  # JSONDecodeError, UnicodeDecodeError: a damaged file is replaced whole, as another's
-            old = {}
-        if not isinstance(old, dict) or any(old.get(k) != out.get(k) for k in same) or \
-                not isinstance(old.get("results", {}), dict) or \
-                not all(isinstance(augs, dict) for augs in old.get("results", {}).values()):
-            old = {}
-        for backbone, augs in old.get("results", {}).items():
-            for aug, cell in augs.items():
-                out["results"].setdefault(backbone, {}).setdefault(aug, cell)
-    return out
-
-
-def read_cell(run_dir: Path, backbone: str, phase: str = "finetune", augmentation: str | None = None) -> tuple:
-    """What a script reading one trained cell needs: (config, tokenizer, data, augmentation, model), the
-    augmentation the run's first when None, the phase's saved model in evaluation mode."""
-    from bidirect.data.generate import StudyData  # datasets and torch: only when a cell is read
-    from bidirect.models import load_backbone
-
-    cfg = require_run_dir(run_dir)
-    augmentation = augmentation or cfg.augmentations()[0].name
-    run = RunFolder(run_dir)
-    model = load_backbone(run.model(augmentation, backbone, phase)).eval()
-    return cfg, read_tokenizer(run_dir), StudyData.load(run.data), augmentation, model

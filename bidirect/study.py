@@ -36,6 +36,7 @@ from bidirect.integrity import check_models, check_results
 from bidirect.lora import add_lora, merge_lora, trainable_parameters
 from bidirect.models import backbone_kind, build_backbone, flops_per_token, load_backbone, parameter_counts
 from bidirect.objectives import IGNORE, encode_qa, make_objective, tokenize_bios
+from bidirect.results import Cell, Run, bio_phase, final_phase, phases, train_section
 from bidirect.rundir import RunDirError, RunFolder, read_results, read_tokenizer, require_run_dir, write_json_atomic
 from bidirect.tokenizer import qa_ids, qa_text, train_tokenizer
 from bidirect.trainer import TrainingError, check_batch, disk_faults, phase_done, train_phase
@@ -103,7 +104,7 @@ def preflight(cfg: StudyConfig, data: StudyData, tokenizer, processes: int) -> N
                 if backbone_kind(backbone.name) != kind:
                     continue
                 for phase, examples in streams.items():
-                    section = "finetune" if phase == "finetune" else "pretrain"
+                    section = train_section(phase)
                     # The field where the user set it: the backbone's override (named as validate names
                     # overrides), else the study's phase.
                     where = f"backbones.{backbone.name}.{section}" if "batch_size" in getattr(backbone, section) \
@@ -233,20 +234,21 @@ def _streams(cfg: StudyConfig, objective, data: StudyData, tokenizer, augmentati
     if data.inverse_train is not None:
         qa_train = concatenate_datasets([qa_train, data.inverse_train])
     qa = objective.qa_examples(encode_qa(qa_train, tokenizer), cfg.seed)
-    if cfg.protocol == "mixed":
+    if cfg.protocol == "mixed":  # one stream, bios and QA interleaved
         share = cfg.qa_share
-        mixed = interleave_datasets([bios, qa], probabilities=[1 - share, share], seed=cfg.seed,
-                                    stopping_strategy="all_exhausted")
-        return {"mixed": mixed}
-    return {"pretrain": bios, "finetune": qa}
+        trained = [interleave_datasets([bios, qa], probabilities=[1 - share, share], seed=cfg.seed,
+                                       stopping_strategy="all_exhausted")]
+    else:
+        trained = [bios, qa]
+    return dict(zip(phases(cfg.protocol), trained, strict=True))
 
 
 def _phase_config(cfg: StudyConfig, backbone, phase: str) -> TrainConfig:
-    return cfg.train_config(backbone, "finetune" if phase == "finetune" else "pretrain")
+    return cfg.train_config(backbone, train_section(phase))
 
 
 def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmentation: str, backbone,
-             accelerator: Accelerator) -> dict[str, Any]:
+             accelerator: Accelerator) -> Cell:
     """Train one backbone on one augmentation through the protocol, then evaluate it."""
     kind = backbone_kind(backbone.name)
     run = RunFolder(run_dir)
@@ -289,8 +291,8 @@ def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmen
                          "stream_examples": len(stream), "exposures": done.tokens / labelled if labelled else None,
                          "mode": "lora" if lora else "full", "lora_rank": train_cfg.lora_rank if lora else None,
                          "trainable_parameters": trainable}
-    results = evaluate_cell(cfg, run_dir, backbone.name, tokenizer, data, augmentation, accelerator)
-    return {"kind": kind, "parameters": counts, "phases": phases, "leak_check": guard, "results": results}
+    levels = evaluate_cell(cfg, run_dir, backbone.name, tokenizer, data, augmentation, accelerator)
+    return Cell(augmentation, backbone.name, levels, phases, guard, counts)
 
 
 def evaluate_cell(cfg: StudyConfig, run_dir: Path, backbone: str, tokenizer, data: StudyData, augmentation: str,
@@ -303,10 +305,9 @@ def evaluate_cell(cfg: StudyConfig, run_dir: Path, backbone: str, tokenizer, dat
     asked = data.qa_test if len(data.qa_test) else data.qa_train
     example = asked[0]["question"]  # a held-out question where there is one, for the card's snippet
     qa_levels = cell_levels(kind, cfg.masking.answer, cfg.eval.masked_length, list(data.qa_sets()))
-    if cfg.protocol == "mixed":
-        by_phase = {"mixed": [*MEMORIZATION_LEVELS, *qa_levels]}
-    else:
-        by_phase = {"pretrain": list(MEMORIZATION_LEVELS), "finetune": qa_levels}
+    by_phase: dict[str, list[str]] = {}  # under the mixed protocol both are the one phase's
+    by_phase.setdefault(bio_phase(cfg.protocol), []).extend(MEMORIZATION_LEVELS)
+    by_phase.setdefault(final_phase(cfg.protocol), []).extend(qa_levels)
     results = {}
     for phase, levels in by_phase.items():
         model_dir = RunFolder(run_dir).model(augmentation, backbone, phase)
@@ -392,7 +393,7 @@ def _hparams(cfg: StudyConfig) -> dict[str, Any]:
             for k, v in config_lib.dotted(cfg.to_dict()).items()}
 
 
-def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None = None, on_cell=None,
+def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None = None,
               opened: rundir.Opened | None = None) -> dict[str, Any]:
     """Every cell of the study; results.json is rewritten after each cell trained here, so a killed
     run loses at most the cell in flight (and that one resumes from its last checkpoint), and a
@@ -401,47 +402,39 @@ def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None =
     started = time.time()
     data, tokenizer = start_study(cfg, run_dir, accelerator, opened)
     path = RunFolder(run_dir).results
-    out: dict[str, Any] = {"study": cfg.name, "seed": cfg.seed, "protocol": cfg.protocol,
-                           "data_sha256": saved_sha256(RunFolder(run_dir).data),
-                           **majority_baselines(data, tokenizer), "results": {}, "training": {},
-                           "parameters": {}, "leak_check": {}, "config": cfg.to_dict(),
-                           # Training is bit-identical only at the same number of torch threads (float sums are
-                           # ordered by it); another count gives figures within the intervals, not the same ones.
-                           "torch_threads": torch.get_num_threads()}
-    previous = read_results(run_dir) if path.is_file() else {}
+    # Training is bit-identical only at the same number of torch threads (float sums are ordered by it); another
+    # count gives figures within the intervals, not the same ones: the file records it.
+    run = Run(cfg.name, cfg.seed, cfg.protocol, saved_sha256(RunFolder(run_dir).data),
+              majority_baselines(data, tokenizer), config=cfg.to_dict(), torch_threads=torch.get_num_threads())
+    previous = read_results(run_dir) if path.is_file() else {"results": {}}
     check_results(run_dir, cfg, previous)  # cells it holds are kept: they must be of this config and data
+    previous = Run.from_json(previous)
     if accelerator.log_with:  # one tracker run per run folder (a sweep's cells share one accelerator)
         accelerator.init_trackers(run_dir.name, config=_hparams(cfg))
     for augmentation in [a.name for a in cfg.augmentations()]:
         for backbone in cfg.backbones:
-            done = previous.get("results", {}).get(augmentation, {}).get(backbone.name)
-            try:
-                cell = None if done is None else {
-                    "results": done, "phases": previous["training"][augmentation][backbone.name],
-                    "parameters": previous["parameters"][backbone.name],
-                    "leak_check": previous["leak_check"][augmentation][backbone.name]}
-            except (KeyError, TypeError):  # a results.json cut down by hand: evaluate the saved models again
-                cell = None
-            trained = cell is None
+            cell = previous.cell(augmentation, backbone.name)
+            trained = cell is None or not cell.complete  # one cut down by hand: its saved models are evaluated again
             if trained:
                 cell = run_cell(cfg, run_dir, data, tokenizer, augmentation, backbone, accelerator)
-            out["results"].setdefault(augmentation, {})[backbone.name] = cell["results"]
-            out["training"].setdefault(augmentation, {})[backbone.name] = cell["phases"]
-            out["leak_check"].setdefault(augmentation, {})[backbone.name] = cell["leak_check"]
-            out["parameters"][backbone.name] = cell["parameters"]
-            out["wall_seconds"] = round(time.time() - started + previous.get("wall_seconds", 0.0), 1)
-            out["paired"] = {aug: paired_differences(cells) for aug, cells in out["results"].items()}
+            run.cells.append(cell)
+            run.wall_seconds = round(time.time() - started + (previous.wall_seconds or 0.0), 1)
+            run.paired = paired_by_augmentation(run)
             if accelerator.is_main_process and trained:
-                write_json_atomic(path, out)
+                write_json_atomic(path, run.to_json())
             if trained:
                 accelerator.log({f"{augmentation}/{backbone.name}/eval/{level}": scores["mean"]
-                                 for level, scores in cell["results"].items()}, step=0)
-            if on_cell is not None:
-                on_cell(augmentation, backbone.name, cell)
+                                 for level, scores in cell.levels.items()}, step=0)
     if accelerator.log_with:
         accelerator.end_training()
         accelerator.trackers = []  # the next run folder (a sweep's next cell) starts its own
-    return out
+    return run.to_json()
+
+
+def paired_by_augmentation(run: Run) -> dict[str, list[dict[str, Any]]]:
+    """results.json's ``paired``: per augmentation, the paired differences between its backbones."""
+    return {aug: paired_differences({c.backbone: c.levels for c in cells})
+            for aug, cells in run.by_augmentation().items()}
 
 
 def reevaluate(run_dir: Path, accelerator: Accelerator | None = None) -> dict[str, Any]:
@@ -452,17 +445,22 @@ def reevaluate(run_dir: Path, accelerator: Accelerator | None = None) -> dict[st
     # Under `accelerate launch` the main process locks; its peers evaluate under its lock (as in a run).
     holding = rundir.writing(run_dir, "run", mark=True) if accelerator.is_main_process else contextlib.nullcontext()
     with holding:
-        run = RunFolder(run_dir)
-        results = read_results(run_dir) if run.results.is_file() else {"results": {}}
+        folder = RunFolder(run_dir)
+        results = read_results(run_dir) if folder.results.is_file() else {"results": {}}
         check_results(run_dir, cfg, results)
         check_models(run_dir, cfg)
-        data, tokenizer = StudyData.load(run.data), read_tokenizer(run_dir)
+        run = Run.from_json(results)
+        data, tokenizer = StudyData.load(folder.data), read_tokenizer(run_dir)
         for augmentation in [a.name for a in cfg.augmentations()]:
             for backbone in cfg.backbones:
-                scores = evaluate_cell(cfg, run_dir, backbone.name, tokenizer, data, augmentation, accelerator)
-                results["results"].setdefault(augmentation, {})[backbone.name] = scores
-        results.update(majority_baselines(data, tokenizer))
-        results["paired"] = {aug: paired_differences(cells) for aug, cells in results["results"].items()}
+                levels = evaluate_cell(cfg, run_dir, backbone.name, tokenizer, data, augmentation, accelerator)
+                cell = run.cell(augmentation, backbone.name)
+                if cell is None:
+                    run.cells.append(Cell(augmentation, backbone.name, levels))
+                else:
+                    cell.levels = levels
+        run.baselines.update(majority_baselines(data, tokenizer))
+        run.paired = paired_by_augmentation(run)
         if accelerator.is_main_process:
-            write_json_atomic(run.results, results)
-    return results
+            write_json_atomic(folder.results, run.to_json())
+    return run.to_json()

@@ -17,8 +17,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from bidirect.analysis.cells import read_cell
 from bidirect.evaluate import evaluate_model
-from bidirect.rundir import read_cell
 
 FILLS = ("one_pass", "left_to_right", "confidence")
 # those the run has; P_val to choose a fill order on, P_test to report it

@@ -9,7 +9,8 @@ import pytest
 from tiny import tiny_config
 
 import bidirect.api as bd
-from bidirect.config import ATTRIBUTES, ConfigError
+from bidirect.config import ConfigError
+from bidirect.results import ATTRIBUTES
 from bidirect.rundir import RunDirError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,11 +18,11 @@ from tiny import write_config
 
 from bidirect.api import ask
 from bidirect.cli import main
-from bidirect.config import ATTRIBUTES
 from bidirect.data.generate import StudyData
 from bidirect.evaluate import answer_questions
 from bidirect.integrity import check_manifest
 from bidirect.models import load_backbone
+from bidirect.results import ATTRIBUTES
 from bidirect.rundir import FILES_SHA_FILE, MODEL_CARD_FILE, RunDirError, RunFolder, read_tokenizer, require_run_dir
 from bidirect.tokenizer import answer_ids
 

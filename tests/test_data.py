@@ -8,10 +8,11 @@ from collections import Counter
 
 import pytest
 
-from bidirect.config import ATTRIBUTES, Augmentation, DataConfig
+from bidirect.config import Augmentation, DataConfig
 from bidirect.data.generate import PRONOUNS, draw_individuals, generate, write_bios
 from bidirect.data.pools import load_pools
 from bidirect.data.templates import TEMPLATES
+from bidirect.results import ATTRIBUTES
 
 
 def test_same_seed_same_bytes(tmp_path):

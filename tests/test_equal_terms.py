@@ -17,7 +17,7 @@ import yaml
 from datasets import Dataset, concatenate_datasets
 
 from bidirect import study
-from bidirect.config import ATTRIBUTES, Augmentation, DataConfig, EvalConfig, MaskingConfig, from_dict, load
+from bidirect.config import Augmentation, DataConfig, EvalConfig, MaskingConfig, from_dict, load
 from bidirect.data.generate import StudyData, generate
 from bidirect.evaluate import (
     Item,
@@ -32,6 +32,7 @@ from bidirect.evaluate import (
     person_intervals,
 )
 from bidirect.objectives import encode_qa, make_objective
+from bidirect.results import ATTRIBUTES
 from bidirect.tokenizer import answer_ids, qa_text, train_tokenizer, value_token_span
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import torch
 from datasets import Dataset
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from bidirect.config import ALL_LEVELS, ATTRIBUTES, Augmentation, DataConfig, EvalConfig
+from bidirect.config import Augmentation, DataConfig, EvalConfig
 from bidirect.data.generate import StudyData, generate
 from bidirect.evaluate import (
     Item,
@@ -25,6 +25,7 @@ from bidirect.evaluate import (
     majority_baseline,
     qa_items,
 )
+from bidirect.results import ALL_LEVELS, ATTRIBUTES
 from bidirect.tokenizer import answer_ids, decode_answer, qa_text, question_ids, train_tokenizer
 
 

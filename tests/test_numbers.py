@@ -20,10 +20,11 @@ from torch import nn
 
 from bidirect.analysis.capacity import FIELDS, _log2_comb, bits_stored
 from bidirect.analysis.probe import probe_inputs
-from bidirect.config import ATTRIBUTES, Augmentation, DataConfig, EvalConfig, MaskingConfig
+from bidirect.config import Augmentation, DataConfig, EvalConfig, MaskingConfig
 from bidirect.data.generate import generate
 from bidirect.evaluate import Item, _accuracy, _score, majority_baseline, paired_difference, person_intervals, qa_items
 from bidirect.objectives import IGNORE, MaskedLM, tokenize_bios
+from bidirect.results import ATTRIBUTES
 from bidirect.study import leak_check
 from bidirect.tokenizer import answer_ids, question_ids, train_tokenizer
 

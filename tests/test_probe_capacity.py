@@ -14,8 +14,8 @@ from bidirect.analysis import capacity as capacity_lib
 from bidirect.analysis.capacity import FIELDS, _log2_comb, bits_stored, generator_entropy
 from bidirect.analysis.probe import EmbeddingDelta, ProbeHeads, probe_inputs, score_heads, train_heads
 from bidirect.cli import main
-from bidirect.config import ATTRIBUTES
 from bidirect.data.generate import StudyData
+from bidirect.results import ATTRIBUTES
 from bidirect.tokenizer import value_token_span
 
 BACKBONES = ["gpt2-rope", "gbert"]  # one causal, one masked

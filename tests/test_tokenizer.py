@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bidirect.config import ATTRIBUTES
 from bidirect.data.pools import load_pools
+from bidirect.results import ATTRIBUTES
 from bidirect.tokenizer import (
     answer_ids,
     decode_answer,

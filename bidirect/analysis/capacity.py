@@ -46,17 +46,16 @@ import torch
 import torch.nn.functional as F
 from rich.table import Table
 
-from bidirect.config import ATTRIBUTES
+from bidirect.analysis.cells import merge_cells, select_cells
 from bidirect.data.generate import MONTHS, StudyData
 from bidirect.data.pools import Pools, load_pools
 from bidirect.evaluate import first_bio_spans, forward, pad_rows
 from bidirect.models import backbone_kind, load_backbone, parameter_counts
+from bidirect.results import ATTRIBUTES
 from bidirect.rundir import (
     CAPACITY_FILE,
     RunFolder,
-    merge_cells,
     read_tokenizer,
-    select_cells,
     write_json_atomic,
     writing,
 )

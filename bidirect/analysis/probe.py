@@ -44,17 +44,16 @@ import torch.nn.functional as F
 from rich.table import Table
 from torch import nn
 
-from bidirect.config import ATTRIBUTES
+from bidirect.analysis.cells import merge_cells, select_cells
 from bidirect.data.generate import StudyData
 from bidirect.evaluate import first_bio_spans, forward, majority_baseline
 from bidirect.models import backbone_kind, load_backbone
+from bidirect.results import ATTRIBUTES
 from bidirect.rundir import (
     PROBE_FILE,
     RunDirError,
     RunFolder,
-    merge_cells,
     read_tokenizer,
-    select_cells,
     write_json_atomic,
     writing,
 )

@@ -13,8 +13,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bidirect.config import ALL_LEVELS, ATTRIBUTES, dotted
-from bidirect.report.tables import phase_mode
+from bidirect.config import dotted
+from bidirect.results import ATTRIBUTES, Run, phase_mode
 from bidirect.rundir import (
     MANIFEST_FILE,
     RESULTS_FILE,
@@ -104,30 +104,30 @@ def aggregate(sweep_dir: Path) -> dict[str, Any]:
     axes, cells = read_cells(sweep_dir)
     group_keys = [k for k in axes if k != SEED]
     groups: dict[str, dict[str, Any]] = {}
-    for cell in cells:
-        res = cell["results"]
-        values = {k: cell["values"].get(k) for k in group_keys}
-        for aug, by_backbone in res["results"].items():
-            for backbone, levels in by_backbone.items():
-                key = json.dumps([values, aug, backbone], sort_keys=True)
-                g = groups.setdefault(key, {"values": values, "augmentation": aug, "backbone": backbone,
-                                            "cells": [], "seeds": [], "scores": {}, "exposures": {},
-                                            "majority": [], "modes": set(), "finetune": None})
-                g["cells"].append(cell["name"])
-                g["seeds"].append(cell["values"].get(SEED, res.get("seed")))
-                for level in ALL_LEVELS:
-                    for attr in (*ATTRIBUTES, "mean"):
-                        score = levels.get(level, {}).get(attr)
-                        if score is not None:
-                            g["scores"].setdefault(level, {}).setdefault(attr, []).append(score)
-                for phase, t in res.get("training", {}).get(aug, {}).get(backbone, {}).items():
-                    if t.get("exposures") is not None:
-                        g["exposures"].setdefault(phase, []).append(t["exposures"])
-                    g["modes"].add(f"{phase}:{phase_mode(t)}")
-                    if phase == "finetune":
-                        g["finetune"] = {"mode": t.get("mode", "full"), "lora_rank": t.get("lora_rank")}
-                if res.get("majority_baseline", {}).get("mean") is not None:
-                    g["majority"].append(res["majority_baseline"]["mean"])
+    for sweep_cell in cells:
+        run = Run.of(sweep_cell["results"])
+        values = {k: sweep_cell["values"].get(k) for k in group_keys}
+        majority = run.baselines.get("majority_baseline", {}).get("mean")
+        for cell in run.cells:
+            key = json.dumps([values, cell.augmentation, cell.backbone], sort_keys=True)
+            g = groups.setdefault(key, {"values": values, "augmentation": cell.augmentation, "backbone": cell.backbone,
+                                        "cells": [], "seeds": [], "scores": {}, "exposures": {},
+                                        "majority": [], "modes": set(), "finetune": None})
+            g["cells"].append(sweep_cell["name"])
+            g["seeds"].append(sweep_cell["values"].get(SEED, run.seed))
+            for level in cell.shown_levels():
+                for attr in (*ATTRIBUTES, "mean"):
+                    score = cell.levels[level].get(attr)
+                    if score is not None:
+                        g["scores"].setdefault(level, {}).setdefault(attr, []).append(score)
+            for phase, t in (cell.phases or {}).items():
+                if t.get("exposures") is not None:
+                    g["exposures"].setdefault(phase, []).append(t["exposures"])
+                g["modes"].add(f"{phase}:{phase_mode(t)}")
+            if cell.finetune is not None:
+                g["finetune"] = {"mode": cell.finetune.get("mode", "full"), "lora_rank": cell.finetune.get("lora_rank")}
+            if majority is not None:
+                g["majority"].append(majority)
     rows = []
     for g in groups.values():
         rows.append({

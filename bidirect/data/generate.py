@@ -17,10 +17,11 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, Features, Sequence, Value, load_from_disk
 
-from bidirect.config import ATTRIBUTES, Augmentation, DataConfig
+from bidirect.config import Augmentation, DataConfig
 from bidirect.data.pools import Pools, load_pools
 from bidirect.data.templates import INVERSE_QUESTIONS, QUESTIONS, TEMPLATES
 from bidirect.integrity import check_manifest, data_advice, write_manifest
+from bidirect.results import ATTRIBUTES
 from bidirect.rundir import RunDirError
 
 MONTHS = (

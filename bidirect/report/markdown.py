@@ -29,8 +29,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from bidirect import rundir
 from bidirect.analysis.seeds import aggregate, read_cells, write_summary
-from bidirect.config import ATTRIBUTES, HELD_OUT_LEVELS, INVERSE_LEVELS, LEVELS
-from bidirect.report.tables import LEVEL_NAMES, SHORT, markdown, pct, phase_mode, summary_markdown
+from bidirect.report.tables import LEVEL_NAMES, SHORT, markdown, pct, summary_markdown
+from bidirect.results import ATTRIBUTES, HELD_OUT_LEVELS, INVERSE_LEVELS, LEVELS, Run, phase_mode
 from bidirect.rundir import (
     CAPACITY_FILE,
     MANIFEST_FILE,
@@ -309,25 +309,24 @@ def _rel(path: Path, base: Path) -> str:
     return path.relative_to(base).as_posix()
 
 
-def training_markdown(results: dict[str, Any]) -> str:
+def training_markdown(results: Run | dict[str, Any]) -> str:
     lines = ["| augmentation | backbone | phase | mode | trainable params | steps | labelled tokens | training FLOPs | "
              "final loss | exposures | seconds |", "| --- | --- | --- | --- |" + " ---: |" * 7]
-    for aug, by_backbone in results.get("training", {}).items():
-        for backbone, phases in by_backbone.items():
-            for phase, t in phases.items():
-                mode = phase_mode(t)
-                exp = "-" if t.get("exposures") is None else f"{t['exposures']:.1f}"
-                trainable = t.get("trainable_parameters")
-                flops = "-" if not t.get("flops") else f"{t['flops']:.2e}"  # runs of older versions did not count
-                lines.append(f"| {aug} | {backbone} | {phase} | {mode} | "
-                             f"{'-' if trainable is None else f'{trainable:,}'} | {t.get('steps', '-')} | "
-                             f"{t.get('tokens', 0):,} | {flops} | {t.get('final_loss', float('nan')):.3f} | {exp} | "
-                             f"{t.get('seconds', 0.0):.1f} |")
+    for cell in Run.of(results).cells:
+        for phase, t in (cell.phases or {}).items():
+            mode = phase_mode(t)
+            exp = "-" if t.get("exposures") is None else f"{t['exposures']:.1f}"
+            trainable = t.get("trainable_parameters")
+            flops = "-" if not t.get("flops") else f"{t['flops']:.2e}"  # runs of older versions did not count
+            lines.append(f"| {cell.augmentation} | {cell.backbone} | {phase} | {mode} | "
+                         f"{'-' if trainable is None else f'{trainable:,}'} | {t.get('steps', '-')} | "
+                         f"{t.get('tokens', 0):,} | {flops} | {t.get('final_loss', float('nan')):.3f} | {exp} | "
+                         f"{t.get('seconds', 0.0):.1f} |")
     return "\n".join(lines)
 
 
-def _leaks(results: list[dict[str, Any]]) -> str:
-    checks = [c for r in results for by_b in r.get("leak_check", {}).values() for c in by_b.values()]
+def _leaks(results: list[Run | dict[str, Any]]) -> str:
+    checks = [c.leak_check for r in results for c in Run.of(r).cells if c.leak_check is not None]
     if not checks:
         return "no leak check recorded"
     leaked = sum(c.get("leaked", 0) for c in checks)
@@ -336,15 +335,15 @@ def _leaks(results: list[dict[str, Any]]) -> str:
             f"checked, {len(checks)} trained model{'s' if len(checks) != 1 else ''})")
 
 
-def _loss_curves(run_dir: Path, results: dict[str, Any], prefix: str = "", alpha: float = 1.0,
+def _loss_curves(run_dir: Path, results: Run | dict[str, Any], prefix: str = "", alpha: float = 1.0,
                  label_extra: str = "") -> list[dict[str, Any]]:
     curves = []
-    for aug, by_backbone in results.get("training", {}).items():
-        for backbone, phases in by_backbone.items():
-            for phase in phases:
-                steps, losses = read_log(RunFolder(run_dir).log(aug, backbone, phase))
-                curves.append({"phase": phase, "label": f"{label_extra}{backbone} / {aug}", "color_key": backbone,
-                               "style_key": f"{label_extra}{aug}", "steps": steps, "losses": losses, "alpha": alpha})
+    for cell in Run.of(results).cells:
+        aug, backbone = cell.augmentation, cell.backbone
+        for phase in cell.phases or {}:
+            steps, losses = read_log(RunFolder(run_dir).log(aug, backbone, phase))
+            curves.append({"phase": phase, "label": f"{label_extra}{backbone} / {aug}", "color_key": backbone,
+                           "style_key": f"{label_extra}{aug}", "steps": steps, "losses": losses, "alpha": alpha})
     return curves
 
 
@@ -356,39 +355,39 @@ def _config_block(text: str) -> str:
 
 
 def run_report(run_dir: Path, out: Path) -> str:
-    results = read_results(run_dir)
+    results = Run.from_json(read_results(run_dir))
     fig_dir = rundir.clear_report(out)  # the figures of its earlier report, which this one may not redraw
     base = out.parent
-    cfg = results.get("config", {})
+    cfg = results.config or {}
     data = cfg.get("data", {})
-    lines = [f"# bidirect report: {results.get('study', run_dir.name)}", ""]
-    lines += [f"Run folder `{run_dir}`; protocol `{results.get('protocol')}`, seed {results.get('seed')}, "
+    study = results.study if results.study is not None else ""
+    lines = [f"# bidirect report: {results.study if results.study is not None else run_dir.name}", ""]
+    lines += [f"Run folder `{run_dir}`; protocol `{results.protocol}`, seed {results.seed}, "
               f"{data.get('individuals', '?')} individuals (P_train share {data.get('p_train', '?')}), "
-              f"wall time {results.get('wall_seconds', 0):.0f} s.", ""]
-    params = results.get("parameters", {})
+              f"wall time {results.wall_seconds or 0:.0f} s.", ""]
+    params = {c.backbone: c.parameters for c in results.cells if c.parameters is not None}
     if params:
         lines += ["| backbone | parameters | non-embedding | fine-tuning |", "| --- | ---: | ---: | --- |"]
         for name, counts in params.items():
-            modes = {phase_mode(t)
-                     for by_b in results.get("training", {}).values() for n, ph in by_b.items() if n == name
-                     for p, t in ph.items() if p != "pretrain"}
+            modes = {phase_mode(t) for c in results.cells if c.backbone == name
+                     for p, t in (c.phases or {}).items() if p != "pretrain"}
             lines.append(f"| {name} | {counts['total']:,} | {counts['non_embedding']:,} | "
                          f"{', '.join(sorted(modes)) or '-'} |")
         lines.append("")
     lines += ["## Exact-match accuracy (%)", "",
               LEVELS_NOTE, "",
               markdown(results), ""]
-    baseline = results.get("majority_baseline", {})
-    for aug, by_backbone in results["results"].items():
+    baseline = results.baselines.get("majority_baseline", {})
+    for aug, cells in results.by_augmentation().items():
+        by_backbone = {c.backbone: c.levels for c in cells}
         # error bars: the per-person bootstrap interval, drawn as its half-width
         errors = {b: {lv: {k: (ci[1] - ci[0]) / 2 for k, ci in (r.get("ci95") or {}).items() if ci}
                       for lv, r in levels.items()} for b, levels in by_backbone.items()}
-        path = accuracy_figure(f"{results.get('study', '')} | {aug}: exact match per attribute, 95% CI over people",
+        path = accuracy_figure(f"{study} | {aug}: exact match per attribute, 95% CI over people",
                                by_backbone, baseline, fig_dir / f"accuracy_{_slug(aug)}.png", errors)
         lines += [f"![accuracy, {aug}]({_rel(path, base)})", ""]
     lines += ["## Training", "", training_markdown(results), ""]
-    loss = loss_figure(f"{results.get('study', '')}: training loss", _loss_curves(run_dir, results),
-                       fig_dir / "loss.png")
+    loss = loss_figure(f"{study}: training loss", _loss_curves(run_dir, results), fig_dir / "loss.png")
     if loss:
         lines += [f"![training loss]({_rel(loss, base)})", ""]
     lines += [f"Leak check: {_leaks([results])}.", "", "## Config", "",

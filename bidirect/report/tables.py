@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from bidirect.config import ALL_LEVELS, ATTRIBUTES, HELD_OUT_LEVELS, RULE_LEVELS
+from bidirect.results import ALL_LEVELS, ATTRIBUTES, HELD_OUT_LEVELS, RULE_LEVELS, Run
 from bidirect.sweep import value_label
 
 SHORT = {"birth_date": "date", "birth_city": "b.city", "university": "univ", "major": "major",
@@ -38,10 +38,10 @@ RULE_NOTE = {"free": "the best mean log-probability over lengths", "prior": "the
              "end-of-text", "given": "told (the paper's rule)"}
 
 
-def note(results: dict[str, Any]) -> str:
+def note(results: Run | dict[str, Any]) -> str:
     """What the marked rows mean, and which rule a masked model's plain QA rows used (from the run's
     config; older runs chose by ``free``)."""
-    rule = (results.get("config") or {}).get("eval", {}).get("masked_length", "free")
+    rule = Run.of(results).masked_length
     return (f"{GIVEN_NOTE}; a masked model's QA rows choose the answer's length by {RULE_NOTE[rule]}; ^: with "
             "P_train's length prior, ~: by the best mean log-probability, =: from its answer window; len: the share of "
             "its answers of the true length")
@@ -83,19 +83,9 @@ def data_summary(console: Console, data, tokenizer) -> None:
     console.print(f"[bold]QA[/bold]: {qa['question']} -> {qa['answer']}")
 
 
-def phase_mode(phase: dict[str, Any]) -> str:
-    """How a phase trained (its summary in results.json), spelled the same in every table: ``full`` or
-    ``lora (r=4)``."""
-    return f"lora (r={phase['lora_rank']})" if phase.get("mode") == "lora" else "full"
-
-
 def backbone_label(name: str, finetune: dict[str, Any] | None) -> str:
     """The backbone's name, with ``(LoRA r=4)`` when its fine-tuning phase (``finetune``, its summary) was LoRA."""
     return f"{name} (LoRA r={finetune['lora_rank']})" if finetune and finetune.get("mode") == "lora" else name
-
-
-def _label(results: dict[str, Any], aug: str, name: str) -> str:
-    return backbone_label(name, results.get("training", {}).get(aug, {}).get(name, {}).get("finetune"))
 
 
 def plain(text: str) -> Text:
@@ -104,14 +94,16 @@ def plain(text: str) -> Text:
     return Text(re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text))
 
 
-def results_tables(results: dict[str, Any]) -> list[Table]:
+def results_tables(results: Run | dict[str, Any]) -> list[Table]:
     """One table per augmentation: a row per backbone and level, a column per attribute."""
+    run = Run.of(results)
     tables = []
-    for aug, by_backbone in results["results"].items():
+    for aug, cells in run.by_augmentation().items():
         # No vertical rules and one space between columns: the table fits 80 columns.
-        table = Table(title=plain(f"{results.get('study', '')} | {aug} | exact match (%), 95% CI over people"),
-                      caption=escape(note(results)), box=box.SIMPLE_HEAD, padding=0, show_edge=False)
-        lengths = any("true_length" in lv for levels in by_backbone.values() for lv in levels.values())
+        table = Table(title=plain(f"{run.study if run.study is not None else ''} | {aug} | exact match (%), 95% CI "
+                                  "over people"),
+                      caption=escape(note(run)), box=box.SIMPLE_HEAD, padding=0, show_edge=False)
+        lengths = any("true_length" in lv for c in cells for lv in c.levels.values())
         table.add_column("backbone", no_wrap=True)
         table.add_column("level", no_wrap=True)
         for a in ATTRIBUTES:
@@ -120,18 +112,18 @@ def results_tables(results: dict[str, Any]) -> list[Table]:
         table.add_column("95% CI", justify="right", no_wrap=True)
         if lengths:
             table.add_column("len", justify="right", no_wrap=True)
-        for name, levels in by_backbone.items():
-            for i, level in enumerate(lv for lv in ALL_LEVELS if lv in levels):
-                scores = levels[level]
+        for cell in cells:
+            for i, level in enumerate(cell.shown_levels()):
+                scores = cell.levels[level]
                 style = "bold" if level in HELD_OUT_LEVELS else None
                 # a LoRA fine-tune says so on a second line under the name
-                label = _label(results, aug, name).replace(" (", "\n(") if i == 0 else ""
+                label = backbone_label(cell.backbone, cell.finetune).replace(" (", "\n(") if i == 0 else ""
                 length = [pct(scores["true_length"]) if "true_length" in scores else ""] if lengths else []
                 table.add_row(label, SHORT_NAMES[level], *[pct(scores.get(a)) for a in ATTRIBUTES],
                               pct(scores.get("mean")), ci(scores), *length, style=style)
             table.add_section()
         for key, (label, level) in BASELINES.items():
-            baseline = results.get(key)
+            baseline = run.baselines.get(key)
             if baseline:
                 table.add_row(label, level, *[pct(baseline.get(a)) for a in ATTRIBUTES],
                               pct(baseline.get("mean")), "", *([""] if lengths else []), style="dim")
@@ -139,11 +131,11 @@ def results_tables(results: dict[str, Any]) -> list[Table]:
     return tables
 
 
-def paired_lines(results: dict[str, Any]) -> list[str]:
+def paired_lines(results: Run | dict[str, Any]) -> list[str]:
     """Per augmentation and pair of backbones, their differences on the same people with the paired 95% interval
     (results.json's ``paired``), one line a pair."""
     lines = []
-    for aug, records in (results.get("paired") or {}).items():
+    for aug, records in (Run.of(results).paired or {}).items():
         pairs: dict[tuple[str, str], list[str]] = {}
         for r in records:
             a, b = r["levels"]
@@ -156,33 +148,33 @@ def paired_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def print_results(console: Console, results: dict[str, Any]) -> None:
+def print_results(console: Console, results: Run | dict[str, Any]) -> None:
     for table in results_tables(results):
         console.print(table)
     for line in paired_lines(results):
         console.print(plain(line))
 
 
-def markdown(results: dict[str, Any]) -> str:
+def markdown(results: Run | dict[str, Any]) -> str:
     """The results tables as Markdown (README, reports)."""
+    run = Run.of(results)
     lines = []
     header = "| augmentation | backbone | level | " + " | ".join(SHORT[a] for a in ATTRIBUTES) + " | mean | 95% CI |"
     lines += [header, "|" + " --- |" * (len(ATTRIBUTES) + 5)]
-    for aug, by_backbone in results["results"].items():
-        for name, levels in by_backbone.items():
-            for level in (lv for lv in ALL_LEVELS if lv in levels):
-                s = levels[level]
-                cells = " | ".join(pct(s.get(a)) for a in ATTRIBUTES)
-                label = _label(results, aug, name)
-                lines.append(f"| {aug} | {label} | {LEVEL_NAMES[level]} | {cells} | **{pct(s.get('mean'))}** "
-                             f"| {ci(s)} |")
+    for cell in run.cells:
+        for level in cell.shown_levels():
+            s = cell.levels[level]
+            cells = " | ".join(pct(s.get(a)) for a in ATTRIBUTES)
+            label = backbone_label(cell.backbone, cell.finetune)
+            lines.append(f"| {cell.augmentation} | {label} | {LEVEL_NAMES[level]} | {cells} | **{pct(s.get('mean'))}** "
+                         f"| {ci(s)} |")
     for key, (label, level) in BASELINES.items():
-        base = results.get(key)
+        base = run.baselines.get(key)
         if base:
             cells = " | ".join(pct(base.get(a)) for a in ATTRIBUTES)
             lines.append(f"| | {label} | {level} | {cells} | {pct(base.get('mean'))} | |")
-    lines.append(f"\n{note(results)}")
-    lines += [f"\n{line}" for line in paired_lines(results)]
+    lines.append(f"\n{note(run)}")
+    lines += [f"\n{line}" for line in paired_lines(run)]
     return "\n".join(lines)
 
 
@@ -200,56 +192,55 @@ def level_cell(level: dict[str, Any] | None, name: str, bold: bool = False) -> s
     return text
 
 
-def headline_markdown(results: dict[str, Any]) -> str:
+def headline_markdown(results: Run | dict[str, Any]) -> str:
     """One row per (augmentation, backbone): each level's mean over the six attributes, P_test with its
     interval over people, and the majority baselines; the table the README and docs lead with."""
-    shown = shown_levels(lv for by_backbone in results["results"].values() for lvs in by_backbone.values()
-                         for lv in lvs)
+    run = Run.of(results)
+    shown = shown_levels(run.levels_present())
     lines = ["| augmentation | backbone | " + " | ".join(LEVEL_NAMES[lv] for lv in shown) + " |",
              "| --- | --- |" + " ---: |" * len(shown)]
-    for aug, by_backbone in results["results"].items():
-        for name, levels in by_backbone.items():
-            cells = [level_cell(levels.get(lv), lv, bold=True) for lv in shown]
-            lines.append(f"| {aug} | {_label(results, aug, name)} | " + " | ".join(cells) + " |")
-    base = {level: pct(results[key]["mean"]) for key, (_, level) in BASELINES.items() if results.get(key)}
+    for cell in run.cells:
+        cells = [level_cell(cell.levels.get(lv), lv, bold=True) for lv in shown]
+        lines.append(f"| {cell.augmentation} | {backbone_label(cell.backbone, cell.finetune)} | "
+                     + " | ".join(cells) + " |")
+    base = {level: pct(run.baselines[key]["mean"]) for key, (_, level) in BASELINES.items() if run.baselines.get(key)}
     cells = [base.get("P_test*" if lv == "qa_test_given" else "P_test", "") if lv in ("qa_test", "qa_test_given")
              else "" for lv in shown]
     lines.append("| | majority | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def runs_markdown(runs: dict[str, dict[str, Any]]) -> str:
+def runs_markdown(runs: dict[str, Run | dict[str, Any]]) -> str:
     """Several runs as one Markdown table, a row per (run, augmentation, backbone): each level's mean,
     the held-out levels with their interval over people, and both majority baselines (plain / told the
     length). What `bidirect summary --markdown` prints: the README's table of what changes extraction."""
-    shown = shown_levels(lv for r in runs.values() for by_backbone in r["results"].values()
-                         for lvs in by_backbone.values() for lv in lvs)
+    runs = {name: Run.of(r) for name, r in runs.items()}
+    shown = shown_levels(lv for r in runs.values() for lv in r.levels_present())
     lines = ["| study | augmentation | backbone | " + " | ".join(LEVEL_NAMES[lv] for lv in shown) + " | majority |",
              "| --- | --- | --- |" + " ---: |" * (len(shown) + 1)]
-    for run, results in runs.items():
-        base = " / ".join(pct(results[key]["mean"]) for key in BASELINES if results.get(key))
-        for aug, by_backbone in results["results"].items():
-            for name, levels in by_backbone.items():
-                cells = [level_cell(levels.get(lv), lv, bold=True) for lv in shown]
-                label = _label(results, aug, name)
-                lines.append(f"| {Path(run).name} | {aug} | {label} | " + " | ".join(cells) + f" | {base} |")
+    for name, run in runs.items():
+        base = " / ".join(pct(run.baselines[key]["mean"]) for key in BASELINES if run.baselines.get(key))
+        for cell in run.cells:
+            cells = [level_cell(cell.levels.get(lv), lv, bold=True) for lv in shown]
+            label = backbone_label(cell.backbone, cell.finetune)
+            lines.append(f"| {Path(name).name} | {cell.augmentation} | {label} | " + " | ".join(cells) + f" | {base} |")
     return "\n".join(lines)
 
 
-def comparison_tables(runs: dict[str, dict[str, Any]], width: int = 80) -> list[Table]:
+def comparison_tables(runs: dict[str, Run | dict[str, Any]], width: int = 80) -> list[Table]:
     """Several runs side by side, a column per (run, augmentation, backbone) and a row per level (its
     mean over the six attributes; held-out levels and P_val with their interval over people), split
     into as many tables as it takes to fit ``width`` columns without cutting a number."""
-    shown = shown_levels(lv for r in runs.values() for by_backbone in r["results"].values()
-                         for lvs in by_backbone.values() for lv in lvs)
+    runs = {name: Run.of(r) for name, r in runs.items()}
+    shown = shown_levels(lv for r in runs.values() for lv in r.levels_present())
     cells = []
-    for run, results in runs.items():
-        base = {lv: pct(results[key]["mean"]) for key, (_, lv) in BASELINES.items() if results.get(key)}
-        for aug, by_backbone in results["results"].items():
-            for name, levels in by_backbone.items():
-                values = [level_cell(levels.get(lv), lv) for lv in shown]
-                values += [base.get("P_test", "-"), base.get("P_test*", "-")]
-                cells.append((f"{Path(run).name}\n{aug}\n{_label(results, aug, name)}", values))
+    for name, run in runs.items():
+        base = {lv: pct(run.baselines[key]["mean"]) for key, (_, lv) in BASELINES.items() if run.baselines.get(key)}
+        for cell in run.cells:
+            values = [level_cell(cell.levels.get(lv), lv) for lv in shown]
+            values += [base.get("P_test", "-"), base.get("P_test*", "-")]
+            cells.append((f"{Path(name).name}\n{cell.augmentation}\n{backbone_label(cell.backbone, cell.finetune)}",
+                          values))
     labels = [SHORT_NAMES[lv] for lv in shown] + ["majority", "majority*"]
     per_table = max(1, (width - 16) // 15)  # a level column of ~15 characters, ~15 for each cell
     tables = []
