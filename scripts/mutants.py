@@ -3,7 +3,7 @@ that should catch it: a hand-written mutation test (issue 25). mutmut's thousand
 on 2 cores; these are the bugs a person would plausibly write, each of which moves a committed number.
 
     python scripts/mutants.py                  # every mutant: tests/test_numbers.py, then the older test files
-    python scripts/mutants.py --only prior_ignored --only leak_reads_a_prefix
+    python scripts/mutants.py --only prior_ignored --only leak_reads_a_prefix   # updates those rows of the file
 
 Each mutant is applied to a copy of the package in a temporary folder (the checkout is never changed); a mutant
 is caught when pytest fails (tests marked slow left out). Each mutant runs tests/test_numbers.py, and the test
@@ -187,6 +187,10 @@ def main() -> int:
                          "seconds": round(t1 + t2, 1)})
             print(f"{m.family:10} {m.name:34} older tests: {'caught' if before else 'MISSED':6}  "
                   f"test_numbers: {'caught' if new else 'MISSED':6} ({t1 + t2:.0f} s)", flush=True)
+    if args.out.is_file():  # a partial measurement (--only) updates its rows and keeps the others
+        kept = {r["name"]: r for r in json.loads(args.out.read_text())["rows"]}
+        kept.update({r["name"]: r for r in rows})
+        rows = [kept[m.name] for m in MUTANTS if m.name in kept]
     summary = {"mutants": len(rows), "caught_before": sum(r["caught_before"] for r in rows),
                "caught_by_new": sum(r["caught_by_new"] for r in rows),
                "caught_after": sum(r["caught_after"] for r in rows)}
