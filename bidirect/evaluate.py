@@ -52,7 +52,7 @@ from transformers import PreTrainedTokenizerFast
 from bidirect.config import LENGTH_RULES, EvalConfig
 from bidirect.data.generate import StudyData, first_bios
 from bidirect.data.templates import question_attribute
-from bidirect.results import ALL_LEVELS, ATTRIBUTES, INVERSE_LEVELS, RULE_LEVELS
+from bidirect.results import ALL_LEVELS, ATTRIBUTES, BASELINES, INVERSE_LEVELS, RULE_LEVELS
 from bidirect.tokenizer import answer_ids, decode_answer, qa_ids, question_ids, value_token_span
 
 
@@ -738,6 +738,6 @@ def majority_baseline(data: StudyData, tokenizer: PreTrainedTokenizerFast | None
 
 
 def majority_baselines(data: StudyData, tokenizer: PreTrainedTokenizerFast) -> dict[str, dict[str, float]]:
-    """Both baselines, under the keys results.json and the tables use."""
-    return {"majority_baseline": majority_baseline(data),
-            "majority_baseline_given_length": majority_baseline(data, tokenizer)}
+    """Both baselines, under the keys results.json and the tables use (`results.BASELINES`: plain, then told
+    the answer's length)."""
+    return dict(zip(BASELINES, (majority_baseline(data), majority_baseline(data, tokenizer)), strict=True))
