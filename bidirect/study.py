@@ -47,6 +47,15 @@ FULL_NAME = re.compile(r"\b[A-Z][a-zA-Z]+ [A-Z][a-zA-Z]+ [A-Z][a-zA-Z]+\b")  # f
 # --------------------------------------------------------------------------- data
 
 
+def tokenizer_corpus(data: StudyData) -> list[str]:
+    """What a study's tokenizer is trained on: every biography and the QA that fine-tuning trains on (P_train's,
+    inverse search's where the data has it). P_val's and P_test's QA never reach the tokenizer either."""
+    corpus = [t for aug in data.bios for t in data.bios[aug]["text"]]
+    for qa in [data.qa_train] + ([data.inverse_train] if data.inverse_train is not None else []):
+        corpus += [qa_text(q, a) for q, a in zip(qa["question"], qa["answer"])]
+    return corpus
+
+
 def prepare_data(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None = None):
     """Generate (or load, when already there) the data and the tokenizer of a study."""
     is_main = accelerator is None or accelerator.is_main_process
@@ -54,11 +63,7 @@ def prepare_data(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | Non
         rundir.check_fresh_data(run_dir)  # before minutes of generation: a data/ of someone else's is refused
         data = generate(cfg.data, cfg.augmentations(), cfg.seed)
         rundir.write_data(run_dir, data)
-        # P_test QA never reaches the tokenizer either: bios and P_train QA only.
-        corpus = [t for aug in data.bios for t in data.bios[aug]["text"]]
-        for qa in [data.qa_train] + ([data.inverse_train] if data.inverse_train is not None else []):
-            corpus += [qa_text(q, a) for q, a in zip(qa["question"], qa["answer"])]
-        tokenizer = train_tokenizer(corpus, cfg.tokenizer.kind, cfg.tokenizer.vocab_size)
+        tokenizer = train_tokenizer(tokenizer_corpus(data), cfg.tokenizer.kind, cfg.tokenizer.vocab_size)
         with disk_faults(run_dir):  # tokenizers reports a full disk as its own exception
             rundir.write_tokenizer(run_dir, tokenizer)
     if accelerator is not None:

@@ -28,7 +28,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from bidirect import rundir
-from bidirect.report.tables import LEVEL_NAMES, SHORT, markdown, pct, summary_markdown
+from bidirect.report.tables import LEVEL_NAMES, SHORT, markdown, pct, summary_markdown, with_interval
 from bidirect.results import ATTRIBUTES, HELD_OUT_LEVELS, INVERSE_LEVELS, LEVELS, Run, phase_mode
 from bidirect.rundir import (
     CAPACITY_FILE,
@@ -436,13 +436,6 @@ def compute_figure(title: str, points: list[dict[str, Any]], path: Path) -> Path
     return _save(fig, path)
 
 
-def _with_interval(level: tuple[float, float | None, float | None] | None) -> str:
-    if level is None:
-        return "-"
-    mean, low, high = level
-    return pct(mean) + (f" ({100 * low:.0f}-{100 * high:.0f})" if low is not None else "")
-
-
 def _compute_section(rows: list[dict[str, Any]], cells: list[Cell], keys: list[str], fig_dir: Path,
                      base: Path) -> list[str]:
     """Where cells record training FLOPs: each row's held-out accuracy beside its training cost (means over its
@@ -474,7 +467,8 @@ def _compute_section(rows: list[dict[str, Any]], cells: list[Cell], keys: list[s
         points.append({"label": label, "flops": flops, "tokens": tokens, "levels": levels})
         tied = row["levels"].get("name_tied", {}).get("mean", {}).get("mean")
         table.append(f"| {label} | {flops:.3g} | {tokens:,.0f} | {pct(tied)} | "
-                     f"{_with_interval(levels.get('qa_test'))} | {_with_interval(levels.get('inverse_test'))} |")
+                     f"{with_interval(*levels.get('qa_test', (None,)))} | "
+                     f"{with_interval(*levels.get('inverse_test', (None,)))} |")
     if not points:
         return []
     path = compute_figure("held-out accuracy against training compute", points, fig_dir / "compute.png")
