@@ -237,7 +237,7 @@ def foreign_entries(folder: Path, kind: Kind) -> list[str]:
 
 
 def is_summary(path: Path) -> bool:
-    """``path`` is a summary.json that `analysis.seeds` wrote (its keys), not a user's file of that name."""
+    """``path`` is a summary.json that `sweep.write_summary` wrote (its keys), not a user's file of that name."""
     summary = _read_json_regular(path)
     return isinstance(summary, dict) and {"rows", "pooled", "group_by", "axes"} <= set(summary)
 

@@ -39,7 +39,7 @@ from bidirect.objectives import IGNORE, encode_qa, make_objective, tokenize_bios
 from bidirect.results import Cell, Run, bio_phase, final_phase, phases, train_section
 from bidirect.rundir import RunDirError, RunFolder, read_results, read_tokenizer, require_run_dir, write_json_atomic
 from bidirect.tokenizer import qa_ids, qa_text, train_tokenizer
-from bidirect.trainer import TrainingError, check_batch, disk_faults, phase_done, train_phase
+from bidirect.trainer import TrainingError, disk_faults, micro_batch_size, phase_done, train_phase
 
 FULL_NAME = re.compile(r"\b[A-Z][a-zA-Z]+ [A-Z][a-zA-Z]+ [A-Z][a-zA-Z]+\b")  # first middle last
 
@@ -104,7 +104,8 @@ def preflight(cfg: StudyConfig, data: StudyData, tokenizer, processes: int) -> N
     for augmentation in [a.name for a in cfg.augmentations()]:
         for kind in dict.fromkeys(backbone_kind(b.name) for b in cfg.backbones):
             objective = make_objective(kind, tokenizer, cfg.model.context, cfg.masking, cfg.seed, cfg.causal)
-            streams = {phase: len(s) for phase, s in _streams(cfg, objective, data, tokenizer, augmentation).items()}
+            streams = training_streams(cfg, objective, data, tokenizer, augmentation)
+            streams = {phase: len(s) for phase, s in streams.items()}
             for backbone in cfg.backbones:
                 if backbone_kind(backbone.name) != kind:
                     continue
@@ -114,8 +115,8 @@ def preflight(cfg: StudyConfig, data: StudyData, tokenizer, processes: int) -> N
                     # overrides), else the study's phase.
                     where = f"backbones.{backbone.name}.{section}" if "batch_size" in getattr(backbone, section) \
                         else section
-                    check_batch(_phase_config(cfg, backbone, phase), examples, processes,
-                                f"the {phase} stream of {augmentation}/{backbone.name}", f"{where}.batch_size")
+                    micro_batch_size(_phase_config(cfg, backbone, phase), examples, processes,
+                                     f"the {phase} stream of {augmentation}/{backbone.name}", f"{where}.batch_size")
 
 
 def start_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None = None,
@@ -229,7 +230,7 @@ def leak_check(stream: Dataset | list[Dataset], tokenizer, data: StudyData) -> d
 # --------------------------------------------------------------------------- one cell
 
 
-def _streams(cfg: StudyConfig, objective, data: StudyData, tokenizer, augmentation: str) -> dict[str, Dataset]:
+def training_streams(cfg: StudyConfig, objective, data: StudyData, tokenizer, augmentation: str) -> dict[str, Dataset]:
     """The training streams of a protocol: name -> dataset of examples."""
     # Reversal keeps names and values whole; attribute-span masking masks values whole.
     values = objective.reverse or (objective.kind == "masked" and cfg.masking.span == "attribute")
@@ -258,7 +259,7 @@ def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmen
     kind = backbone_kind(backbone.name)
     run = RunFolder(run_dir)
     objective = make_objective(kind, tokenizer, cfg.model.context, cfg.masking, cfg.seed, cfg.causal)
-    streams = _streams(cfg, objective, data, tokenizer, augmentation)
+    streams = training_streams(cfg, objective, data, tokenizer, augmentation)
     guard = leak_check(list(streams.values()), tokenizer, data)  # every stream, bios included
     if guard["leaked"]:
         raise TrainingError(

@@ -559,7 +559,7 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
     lines += ["## Mean exact-match accuracy over the six attributes (%)", "", LEVELS_NOTE, "",
               summary_markdown(summary), ""]
 
-    # (a) per (other values, augmentation): bars of the means, 95% intervals as error bars
+    # Per attribute: per (other values, augmentation), bars of the means, 95% intervals as error bars
     by_panel: dict[str, dict[str, Any]] = {}
     for row in rows:
         key = json.dumps([row["values"], row["augmentation"]], sort_keys=True)
@@ -579,7 +579,7 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
                                errors=panel["errs"])
         lines += [f"![{title}]({_rel(path, base)})", ""]
 
-    # (c) QA P_test against the numeric swept values, or the seeds side by side
+    # Against the swept values: the levels against each numeric one, or the seeds side by side
     lines += ["## Against the swept values", ""]
     numeric = _numeric_axes(axes)
     for axis in numeric:
@@ -624,7 +624,7 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
     lines += _compute_section(rows, cells, keys, fig_dir, base)
     lines += _capacity_section(capacity, fig_dir, base)
 
-    # (b) loss curves of every cell
+    # Training: the loss curves of every cell
     curves = []
     for cell in cells:
         other = ",".join(f"{k}={value_label(cell.values[k])}" for k in keys)
