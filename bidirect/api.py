@@ -4,10 +4,11 @@
     results = bd.run("configs/quick.yaml", "runs/q", overrides=["pretrain.steps=400"])
     df = bd.results_frame("runs/q")            # one row per augmentation, backbone, level, attribute
     df[df.level == "qa_test"].pivot(index="backbone", columns="attribute", values="accuracy")
+    bd.sweep("configs/sweep_seeds.yaml", "runs/s")  # a grid of studies, the seeds pooled (summary.json)
     bd.sweep_frame("runs/example_sweep")       # the same for every cell of a sweep, its swept values as columns
     bd.ask("runs/q", "What is the birth city of Anya Briar Forger?")   # each trained model's answer
 
-`bidirect run` is `run` plus the printed table; `bidirect ask` is `ask`.
+`bidirect run` is `run` plus the printed table; `bidirect sweep` is `sweep` plus its table; `bidirect ask` is `ask`.
 """
 
 from __future__ import annotations
@@ -95,6 +96,25 @@ def run(config: str | Path | dict[str, Any] | StudyConfig | None, out: str | Pat
         return run_study(cfg, run_dir, accelerator, opened=opened)
 
 
+def sweep(config: str | Path | dict[str, Any], out: str | Path, force: bool = False,
+          pretrained_from: str | Path | None = None, console: Any = None) -> dict[str, Any] | None:
+    """Run a sweep into the folder ``out`` (the rules of `bidirect sweep`: every cell checked before the folder is
+    made, finished cells skipped, new values added; ``force`` replaces it) and return its summary.json as a dict
+    (None in the other processes of an `accelerate launch`). ``config``: a sweep file, or a mapping shaped like
+    one (a study plus ``sweep:``). ``pretrained_from``: a run folder whose finished pretraining every cell
+    reuses. ``console``: a rich Console for each cell's progress line."""
+    from bidirect import sweep as sweep_lib
+
+    quiet_libraries()
+    if isinstance(config, dict):
+        grid, source = sweep_lib.parse(config), Path("a mapping")
+    else:
+        grid, source = sweep_lib.load(config), Path(config)
+    return sweep_lib.run_sweep(grid, Path(out), source, force=force,
+                               pretrained_from=Path(pretrained_from) if pretrained_from is not None else None,
+                               console=console)
+
+
 def results_frame(run: str | Path | dict[str, Any] | Run) -> pd.DataFrame:
     """A run's results (its folder or its results.json as a dict) as one row per augmentation, backbone,
     level and attribute (the six and their ``mean``): accuracy, its 95% interval over people, and the
@@ -124,15 +144,15 @@ def results_frame(run: str | Path | dict[str, Any] | Run) -> pd.DataFrame:
 def sweep_frame(sweep_dir: str | Path) -> pd.DataFrame:
     """Every finished cell of a sweep folder as `results_frame` rows, with the cell's name and its
     swept values (one column per swept field) in front."""
-    from bidirect.analysis.seeds import read_cells
+    from bidirect.sweep import read_cells
 
     axes, cells = read_cells(Path(sweep_dir))
     frames = []
     for cell in cells:
-        frame = results_frame(cell["results"])
+        frame = results_frame(cell.run)
         for i, key in enumerate(axes):
-            frame.insert(i, key, [cell["values"].get(key)] * len(frame))
-        frame.insert(0, "cell", cell["name"])
+            frame.insert(i, key, [cell.values.get(key)] * len(frame))
+        frame.insert(0, "cell", cell.name)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 

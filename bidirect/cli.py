@@ -77,12 +77,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    from bidirect.analysis.seeds import aggregate, write_summary
+    from bidirect import sweep as sweep_lib
     from bidirect.report.tables import comparison_tables, print_results, runs_markdown, summary_table
-    from bidirect.rundir import RESULTS_FILE, RunFolder, read_results, writing
-    from bidirect.sweep import is_sweep_dir
+    from bidirect.results import Run
+    from bidirect.rundir import RESULTS_FILE, SUMMARY_FILE, RunFolder, read_results
 
-    sweeps = [Path(d) for d in args.run_dirs if is_sweep_dir(Path(d))]
+    sweeps = [Path(d) for d in args.run_dirs if sweep_lib.is_sweep_dir(Path(d))]
     for d in map(Path, args.run_dirs):
         # Only a sweep bidirect wrote pools its cells as seeds: a folder of unrelated runs is not one.
         if d not in sweeps and not RunFolder(d).results.exists() and any(d.glob(f"*/{RESULTS_FILE}")):
@@ -90,13 +90,11 @@ def cmd_summary(args: argparse.Namespace) -> None:
                               f"nor a sweep.yaml and sweep.json of one); to compare the runs in it: "
                               f"`bidirect summary {d}/*`")
     for sweep_dir in sweeps:
-        with writing(sweep_dir, "sweep"):  # summary.json is written under the sweep's lock
-            summary = aggregate(sweep_dir)
-            console.print(summary_table(summary))
-            console.print(f"summary: {write_summary(sweep_dir, summary)}")
-    runs = {d: read_results(Path(d)) for d in args.run_dirs if Path(d) not in sweeps}
+        console.print(summary_table(sweep_lib.summarize(sweep_dir)))
+        console.print(f"summary: {sweep_dir / SUMMARY_FILE}")
+    runs = {d: Run.from_json(read_results(Path(d))) for d in args.run_dirs if Path(d) not in sweeps}
     if args.backbone and runs:  # a name in no run left no rows, and the table code failed on none
-        have = list(dict.fromkeys(b for r in runs.values() for cells in r["results"].values() for b in cells))
+        have = list(dict.fromkeys(c.backbone for r in runs.values() for c in r.cells))
         for name in args.backbone:
             if name not in have:
                 raise ConfigError(f"--backbone {name}: not in {'this run' if len(runs) == 1 else 'these runs'} "
@@ -104,8 +102,8 @@ def cmd_summary(args: argparse.Namespace) -> None:
     if len(runs) == 1 and not sweeps:
         print_results(console, next(iter(runs.values())))
     if args.backbone:  # only these backbones' rows
-        runs = {d: {**r, "results": {aug: {b: lv for b, lv in cells.items() if b in args.backbone}
-                                     for aug, cells in r["results"].items()}} for d, r in runs.items()}
+        runs = {d: dataclasses.replace(r, cells=[c for c in r.cells if c.backbone in args.backbone])
+                for d, r in runs.items()}
     if runs and args.markdown:
         print(runs_markdown(runs))
     elif runs:
@@ -114,31 +112,14 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from bidirect import sweep as sweep_lib
-    from bidirect.analysis.seeds import aggregate, write_summary
+    from bidirect.api import sweep
     from bidirect.report.tables import summary_table
-    from bidirect.study import make_accelerator
+    from bidirect.rundir import SUMMARY_FILE
 
-    sweep = sweep_lib.load(args.config)  # every cell validated before anything is created
-    out = Path(args.out)
-    source = Path(args.pretrained_from) if args.pretrained_from else None
-    if source is not None:  # every cell checked before the sweep folder is made
-        from bidirect.study import check_reuse
-
-        for cell in sweep.cells:
-            check_reuse(cell.config, source)
-    accelerator = make_accelerator(sweep.cells[0].config, out)
-    if accelerator.is_main_process:
-        opened = sweep_lib.open_sweep_dir(out, sweep, Path(args.config), force=args.force)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:  # the same cells, read from what the main process wrote
-        opened = sweep_lib.open_sweep_dir(out, sweep, Path(args.config), write=False)
-    with contextlib.closing(opened.opened) if opened.opened is not None else contextlib.nullcontext():
-        sweep_lib.run_sweep(opened, out, accelerator, console, pretrained_from=source)
-        if accelerator.is_main_process:  # still under the sweep's lock
-            summary = aggregate(out)
-            console.print(summary_table(summary))
-            console.print(f"summary: {write_summary(out, summary)}")
+    summary = sweep(args.config, args.out, force=args.force, pretrained_from=args.pretrained_from, console=console)
+    if summary is not None:  # the main process
+        console.print(summary_table(summary))
+        console.print(f"summary: {Path(args.out) / SUMMARY_FILE}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:

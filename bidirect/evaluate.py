@@ -52,7 +52,7 @@ from transformers import PreTrainedTokenizerFast
 from bidirect.config import LENGTH_RULES, EvalConfig
 from bidirect.data.generate import StudyData, first_bios
 from bidirect.data.templates import question_attribute
-from bidirect.results import ALL_LEVELS, ATTRIBUTES, INVERSE_LEVELS, RULE_LEVELS
+from bidirect.results import ALL_LEVELS, ATTRIBUTES, BASELINES, INVERSE_LEVELS, RULE_LEVELS
 from bidirect.tokenizer import answer_ids, decode_answer, qa_ids, question_ids, value_token_span
 
 
@@ -332,8 +332,8 @@ def pad_rows(rows: Sequence[list[int]], pad: int, device: torch.device,
     return ids.to(device), attention.to(device)
 
 
-def forward(model, rows: Sequence[list[int]] | tuple[torch.Tensor, torch.Tensor], pad: int, device: torch.device,
-            **kwargs: Any) -> Any:
+def score_forward(model, rows: Sequence[list[int]] | tuple[torch.Tensor, torch.Tensor], pad: int,
+                  device: torch.device, **kwargs: Any) -> Any:
     """The one forward pass every reading of a trained model makes (evaluation, probes, capacity): rows right-padded
     (or already padded: ``pad_rows``'s ids and mask), masked, with positions counted from each row's first token as
     in training. ``kwargs`` go to the model (``output_hidden_states=True``)."""
@@ -348,13 +348,14 @@ def _argmax(model, rows: Sequence[list[int]], where: Sequence[list[int]], pad: i
     positions leave the device, in one transfer."""
     width = max(len(w) for w in where)
     index = torch.tensor([w + [w[-1]] * (width - len(w)) for w in where], device=device)  # repeat to a rectangle
-    logits = forward(model, rows, pad, device).logits
+    logits = score_forward(model, rows, pad, device).logits
     read = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1])).float().log_softmax(-1).max(-1)
     tokens, logp = read.indices.tolist(), read.values.tolist()
     return [t[: len(w)] for t, w in zip(tokens, where)], [p[: len(w)] for p, w in zip(logp, where)]
 
 
-def _read(model, items: list[Item], pad: int, device: torch.device, fill: str) -> tuple[list[list[int]], list[float]]:
+def read_masks(model, items: list[Item], pad: int, device: torch.device,
+               fill: str) -> tuple[list[list[int]], list[float]]:
     """The model's tokens at each item's read positions, and their mean log-probability. ``fill``: every position
     in one pass (``one_pass``), or one pass per position, each committing its argmax so that the later ones are
     predicted knowing it: the first still-masked position (``left_to_right``), or the one the model is surest of
@@ -384,13 +385,13 @@ def _with_length(item: Item, length: int, mask: int) -> Item:
     return replace(item, ids=item.ids[:q] + [mask] * length + tail, where=list(range(q, q + length)))
 
 
-def _candidates(model, items: list[Item], mask: int, pad: int, device: torch.device, fill: str,
-                longest: int) -> list[list[tuple[float, list[int]]]]:
+def length_candidates(model, items: list[Item], mask: int, pad: int, device: torch.device, fill: str,
+                      longest: int) -> list[list[tuple[float, list[int]]]]:
     """Masked QA without the answer's length: per item, for every length from 1 to ``longest``, the filled
     tokens and their mean log-probability (what the ``free`` and ``prior`` rules choose from)."""
     out: list[list[tuple[float, list[int]]]] = [[] for _ in items]
     for length in range(1, longest + 1):
-        got, score = _read(model, [_with_length(it, length, mask) for it in items], pad, device, fill)
+        got, score = read_masks(model, [_with_length(it, length, mask) for it in items], pad, device, fill)
         for i, (tokens, s) in enumerate(zip(got, score, strict=True)):
             out[i].append((s, tokens))
     return out
@@ -414,8 +415,8 @@ def read_window(tokens: list[int], eos: int) -> list[int]:
     return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
 
 
-def _generate(model, tokenizer: PreTrainedTokenizerFast, items: list[Item], num_beams: int,
-              device: torch.device) -> list[list[int]]:
+def generate_answers(model, tokenizer: PreTrainedTokenizerFast, items: list[Item], num_beams: int,
+                     device: torch.device) -> list[list[int]]:
     """Causal decoding from each question; the new tokens up to and with the first eos."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     ids, attention = pad_rows([it.ids[: it.where[0] + 1] for it in items], pad, device, left=True)
@@ -431,10 +432,10 @@ def _batches(items: list[Item], batch_size: int, show: bool, label: str) -> Iter
     yield from track(batches, description=label, transient=True) if show and len(batches) > 1 else batches
 
 
-def _score(model, kind: str, tokenizer: PreTrainedTokenizerFast, items: list[Item], qa: bool, rule: str | None,
-           cfg: EvalConfig, device: torch.device, show: bool, label: str, longest: int = 0,
-           prior: dict[int, dict[int, float]] | None = None,
-           cache: dict[int, list] | None = None) -> tuple[list[bool], list[int | None]]:
+def score_items(model, kind: str, tokenizer: PreTrainedTokenizerFast, items: list[Item], qa: bool, rule: str | None,
+                cfg: EvalConfig, device: torch.device, show: bool, label: str, longest: int = 0,
+                prior: dict[int, dict[int, float]] | None = None,
+                cache: dict[int, list] | None = None) -> tuple[list[bool], list[int | None]]:
     """Per item: right or wrong, and the length in tokens of the answer the model gave (None where not read).
     ``rule``: for masked QA (``qa``) the answer-length rule (`LENGTH_RULES`). ``cache``
     keeps each item's candidate fills (by its index in ``items``), which ``free`` and ``prior`` share."""
@@ -448,26 +449,26 @@ def _score(model, kind: str, tokenizer: PreTrainedTokenizerFast, items: list[Ite
     for batch in _batches(items, cfg.batch_size, show, label):
         its = [items[i] for i in batch]
         if kind == "causal" and qa and cfg.num_beams > 1:
-            got = _generate(model, tokenizer, its, cfg.num_beams, device)
+            got = generate_answers(model, tokenizer, its, cfg.num_beams, device)
             ok = [g[-1:] == [eos] and decode_answer(tokenizer, g) == it.answer for g, it in zip(got, its, strict=True)]
         elif rule in ("free", "prior"):
             todo = [i for i in batch if i not in cache]
             if todo:
-                found = _candidates(model, [items[i] for i in todo], tokenizer.mask_token_id, pad, device, fill,
-                                    longest)
+                found = length_candidates(model, [items[i] for i in todo], tokenizer.mask_token_id, pad, device,
+                                          fill, longest)
                 cache.update(zip(todo, found, strict=True))
             got = [choose_length(cache[i], prior.get(items[i].attribute, {}) if rule == "prior" else None)
                    for i in batch]
             ok = [g == it.want for g, it in zip(got, its, strict=True)]
         elif rule == "window":
-            got = [read_window(g, eos) for g in _read(model, its, pad, device, fill)[0]]
+            got = [read_window(g, eos) for g in read_masks(model, its, pad, device, fill)[0]]
             ok = [g == it.want for g, it in zip(got, its, strict=True)]
             got = [g[:-1] if g[-1:] == [eos] else None for g in got]  # no end-of-text: no length chosen
         elif rule == "given" and its[0].want[-1:] == [eos]:  # a window model told the length: stop not asked
-            got = [g[: it.tokens] for g, it in zip(_read(model, its, pad, device, fill)[0], its, strict=True)]
+            got = [g[: it.tokens] for g, it in zip(read_masks(model, its, pad, device, fill)[0], its, strict=True)]
             ok = [g == it.want[:-1] for g, it in zip(got, its, strict=True)]
         else:
-            got = _read(model, its, pad, device, fill)[0]
+            got = read_masks(model, its, pad, device, fill)[0]
             ok = [g == it.want for g, it in zip(got, its, strict=True)]
         for i, c, g in zip(batch, ok, got, strict=True):
             correct[i] = c
@@ -651,8 +652,9 @@ def evaluate_model(model, kind: str, tokenizer: PreTrainedTokenizerFast, data: S
                 if split:
                     with accelerator.split_between_processes(mine) as share:
                         mine = list(share)
-                correct, lengths = _score(model, kind, tokenizer, [items[i] for i in mine], qa, rule, cfg, device,
-                                          main, f"eval {level}", longest, prior, candidates.setdefault(qa_set, {}))
+                correct, lengths = score_items(model, kind, tokenizer, [items[i] for i in mine], qa, rule, cfg,
+                                               device, main, f"eval {level}", longest, prior,
+                                               candidates.setdefault(qa_set, {}))
                 pairs = list(zip(mine, zip(correct, lengths, strict=True), strict=True))
                 done = dict(gather_object(pairs) if split else pairs)  # a dict: an index counts once
                 if sorted(done) != list(range(len(items))):
@@ -674,7 +676,7 @@ def answer_questions(model, kind: str, tokenizer: PreTrainedTokenizerFast, data:
     """Each question's answer as the evaluator decodes it, where no answer is known to score (`bidirect ask`).
     Causal: greedy (eval.num_beams beams: beam search) until end-of-text, at most one token past the longest P_train
     answer; the evaluator's teacher-forced exact match is this greedy decoding, scored. Masked: the masks filled by
-    eval.fill and the length chosen by eval.masked_length, as `_score` does; with ``length``, told the length (the
+    eval.fill and the length chosen by eval.masked_length, as `score_items` does; with ``length``, told the length (the
     ``given`` rule). ``answer``: how the model was fine-tuned (masking.answer). The prior rule reads the attribute
     from the question's form (`question_attribute`); one in no form of the study gets no prior (an empty answer)."""
     device = next(model.parameters()).device
@@ -688,12 +690,12 @@ def answer_questions(model, kind: str, tokenizer: PreTrainedTokenizerFast, data:
     try:
         with torch.no_grad():
             if kind == "causal":  # want: only its length is read, the most new tokens
-                got = _generate(model, tokenizer, [Item(q, [len(q) - 1], [eos] * (longest + 1), -1) for q in asked],
-                                cfg.num_beams, device)
+                asking = [Item(q, [len(q) - 1], [eos] * (longest + 1), -1) for q in asked]
+                got = generate_answers(model, tokenizer, asking, cfg.num_beams, device)
             elif answer == "window":  # a window of masks one longer than any answer, as fine-tuned (`level_items`)
                 items = [Item(q + [mask] * (longest + 1), list(range(len(q), len(q) + longest + 1)), [], -1)
                          for q in asked]
-                read = _read(model, items, pad, device, cfg.fill)[0]
+                read = read_masks(model, items, pad, device, cfg.fill)[0]
                 got = [g[:length] for g in read] if rule == "given" else [read_window(g, eos) for g in read]
             else:
                 n = length or 1  # free and prior try every length (`_with_length`)
@@ -701,10 +703,10 @@ def answer_questions(model, kind: str, tokenizer: PreTrainedTokenizerFast, data:
                 items = [Item(q + [mask] * n + [eos], list(range(len(q), len(q) + n)), [],
                               ATTRIBUTES.index(a) if a in ATTRIBUTES else -1) for q, a in zip(asked, attributes)]
                 if rule == "given":
-                    got = _read(model, items, pad, device, cfg.fill)[0]
+                    got = read_masks(model, items, pad, device, cfg.fill)[0]
                 else:
                     prior = _length_prior(answers) if rule == "prior" else None
-                    found = _candidates(model, items, mask, pad, device, cfg.fill, longest)
+                    found = length_candidates(model, items, mask, pad, device, cfg.fill, longest)
                     got = [choose_length(c, None if prior is None else {} if a is None else prior.get(it.attribute, {}))
                            for c, it, a in zip(found, items, attributes, strict=True)]
     finally:
@@ -738,6 +740,6 @@ def majority_baseline(data: StudyData, tokenizer: PreTrainedTokenizerFast | None
 
 
 def majority_baselines(data: StudyData, tokenizer: PreTrainedTokenizerFast) -> dict[str, dict[str, float]]:
-    """Both baselines, under the keys results.json and the tables use."""
-    return {"majority_baseline": majority_baseline(data),
-            "majority_baseline_given_length": majority_baseline(data, tokenizer)}
+    """Both baselines, under the keys results.json and the tables use (`results.BASELINES`: plain, then told
+    the answer's length)."""
+    return dict(zip(BASELINES, (majority_baseline(data), majority_baseline(data, tokenizer)), strict=True))

@@ -25,7 +25,7 @@ from typing import Any
 
 from bidirect import config as config_lib
 from bidirect.config import StudyConfig, shown
-from bidirect.results import phases
+from bidirect.results import Run, phases
 from bidirect.rundir import CONFIG_FILE, FILES_SHA_FILE, MODEL_CARD_FILE, RESULTS_FILE, RunDirError, RunFolder
 
 DATA_SHA = "sha256"  # data/'s content hash (bidirect.data.generate.DATA_SHA), which results.json records
@@ -82,11 +82,12 @@ def check_manifest(folder: Path, what: str, advice: str) -> None:
         raise RunDirError(f"{folder / extra[0]}: not part of {what} as it was written (not in {manifest}); {advice}")
 
 
-def check_results(run_dir: Path, cfg: StudyConfig, results: dict[str, Any]) -> None:
+def check_results(run_dir: Path, cfg: StudyConfig, results: Run | dict[str, Any]) -> None:
     """``run_dir``'s config.yaml (loaded as ``cfg``) and data/ are those its results.json was made with: the config
-    it recorded, and ``data_sha256``. Results files without them (older versions) are not checked."""
+    it recorded, and the data's hash. Results files without them (older versions) are not checked."""
     run = RunFolder(run_dir)
-    recorded = results.get("config")
+    results = Run.of(results)
+    recorded = results.config
     if isinstance(recorded, dict):
         key = _differs(config_lib.migrate_saved(recorded), cfg.to_dict(), "")
         if key is not None:
@@ -95,7 +96,7 @@ def check_results(run_dir: Path, cfg: StudyConfig, results: dict[str, Any]) -> N
                 f" in {CONFIG_FILE}, {shown(_at(recorded, key), 30)} in {RESULTS_FILE}); put back the {CONFIG_FILE} "
                 "this run was made with, or start a new run folder with the new config"
             )
-    expected = results.get("data_sha256")
+    expected = results.data_sha256
     path = run.data / DATA_SHA
     if isinstance(expected, str) and path.is_file():
         actual = (path.read_text(errors="replace").split() or [""])[0]

@@ -121,6 +121,11 @@ class Run:
             groups.setdefault(c.augmentation, []).append(c)
         return groups
 
+    @property
+    def majority(self) -> dict[str, float]:
+        """The plain majority baseline (each attribute's accuracy and ``mean``); empty where the file has none."""
+        return self.baselines.get(BASELINES[0]) or {}
+
     def levels_present(self) -> set[str]:
         return {lv for c in self.cells for lv in c.levels}
 
@@ -174,6 +179,14 @@ class Run:
                "config": self.config, "torch_threads": self.torch_threads, "wall_seconds": self.wall_seconds,
                "paired": self.paired}
         return {**{k: v for k, v in out.items() if v is not None}, **self.extra}
+
+
+def run_or_none(value: Any) -> Run | None:
+    """A parsed JSON value as a Run, or None where it is not a results.json as bidirect writes it
+    (`shape_error`): for readers that decide what a file is rather than refuse it."""
+    if not isinstance(value, dict) or "results" not in value or shape_error(value) is not None:
+        return None
+    return Run.from_json(value)
 
 
 def shape_error(results: dict[str, Any]) -> str | None:

@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 from bidirect import config as config_lib
 from bidirect.config import StudyConfig
-from bidirect.results import shape_error
+from bidirect.results import run_or_none, shape_error
 
 MARKER = ".bidirect"
 Kind = Literal["run", "sweep"]
@@ -164,11 +164,10 @@ def legacy_why_not(folder: Path, kind: Kind) -> str | None:
     if kind == "run":
         if read_regular(folder / CONFIG_FILE, 0) is None or read_regular(folder / RESULTS_FILE, 0) is None:
             return f"no {CONFIG_FILE} and {RESULTS_FILE} as regular files"
-        results = _read_json_regular(folder / RESULTS_FILE)
-        if not isinstance(results, dict) or not isinstance(results.get("results"), dict) \
-                or not isinstance(results.get("config"), dict):
+        results = run_or_none(_read_json_regular(folder / RESULTS_FILE))
+        if results is None or not isinstance(results.config, dict):
             return f"its {RESULTS_FILE} is not a bidirect results file (results and config)"
-        if not _same_config(folder / CONFIG_FILE, results["config"]):
+        if not _same_config(folder / CONFIG_FILE, results.config):
             return f"its {RESULTS_FILE} does not record the config in {CONFIG_FILE}"
         return None
     if read_regular(folder / SWEEP_FILE, 0) is None or read_regular(folder / MANIFEST_FILE, 0) is None:
@@ -238,7 +237,7 @@ def foreign_entries(folder: Path, kind: Kind) -> list[str]:
 
 
 def is_summary(path: Path) -> bool:
-    """``path`` is a summary.json that `analysis.seeds` wrote (its keys), not a user's file of that name."""
+    """``path`` is a summary.json that `sweep.write_summary` wrote (its keys), not a user's file of that name."""
     summary = _read_json_regular(path)
     return isinstance(summary, dict) and {"rows", "pooled", "group_by", "axes"} <= set(summary)
 

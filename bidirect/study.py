@@ -39,12 +39,21 @@ from bidirect.objectives import IGNORE, encode_qa, make_objective, tokenize_bios
 from bidirect.results import Cell, Run, bio_phase, final_phase, phases, train_section
 from bidirect.rundir import RunDirError, RunFolder, read_results, read_tokenizer, require_run_dir, write_json_atomic
 from bidirect.tokenizer import qa_ids, qa_text, train_tokenizer
-from bidirect.trainer import TrainingError, check_batch, disk_faults, phase_done, train_phase
+from bidirect.trainer import TrainingError, disk_faults, micro_batch_size, phase_done, train_phase
 
 FULL_NAME = re.compile(r"\b[A-Z][a-zA-Z]+ [A-Z][a-zA-Z]+ [A-Z][a-zA-Z]+\b")  # first middle last
 
 
 # --------------------------------------------------------------------------- data
+
+
+def tokenizer_corpus(data: StudyData) -> list[str]:
+    """What a study's tokenizer is trained on: every biography and the QA that fine-tuning trains on (P_train's,
+    inverse search's where the data has it). P_val's and P_test's QA never reach the tokenizer either."""
+    corpus = [t for aug in data.bios for t in data.bios[aug]["text"]]
+    for qa in [data.qa_train] + ([data.inverse_train] if data.inverse_train is not None else []):
+        corpus += [qa_text(q, a) for q, a in zip(qa["question"], qa["answer"])]
+    return corpus
 
 
 def prepare_data(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None = None):
@@ -54,11 +63,7 @@ def prepare_data(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | Non
         rundir.check_fresh_data(run_dir)  # before minutes of generation: a data/ of someone else's is refused
         data = generate(cfg.data, cfg.augmentations(), cfg.seed)
         rundir.write_data(run_dir, data)
-        # P_test QA never reaches the tokenizer either: bios and P_train QA only.
-        corpus = [t for aug in data.bios for t in data.bios[aug]["text"]]
-        for qa in [data.qa_train] + ([data.inverse_train] if data.inverse_train is not None else []):
-            corpus += [qa_text(q, a) for q, a in zip(qa["question"], qa["answer"])]
-        tokenizer = train_tokenizer(corpus, cfg.tokenizer.kind, cfg.tokenizer.vocab_size)
+        tokenizer = train_tokenizer(tokenizer_corpus(data), cfg.tokenizer.kind, cfg.tokenizer.vocab_size)
         with disk_faults(run_dir):  # tokenizers reports a full disk as its own exception
             rundir.write_tokenizer(run_dir, tokenizer)
     if accelerator is not None:
@@ -99,7 +104,8 @@ def preflight(cfg: StudyConfig, data: StudyData, tokenizer, processes: int) -> N
     for augmentation in [a.name for a in cfg.augmentations()]:
         for kind in dict.fromkeys(backbone_kind(b.name) for b in cfg.backbones):
             objective = make_objective(kind, tokenizer, cfg.model.context, cfg.masking, cfg.seed, cfg.causal)
-            streams = {phase: len(s) for phase, s in _streams(cfg, objective, data, tokenizer, augmentation).items()}
+            streams = training_streams(cfg, objective, data, tokenizer, augmentation)
+            streams = {phase: len(s) for phase, s in streams.items()}
             for backbone in cfg.backbones:
                 if backbone_kind(backbone.name) != kind:
                     continue
@@ -109,8 +115,8 @@ def preflight(cfg: StudyConfig, data: StudyData, tokenizer, processes: int) -> N
                     # overrides), else the study's phase.
                     where = f"backbones.{backbone.name}.{section}" if "batch_size" in getattr(backbone, section) \
                         else section
-                    check_batch(_phase_config(cfg, backbone, phase), examples, processes,
-                                f"the {phase} stream of {augmentation}/{backbone.name}", f"{where}.batch_size")
+                    micro_batch_size(_phase_config(cfg, backbone, phase), examples, processes,
+                                     f"the {phase} stream of {augmentation}/{backbone.name}", f"{where}.batch_size")
 
 
 def start_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None = None,
@@ -224,7 +230,7 @@ def leak_check(stream: Dataset | list[Dataset], tokenizer, data: StudyData) -> d
 # --------------------------------------------------------------------------- one cell
 
 
-def _streams(cfg: StudyConfig, objective, data: StudyData, tokenizer, augmentation: str) -> dict[str, Dataset]:
+def training_streams(cfg: StudyConfig, objective, data: StudyData, tokenizer, augmentation: str) -> dict[str, Dataset]:
     """The training streams of a protocol: name -> dataset of examples."""
     # Reversal keeps names and values whole; attribute-span masking masks values whole.
     values = objective.reverse or (objective.kind == "masked" and cfg.masking.span == "attribute")
@@ -253,7 +259,7 @@ def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmen
     kind = backbone_kind(backbone.name)
     run = RunFolder(run_dir)
     objective = make_objective(kind, tokenizer, cfg.model.context, cfg.masking, cfg.seed, cfg.causal)
-    streams = _streams(cfg, objective, data, tokenizer, augmentation)
+    streams = training_streams(cfg, objective, data, tokenizer, augmentation)
     guard = leak_check(list(streams.values()), tokenizer, data)  # every stream, bios included
     if guard["leaked"]:
         raise TrainingError(

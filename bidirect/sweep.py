@@ -17,8 +17,9 @@ together (a matched grid: each objective with its own backbone and masking)::
 
 The cell is named by the variant (``objective=mlm-u``) and the axis's values are the names.
 
-`bidirect sweep FILE --out DIR` runs the cartesian product, each combination ("cell") as an
-ordinary run folder ``DIR/<cell name>/`` named from its values (``seed=1,pretrain.steps=200``).
+`bidirect sweep FILE --out DIR` (`run_sweep`; `bidirect.api.sweep` from Python) runs the cartesian product,
+each combination ("cell") as an ordinary run folder ``DIR/<cell name>/`` named from its values
+(``seed=1,pretrain.steps=200``).
 Every cell is built and validated with the study's own loader before anything runs, so a bad
 key or value stops the sweep with one error that names it. A second invocation skips finished
 cells and resumes an unfinished one from its checkpoints (the run folder's own resume);
@@ -30,12 +31,16 @@ Layout::
     DIR/sweep.yaml           the sweep file as given (study + sweep:)
     DIR/sweep.json           the axes and every cell's name and values
     DIR/<cell>/              a run folder (config.yaml, results.json, models/ ...)
-    DIR/summary.json         analysis.seeds.aggregate: per (other values, augmentation, backbone),
-                             mean and 95% t-interval over seeds of every level and attribute
+    DIR/summary.json         `aggregate` (`analysis.seeds.pool`): per (other values, augmentation,
+                             backbone), mean and 95% t-interval over seeds of every level and attribute
+
+This module owns a sweep from its file to its summary: parse, open, run, read the finished cells, pool
+them and write summary.json (`summarize`). The report only presents what `aggregate` returns.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
@@ -48,33 +53,39 @@ from typing import Any
 import yaml
 
 from bidirect import rundir
+from bidirect.analysis.seeds import INTERVAL, SEED, pool
 from bidirect.config import (
     ConfigError,
     StudyConfig,
     check_key,
+    dotted,
     from_dict,
     read_yaml,
     set_path,
     shown,
 )
+from bidirect.results import Run, run_or_none
 from bidirect.rundir import (
     MANIFEST_FILE,
+    RESULTS_FILE,
+    SUMMARY_FILE,
     SWEEP_FILE,
     RunDirError,
     RunFolder,
+    is_summary,
     open_run_dir,
     read_json,
+    read_results,
     write_json_atomic,
 )
-
-SEED = "seed"  # the axis pooled by `aggregate`
 
 
 @dataclass
 class Cell:
     name: str
     values: dict[str, Any]  # dotted path -> value
-    config: StudyConfig | None = None
+    config: StudyConfig | None = None  # set where the sweep file lists the cell (it can run)
+    run: Run | None = None  # set where the cell's results were read (`read_cells`)
 
 
 @dataclass
@@ -253,10 +264,11 @@ def cell_finished(run_dir: Path, cfg: StudyConfig) -> bool:
     if not path.is_file():
         return False
     try:
-        results = json.loads(path.read_text()).get("results", {})
+        run = run_or_none(json.loads(path.read_text()))
     except json.JSONDecodeError:
         return False
-    return all(backbone.name in results.get(aug.name, {}) for aug in cfg.augmentations() for backbone in cfg.backbones)
+    return run is not None and all(run.cell(aug.name, backbone.name) is not None
+                                   for aug in cfg.augmentations() for backbone in cfg.backbones)
 
 
 def open_sweep_dir(out: Path, sweep: Sweep, source: Path, force: bool = False, write: bool = True) -> Sweep:
@@ -334,15 +346,40 @@ def _merge_old(out: Path, sweep: Sweep) -> Sweep:
     return sweep
 
 
-def run_sweep(sweep: Sweep, out: Path, accelerator=None, console=None, pretrained_from: Path | None = None) -> None:
-    """Every cell of ``sweep`` in order, skipping finished ones (`analysis.seeds.aggregate` pools them after).
-    Cells of an earlier invocation that this sweep file no longer lists are kept, not run. ``pretrained_from``: a
-    run whose finished pretraining every new cell starts from (`study.reuse_pretraining`, which checks each cell; a
-    grid of fine-tuning or evaluation choices). `bidirect sweep` checks every cell before the sweep folder is made."""
-    from bidirect.study import make_accelerator, reuse_pretraining, run_study
+def run_sweep(sweep: Sweep, out: Path, source: Path, force: bool = False, pretrained_from: Path | None = None,
+              console=None) -> dict[str, Any] | None:
+    """Run ``sweep`` (read from ``source``) into the folder ``out``, then pool its seeds: the folder opened
+    (`open_sweep_dir`), every cell run in order, finished ones skipped, and summary.json written under the
+    folder's lock. Returns the summary in the main process (None in the others of an `accelerate launch`).
+    ``pretrained_from``: a run whose finished pretraining every new cell starts from (`study.reuse_pretraining`;
+    a grid of fine-tuning or evaluation choices), each cell checked before the sweep folder is made.
+    ``console``: where each cell's progress line goes."""
+    from bidirect.study import check_reuse, make_accelerator
+
+    if pretrained_from is not None:  # a refusal changes nothing
+        for cell in sweep.cells:
+            check_reuse(cell.config, pretrained_from)
+    accelerator = make_accelerator(sweep.cells[0].config, out)
+    # The main process writes and locks the folder; the others read the same cells from what it wrote.
+    opened = open_sweep_dir(out, sweep, source, force=force) if accelerator.is_main_process else None
+    accelerator.wait_for_everyone()
+    if opened is None:
+        opened = open_sweep_dir(out, sweep, source, write=False)
+    with contextlib.closing(opened.opened) if opened.opened is not None else contextlib.nullcontext():
+        _run_cells(opened, out, accelerator, console, pretrained_from)
+        if not accelerator.is_main_process:
+            return None
+        summary = aggregate(out)  # still under the sweep's lock
+        write_summary(out, summary)
+        return summary
+
+
+def _run_cells(sweep: Sweep, out: Path, accelerator, console, pretrained_from: Path | None) -> None:
+    """Every cell of ``sweep`` in order, skipping finished ones. Cells of an earlier invocation that this sweep
+    file no longer lists are kept, not run."""
+    from bidirect.study import reuse_pretraining, run_study
 
     cells = [c for c in sweep.cells if c.config is not None]
-    accelerator = accelerator or make_accelerator(cells[0].config, out)
     # After --force the old sweep folder waits aside until a cell passes its checks (study.start_study).
     replaced = sweep.opened if sweep.opened is not None and sweep.opened.aside is not None else None
     for i, cell in enumerate(cells, 1):
@@ -363,3 +400,61 @@ def run_sweep(sweep: Sweep, out: Path, accelerator=None, console=None, pretraine
             if opened is not None:
                 opened.close()
         replaced = None
+
+
+# --------------------------------------------------------------------------- the summary
+
+
+def read_cells(sweep_dir: Path) -> tuple[dict[str, list], list[Cell]]:
+    """(axes, the finished cells with their values and results) of a sweep folder. Without sweep.json the axes
+    are the config fields whose values differ between the run folders."""
+    if not sweep_dir.is_dir():
+        raise RunDirError(f"{sweep_dir}: no such folder")
+    manifest = sweep_dir / MANIFEST_FILE
+    if manifest.is_file():
+        meta = read_manifest(manifest, "put back a good copy, or delete it: the run folders' own configs then say "
+                             "what was swept")
+        axes = meta["axes"]
+        found = [Cell(c["name"], c["values"], run=Run.from_json(read_results(sweep_dir / c["name"])))
+                 for c in meta["cells"] if RunFolder(sweep_dir / c["name"]).results.is_file()]
+    else:
+        runs = {p.parent.name: Run.from_json(read_results(p.parent))
+                for p in sorted(sweep_dir.glob(f"*/{RESULTS_FILE}"))}
+        flat = {name: {k: json.dumps(v, sort_keys=True) for k, v in dotted(r.config or {}).items()}
+                for name, r in runs.items()}
+        keys = sorted({k for f in flat.values() for k in f})
+        varied = [k for k in keys if len({f.get(k) for f in flat.values()}) > 1]
+        axes = {k: sorted({f.get(k) for f in flat.values()}, key=str) for k in varied}
+        axes = {k: [json.loads(v) for v in vs] for k, vs in axes.items()}
+        found = [Cell(name, {k: json.loads(flat[name][k]) for k in varied}, run=r) for name, r in runs.items()]
+    if not found:
+        raise RunDirError(f"{sweep_dir}: no finished cell yet (no */results.json); run the sweep first")
+    return axes, found
+
+
+def aggregate(sweep_dir: Path) -> dict[str, Any]:
+    """The seeds of a sweep folder pooled (`analysis.seeds.pool`): what summary.json holds."""
+    axes, cells = read_cells(sweep_dir)
+    group_keys = [k for k in axes if k != SEED]
+    rows = pool(((c.name, c.values, c.run) for c in cells), group_keys)
+    return {"sweep_dir": str(sweep_dir), "axes": axes, "group_by": group_keys, "pooled": SEED, "interval": INTERVAL,
+            "rows": rows}
+
+
+def write_summary(sweep_dir: Path, summary: dict[str, Any]) -> Path:
+    """Write the sweep's summary.json; one that is not a summary bidirect wrote (a user's file of that name)
+    is refused, not overwritten. The caller holds the sweep's lock (`rundir.writing`)."""
+    path = sweep_dir / SUMMARY_FILE
+    if (path.exists() or path.is_symlink()) and not is_summary(path):
+        raise RunDirError(f"{path}: not a summary bidirect wrote; bidirect will not overwrite it. Move it away, then "
+                          "run the same command again.")
+    write_json_atomic(path, summary)
+    return path
+
+
+def summarize(sweep_dir: Path) -> dict[str, Any]:
+    """Pool a sweep folder's seeds and write its summary.json, under the folder's lock (`bidirect summary`)."""
+    with rundir.writing(sweep_dir, "sweep"):
+        summary = aggregate(sweep_dir)
+        write_summary(sweep_dir, summary)
+    return summary

@@ -67,7 +67,7 @@ class PhaseSummary:
     # counted, a phase of an older version); with models.flops_per_token, the phase's training FLOPs
 
 
-def check_batch(cfg: TrainConfig, examples: int, processes: int, name: str, where: str = "batch_size") -> int:
+def micro_batch_size(cfg: TrainConfig, examples: int, processes: int, name: str, where: str = "batch_size") -> int:
     """The micro-batch per process for ``cfg``; a `ConfigError` naming ``where`` (the field as the user
     wrote it) when the stream of ``examples`` cannot fill one step. Run before anything is trained."""
     if cfg.batch_size % (cfg.grad_accum * processes):
@@ -228,7 +228,7 @@ def train_step(model: torch.nn.Module, micro_batches: list[dict[str, torch.Tenso
     return accelerator.reduce(loss_total, "sum"), num_items, count
 
 
-class _Unread:
+class PendingLosses:
     """The losses of the steps since the last logging step, still on the device, with each step's example
     indices: read at logging steps and before a checkpoint, so a non-finite loss is found without making the
     host wait at every step, and never saved into a checkpoint."""
@@ -288,7 +288,7 @@ def train_phase(
     if fsdp and finalize is not None:
         raise TrainingError(f"{name}: LoRA fine-tuning under FSDP is not supported (merging needs the whole model); "
                             "fine-tune without FSDP, e.g. one process or DDP")
-    micro = check_batch(cfg, len(stream), accelerator.num_processes, name)  # study.preflight checked it too
+    micro = micro_batch_size(cfg, len(stream), accelerator.num_processes, name)  # study.preflight checked it too
 
     accelerator.gradient_accumulation_steps = cfg.grad_accum
     # The seedable sampler takes its seed from the global RNG when the loader is prepared:
@@ -314,7 +314,7 @@ def train_phase(
     step = state["step"]
     source = _micro_batches(loader, collate, accelerator, consumed=step * cfg.grad_accum)
     model.train()
-    unread, loss_value, rate = _Unread(), float("nan"), 0.0
+    unread, loss_value, rate = PendingLosses(), float("nan"), 0.0
     with _Progress(name, cfg.steps, step, state["seconds"], out_dir / LOG_FILE, accelerator) as progress, \
             head if head is not None else contextlib.nullcontext():
         while step < cfg.steps:

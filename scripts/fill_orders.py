@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bidirect.analysis.cells import read_cell
 from bidirect.evaluate import evaluate_model
+from bidirect.report.tables import with_interval
 
 FILLS = ("one_pass", "left_to_right", "confidence")
 # those the run has; P_val to choose a fill order on, P_test to report it
@@ -39,8 +40,7 @@ def main(run: Path, augmentation: str | None, backbone: str) -> dict:
 
 
 def _cell(level: dict) -> str:
-    lo, hi = level["ci95"]["mean"]
-    return f"{100 * level['mean']:.1f} ({100 * lo:.0f}-{100 * hi:.0f})"
+    return with_interval(level["mean"], *level["ci95"]["mean"])
 
 
 def _split(level: dict) -> str:

@@ -61,9 +61,9 @@ MUTANTS = [
              "items.append(Item(q + ans + [eos], list(range(len(q) - 1, len(q) + len(ans) - 1)), ans, a,")],
            SCORING, "a causal answer that goes on after the answer counts"),
     Mutant("window_stop_not_required", "scoring", "bidirect/evaluate.py",
-           [("got = [read_window(g, eos) for g in _read(model, its, pad, device, fill)[0]]\n"
+           [("got = [read_window(g, eos) for g in read_masks(model, its, pad, device, fill)[0]]\n"
              "            ok = [g == it.want for g, it in zip(got, its, strict=True)]",
-             "got = [read_window(g, eos) for g in _read(model, its, pad, device, fill)[0]]\n"
+             "got = [read_window(g, eos) for g in read_masks(model, its, pad, device, fill)[0]]\n"
              "            ok = [g[: it.tokens] == it.want[:-1] for g, it in zip(got, its, strict=True)]")],
            SCORING, "a window answer without end-of-text counts"),
     Mutant("told_window_needs_the_stop", "scoring", "bidirect/evaluate.py",

@@ -12,7 +12,8 @@ from tiny import ONE_CELL, single_study, write_config
 from bidirect.cli import main
 from bidirect.config import Augmentation, DataConfig
 from bidirect.data.generate import generate
-from bidirect.tokenizer import qa_text, train_tokenizer
+from bidirect.study import tokenizer_corpus
+from bidirect.tokenizer import train_tokenizer
 
 AUGS = ["single", "multi3+permute+fullname", "single+permute2"]
 
@@ -25,9 +26,7 @@ def study_data():
 
 @pytest.fixture(scope="session")
 def tokenizer(study_data):
-    corpus = [t for aug in study_data.bios for t in study_data.bios[aug]["text"]]
-    corpus += [qa_text(q, a) for q, a in zip(study_data.qa_train["question"], study_data.qa_train["answer"])]
-    return train_tokenizer(corpus, "bpe", vocab_size=600)
+    return train_tokenizer(tokenizer_corpus(study_data), "bpe", vocab_size=600)
 
 
 @pytest.fixture(scope="session")

@@ -19,12 +19,12 @@ from bidirect.config import Augmentation, ConfigError, DataConfig, EvalConfig, M
 from bidirect.data.generate import generate
 from bidirect.evaluate import (
     Item,
-    _score,
     choose_length,
     evaluate_model,
     length_prior,
     max_answer_tokens,
     read_window,
+    score_items,
 )
 from bidirect.objectives import IGNORE, MaskedLM, encode_qa
 from bidirect.rundir import read_results
@@ -141,7 +141,7 @@ def test_read_window_keeps_what_precedes_the_first_end_of_text():
 def test_end_of_text_at_position_k_gives_a_k_token_answer(k):
     answer = [11, 12, 13]
     written = [11, 12, 13, 14, 15][:k] + [EOS, PAD, PAD]
-    right, lengths = _score(Writes(written), "masked", TOKENIZER, [_window_item(answer)], True, "window",
+    right, lengths = score_items(Writes(written), "masked", TOKENIZER, [_window_item(answer)], True, "window",
                             EvalConfig(), CPU, False, "")
     assert lengths == [k]
     assert right == [k == 3]
@@ -151,18 +151,19 @@ def test_an_answer_that_goes_on_is_wrong_by_the_window_and_right_told_the_length
     answer = [11, 12, 13]
     on = Writes([11, 12, 13, 14, 15, 16])  # the answer, then more, never an end-of-text
     item = _window_item(answer)
-    assert _score(on, "masked", TOKENIZER, [item], True, "window", EvalConfig(), CPU, False, "") == ([False], [None])
+    window = score_items(on, "masked", TOKENIZER, [item], True, "window", EvalConfig(), CPU, False, "")
+    assert window == ([False], [None])
     # told the length, a window model is read at the answer's positions only: where it stops is not asked
-    assert _score(on, "masked", TOKENIZER, [item], True, "given", EvalConfig(), CPU, False, "") == ([True], [3])
+    assert score_items(on, "masked", TOKENIZER, [item], True, "given", EvalConfig(), CPU, False, "") == ([True], [3])
     wrong = Writes([11, 19, 13, EOS])
-    assert _score(wrong, "masked", TOKENIZER, [item], True, "given", EvalConfig(), CPU, False, "")[0] == [False]
+    assert score_items(wrong, "masked", TOKENIZER, [item], True, "given", EvalConfig(), CPU, False, "")[0] == [False]
 
 
 @pytest.mark.parametrize("fill", ["one_pass", "left_to_right", "confidence"])
 @pytest.mark.parametrize(("written", "expected"), [([11, 12, 13, EOS, PAD, PAD], ([True], [3])),
                                                    ([11, 12, EOS, 13, EOS, PAD], ([False], [2]))])
 def test_every_fill_order_reads_the_window(fill, written, expected):
-    got = _score(Writes(written), "masked", TOKENIZER, [_window_item([11, 12, 13])], True, "window",
+    got = score_items(Writes(written), "masked", TOKENIZER, [_window_item([11, 12, 13])], True, "window",
                  EvalConfig(fill=fill), CPU, False, "")
     assert got == expected
 
@@ -213,14 +214,14 @@ def test_prior_overrules_a_model_confident_at_a_wrong_length():
     model, cfg = ConfidentAt(best=2), EvalConfig()
     # by hand, over 40 tokens: log-probability of the top token at logit 6 is 6 - log(39 + e^6) = -0.0947,
     # at logit 4 it is 4 - log(39 + e^4) = -0.5306
-    free = _score(model, "masked", TOKENIZER, [item], True, "free", cfg, CPU, False, "", longest=4)
+    free = score_items(model, "masked", TOKENIZER, [item], True, "free", cfg, CPU, False, "", longest=4)
     assert free == ([False], [2])
     # P_train gave this attribute 3 tokens 8 times in 10, 2 tokens once: -0.5306 + log 0.8 beats -0.0947 + log 0.1
     prior = {0: {1: math.log(0.05), 2: math.log(0.1), 3: math.log(0.8), 4: math.log(0.05)}}
-    assert _score(model, "masked", TOKENIZER, [item], True, "prior", cfg, CPU, False, "", longest=4,
+    assert score_items(model, "masked", TOKENIZER, [item], True, "prior", cfg, CPU, False, "", longest=4,
                   prior=prior) == ([True], [3])
     flat = {0: dict.fromkeys(range(1, 5), math.log(0.25))}  # a flat prior is the free rule
-    assert _score(model, "masked", TOKENIZER, [item], True, "prior", cfg, CPU, False, "", longest=4,
+    assert score_items(model, "masked", TOKENIZER, [item], True, "prior", cfg, CPU, False, "", longest=4,
                   prior=flat) == ([False], [2])
 
 

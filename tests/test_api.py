@@ -55,3 +55,21 @@ def test_sweep_frame_has_the_swept_values_as_columns():
     one = df[(df.cell == "seed=1,pretrain.steps=300") & (df.level == "qa_train") & (df.attribute == "mean")]
     cell = json.loads((ROOT / "runs" / "example_sweep" / "seed=1,pretrain.steps=300" / "results.json").read_text())
     assert one.accuracy.item() == cell["results"]["single"]["gpt2-rope"]["qa_train"]["mean"]
+
+
+def test_sweep_from_a_mapping_returns_the_summary_it_writes(tmp_path):
+    """`bd.sweep` is `bidirect sweep` without the table: it runs the cells, and returns the summary.json it
+    writes; called again with a value added, it runs only the new cell and pools both."""
+    from tiny import single_study
+
+    grid = {**single_study(pretrain__steps=3), "sweep": {"seed": [0]}}
+    first = bd.sweep(grid, tmp_path / "s")
+    assert first == json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert [row["n"] for row in first["rows"]] == [1] and (tmp_path / "s" / "seed=0" / "results.json").is_file()
+    kept = (tmp_path / "s" / "seed=0" / "results.json").stat().st_mtime_ns
+    second = bd.sweep({**grid, "sweep": {"seed": [0, 1]}}, tmp_path / "s")
+    assert (tmp_path / "s" / "seed=0" / "results.json").stat().st_mtime_ns == kept  # finished: skipped
+    [row] = second["rows"]
+    assert row["n"] == 2 and row["cells"] == ["seed=0", "seed=1"]
+    assert row["levels"]["qa_test"]["mean"]["ci95"] is not None  # two seeds: an interval
+    assert set(bd.sweep_frame(tmp_path / "s").cell) == {"seed=0", "seed=1"}

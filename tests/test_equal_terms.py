@@ -21,15 +21,15 @@ from bidirect.config import Augmentation, DataConfig, EvalConfig, MaskingConfig,
 from bidirect.data.generate import StudyData, generate
 from bidirect.evaluate import (
     Item,
-    _candidates,
-    _score,
     choose_length,
+    length_candidates,
     level_items,
     majority_baseline,
     name_partners,
     paired_difference,
     paired_differences,
     person_intervals,
+    score_items,
 )
 from bidirect.objectives import encode_qa, make_objective
 from bidirect.results import ATTRIBUTES
@@ -111,9 +111,9 @@ def test_free_length_keeps_the_length_the_model_is_surest_of():
     tokenizer = SimpleNamespace(eos_token_id=eos, pad_token_id=pad, mask_token_id=mask)
     for best, right in ((3, True), (2, False)):
         model = ConfidentAt(mask, best)
-        assert choose_length(_candidates(model, [item], mask, pad, cpu, "one_pass", 5)[0]) == [10 + best] * best
-        free = _score(model, "masked", tokenizer, [item], True, "free", cfg, cpu, False, "", longest=5)
-        given = _score(model, "masked", tokenizer, [item], True, "given", cfg, cpu, False, "")
+        assert choose_length(length_candidates(model, [item], mask, pad, cpu, "one_pass", 5)[0]) == [10 + best] * best
+        free = score_items(model, "masked", tokenizer, [item], True, "free", cfg, cpu, False, "", longest=5)
+        given = score_items(model, "masked", tokenizer, [item], True, "given", cfg, cpu, False, "")
         assert free == ([right], [best]) and given == ([True], [3])  # told the length, it is always right
 
 

@@ -16,14 +16,14 @@ from bidirect.config import Augmentation, DataConfig, EvalConfig
 from bidirect.data.generate import StudyData, generate
 from bidirect.evaluate import (
     Item,
-    _generate,
-    _read,
-    _score,
     by_length,
     evaluate_model,
+    generate_answers,
     level_items,
     majority_baseline,
     qa_items,
+    read_masks,
+    score_items,
 )
 from bidirect.results import ALL_LEVELS, ATTRIBUTES
 from bidirect.tokenizer import answer_ids, decode_answer, qa_text, question_ids, train_tokenizer
@@ -234,9 +234,9 @@ def test_teacher_forcing_agrees_with_greedy_generate(study, gpt2):
     items = [*level_items("qa_train", tokenizer, data, "single", "causal", max_individuals=8),
              *level_items("qa_test", tokenizer, data, "single", "causal", max_individuals=3)]
     with torch.no_grad():
-        scored = _score(gpt2, "causal", tokenizer, items, True, None, EvalConfig(batch_size=16), torch.device("cpu"),
-                        False, "")[0]
-        batched = _generate(gpt2, tokenizer, items, 1, torch.device("cpu"))  # left-padded, as beams use
+        scored = score_items(gpt2, "causal", tokenizer, items, True, None, EvalConfig(batch_size=16),
+                             torch.device("cpu"), False, "")[0]
+        batched = generate_answers(gpt2, tokenizer, items, 1, torch.device("cpu"))  # left-padded, as beams use
         for it, tf, got in zip(items, scored, batched, strict=True):
             prompt = torch.tensor([it.ids[: it.where[0] + 1]])
             out = gpt2.generate(prompt, do_sample=False, use_cache=True, max_new_tokens=len(it.want),
@@ -308,7 +308,7 @@ def test_masked_fill_orders(fill, written):
     mask, eos = 1, 2
     item = Item([5, 6, mask, mask, mask, eos], [2, 3, 4], written, 0)
     model = CountsCommitted(mask)
-    assert _read(model, [item, item], 0, torch.device("cpu"), fill)[0] == [written, written]
+    assert read_masks(model, [item, item], 0, torch.device("cpu"), fill)[0] == [written, written]
 
 
 def test_results_text_keeps_lists_of_numbers_on_one_line_and_reads_back_the_same():

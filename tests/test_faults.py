@@ -396,10 +396,10 @@ def test_leak_check_counts_a_p_test_question_in_every_protocol(kind, protocol, w
     # word masking: the doctored bio keeps the old value spans, which attribute-span masking would read
     cfg = from_dict({"protocol": protocol, "masking": {"span": "word"}})
     objective = make_objective(kind, tokenizer, 256, MaskingConfig())
-    clean = study._streams(cfg, objective, study_data, tokenizer, "single")
+    clean = study.training_streams(cfg, objective, study_data, tokenizer, "single")
     assert study.leak_check(list(clean.values()), tokenizer, study_data)["leaked"] == 0
     leaky, question = _leaky(study_data, where)
-    streams = study._streams(cfg, objective, leaky, tokenizer, "single")
+    streams = study.training_streams(cfg, objective, leaky, tokenizer, "single")
     stream = streams["mixed" if protocol == "mixed" else "pretrain"]
     guard = study.leak_check(stream, tokenizer, study_data)
     assert guard["leaked"] >= 1 and set(guard["examples"]) == {question}  # mixed may draw it more than once
@@ -409,8 +409,8 @@ def test_leak_check_counts_a_p_test_question_in_every_protocol(kind, protocol, w
                                             ("mixed", "qa_train")])
 def test_run_cell_refuses_to_train_on_a_leak(protocol, where, study_data, tokenizer, tmp_path, monkeypatch):
     cfg = from_dict({"protocol": protocol, "model": TINY["model"], "masking": {"span": "word"}})  # as above
-    real = study._streams
-    monkeypatch.setattr(study, "_streams", lambda c, o, d, t, a: real(c, o, _leaky(d, where, a)[0], t, a))
+    real = study.training_streams
+    monkeypatch.setattr(study, "training_streams", lambda c, o, d, t, a: real(c, o, _leaky(d, where, a)[0], t, a))
 
     def train_phase(*args, **kwargs):
         raise AssertionError("trained on a stream with P_test QA")

@@ -149,7 +149,7 @@ def test_finetune_stream_has_p_train_inverse_qa_and_no_leak(inverse_study, kind)
     cfg = from_dict({"data": {"individuals": 40, "inverse": True, "augmentations": ["single"]},
                      "model": {"context": 256}})
     objective = make_objective(kind, tokenizer, 256, cfg.masking)
-    streams = study._streams(cfg, objective, data, tokenizer, "single")
+    streams = study.training_streams(cfg, objective, data, tokenizer, "single")
     guard = study.leak_check(list(streams.values()), tokenizer, data)
     assert guard["leaked"] == 0
     assert guard["qa_documents_checked"] == len(data.qa_train) + len(data.inverse_train)

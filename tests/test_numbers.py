@@ -18,11 +18,19 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from bidirect.analysis.capacity import FIELDS, _log2_comb, bits_stored
+from bidirect.analysis.capacity import FIELDS, bits_stored, log2_comb
 from bidirect.analysis.probe import probe_inputs
 from bidirect.config import Augmentation, DataConfig, EvalConfig, MaskingConfig
 from bidirect.data.generate import generate
-from bidirect.evaluate import Item, _accuracy, _score, majority_baseline, paired_difference, person_intervals, qa_items
+from bidirect.evaluate import (
+    Item,
+    _accuracy,
+    majority_baseline,
+    paired_difference,
+    person_intervals,
+    qa_items,
+    score_items,
+)
 from bidirect.objectives import IGNORE, MaskedLM, tokenize_bios
 from bidirect.results import ATTRIBUTES
 from bidirect.study import leak_check
@@ -67,7 +75,7 @@ def question(study_data, tokenizer):
 
 
 def _scored(model, kind, tokenizer, items, rule, **kwargs):
-    return _score(model, kind, tokenizer, items, True, rule, EvalConfig(fill="one_pass"), CPU, False, "", **kwargs)
+    return score_items(model, kind, tokenizer, items, True, rule, EvalConfig(fill="one_pass"), CPU, False, "", **kwargs)
 
 
 # --------------------------------------------------------------------------- scoring: adversarial fakes
@@ -331,9 +339,9 @@ def test_the_probe_scores_p_test_and_never_p_val(tokenizer):
 
 
 def test_log2_comb_by_hand():
-    assert _log2_comb(5, 2) == pytest.approx(math.log2(10))
-    assert _log2_comb(10, 3) == pytest.approx(math.log2(120))
-    assert _log2_comb(7, 0) == pytest.approx(0.0, abs=1e-9)
+    assert log2_comb(5, 2) == pytest.approx(math.log2(10))
+    assert log2_comb(10, 3) == pytest.approx(math.log2(120))
+    assert log2_comb(7, 0) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_bits_stored_clamps_each_person_before_summing():

@@ -11,7 +11,7 @@ from tiny import write_config
 from torch import nn
 
 from bidirect.analysis import capacity as capacity_lib
-from bidirect.analysis.capacity import FIELDS, _log2_comb, bits_stored, generator_entropy
+from bidirect.analysis.capacity import FIELDS, bits_stored, generator_entropy, log2_comb
 from bidirect.analysis.probe import EmbeddingDelta, ProbeHeads, probe_inputs, score_heads, train_heads
 from bidirect.cli import main
 from bidirect.data.generate import StudyData
@@ -134,7 +134,7 @@ def test_generator_entropy():
     h = generator_entropy(24)
     assert h["birth_date"] == pytest.approx(math.log2(12 * 28 * 200))
     assert h["company_city"] == 0.0
-    assert _log2_comb(10, 3) == pytest.approx(math.log2(math.comb(10, 3)))
+    assert log2_comb(10, 3) == pytest.approx(math.log2(math.comb(10, 3)))
     assert 0 < h["full_name"] < math.log2(400 * 400 * 1000)
 
 

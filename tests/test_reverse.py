@@ -79,7 +79,7 @@ def test_a_study_with_reverse_trains_causal_models_on_both_and_masked_ones_on_bi
     n, lengths = len(study_data.bios[AUG]), {}
     for kind in ("causal", "masked"):
         objective = make_objective(kind, tokenizer, 512, cfg.masking, 0, cfg.causal)
-        streams = study._streams(cfg, objective, study_data, tokenizer, AUG)
+        streams = study.training_streams(cfg, objective, study_data, tokenizer, AUG)
         assert study.leak_check(list(streams.values()), tokenizer, study_data)["leaked"] == 0
         lengths[kind] = sum(len(w) for w in streams["pretrain"]["input_ids"])
     assert lengths["causal"] == 2 * (lengths["masked"] + n)  # each bio and its eos, twice

@@ -203,7 +203,7 @@ def test_summary_command_on_a_sweep_folder(tiny_sweep, tmp_path, capsys):
     assert json.loads((copy / "summary.json").read_text())["rows"][0]["n"] == 2
     # Without sweep.json the axes are read off the cells' configs: what differs between them.
     (copy / "sweep.json").unlink()
-    axes, cells = seeds.read_cells(copy)
+    axes, cells = sweep_lib.read_cells(copy)
     assert axes == {"seed": [0, 1]} and len(cells) == 2
     assert main(["summary", str(tmp_path / "nowhere")]) == 2
 
@@ -285,6 +285,8 @@ def test_report_of_a_sweep_over_a_number(tiny_sweep, tmp_path):
     assert main(["report", str(copy)]) == 0
     pngs = {p.name for p in check_pngs(copy / "report", copy / "report.md")}
     assert {"levels_vs_pretrain.steps.png", "loss.png"} <= pngs and "qa_test_seeds.png" not in pngs
+    assert not (copy / "summary.json").exists()  # the report presents; `bidirect summary` writes the file
+    assert main(["summary", str(copy)]) == 0
     summary = json.loads((copy / "summary.json").read_text())
     assert [row["n"] for row in summary["rows"]] == [1, 1]
     assert all(row["levels"]["qa_test"]["mean"]["ci95"] is None for row in summary["rows"])  # one seed: no interval

@@ -207,14 +207,14 @@ def test_compiled_training_follows_the_eager_run(study_data, tokenizer, tmp_path
 def test_losses_are_read_at_logging_steps_only(study_data, tokenizer, tmp_path, monkeypatch):
     """No host synchronisation per micro-batch: a step leaves its loss and token count on the device, and the
     trainer reads them (and checks them for non-finite values) at logging steps and before a checkpoint."""
-    reads, real = [], trainer._Unread.read
+    reads, real = [], trainer.PendingLosses.read
 
     def spy(self, *args):
         reads.append([step for step, *_ in self.steps])
         assert all(isinstance(loss, torch.Tensor) for _, loss, *_ in self.steps)
         return real(self, *args)
 
-    monkeypatch.setattr(trainer._Unread, "read", spy)
+    monkeypatch.setattr(trainer.PendingLosses, "read", spy)
     model, objective, stream = _setup("gbert", study_data, tokenizer)
     cfg = TrainConfig(steps=10, batch_size=8, grad_accum=2, warmup_steps=0, log_every=4, checkpoint_every=6)
     summary = train_phase(model, objective, stream, cfg, tmp_path, _accelerator(), "t", seed=0)

@@ -414,7 +414,8 @@ def test_markup_in_a_run_name_is_printed_as_written(tmp_path, capsys):
 
     console = Console(width=200, record=True)
     name = "[bold red]x[/bold red] \x1b[31mred"
-    print_results(console, {"study": name, "results": {"single": {}}})
+    # one cell: a table per augmentation that has one (results.Run keeps no augmentation without a backbone)
+    print_results(console, {"study": name, "results": {"single": {"gpt2-rope": {}}}})
     text = console.export_text()
     assert "[bold red]x[/bold red]" in text and "\x1b" not in text
 

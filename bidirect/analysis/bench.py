@@ -419,8 +419,8 @@ def _run_bench(cfg: BenchConfig, console: Console | None,
     from bidirect.data.generate import generate
     from bidirect.models import backbone_kind, build_backbone, parameter_counts
     from bidirect.objectives import make_objective, tokenize_bios
-    from bidirect.study import make_accelerator
-    from bidirect.tokenizer import qa_text, train_tokenizer
+    from bidirect.study import make_accelerator, tokenizer_corpus
+    from bidirect.tokenizer import train_tokenizer
 
     say = console.print if console is not None else (lambda *a, **k: None)
     aug = Augmentation.parse(cfg.augmentation, "--augmentation")
@@ -432,9 +432,7 @@ def _run_bench(cfg: BenchConfig, console: Console | None,
     data = generate(DataConfig(individuals=cfg.individuals, p_val=0.0, augmentations=[aug.name]), [aug], cfg.seed)
     generate_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    corpus = list(data.bios[aug.name]["text"])
-    corpus += [qa_text(q, a) for q, a in zip(data.qa_train["question"], data.qa_train["answer"])]
-    tokenizer = train_tokenizer(corpus, "bpe", cfg.vocab_size)
+    tokenizer = train_tokenizer(tokenizer_corpus(data), "bpe", cfg.vocab_size)
     tokenizer_seconds = time.perf_counter() - started
     started = time.perf_counter()
     bios = tokenize_bios(data.bios[aug.name], tokenizer)

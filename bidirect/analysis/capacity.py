@@ -49,7 +49,7 @@ from rich.table import Table
 from bidirect.analysis.cells import merge_cells, select_cells
 from bidirect.data.generate import MONTHS, StudyData
 from bidirect.data.pools import Pools, load_pools
-from bidirect.evaluate import first_bio_spans, forward, pad_rows
+from bidirect.evaluate import first_bio_spans, pad_rows, score_forward
 from bidirect.models import backbone_kind, load_backbone, parameter_counts
 from bidirect.results import ATTRIBUTES
 from bidirect.rundir import (
@@ -65,7 +65,7 @@ FIELDS = (*ATTRIBUTES, "full_name")
 DAYS, YEARS = 28, 200  # rng.randint(1, 28), rng.randint(1900, 2099) in draw_individuals
 
 
-def _log2_comb(n: int, k: int) -> float:
+def log2_comb(n: int, k: int) -> float:
     return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2)
 
 
@@ -80,7 +80,7 @@ def generator_entropy(individuals: int, pools: Pools | None = None) -> dict[str,
         "major": math.log2(len(pools.majors)),
         "company": math.log2(len(pools.companies)),
         "company_city": 0.0,
-        "full_name": _log2_comb(names, individuals) / individuals,
+        "full_name": log2_comb(names, individuals) / individuals,
     }
 
 
@@ -111,7 +111,7 @@ def _causal_losses(model, ids: list[list[int]], spans: list[list[tuple]], pad: i
     for lo in range(0, len(ids), batch_size):
         batch = ids[lo : lo + batch_size]
         x, attention = pad_rows(batch, pad, device)  # the targets are the padded ids themselves
-        logits = forward(model, (x, attention), pad, device).logits.float()
+        logits = score_forward(model, (x, attention), pad, device).logits.float()
         nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none").cpu() / math.log(2)
         for b in range(len(batch)):
             for f, (i, j) in enumerate(spans[lo + b]):
@@ -137,7 +137,7 @@ def _masked_losses(model, ids: list[list[int]], spans: list[list[tuple]], pad: i
                 for oi, oj in others[p][f] if others else ():  # nothing to copy the field from
                     row[oi:oj] = [mask] * (oj - oi)
                 rows.append(row)
-            logits = forward(model, rows, pad, device).logits
+            logits = score_forward(model, rows, pad, device).logits
             at = torch.tensor([i + k for _, _, i, _ in batch], device=device)
             want = torch.tensor([ids[p][i + k] for p, _, i, _ in batch], device=device)
             picked = logits[torch.arange(len(batch), device=device), at].float()

@@ -46,7 +46,7 @@ from torch import nn
 
 from bidirect.analysis.cells import merge_cells, select_cells
 from bidirect.data.generate import StudyData
-from bidirect.evaluate import first_bio_spans, forward, majority_baseline
+from bidirect.evaluate import first_bio_spans, majority_baseline, score_forward
 from bidirect.models import backbone_kind, load_backbone
 from bidirect.results import ATTRIBUTES
 from bidirect.rundir import (
@@ -186,12 +186,12 @@ def model_reps(model, inputs: ProbeInputs, pad: int) -> Reps:
             rows = [inputs.ids[r][: inputs.read[r][a] + 1] for r in batch for a in range(len(ATTRIBUTES))]
             return last_hidden(rows).view(len(batch), len(ATTRIBUTES), -1)
         rows = [inputs.ids[r] for r in batch]
-        hidden = forward(model, rows, pad, device, output_hidden_states=True).hidden_states[-1]
+        hidden = score_forward(model, rows, pad, device, output_hidden_states=True).hidden_states[-1]
         where = torch.tensor([inputs.read[r] for r in batch], device=device)  # (batch, attributes)
         return hidden[torch.arange(len(batch), device=device)[:, None], where].float()
 
     def last_hidden(rows: list[list[int]]) -> torch.Tensor:
-        hidden = forward(model, rows, pad, device, output_hidden_states=True).hidden_states[-1]
+        hidden = score_forward(model, rows, pad, device, output_hidden_states=True).hidden_states[-1]
         last = torch.tensor([len(r) - 1 for r in rows], device=device)
         return hidden[torch.arange(len(rows), device=device), last].float()
 

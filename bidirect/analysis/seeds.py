@@ -1,5 +1,6 @@
 """Seeds pooled: the mean and 95% Student-t interval over the seeds of a sweep, per (other swept values,
-augmentation, backbone), for every level and attribute; written as the sweep folder's summary.json.
+augmentation, backbone), for every level and attribute. The statistics only: `bidirect.sweep` reads the
+cells of a sweep folder, pools them here and writes summary.json.
 
 The interval is mean +- t(0.975, n-1) * s / sqrt(n), s the sample standard deviation over the n seeds; one seed
 gives no interval.
@@ -10,22 +11,13 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
-from bidirect.config import dotted
 from bidirect.results import ATTRIBUTES, Run, phase_mode
-from bidirect.rundir import (
-    MANIFEST_FILE,
-    RESULTS_FILE,
-    SUMMARY_FILE,
-    RunDirError,
-    RunFolder,
-    is_summary,
-    read_results,
-    write_json_atomic,
-)
-from bidirect.sweep import SEED, read_manifest
+
+SEED = "seed"  # the axis pooled by `pool`
+INTERVAL = "95% Student t over seeds: mean +- t(0.975, n-1) s / sqrt(n); none for n = 1"
 
 
 def t_quantile_975(dof: int) -> float:
@@ -68,53 +60,23 @@ def interval(values: list[float]) -> dict[str, Any]:
     return {"mean": m, "ci95": half, "low": m - half, "high": m + half, "n": n}
 
 
-# --------------------------------------------------------------------------- aggregation
+# --------------------------------------------------------------------------- pooling
 
 
-def read_cells(sweep_dir: Path) -> tuple[dict[str, list], list[dict[str, Any]]]:
-    """(axes, cells with their values and results) of a sweep folder. Without sweep.json the axes
-    are the config fields whose values differ between the run folders."""
-
-    if not sweep_dir.is_dir():
-        raise RunDirError(f"{sweep_dir}: no such folder")
-    manifest = sweep_dir / MANIFEST_FILE
-    if manifest.is_file():
-        meta = read_manifest(manifest, "put back a good copy, or delete it: the run folders' own configs then say "
-                             "what was swept")
-        axes, cells = meta["axes"], meta["cells"]
-        found = [{**c, "results": read_results(sweep_dir / c["name"])} for c in cells
-                 if RunFolder(sweep_dir / c["name"]).results.is_file()]
-    else:
-        runs = {p.parent.name: read_results(p.parent) for p in sorted(sweep_dir.glob(f"*/{RESULTS_FILE}"))}
-        flat = {name: {k: json.dumps(v, sort_keys=True) for k, v in dotted(r.get("config", {})).items()}
-                for name, r in runs.items()}
-        keys = sorted({k for f in flat.values() for k in f})
-        varied = [k for k in keys if len({f.get(k) for f in flat.values()}) > 1]
-        axes = {k: sorted({f.get(k) for f in flat.values()}, key=str) for k in varied}
-        axes = {k: [json.loads(v) for v in vs] for k, vs in axes.items()}
-        found = [{"name": name, "values": {k: json.loads(flat[name][k]) for k in varied}, "results": r}
-                 for name, r in runs.items()]
-    if not found:
-        raise RunDirError(f"{sweep_dir}: no finished cell yet (no */results.json); run the sweep first")
-    return axes, found
-
-
-def aggregate(sweep_dir: Path) -> dict[str, Any]:
-    """Pool the seeds: one row per (other swept values, augmentation, backbone)."""
-    axes, cells = read_cells(sweep_dir)
-    group_keys = [k for k in axes if k != SEED]
+def pool(cells: Iterable[tuple[str, dict[str, Any], Run]], group_keys: list[str]) -> list[dict[str, Any]]:
+    """Pool the seeds of a sweep's finished cells, each (name, swept values, results): one row per (values of
+    ``group_keys``, augmentation, backbone), every level and attribute as its `interval` over the row's cells."""
     groups: dict[str, dict[str, Any]] = {}
-    for sweep_cell in cells:
-        run = Run.of(sweep_cell["results"])
-        values = {k: sweep_cell["values"].get(k) for k in group_keys}
-        majority = run.baselines.get("majority_baseline", {}).get("mean")
+    for name, cell_values, run in cells:
+        values = {k: cell_values.get(k) for k in group_keys}
+        majority = run.majority.get("mean")
         for cell in run.cells:
             key = json.dumps([values, cell.augmentation, cell.backbone], sort_keys=True)
             g = groups.setdefault(key, {"values": values, "augmentation": cell.augmentation, "backbone": cell.backbone,
                                         "cells": [], "seeds": [], "scores": {}, "exposures": {},
                                         "majority": [], "modes": set(), "finetune": None})
-            g["cells"].append(sweep_cell["name"])
-            g["seeds"].append(sweep_cell["values"].get(SEED, run.seed))
+            g["cells"].append(name)
+            g["seeds"].append(cell_values.get(SEED, run.seed))
             for level in cell.shown_levels():
                 for attr in (*ATTRIBUTES, "mean"):
                     score = cell.levels[level].get(attr)
@@ -139,17 +101,4 @@ def aggregate(sweep_dir: Path) -> dict[str, Any]:
             "exposures": {phase: statistics.fmean(v) for phase, v in g["exposures"].items()},
             "majority": statistics.fmean(g["majority"]) if g["majority"] else None,
         })
-    return {"sweep_dir": str(sweep_dir), "axes": axes, "group_by": group_keys, "pooled": SEED,
-            "interval": "95% Student t over seeds: mean +- t(0.975, n-1) s / sqrt(n); none for n = 1",
-            "rows": rows}
-
-
-def write_summary(sweep_dir: Path, summary: dict[str, Any]) -> Path:
-    """Write the sweep's summary.json; one that is not a summary bidirect wrote (a user's file of that name)
-    is refused, not overwritten. The caller holds the sweep's lock (`rundir.writing`)."""
-    path = sweep_dir / SUMMARY_FILE
-    if (path.exists() or path.is_symlink()) and not is_summary(path):
-        raise RunDirError(f"{path}: not a summary bidirect wrote; bidirect will not overwrite it. Move it away, then "
-                          "run the same command again.")
-    write_json_atomic(path, summary)
-    return path
+    return rows

@@ -28,8 +28,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from bidirect import rundir
-from bidirect.analysis.seeds import aggregate, read_cells, write_summary
-from bidirect.report.tables import LEVEL_NAMES, SHORT, markdown, pct, summary_markdown
+from bidirect.report.tables import LEVEL_NAMES, SHORT, markdown, pct, summary_markdown, with_interval
 from bidirect.results import ATTRIBUTES, HELD_OUT_LEVELS, INVERSE_LEVELS, LEVELS, Run, phase_mode
 from bidirect.rundir import (
     CAPACITY_FILE,
@@ -40,7 +39,7 @@ from bidirect.rundir import (
     RunFolder,
     read_results,
 )
-from bidirect.sweep import SEED, is_sweep_dir, value_label
+from bidirect.sweep import SEED, Cell, aggregate, is_sweep_dir, read_cells, read_manifest, value_label
 
 LEVEL_COLORS = {"bio_recall": "#c6dbef", "name_tied": "#6baed6", "sentence_recall": "#9ecae1",
                 "qa_train": "#4292c6", "qa_val": "#2171b5",
@@ -377,7 +376,7 @@ def run_report(run_dir: Path, out: Path) -> str:
     lines += ["## Exact-match accuracy (%)", "",
               LEVELS_NOTE, "",
               markdown(results), ""]
-    baseline = results.baselines.get("majority_baseline", {})
+    baseline = results.majority
     for aug, cells in results.by_augmentation().items():
         by_backbone = {c.backbone: c.levels for c in cells}
         # error bars: the per-person bootstrap interval, drawn as its half-width
@@ -437,25 +436,18 @@ def compute_figure(title: str, points: list[dict[str, Any]], path: Path) -> Path
     return _save(fig, path)
 
 
-def _with_interval(level: tuple[float, float | None, float | None] | None) -> str:
-    if level is None:
-        return "-"
-    mean, low, high = level
-    return pct(mean) + (f" ({100 * low:.0f}-{100 * high:.0f})" if low is not None else "")
-
-
-def _compute_section(rows: list[dict[str, Any]], cells: list[dict[str, Any]], keys: list[str], fig_dir: Path,
+def _compute_section(rows: list[dict[str, Any]], cells: list[Cell], keys: list[str], fig_dir: Path,
                      base: Path) -> list[str]:
     """Where cells record training FLOPs: each row's held-out accuracy beside its training cost (means over its
     cells), as a table and a figure, so that objectives are compared at equal cost. A row of one seed shows
     its per-person bootstrap interval, of several the interval over seeds."""
-    by_name = {c["name"]: c["results"] for c in cells}
+    by_name = {c.name: c.run for c in cells}
     # The swept values name a point, after the backbone and augmentation where the rows differ in them.
     varying = [k for k in ("backbone", "augmentation") if len({r[k] for r in rows}) > 1]
     points, table = [], []
     for row in rows:
-        phases = [by_name[name].get("training", {}).get(row["augmentation"], {}).get(row["backbone"], {})
-                  for name in row["cells"] if name in by_name]
+        found = [by_name[name].cell(row["augmentation"], row["backbone"]) for name in row["cells"] if name in by_name]
+        phases = [(c.phases if c is not None else None) or {} for c in found]
         if not phases or not all(p and all(ph.get("flops") for ph in p.values()) for p in phases):
             continue
         flops = sum(sum(ph["flops"] for ph in p.values()) for p in phases) / len(phases)
@@ -467,7 +459,7 @@ def _compute_section(rows: list[dict[str, Any]], cells: list[dict[str, Any]], ke
                 continue
             low, high = stat.get("low"), stat.get("high")
             if row["n"] == 1:  # one seed: the cell's own per-person interval
-                cell = by_name[row["cells"][0]]["results"][row["augmentation"]][row["backbone"]][level]
+                cell = by_name[row["cells"][0]].cell(row["augmentation"], row["backbone"]).levels[level]
                 low, high = (cell.get("ci95") or {}).get("mean") or (None, None)
             levels[level] = (stat["mean"], low, high)
         label = " / ".join([row[k] for k in varying] + [value_label(row["values"][k]) for k in keys]) or \
@@ -475,7 +467,8 @@ def _compute_section(rows: list[dict[str, Any]], cells: list[dict[str, Any]], ke
         points.append({"label": label, "flops": flops, "tokens": tokens, "levels": levels})
         tied = row["levels"].get("name_tied", {}).get("mean", {}).get("mean")
         table.append(f"| {label} | {flops:.3g} | {tokens:,.0f} | {pct(tied)} | "
-                     f"{_with_interval(levels.get('qa_test'))} | {_with_interval(levels.get('inverse_test'))} |")
+                     f"{with_interval(*levels.get('qa_test', (None,)))} | "
+                     f"{with_interval(*levels.get('inverse_test', (None,)))} |")
     if not points:
         return []
     path = compute_figure("held-out accuracy against training compute", points, fig_dir / "compute.png")
@@ -498,13 +491,13 @@ def _row_label(row: dict[str, Any], keys: Iterable[str]) -> str:
     return f"{row['backbone']} / {row['augmentation']}" + (f" ({extra})" if extra else "")
 
 
-def _read_capacity(sweep_dir: Path, cells: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str], set[float]]:
+def _read_capacity(sweep_dir: Path, cells: list[Cell]) -> tuple[dict[str, Any], list[str], set[float]]:
     """The cells' capacity.json files (`bidirect capacity`), read before the report writes anything: the series of
     the figure, the table's rows and the ceilings; a damaged file is a `RunDirError` naming it."""
     series: dict[str, dict[str, Any]] = {}
     rows, ceilings = [], set()
     for cell in cells:
-        path = sweep_dir / cell["name"] / CAPACITY_FILE
+        path = sweep_dir / cell.name / CAPACITY_FILE
         if not path.is_file():
             continue
         try:  # every number first, so a damaged file stops with its name rather than a KeyError from deep inside
@@ -513,13 +506,13 @@ def _read_capacity(sweep_dir: Path, cells: list[dict[str, Any]]) -> tuple[dict[s
                       c["bits_per_non_embedding_parameter"])
                      for backbone, by_aug in json.loads(path.read_text()).get("results", {}).items()
                      for aug, c in by_aug.items()]
-            rows += [f"| {cell['name']} | {label} | {total:,} ({non_embedding:,}) | {bits:,.0f} | "
+            rows += [f"| {cell.name} | {label} | {total:,} ({non_embedding:,}) | {bits:,.0f} | "
                      f"{100 * bits / max_bits:.1f}% | {per:.3f} ({per_non:.3f}) |"
                      for label, total, non_embedding, bits, max_bits, per, per_non in found]
         except (ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError, OSError) as err:
             raise RunDirError(f"{path}: not a capacity file bidirect wrote ({type(err).__name__}: {str(err)[:80]}); "
                               f"move it away (the report leaves that cell out), or write it again with "
-                              f"`bidirect capacity {sweep_dir / cell['name']}`") from None
+                              f"`bidirect capacity {sweep_dir / cell.name}`") from None
         for label, total, _, bits, max_bits, _, _ in found:
             s = series.setdefault(label, {"label": label, "params": [], "bits": []})
             s["params"].append(total)
@@ -546,19 +539,18 @@ def _capacity_section(capacity: tuple[dict[str, Any], list[str], set[float]], fi
 
 
 def sweep_report(sweep_dir: Path, out: Path) -> str:
-    summary = aggregate(sweep_dir)
+    summary = aggregate(sweep_dir)  # summary.json's numbers, presented (`bidirect summary` writes the file)
     axes, cells = read_cells(sweep_dir)
     capacity = _read_capacity(sweep_dir, cells)  # a damaged file stops the report before it writes anything
-    write_summary(sweep_dir, summary)
     fig_dir = rundir.clear_report(out)  # the figures of its earlier report, which this one may not redraw
     base = out.parent
     rows, keys = summary["rows"], summary["group_by"]
-    first = cells[0]["results"]
+    first = cells[0].run
     majority = [r["majority"] for r in rows if r["majority"] is not None]
     mean_majority = sum(majority) / len(majority) if majority else None
     manifest = sweep_dir / MANIFEST_FILE
-    planned = len(json.loads(manifest.read_text())["cells"]) if manifest.is_file() else len(cells)
-    lines = [f"# bidirect sweep report: {first.get('study', sweep_dir.name)}", ""]
+    planned = len(read_manifest(manifest, "put back a good copy")["cells"]) if manifest.is_file() else len(cells)
+    lines = [f"# bidirect sweep report: {first.study if first.study is not None else sweep_dir.name}", ""]
     lines += [f"Sweep folder `{sweep_dir}`: {len(cells)} of {planned} cells have results. Swept: "
               + "; ".join(f"`{k}` in {', '.join(value_label(v) for v in vs)}" for k, vs in axes.items()) + ".", "",
               f"Pooled over `{SEED}`: each number is the mean over seeds and, with two seeds or more, its 95% "
@@ -567,7 +559,7 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
     lines += ["## Mean exact-match accuracy over the six attributes (%)", "", LEVELS_NOTE, "",
               summary_markdown(summary), ""]
 
-    # (a) per (other values, augmentation): bars of the means, 95% intervals as error bars
+    # Per attribute: per (other values, augmentation), bars of the means, 95% intervals as error bars
     by_panel: dict[str, dict[str, Any]] = {}
     for row in rows:
         key = json.dumps([row["values"], row["augmentation"]], sort_keys=True)
@@ -576,7 +568,7 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
         panel["means"][row["backbone"]] = {lv: {a: s["mean"] for a, s in d.items()} for lv, d in row["levels"].items()}
         panel["errs"][row["backbone"]] = {lv: {a: s["ci95"] for a, s in d.items()} for lv, d in row["levels"].items()}
     lines += ["## Per attribute", ""]
-    baseline_attrs = first.get("majority_baseline", {})
+    baseline_attrs = first.majority
     one_seed = all(r["n"] == 1 for r in rows)
     for i, panel in enumerate(by_panel.values()):
         other = ", ".join(f"{k}={value_label(panel['values'][k])}" for k in keys)
@@ -587,7 +579,7 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
                                errors=panel["errs"])
         lines += [f"![{title}]({_rel(path, base)})", ""]
 
-    # (c) QA P_test against the numeric swept values, or the seeds side by side
+    # Against the swept values: the levels against each numeric one, or the seeds side by side
     lines += ["## Against the swept values", ""]
     numeric = _numeric_axes(axes)
     for axis in numeric:
@@ -632,26 +624,26 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
     lines += _compute_section(rows, cells, keys, fig_dir, base)
     lines += _capacity_section(capacity, fig_dir, base)
 
-    # (b) loss curves of every cell
+    # Training: the loss curves of every cell
     curves = []
     for cell in cells:
-        other = ",".join(f"{k}={value_label(cell['values'][k])}" for k in keys)
-        curves += _loss_curves(sweep_dir / cell["name"], cell["results"], alpha=0.75,
+        other = ",".join(f"{k}={value_label(cell.values[k])}" for k in keys)
+        curves += _loss_curves(sweep_dir / cell.name, cell.run, alpha=0.75,
                                label_extra=f"{other} " if other else "")
     lines += ["## Training", "", "Every cell's loss; the seeds of one setting share a colour and line style.", ""]
     loss = loss_figure("training loss of every cell", curves, fig_dir / "loss.png")
     if loss:
         lines += [f"![training loss]({_rel(loss, base)})", ""]
-    lines += [f"Leak check over every cell: {_leaks([c['results'] for c in cells])}.", ""]
+    lines += [f"Leak check over every cell: {_leaks([c.run for c in cells])}.", ""]
 
     lines += ["## Every cell", ""]
     for cell in cells:
-        res = cell["results"]
-        lines += ["<details>", f"<summary>{cell['name']}</summary>", "", markdown(res), "",
+        res = cell.run
+        lines += ["<details>", f"<summary>{cell.name}</summary>", "", markdown(res), "",
                   training_markdown(res), "", "</details>", ""]
     sweep_file = sweep_dir / SWEEP_FILE
     lines += ["## Sweep file", "", _config_block(sweep_file.read_text() if sweep_file.is_file()
-                                                  else yaml.safe_dump(first.get("config", {}), sort_keys=False)), ""]
+                                                  else yaml.safe_dump(first.config or {}, sort_keys=False)), ""]
     return "\n".join(lines)
 
 
@@ -665,10 +657,9 @@ def write_report(directory: Path, out: Path | None = None) -> Path:
     sweep = is_sweep_dir(directory)
     if not sweep:
         read_results(directory)  # a folder without results says so before anything else
-    # A sweep's report writes its summary.json, a report inside a folder writes into it: under the folder's lock,
-    # where it has one (a folder of a version before the marker has none; what the report replaces is proved
-    # its own by `check_report_target` and `write_summary` either way).
-    inside = sweep or directory.resolve() in out.resolve().parents
+    # A report inside a folder writes into it: under the folder's lock, where it has one (a folder of a version
+    # before the marker has none; what the report replaces is proved its own by `check_report_target` either way).
+    inside = directory.resolve() in out.resolve().parents
     locked = inside and rundir.marker_kind(directory) is not None
     with rundir.writing(directory, "sweep" if sweep else "run") if locked else contextlib.nullcontext():
         rundir.check_report_target(out)  # a report and figures of someone else's are never overwritten

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bidirect.results import ALL_LEVELS, ATTRIBUTES, HELD_OUT_LEVELS, RULE_LEVELS, Run
+from bidirect.results import BASELINES as BASELINE_KEYS
 from bidirect.sweep import value_label
 
 SHORT = {"birth_date": "date", "birth_city": "b.city", "university": "univ", "major": "major",
@@ -31,7 +32,7 @@ RULE_MARKS = {"given": "*", "prior": "^", "free": "~", "window": "="}
 SHORT_NAMES = {**LEVEL_NAMES, **{lv: f"{LEVEL_NAMES[split]}{RULE_MARKS[rule]}"
                                  for lv in RULE_LEVELS for split, rule in [lv.rsplit("_", 1)]}}
 # The baselines and the level they go with; * marks what is told the answer's length in tokens.
-BASELINES = {"majority_baseline": ("majority", "P_test"), "majority_baseline_given_length": ("majority", "P_test*")}
+BASELINES = dict(zip(BASELINE_KEYS, (("majority", "P_test"), ("majority", "P_test*")), strict=True))
 GIVEN_NOTE = "*: told the answer's length in tokens (the paper's masked QA rule)"
 RULE_NOTE = {"free": "the best mean log-probability over lengths", "prior": "the best mean log-probability plus "
              "the log-probability of the length among P_train's answers", "window": "where its answer window puts "
@@ -60,7 +61,18 @@ def pct(x: float | None) -> str:
 def ci(level: dict[str, Any], key: str = "mean") -> str:
     """A level's 95% interval as ``lo-hi`` in percent; "-" for results made before intervals."""
     bounds = (level.get("ci95") or {}).get(key)
-    return "-" if not bounds else f"{100 * bounds[0]:.0f}-{100 * bounds[1]:.0f}"
+    return "-" if not bounds else _span(*bounds)
+
+
+def _span(low: float, high: float) -> str:
+    return f"{100 * low:.0f}-{100 * high:.0f}"
+
+
+def with_interval(mean: float | None, low: float | None = None, high: float | None = None, bold: bool = False) -> str:
+    """An accuracy and its 95% interval in percent, as every table writes them: ``41.2 (38-44)``; ``41.2`` without
+    an interval, ``-`` without a number. ``bold``: Markdown emphasis on the number."""
+    text = f"**{pct(mean)}**" if bold else pct(mean)
+    return text if low is None else f"{text} ({_span(low, high)})"
 
 
 def data_summary(console: Console, data, tokenizer) -> None:
@@ -184,12 +196,9 @@ def level_cell(level: dict[str, Any] | None, name: str, bold: bool = False) -> s
     the held-out levels that are the result (P_test)."""
     if level is None:
         return "-"
-    text = pct(level.get("mean"))
-    if name in HELD_OUT_LEVELS and bold:
-        text = f"**{text}**"
-    if (name in HELD_OUT_LEVELS or name in ("qa_val", "inverse_val")) and ci(level) != "-":
-        text = f"{text} ({ci(level)})"
-    return text
+    bounds = (level.get("ci95") or {}).get("mean") if name in HELD_OUT_LEVELS or name in ("qa_val", "inverse_val") \
+        else None
+    return with_interval(level.get("mean"), *(bounds or (None, None)), bold=name in HELD_OUT_LEVELS and bold)
 
 
 def headline_markdown(results: Run | dict[str, Any]) -> str:
