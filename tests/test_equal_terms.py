@@ -5,6 +5,7 @@ that reproduce from the config committed next to them."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -413,3 +414,16 @@ def test_summary_markdown_keeps_the_backbones_asked_for(capsys):
     assert [r.split(" | ")[:3] for r in rows] == [["| quick80", "single", "gbert"],
                                                   ["| quick80", "single+fullname", "gbert"],
                                                   ["| quick", "multi5+permute+fullname", "gbert"]]
+
+
+def test_paired_runs_pairs_only_runs_made_from_the_same_data(capsys):
+    """scripts/paired_runs.py, which the README's cross-run comparisons quote: quick's gbert against the paper
+    masking's on the same 300 people (name-tied 70.1 and 70.0: a paired 0.0), refused across seeds (other people)."""
+    spec = importlib.util.spec_from_file_location("paired_runs", ROOT / "scripts" / "paired_runs.py")
+    paired_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired_runs)
+    runs = ROOT / "runs"
+    assert paired_runs.main([f"{runs}/quick:gbert:name_tied", f"{runs}/cpu_paper_masking:gbert:name_tied"]) == 0
+    assert "+0.0 points (95% CI -2.5 to +2.8, 300 people)" in capsys.readouterr().out
+    assert paired_runs.main([f"{runs}/cpu_study:gbert:qa_test", f"{runs}/cpu_study_seed1:gbert:qa_test"]) == 2
+    assert "not made from the same data" in capsys.readouterr().err
