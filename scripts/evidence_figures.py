@@ -97,7 +97,7 @@ def curve() -> Path:
 def gaps() -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for k, (level, label, answer) in enumerate(RULES):
-        xs, ys, lows, highs = [], [], [], []
+        xs, ys, lows, highs, fitted = [], [], [], [], []
         for people, exact, window in SCALE:
             for seed, run in enumerate(window if answer == "window" else exact):
                 causal, masked = cell(run, "gpt2-rope"), cell(run, "gbert")
@@ -108,13 +108,18 @@ def gaps() -> Path:
                 ys.append(100 * diff["difference"])
                 lows.append(100 * (diff["difference"] - diff["ci95"][0]))
                 highs.append(100 * (diff["ci95"][1] - diff["difference"]))
-        ax.errorbar(xs, ys, yerr=[lows, highs], marker="o", ls="none", capsize=3, label=label)
+                fitted.append(masked[0][level.replace("qa_test", "qa_train")]["mean"] >= 0.8)
+        line = ax.errorbar(xs, ys, yerr=[lows, highs], marker="o", ls="none", capsize=3, label=label)
+        color = line[0].get_color()
+        for x, y, fit in zip(xs, ys, fitted, strict=True):  # hollow: fine-tuning did not fit P_train
+            ax.plot([x], [y], marker="o", color=color, markerfacecolor=color if fit else "white", zorder=3)
     ax.axhline(0, color="black", lw=1)
     ax.set_xscale("log")
     ax.set_xticks([300, 1000], ["300 people\n(3 seeds)", "1,000 people\n(1 seed)"])
     ax.minorticks_off()
     ax.set_ylabel("gpt2-rope minus gbert, P_test (points)\npaired 95% CI over the same people")
-    ax.set_title("The causal-masked gap when both are memorized (2 x 128)")
+    ax.set_title("The causal-masked gap when both are memorized (2 x 128)\nhollow: the rule's P_train below 80%",
+                 fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
