@@ -14,24 +14,25 @@ import sys
 from pathlib import Path
 
 from bidirect.evaluate import paired_difference
+from bidirect.results import Run
 from bidirect.rundir import read_results
 
 
-def level(spec: str) -> tuple[dict, str]:
+def level(spec: str) -> tuple[dict, str | None]:
     """The level a RUN:BACKBONE:LEVEL[:AUGMENTATION] argument names, and the run's data hash."""
     parts = spec.split(":")
     if len(parts) not in (3, 4):
         raise SystemExit(f"{spec}: expected RUN:BACKBONE:LEVEL[:AUGMENTATION]")
     run, backbone, name = Path(parts[0]), parts[1], parts[2]
-    results = read_results(run)
-    augs = results["results"]
+    results = Run.from_json(read_results(run))
+    augs = results.by_augmentation()
     aug = parts[3] if len(parts) == 4 else next(iter(augs)) if len(augs) == 1 else None
     if aug not in augs:
         raise SystemExit(f"{spec}: name one of the augmentations {', '.join(augs)}")
-    cell = augs[aug].get(backbone)
-    if cell is None or name not in cell:
-        raise SystemExit(f"{spec}: no {backbone} {name} in {run} (it has {', '.join(augs[aug])})")
-    return cell[name], results.get("data_sha256")
+    cell = results.cell(aug, backbone)
+    if cell is None or name not in cell.levels:
+        raise SystemExit(f"{spec}: no {backbone} {name} in {run} (it has {', '.join(c.backbone for c in augs[aug])})")
+    return cell.levels[name], results.data_sha256
 
 
 def main(argv: list[str]) -> int:
