@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -19,7 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bidirect.evaluate import paired_difference  # noqa: E402
+from bidirect.results import Run  # noqa: E402
+from bidirect.rundir import read_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "figures"
@@ -33,16 +33,17 @@ SCALE = [(300, ["cpu_study", "cpu_study_seed1", "cpu_study_seed2"],
          (1000, ["cpu_study_1000"], ["cpu_study_1000_window"])]
 
 
+def committed(run: str) -> Run | None:
+    """A committed run's results (None where the run is not committed)."""
+    folder = ROOT / "runs" / run
+    return Run.from_json(read_results(folder)) if (folder / "results.json").is_file() else None
+
+
 def cell(run: str, backbone: str) -> tuple[dict, dict] | None:
-    """A committed run's levels and training record of one backbone (None where the run is not committed)."""
-    path = ROOT / "runs" / run / "results.json"
-    if not path.is_file():
-        return None
-    results = json.loads(path.read_text())
-    aug = next(iter(results["results"]))
-    if backbone not in results["results"][aug]:
-        return None
-    return results["results"][aug][backbone], results["training"][aug][backbone]
+    """A committed run's levels and training record of one backbone, in its single augmentation."""
+    found = committed(run)
+    c = next((c for c in found.cells if c.backbone == backbone), None) if found else None
+    return None if c is None else (c.levels, c.phases)
 
 
 def _point(level: dict | None) -> tuple[float, float, float] | None:
@@ -100,15 +101,19 @@ def gaps() -> Path:
         xs, ys, lows, highs, fitted = [], [], [], [], []
         for people, exact, window in SCALE:
             for seed, run in enumerate(window if answer == "window" else exact):
-                causal, masked = cell(run, "gpt2-rope"), cell(run, "gbert")
-                if causal is None or masked is None or level not in masked[0]:
+                found = committed(run)
+                # the run's own paired difference (results.json's `paired`), as its table prints it
+                pairs = [(aug, d) for aug, ds in ((found.paired or {}) if found else {}).items() for d in ds
+                         if (d["first"], d["second"], d["levels"]) == ("gpt2-rope", "gbert", ["qa_test", level])]
+                if not pairs:
                     continue
-                diff = paired_difference(causal[0]["qa_test"], masked[0][level])
+                aug, diff = pairs[0]
+                masked = found.cell(aug, "gbert").levels
                 xs.append(people * (1 + 0.03 * (k - 1.5)) * (1 + 0.01 * seed))
                 ys.append(100 * diff["difference"])
                 lows.append(100 * (diff["difference"] - diff["ci95"][0]))
                 highs.append(100 * (diff["ci95"][1] - diff["difference"]))
-                fitted.append(masked[0][level.replace("qa_test", "qa_train")]["mean"] >= 0.8)
+                fitted.append(masked[level.replace("qa_test", "qa_train")]["mean"] >= 0.8)
         line = ax.errorbar(xs, ys, yerr=[lows, highs], marker="o", ls="none", capsize=3, label=label)
         color = line[0].get_color()
         for x, y, fit in zip(xs, ys, fitted, strict=True):  # hollow: fine-tuning did not fit P_train
