@@ -4,6 +4,7 @@
     bidirect run [CONFIG] --out RUN_DIR          the whole study: data, training, evaluation, table
     bidirect eval RUN_DIR                        evaluate the saved models of a run again
     bidirect summary RUN_DIR [RUN_DIR ...]       runs side by side; a sweep folder: seeds pooled, 95% CIs
+    bidirect summary --pool-seeds SWEEP SWEEP    one grid's sweep folders, one per seed, pooled
     bidirect sweep SWEEP_CONFIG --out DIR        a grid of studies, one run folder per combination
     bidirect report DIR [--out FILE.md]          Markdown report with PNG figures of a run or sweep folder
     bidirect probe RUN_DIR [--steps N]           P- and Q-probing of the trained models (RUN_DIR/probe.json)
@@ -78,7 +79,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_summary(args: argparse.Namespace) -> None:
     from bidirect import sweep as sweep_lib
-    from bidirect.report.tables import comparison_tables, print_results, runs_markdown, summary_table
+    from bidirect.report.tables import (
+        comparison_tables,
+        print_results,
+        runs_markdown,
+        summary_markdown,
+        summary_table,
+    )
     from bidirect.results import Run
     from bidirect.rundir import RESULTS_FILE, SUMMARY_FILE, RunFolder, read_results
 
@@ -89,6 +96,16 @@ def cmd_summary(args: argparse.Namespace) -> None:
             raise RunDirError(f"{d}: not a run folder (no {RESULTS_FILE}) nor a sweep folder (no .bidirect marker, "
                               f"nor a sweep.yaml and sweep.json of one); to compare the runs in it: "
                               f"`bidirect summary {d}/*`")
+    if args.pool_seeds:
+        others = [d for d in args.run_dirs if Path(d) not in sweeps]
+        if others:
+            raise ConfigError(f"--pool-seeds: {others[0]} is not a sweep folder; pool sweep folders of one grid")
+        pooled = sweep_lib.aggregate_seeds(sweeps)
+        if args.markdown:
+            print(summary_markdown(pooled))
+        else:
+            console.print(summary_table(pooled))
+        return
     for sweep_dir in sweeps:
         console.print(summary_table(sweep_lib.summarize(sweep_dir)))
         console.print(f"summary: {sweep_dir / SUMMARY_FILE}")
@@ -229,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true",
                    help="runs as one Markdown table, a row per backbone, intervals beside held-out levels")
     p.add_argument("--backbone", action="append", metavar="NAME", help="only this backbone's rows; repeat for several")
+    p.add_argument("--pool-seeds", action="store_true",
+                   help="sweep folders of one grid, each run on its own seed: seeds pooled across them (prints only)")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("sweep", help="run a grid of studies (a study file with a top-level sweep: mapping)")

@@ -441,6 +441,40 @@ def aggregate(sweep_dir: Path) -> dict[str, Any]:
             "rows": rows}
 
 
+def aggregate_seeds(sweep_dirs: list[Path]) -> dict[str, Any]:
+    """Seeds pooled across sweep folders of one grid run once per seed (``objectives`` and ``objectives_seed1``),
+    as `aggregate` pools the seeds inside one folder. Cells are matched by their swept values; the configs of
+    matched cells must be equal but for ``seed`` and ``name``, and each seed may count once in a row, or the pool
+    would mix studies or count a run twice. Nothing is written: `bidirect summary --pool-seeds` prints it."""
+    if len(sweep_dirs) < 2:
+        raise ConfigError("--pool-seeds: give two or more sweep folders of one grid, each run on its own seed")
+    read = [(d, *read_cells(d)) for d in sweep_dirs]
+    group_keys = [k for k in read[0][1] if k != SEED]
+    for d, axes, _ in read[1:]:
+        if sorted(k for k in axes if k != SEED) != sorted(group_keys):
+            raise ConfigError(f"--pool-seeds: {d} sweeps {sorted(k for k in axes if k != SEED)}, {read[0][0]} "
+                              f"sweeps {sorted(group_keys)}: not the same grid")
+    cells = [(f"{d}/{c.name}", c.values, c.run) for d, _, found in read for c in found]
+    studies: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name, values, run in cells:
+        key = json.dumps({k: values.get(k) for k in group_keys}, sort_keys=True)
+        study = {k: v for k, v in dotted(run.config or {}).items() if k not in (SEED, "name")}
+        first = studies.setdefault(key, (name, study))
+        # a field one results.json predates is not compared (its default held then), as for a run's own config
+        differ = sorted(k for k in first[1].keys() & study.keys() if first[1][k] != study[k])
+        if differ:
+            raise ConfigError(f"--pool-seeds: {name} and {first[0]} differ in {', '.join(differ[:5])}, not only in "
+                              "the seed; pool only runs of one study")
+    rows = pool(cells, group_keys)
+    for row in rows:
+        twice = sorted({s for s in row["seeds"] if row["seeds"].count(s) > 1})
+        if twice:
+            raise ConfigError(f"--pool-seeds: seed {twice[0]} twice in {', '.join(row['cells'])}; pool each seed once")
+    return {"sweep_dir": " + ".join(map(str, sweep_dirs)), "sweep_dirs": [str(d) for d in sweep_dirs],
+            "axes": {k: read[0][1][k] for k in group_keys}, "group_by": group_keys, "pooled": SEED,
+            "interval": INTERVAL, "rows": rows}
+
+
 def write_summary(sweep_dir: Path, summary: dict[str, Any]) -> Path:
     """Write the sweep's summary.json; one that is not a summary bidirect wrote (a user's file of that name)
     is refused, not overwritten. The caller holds the sweep's lock (`rundir.writing`)."""

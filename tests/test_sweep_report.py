@@ -235,6 +235,46 @@ def test_summary_pools_inverse_levels_where_cells_have_them(tiny_sweep, tmp_path
     check_pngs(copy / "report", copy / "report.md")
 
 
+def test_pool_seeds_across_sweep_folders(tiny_sweep, tmp_path, capsys):
+    """One grid run once per seed, in two sweep folders (as runs/objectives and runs/objectives_seed1): pooled
+    across them it gives what the two seeds give in one folder; a seed counted twice, runs of another study, one
+    folder or a run folder are refused, and nothing is written."""
+    _, out = tiny_sweep
+    one_folder = json.loads((out / "summary.json").read_text())["rows"][0]
+    folders = {}
+    for seed in (0, 1):
+        folders[seed] = tmp_path / f"seed{seed}"
+        shutil.copytree(out, folders[seed], ignore=shutil.ignore_patterns("models", "data", "tokenizer",
+                                                                          "summary.json"))
+        shutil.rmtree(folders[seed] / f"seed={1 - seed},pretrain.steps=4")
+    pooled = sweep_lib.aggregate_seeds([folders[0], folders[1]])
+    [row] = pooled["rows"]
+    assert pooled["group_by"] == ["pretrain.steps"] and row["n"] == 2 and sorted(row["seeds"]) == [0, 1]
+    for level in ("qa_train", "qa_test"):
+        assert row["levels"][level]["mean"]["mean"] == pytest.approx(one_folder["levels"][level]["mean"]["mean"])
+        assert row["levels"][level]["mean"]["ci95"] == pytest.approx(one_folder["levels"][level]["mean"]["ci95"])
+    assert main(["summary", "--pool-seeds", str(folders[0]), str(folders[1])]) == 0
+    assert "±" in capsys.readouterr().out
+    assert main(["summary", "--pool-seeds", "--markdown", str(folders[0]), str(folders[1])]) == 0
+    assert "| pretrain.steps | augmentation | backbone | seeds |" in capsys.readouterr().out
+    assert not any(f.joinpath("summary.json").exists() for f in folders.values())
+
+    twice = tmp_path / "seed0_again"
+    shutil.copytree(folders[0], twice)
+    assert main(["summary", "--pool-seeds", str(folders[0]), str(twice)]) == 2
+    assert "seed 0 twice" in capsys.readouterr().out
+    results = folders[1] / "seed=1,pretrain.steps=4" / "results.json"
+    edited = json.loads(results.read_text())
+    edited["config"]["finetune"]["lr"] *= 2
+    results.write_text(json.dumps(edited))
+    assert main(["summary", "--pool-seeds", str(folders[0]), str(folders[1])]) == 2
+    assert "differ in finetune.lr, not only in the seed" in " ".join(capsys.readouterr().out.split())
+    assert main(["summary", "--pool-seeds", str(folders[0])]) == 2
+    assert "two or more sweep folders" in capsys.readouterr().out
+    assert main(["summary", "--pool-seeds", str(folders[0]), str(folders[0] / "seed=0,pretrain.steps=4")]) == 2
+    assert "is not a sweep folder" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- reports
 
 
