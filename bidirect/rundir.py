@@ -92,9 +92,10 @@ def read_regular(path: Path, limit: int = 1 << 26) -> bytes | None:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which raises on a folder
+        os.close(fd)
+        return None
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
         return f.read(limit)
 
 
@@ -233,7 +234,25 @@ def foreign_entries(folder: Path, kind: Kind) -> list[str]:
     if kind == "sweep" and SUMMARY_FILE not in foreign and (folder / SUMMARY_FILE).exists() \
             and not is_summary(folder / SUMMARY_FILE):
         foreign.append(SUMMARY_FILE)
+    if kind == "run":  # a user's file under an analysis's name is theirs, not part of the run
+        foreign += [n for n in (PROBE_FILE, CAPACITY_FILE)
+                    if n not in foreign and (folder / n).exists() and not is_analysis(folder / n)]
     return foreign
+
+
+def is_analysis(path: Path) -> bool:
+    """``path`` is a probe.json or capacity.json that an analysis wrote (its keys; a damaged one of its own is
+    still one, and is replaced), not a user's file of that name."""
+    out = _read_json_regular(path)
+    return isinstance(out, dict) and {"phase", "results"} <= set(out)
+
+
+def check_analysis_target(path: Path) -> None:
+    """Before an analysis computes anything: refuse to overwrite a file at its output's name that it did not
+    write (a user's notes saved as probe.json was replaced whole)."""
+    if (path.exists() or path.is_symlink()) and not is_analysis(path):
+        raise RunDirError(f"{path}: not a {path.stem} file bidirect wrote; bidirect will not overwrite it. Move it "
+                          "away, then run the same command again.")
 
 
 def is_summary(path: Path) -> bool:
@@ -348,16 +367,24 @@ def write_text_atomic(path: Path, text: str) -> None:
     file, and a link at either name is replaced, never written through (the temporary file is created
     anew, O_EXCL | O_NOFOLLOW)."""
     tmp = path.with_name(f".{path.name}.tmp")
+    if path.is_dir() and not path.is_symlink():  # a user's folder under a name of bidirect's: never replaced
+        raise RunDirError(f"{path}: a folder, not a file bidirect wrote; bidirect will not replace it. Move it away, "
+                          "then run the same command again.")
     if tmp.is_symlink() or tmp.is_file():  # a leftover of a killed write (or a link): only the name goes
         tmp.unlink()
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "w") as f:
             f.write(text)
-    except BaseException:  # a full disk: no half file left behind
+        os.replace(tmp, path)
+    except OSError as err:  # a full disk, a file that may not be replaced: no half file left, the target named
+        tmp.unlink(missing_ok=True)
+        if str(err.filename) == str(tmp):  # the temporary name is bidirect's business, the target the user's
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
+    except BaseException:  # Ctrl-C mid-write: no half file left behind either
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, path)
 
 
 _NUMBER = r"(?:-?[0-9][0-9.eE+-]*|null)"
