@@ -36,7 +36,7 @@ import shutil
 import socket
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -468,7 +468,29 @@ def clear_report(report: Path) -> Path:
     figures.mkdir(parents=True, exist_ok=True)
     for old in figures.iterdir():
         old.unlink()
+    # The manifest at once, then each figure as it is written (`save_figure`): a report stopped halfway (Ctrl-C
+    # while drawing) leaves only what it listed, which the next report replaces; an empty manifest was no proof,
+    # and its own figures were refused as a user's. The report it replaces was proved bidirect's above.
+    write_json_atomic(figures / FIGURES_MANIFEST, {
+        "report": [report.name, file_sha(report)] if read_regular(report, 0) is not None else None, "figures": {}})
     return figures
+
+
+def save_figure(path: Path, save: Callable[[Path], None]) -> Path:
+    """Write a report's figure ``path`` (into a folder `clear_report` made) by ``save`` to a temporary name,
+    rename it into place and list it in the folder's manifest: a figure cut short is removed, a whole one listed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    manifest = _read_json_regular(path.parent / FIGURES_MANIFEST)
+    if isinstance(manifest, dict) and isinstance(manifest.get("figures"), dict):
+        manifest["figures"][path.name] = file_sha(path)
+        write_json_atomic(path.parent / FIGURES_MANIFEST, manifest)
+    return path
 
 
 def record_report(report: Path, figures: list[Path]) -> None:

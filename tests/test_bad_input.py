@@ -477,3 +477,18 @@ def test_full_disk_reported_by_safetensors_is_an_oserror(run_copy, monkeypatch, 
     code, text = _run(["run", str(config), "--out", str(run), "--resume"], capsys)
     assert code == 1 and text.endswith(f"finetune/.model.tmp: No space left on device; free space (or fix the disk), "
                                        f"then continue with `bidirect run {config} --out {run} --resume`")
+
+
+# --------------------------------------------------------------------------- probe 22: cases not yet covered
+
+
+@pytest.mark.parametrize("out", [".", "/", ""])
+def test_report_out_a_folder_with_no_name_is_refused(run_copy, tmp_path, out, monkeypatch, capsys):
+    """`report RUN --out .` (or `/`) was a ValueError traceback from pathlib ('has an empty name')."""
+    _, run = run_copy
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(tmp_path)
+    code, text = _run(["report", str(run), "--out", out or "./"], capsys)
+    assert code == 2 and f"--out {out or '.'}: expected a .md file, e.g. {Path(out or '.') / 'report.md'}" in text
+    assert _snapshot(tmp_path) == before

@@ -473,3 +473,30 @@ def test_a_results_json_that_cannot_be_replaced_is_named_and_leaves_no_temporary
     code, text = _run(["eval", str(run)], capsys)
     assert code == 2 and text.endswith(f"error: {run / 'results.json'}: Operation not permitted")
     assert not (run / ".results.json.tmp").exists()
+
+
+@pytest.mark.parametrize("figure", [1, 2])
+def test_a_report_stopped_while_drawing_is_replaced_by_the_next(run_copy, tmp_path, figure, monkeypatch, capsys):
+    """Ctrl-C while a first report drew its figures left figures no manifest listed: the next report called them
+    a user's ("holds files bidirect did not write"), though the interrupt had said to run it again."""
+    from matplotlib.figure import Figure
+
+    _, run = run_copy
+    out = tmp_path / "paper" / "x.md"
+    _decoys(out.parent)
+    savefig, calls = Figure.savefig, []
+
+    def interrupted(self, path, **kwargs):
+        calls.append(path)
+        if len(calls) == figure:
+            Path(path).write_bytes(b"\x89PNG cut")  # half a figure
+            raise KeyboardInterrupt
+        return savefig(self, path, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", interrupted)
+    code, text = _run(["report", str(run), "--out", str(out)], capsys)
+    assert code == 130 and "interrupted" in text
+    assert not [p for p in out.with_suffix("").iterdir() if p.name.endswith(".tmp")]  # no half figure kept
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    assert _run(["report", str(run), "--out", str(out)], capsys)[0] == 0
+    assert (out.parent / "notes.txt").read_text() == "years of work\n"
