@@ -77,20 +77,23 @@ def run(config: str | Path | dict[str, Any] | StudyConfig | None, out: str | Pat
     """Run a study into the folder ``out`` (the rules of `bidirect run`: a finished run is never
     overwritten without ``force``; ``resume`` continues one) and return its results.json as a dict.
     ``pretrained_from``: a run folder whose finished pretraining this study reuses (`study.reuse_pretraining`)."""
-    from bidirect.rundir import open_run_dir
+    from bidirect.rundir import RunFolder, open_run_dir
     from bidirect.study import check_reuse, make_accelerator, reuse_pretraining, run_study
 
     quiet_libraries()
     cfg = study_config(config, overrides)
     run_dir = Path(out)
-    if pretrained_from is not None and not resume:
-        check_reuse(cfg, Path(pretrained_from))  # before the run folder is made: a refusal changes nothing
+    # A resume of a folder without data yet (new, or stopped before its data) starts as a new run does, from the
+    # pretraining asked for: it was ignored, and the pretraining trained again. A run that has its data keeps it.
+    reuse = pretrained_from is not None and not (resume and RunFolder(run_dir).data.exists())
+    if reuse:
+        check_reuse(cfg, Path(pretrained_from), run_dir)  # before the run folder is made: a refusal changes nothing
     accelerator = make_accelerator(cfg, run_dir)
     # The main process locks the folder; the other processes of an `accelerate launch` write under its lock.
     opened = open_run_dir(run_dir, cfg, resume=resume, force=force) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     with contextlib.closing(opened) if opened is not None else contextlib.nullcontext():
-        if pretrained_from is not None and not resume and accelerator.is_main_process:
+        if reuse and accelerator.is_main_process:
             reuse_pretraining(cfg, run_dir, Path(pretrained_from))
         accelerator.wait_for_everyone()
         return run_study(cfg, run_dir, accelerator, opened=opened)

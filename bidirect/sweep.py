@@ -358,7 +358,7 @@ def run_sweep(sweep: Sweep, out: Path, source: Path, force: bool = False, pretra
 
     if pretrained_from is not None:  # a refusal changes nothing
         for cell in sweep.cells:
-            check_reuse(cell.config, pretrained_from)
+            check_reuse(cell.config, pretrained_from, out)
     accelerator = make_accelerator(sweep.cells[0].config, out)
     # The main process writes and locks the folder; the others read the same cells from what it wrote.
     opened = open_sweep_dir(out, sweep, source, force=force) if accelerator.is_main_process else None

@@ -492,3 +492,13 @@ def test_report_out_a_folder_with_no_name_is_refused(run_copy, tmp_path, out, mo
     code, text = _run(["report", str(run), "--out", out or "./"], capsys)
     assert code == 2 and f"--out {out or '.'}: expected a .md file, e.g. {Path(out or '.') / 'report.md'}" in text
     assert _snapshot(tmp_path) == before
+
+
+def test_resume_with_pretrained_from_of_a_folder_without_data_reuses_it(run_copy, tmp_path, capsys):
+    """`run --out NEW --resume --pretrained-from RUN` trained the pretraining again, the option unread."""
+    config, run = run_copy
+    other = write_config(tmp_path / "ft.yaml", **ONE_CELL, finetune__steps=2)
+    code, _ = _run(["run", str(other), "--out", str(tmp_path / "new"), "--resume", "--pretrained-from", str(run)],
+                   capsys)
+    phase = "models/single/gpt2-rope/pretrain/log.jsonl"
+    assert code == 0 and (tmp_path / "new" / phase).stat().st_mtime_ns == (run / phase).stat().st_mtime_ns  # copied

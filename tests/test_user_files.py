@@ -500,3 +500,21 @@ def test_a_report_stopped_while_drawing_is_replaced_by_the_next(run_copy, tmp_pa
     monkeypatch.setattr(Figure, "savefig", savefig)
     assert _run(["report", str(run), "--out", str(out)], capsys)[0] == 0
     assert (out.parent / "notes.txt").read_text() == "years of work\n"
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_pretrained_from_inside_out_is_refused_before_force_moves_it(run_copy, tmp_path, command, capsys):
+    """`--out R --force --pretrained-from R`: R was moved aside, then "its pretraining is not finished"."""
+    config, run = run_copy
+    _decoys(tmp_path)
+    before = _snapshot(tmp_path)
+    if command == "run":
+        argv = ["run", str(config), "--out", str(run), "--force", "--pretrained-from", f"{run}/"]
+    else:
+        sweep_file = tmp_path / "s.yaml"
+        sweep_file.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "sweep": {"finetune.lr": [0.01]}}))
+        before = _snapshot(tmp_path)
+        argv = ["sweep", str(sweep_file), "--out", str(tmp_path), "--force", "--pretrained-from", str(run)]
+    code, text = _run(argv, capsys)
+    assert code == 2 and "is the --out folder" in text and "or inside it" in text
+    assert _snapshot(tmp_path) == before
