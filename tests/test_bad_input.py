@@ -494,6 +494,24 @@ def test_report_out_a_folder_with_no_name_is_refused(run_copy, tmp_path, out, mo
     assert _snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("args,message", [
+    (["What is the birth city of " + "x " * 3000 + "?"], "question: 6,0"),
+    (["What is the birth city of A B C?", "--length", str(10**9)], "--length: 1000000000; the models read at most "
+                                                                   "model.context = 256 tokens"),
+    (["What is the birth city of A B C?", "--length", "250"], "(--length 250 and end-of-text), the models read at "
+                                                              "most model.context = 256 tokens; give a shorter"),
+])
+def test_ask_past_the_context_is_refused(run_copy, args, message, capsys):
+    """A question longer than the context was an IndexError traceback (learned positions) or answered from a question
+    read cut short (rotary); --length 10**9 allocated a billion masks (a hang, then out of memory)."""
+    _, run = run_copy
+    (run.parent / "notes.txt").write_text("mine")
+    before = _snapshot(run.parent)
+    code, text = _run(["ask", str(run), *args], capsys)
+    assert code == 2 and message in text and len(text) < 300, text
+    assert _snapshot(run.parent) == before
+
+
 def test_resume_with_pretrained_from_of_a_folder_without_data_reuses_it(run_copy, tmp_path, capsys):
     """`run --out NEW --resume --pretrained-from RUN` trained the pretraining again, the option unread."""
     config, run = run_copy
