@@ -512,6 +512,15 @@ def test_ask_past_the_context_is_refused(run_copy, args, message, capsys):
     assert _snapshot(run.parent) == before
 
 
+def test_a_sweep_of_too_many_cells_is_refused_before_building_them(tmp_path, capsys):
+    """300 x 300 values: minutes of silence building 90,000 configs before anything was said."""
+    values = ", ".join(map(str, range(300)))
+    text = write_config(tmp_path / "t.yaml", **ONE_CELL).read_text()
+    out = _refused(tmp_path, text + f"sweep:\n  seed: [{values}]\n  finetune.lr: [{values}]\n", capsys,
+                   command="sweep")
+    assert "sweep: 300 x 300 values make 90,000 cells, each a whole study; at most 10,000" in out
+
+
 def test_resume_with_pretrained_from_of_a_folder_without_data_reuses_it(run_copy, tmp_path, capsys):
     """`run --out NEW --resume --pretrained-from RUN` trained the pretraining again, the option unread."""
     config, run = run_copy
