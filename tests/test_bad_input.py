@@ -521,6 +521,13 @@ def test_a_sweep_of_too_many_cells_is_refused_before_building_them(tmp_path, cap
     assert "sweep: 300 x 300 values make 90,000 cells, each a whole study; at most 10,000" in out
 
 
+@pytest.mark.parametrize("name", ["a\n# b", "\x1b[31mred", "tab\there"])
+def test_a_name_that_is_not_one_printable_line_is_refused(tmp_path, name, capsys):
+    """A newline in `name:` split the report's heading in two (the second line a heading of its own)."""
+    out = _refused(tmp_path, json.dumps({"name": name}), capsys)
+    assert "name: one line of printable text, got " in out
+
+
 def test_resume_with_pretrained_from_of_a_folder_without_data_reuses_it(run_copy, tmp_path, capsys):
     """`run --out NEW --resume --pretrained-from RUN` trained the pretraining again, the option unread."""
     config, run = run_copy
