@@ -737,23 +737,41 @@ def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: b
     return Opened(run_dir, lock, aside)
 
 
-def require_run_dir(run_dir: Path) -> StudyConfig:
-    """The config of an existing run folder, or a clear error."""
+def _check_is_folder(run_dir: Path) -> None:
+    """A file or a missing path given where a run folder belongs, said as what it is."""
+    if run_dir.exists() and not run_dir.is_dir():  # a user's notes.txt was "no such run folder"
+        raise RunDirError(f"{run_dir}: a file, not a run folder; give the folder `bidirect run` wrote")
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: no such run folder")
+
+
+def _not_a_run(run_dir: Path, missing: str) -> RunDirError:
+    """The error for a folder that is no run folder (``missing``: the file it lacks), naming a sweep as one."""
+    if folder_kind(run_dir) == "sweep":
+        meta = _read_json_regular(run_dir / MANIFEST_FILE)
+        cells = [c["name"] for c in meta["cells"]] if manifest_why_not(meta) is None else []
+        example = f" (e.g. {run_dir / cells[0]})" if cells else ""
+        return RunDirError(f"{run_dir}: a sweep folder, not a run folder; give one of its cells{example}")
+    return RunDirError(f"{run_dir}: not a bidirect run folder (no {missing})")
+
+
+def require_run_dir(run_dir: Path) -> StudyConfig:
+    """The config of an existing run folder, or a clear error."""
+    _check_is_folder(run_dir)
     if not RunFolder(run_dir).config.is_file():
-        raise RunDirError(f"{run_dir}: not a bidirect run folder (no {CONFIG_FILE})")
+        raise _not_a_run(run_dir, CONFIG_FILE)
     return config_lib.load(RunFolder(run_dir).config, saved=True)
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:
-    if not run_dir.is_dir():
-        raise RunDirError(f"{run_dir}: no such run folder")
+    _check_is_folder(run_dir)
     path = RunFolder(run_dir).results
     if not path.is_file() and not RunFolder(run_dir).config.is_file() and any(run_dir.glob(f"*/{RESULTS_FILE}")):
         # run folders side by side in a folder bidirect did not write: no sweep, so not pooled as one
         raise RunDirError(f"{run_dir}: not a run folder (no {RESULTS_FILE}) nor a sweep folder (no {MARKER} marker, "
                           f"nor a {SWEEP_FILE} and {MANIFEST_FILE} of one); give one of the run folders in it")
+    if not path.is_file() and not RunFolder(run_dir).config.is_file():  # a user's folder is not an unfinished run
+        raise _not_a_run(run_dir, f"{RESULTS_FILE} nor {CONFIG_FILE}")
     if not path.is_file():
         raise RunDirError(f"{run_dir}: no {RESULTS_FILE} (the run has not evaluated anything yet)")
     # Not `bidirect eval`: it reads this file first. A resume re-evaluates the saved models and writes it anew.

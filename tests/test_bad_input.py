@@ -18,6 +18,7 @@ import pytest
 from test_safety import _run, _snapshot
 from tiny import ONE_CELL, write_config
 
+from bidirect import rundir
 from bidirect.cli import main
 from bidirect.config import MAX_YAML_VALUES, apply_overrides, from_dict, load, shown
 
@@ -526,6 +527,32 @@ def test_a_name_that_is_not_one_printable_line_is_refused(tmp_path, name, capsys
     """A newline in `name:` split the report's heading in two (the second line a heading of its own)."""
     out = _refused(tmp_path, json.dumps({"name": name}), capsys)
     assert "name: one line of printable text, got " in out
+
+
+@pytest.mark.parametrize("command", ["eval", "summary", "capacity", "ask"])
+@pytest.mark.parametrize("what", ["file", "sweep", "folder"])
+def test_a_run_folder_command_names_what_it_was_given(tmp_path, command, what, capsys):
+    """A file was "no such run folder", a user's folder "no results.json (the run has not evaluated anything yet)"
+    for summary, a sweep "not a bidirect run folder (no config.yaml)"."""
+    given = tmp_path / ("notes.txt" if what == "file" else what)
+    if what == "file":
+        given.write_text("mine")
+    else:
+        given.mkdir()
+        (given / "notes.txt").write_text("mine")
+    if what == "sweep":
+        (given / rundir.MARKER).write_text('{"kind": "sweep"}\n')
+        (given / "sweep.json").write_text(json.dumps({"axes": {"seed": [0]},
+                                                      "cells": [{"name": "seed=0", "values": {"seed": 0}}]}))
+    before = _snapshot(tmp_path)
+    code, text = _run([command, str(given), *(["a question"] if command == "ask" else [])], capsys)
+    expected = {"file": f"{given}: a file, not a run folder",
+                "sweep": f"{given}: a sweep folder, not a run folder; give one of its cells (e.g. {given / 'seed=0'})",
+                "folder": f"{given}: not a bidirect run folder (no "}[what]
+    if what == "sweep" and command == "summary":  # a sweep is summary's to pool: its cells are missing
+        expected = f"{given}: no finished cell yet"
+    assert code == 2 and expected in text, text
+    assert _snapshot(tmp_path) == before
 
 
 def test_resume_with_pretrained_from_of_a_folder_without_data_reuses_it(run_copy, tmp_path, capsys):
