@@ -77,20 +77,23 @@ def run(config: str | Path | dict[str, Any] | StudyConfig | None, out: str | Pat
     """Run a study into the folder ``out`` (the rules of `bidirect run`: a finished run is never
     overwritten without ``force``; ``resume`` continues one) and return its results.json as a dict.
     ``pretrained_from``: a run folder whose finished pretraining this study reuses (`study.reuse_pretraining`)."""
-    from bidirect.rundir import open_run_dir
+    from bidirect.rundir import RunFolder, open_run_dir
     from bidirect.study import check_reuse, make_accelerator, reuse_pretraining, run_study
 
     quiet_libraries()
     cfg = study_config(config, overrides)
     run_dir = Path(out)
-    if pretrained_from is not None and not resume:
-        check_reuse(cfg, Path(pretrained_from))  # before the run folder is made: a refusal changes nothing
+    # A resume of a folder without data yet (new, or stopped before its data) starts as a new run does, from the
+    # pretraining asked for: it was ignored, and the pretraining trained again. A run that has its data keeps it.
+    reuse = pretrained_from is not None and not (resume and RunFolder(run_dir).data.exists())
+    if reuse:
+        check_reuse(cfg, Path(pretrained_from), run_dir)  # before the run folder is made: a refusal changes nothing
     accelerator = make_accelerator(cfg, run_dir)
     # The main process locks the folder; the other processes of an `accelerate launch` write under its lock.
     opened = open_run_dir(run_dir, cfg, resume=resume, force=force) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     with contextlib.closing(opened) if opened is not None else contextlib.nullcontext():
-        if pretrained_from is not None and not resume and accelerator.is_main_process:
+        if reuse and accelerator.is_main_process:
             reuse_pretraining(cfg, run_dir, Path(pretrained_from))
         accelerator.wait_for_everyone()
         return run_study(cfg, run_dir, accelerator, opened=opened)
@@ -171,9 +174,10 @@ def ask(run: str | Path, question: str, backbone: str | None = None, augmentatio
     from bidirect.analysis.cells import select_cells
     from bidirect.data.generate import StudyData
     from bidirect.data.templates import QUESTIONS, question_attribute
-    from bidirect.evaluate import answer_questions
+    from bidirect.evaluate import answer_questions, answer_room
     from bidirect.models import backbone_kind, load_backbone
     from bidirect.rundir import RunFolder, read_tokenizer, require_run_dir
+    from bidirect.tokenizer import question_ids
 
     run_dir = Path(run)
     cfg = require_run_dir(run_dir)
@@ -182,6 +186,10 @@ def ask(run: str | Path, question: str, backbone: str | None = None, augmentatio
         raise ConfigError(f"question: empty; ask in one of the study's forms, e.g. {example!r}")
     if length is not None and length < 1:
         raise ConfigError(f"--length: {length}; give the answer's length in tokens, 1 or more")
+    context = cfg.model.context
+    if length is not None and length >= context:  # 10**9 masks were allocated: a hang, then out of memory
+        raise ConfigError(f"--length: {length}; the models read at most model.context = {context} tokens, the "
+                          "question included")
     cfg, cells, phase = select_cells(run_dir, augmentation, backbone, final_phase(cfg.protocol))
     rule = "given" if length is not None else cfg.eval.masked_length
     if any(backbone_kind(b) == "masked" for _, b in cells):  # before any model is loaded
@@ -194,6 +202,14 @@ def ask(run: str | Path, question: str, backbone: str | None = None, augmentatio
                               f"one of them (e.g. {example!r}), or tell the length with --length N")
     run_folder, device = RunFolder(run_dir), torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer, data = read_tokenizer(run_dir), StudyData.load(run_folder.data)
+    # A question past the context indexed past the position table (an IndexError), or was read cut short.
+    asked, room = len(question_ids(tokenizer, question)), answer_room(tokenizer, data, length)
+    if asked + room > context:
+        told = length is not None and length + 1 == room
+        what, fix = (f" (--length {length} and end-of-text)", "give a shorter --length") if told else \
+            ("", "ask a shorter question")
+        raise ConfigError(f"question: {asked:,} tokens; with the {room} the answer takes{what}, the models read at "
+                          f"most model.context = {context} tokens; {fix}")
     rows = []
     for aug, name in cells:
         kind = backbone_kind(name)

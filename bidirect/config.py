@@ -488,6 +488,8 @@ def _positive(where: str, value: float, allow_zero: bool = False) -> None:
 
 def validate(cfg: StudyConfig) -> StudyConfig:
     """Range checks that types alone cannot express. Returns ``cfg`` for chaining."""
+    if not cfg.name.isprintable():  # a newline split the report's heading in two; control codes reach terminals
+        raise ConfigError(f"name: one line of printable text, got {shown(cfg.name)}")
     if not 0 <= cfg.seed < 2**32:  # numpy's range, which set_seed seeds too
         raise ConfigError(f"seed: must be in [0, 2**32), got {cfg.seed}")
     if not 0.0 < cfg.qa_share < 1.0:

@@ -671,6 +671,12 @@ def evaluate_model(model, kind: str, tokenizer: PreTrainedTokenizerFast, data: S
     return results
 
 
+def answer_room(tokenizer: PreTrainedTokenizerFast, data: StudyData, length: int | None = None) -> int:
+    """The tokens `answer_questions` puts after a question, whatever the model's kind and rule: one past the longest
+    P_train answer (or the told ``length``), and end-of-text. The question and these must fit the model's context."""
+    return max(max(n for _, n in _train_answers(tokenizer, data)), length or 0) + 1
+
+
 def answer_questions(model, kind: str, tokenizer: PreTrainedTokenizerFast, data: StudyData, questions: Sequence[str],
                      cfg: EvalConfig, answer: str = "exact", length: int | None = None) -> list[str]:
     """Each question's answer as the evaluator decodes it, where no answer is known to score (`bidirect ask`).

@@ -36,7 +36,7 @@ import shutil
 import socket
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,9 +92,10 @@ def read_regular(path: Path, limit: int = 1 << 26) -> bytes | None:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which raises on a folder
+        os.close(fd)
+        return None
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
         return f.read(limit)
 
 
@@ -233,7 +234,25 @@ def foreign_entries(folder: Path, kind: Kind) -> list[str]:
     if kind == "sweep" and SUMMARY_FILE not in foreign and (folder / SUMMARY_FILE).exists() \
             and not is_summary(folder / SUMMARY_FILE):
         foreign.append(SUMMARY_FILE)
+    if kind == "run":  # a user's file under an analysis's name is theirs, not part of the run
+        foreign += [n for n in (PROBE_FILE, CAPACITY_FILE)
+                    if n not in foreign and (folder / n).exists() and not is_analysis(folder / n)]
     return foreign
+
+
+def is_analysis(path: Path) -> bool:
+    """``path`` is a probe.json or capacity.json that an analysis wrote (its keys; a damaged one of its own is
+    still one, and is replaced), not a user's file of that name."""
+    out = _read_json_regular(path)
+    return isinstance(out, dict) and {"phase", "results"} <= set(out)
+
+
+def check_analysis_target(path: Path) -> None:
+    """Before an analysis computes anything: refuse to overwrite a file at its output's name that it did not
+    write (a user's notes saved as probe.json was replaced whole)."""
+    if (path.exists() or path.is_symlink()) and not is_analysis(path):
+        raise RunDirError(f"{path}: not a {path.stem} file bidirect wrote; bidirect will not overwrite it. Move it "
+                          "away, then run the same command again.")
 
 
 def is_summary(path: Path) -> bool:
@@ -348,16 +367,24 @@ def write_text_atomic(path: Path, text: str) -> None:
     file, and a link at either name is replaced, never written through (the temporary file is created
     anew, O_EXCL | O_NOFOLLOW)."""
     tmp = path.with_name(f".{path.name}.tmp")
+    if path.is_dir() and not path.is_symlink():  # a user's folder under a name of bidirect's: never replaced
+        raise RunDirError(f"{path}: a folder, not a file bidirect wrote; bidirect will not replace it. Move it away, "
+                          "then run the same command again.")
     if tmp.is_symlink() or tmp.is_file():  # a leftover of a killed write (or a link): only the name goes
         tmp.unlink()
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "w") as f:
             f.write(text)
-    except BaseException:  # a full disk: no half file left behind
+        os.replace(tmp, path)
+    except OSError as err:  # a full disk, a file that may not be replaced: no half file left, the target named
+        tmp.unlink(missing_ok=True)
+        if str(err.filename) == str(tmp):  # the temporary name is bidirect's business, the target the user's
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
+    except BaseException:  # Ctrl-C mid-write: no half file left behind either
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, path)
 
 
 _NUMBER = r"(?:-?[0-9][0-9.eE+-]*|null)"
@@ -441,7 +468,29 @@ def clear_report(report: Path) -> Path:
     figures.mkdir(parents=True, exist_ok=True)
     for old in figures.iterdir():
         old.unlink()
+    # The manifest at once, then each figure as it is written (`save_figure`): a report stopped halfway (Ctrl-C
+    # while drawing) leaves only what it listed, which the next report replaces; an empty manifest was no proof,
+    # and its own figures were refused as a user's. The report it replaces was proved bidirect's above.
+    write_json_atomic(figures / FIGURES_MANIFEST, {
+        "report": [report.name, file_sha(report)] if read_regular(report, 0) is not None else None, "figures": {}})
     return figures
+
+
+def save_figure(path: Path, save: Callable[[Path], None]) -> Path:
+    """Write a report's figure ``path`` (into a folder `clear_report` made) by ``save`` to a temporary name,
+    rename it into place and list it in the folder's manifest: a figure cut short is removed, a whole one listed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    manifest = _read_json_regular(path.parent / FIGURES_MANIFEST)
+    if isinstance(manifest, dict) and isinstance(manifest.get("figures"), dict):
+        manifest["figures"][path.name] = file_sha(path)
+        write_json_atomic(path.parent / FIGURES_MANIFEST, manifest)
+    return path
 
 
 def record_report(report: Path, figures: list[Path]) -> None:
@@ -688,23 +737,41 @@ def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: b
     return Opened(run_dir, lock, aside)
 
 
-def require_run_dir(run_dir: Path) -> StudyConfig:
-    """The config of an existing run folder, or a clear error."""
+def _check_is_folder(run_dir: Path) -> None:
+    """A file or a missing path given where a run folder belongs, said as what it is."""
+    if run_dir.exists() and not run_dir.is_dir():  # a user's notes.txt was "no such run folder"
+        raise RunDirError(f"{run_dir}: a file, not a run folder; give the folder `bidirect run` wrote")
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: no such run folder")
+
+
+def _not_a_run(run_dir: Path, missing: str) -> RunDirError:
+    """The error for a folder that is no run folder (``missing``: the file it lacks), naming a sweep as one."""
+    if folder_kind(run_dir) == "sweep":
+        meta = _read_json_regular(run_dir / MANIFEST_FILE)
+        cells = [c["name"] for c in meta["cells"]] if manifest_why_not(meta) is None else []
+        example = f" (e.g. {run_dir / cells[0]})" if cells else ""
+        return RunDirError(f"{run_dir}: a sweep folder, not a run folder; give one of its cells{example}")
+    return RunDirError(f"{run_dir}: not a bidirect run folder (no {missing})")
+
+
+def require_run_dir(run_dir: Path) -> StudyConfig:
+    """The config of an existing run folder, or a clear error."""
+    _check_is_folder(run_dir)
     if not RunFolder(run_dir).config.is_file():
-        raise RunDirError(f"{run_dir}: not a bidirect run folder (no {CONFIG_FILE})")
+        raise _not_a_run(run_dir, CONFIG_FILE)
     return config_lib.load(RunFolder(run_dir).config, saved=True)
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:
-    if not run_dir.is_dir():
-        raise RunDirError(f"{run_dir}: no such run folder")
+    _check_is_folder(run_dir)
     path = RunFolder(run_dir).results
     if not path.is_file() and not RunFolder(run_dir).config.is_file() and any(run_dir.glob(f"*/{RESULTS_FILE}")):
         # run folders side by side in a folder bidirect did not write: no sweep, so not pooled as one
         raise RunDirError(f"{run_dir}: not a run folder (no {RESULTS_FILE}) nor a sweep folder (no {MARKER} marker, "
                           f"nor a {SWEEP_FILE} and {MANIFEST_FILE} of one); give one of the run folders in it")
+    if not path.is_file() and not RunFolder(run_dir).config.is_file():  # a user's folder is not an unfinished run
+        raise _not_a_run(run_dir, f"{RESULTS_FILE} nor {CONFIG_FILE}")
     if not path.is_file():
         raise RunDirError(f"{run_dir}: no {RESULTS_FILE} (the run has not evaluated anything yet)")
     # Not `bidirect eval`: it reads this file first. A resume re-evaluates the saved models and writes it anew.

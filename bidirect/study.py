@@ -146,10 +146,14 @@ def _pretraining(cfg: StudyConfig) -> dict[str, Any]:
             "masking": masking}
 
 
-def check_reuse(cfg: StudyConfig, source: Path) -> list[tuple[str, Any]]:
+def check_reuse(cfg: StudyConfig, source: Path, out: Path | None = None) -> list[tuple[str, Any]]:
     """Raise, naming the first difference, unless ``source``'s finished pretraining phases are the ones ``cfg`` would
-    train (`reuse_pretraining`); checked before the new run folder is made. Returns the (augmentation, backbone)
-    cells whose pretraining is reused."""
+    train (`reuse_pretraining`); checked before the new run (or sweep) folder ``out`` is made. Returns the
+    (augmentation, backbone) cells whose pretraining is reused."""
+    if out is not None and (source.resolve() == out.resolve() or out.resolve() in source.resolve().parents):
+        # with --force the source was moved aside before the copy, which then said "its pretraining is not finished"
+        raise ConfigError(f"--pretrained-from {source}: is the --out folder {out} or inside it; a run starts from "
+                          "another run's pretraining. Give a run folder outside --out.")
     src = require_run_dir(source)
     if cfg.protocol != "pretrain_finetune":
         raise ConfigError("--pretrained-from: the mixed protocol has no pretraining phase to reuse")

@@ -18,6 +18,7 @@ import pytest
 from test_safety import _run, _snapshot
 from tiny import ONE_CELL, write_config
 
+from bidirect import rundir
 from bidirect.cli import main
 from bidirect.config import MAX_YAML_VALUES, apply_overrides, from_dict, load, shown
 
@@ -477,3 +478,88 @@ def test_full_disk_reported_by_safetensors_is_an_oserror(run_copy, monkeypatch, 
     code, text = _run(["run", str(config), "--out", str(run), "--resume"], capsys)
     assert code == 1 and text.endswith(f"finetune/.model.tmp: No space left on device; free space (or fix the disk), "
                                        f"then continue with `bidirect run {config} --out {run} --resume`")
+
+
+# --------------------------------------------------------------------------- probe 22: cases not yet covered
+
+
+@pytest.mark.parametrize("out", [".", "/", ""])
+def test_report_out_a_folder_with_no_name_is_refused(run_copy, tmp_path, out, monkeypatch, capsys):
+    """`report RUN --out .` (or `/`) was a ValueError traceback from pathlib ('has an empty name')."""
+    _, run = run_copy
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(tmp_path)
+    code, text = _run(["report", str(run), "--out", out or "./"], capsys)
+    assert code == 2 and f"--out {out or '.'}: expected a .md file, e.g. {Path(out or '.') / 'report.md'}" in text
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("args,message", [
+    (["What is the birth city of " + "x " * 3000 + "?"], "question: 6,0"),
+    (["What is the birth city of A B C?", "--length", str(10**9)], "--length: 1000000000; the models read at most "
+                                                                   "model.context = 256 tokens"),
+    (["What is the birth city of A B C?", "--length", "250"], "(--length 250 and end-of-text), the models read at "
+                                                              "most model.context = 256 tokens; give a shorter"),
+])
+def test_ask_past_the_context_is_refused(run_copy, args, message, capsys):
+    """A question longer than the context was an IndexError traceback (learned positions) or answered from a question
+    read cut short (rotary); --length 10**9 allocated a billion masks (a hang, then out of memory)."""
+    _, run = run_copy
+    (run.parent / "notes.txt").write_text("mine")
+    before = _snapshot(run.parent)
+    code, text = _run(["ask", str(run), *args], capsys)
+    assert code == 2 and message in text and len(text) < 300, text
+    assert _snapshot(run.parent) == before
+
+
+def test_a_sweep_of_too_many_cells_is_refused_before_building_them(tmp_path, capsys):
+    """300 x 300 values: minutes of silence building 90,000 configs before anything was said."""
+    values = ", ".join(map(str, range(300)))
+    text = write_config(tmp_path / "t.yaml", **ONE_CELL).read_text()
+    out = _refused(tmp_path, text + f"sweep:\n  seed: [{values}]\n  finetune.lr: [{values}]\n", capsys,
+                   command="sweep")
+    assert "sweep: 300 x 300 values make 90,000 cells, each a whole study; at most 10,000" in out
+
+
+@pytest.mark.parametrize("name", ["a\n# b", "\x1b[31mred", "tab\there"])
+def test_a_name_that_is_not_one_printable_line_is_refused(tmp_path, name, capsys):
+    """A newline in `name:` split the report's heading in two (the second line a heading of its own)."""
+    out = _refused(tmp_path, json.dumps({"name": name}), capsys)
+    assert "name: one line of printable text, got " in out
+
+
+@pytest.mark.parametrize("command", ["eval", "summary", "capacity", "ask"])
+@pytest.mark.parametrize("what", ["file", "sweep", "folder"])
+def test_a_run_folder_command_names_what_it_was_given(tmp_path, command, what, capsys):
+    """A file was "no such run folder", a user's folder "no results.json (the run has not evaluated anything yet)"
+    for summary, a sweep "not a bidirect run folder (no config.yaml)"."""
+    given = tmp_path / ("notes.txt" if what == "file" else what)
+    if what == "file":
+        given.write_text("mine")
+    else:
+        given.mkdir()
+        (given / "notes.txt").write_text("mine")
+    if what == "sweep":
+        (given / rundir.MARKER).write_text('{"kind": "sweep"}\n')
+        (given / "sweep.json").write_text(json.dumps({"axes": {"seed": [0]},
+                                                      "cells": [{"name": "seed=0", "values": {"seed": 0}}]}))
+    before = _snapshot(tmp_path)
+    code, text = _run([command, str(given), *(["a question"] if command == "ask" else [])], capsys)
+    expected = {"file": f"{given}: a file, not a run folder",
+                "sweep": f"{given}: a sweep folder, not a run folder; give one of its cells (e.g. {given / 'seed=0'})",
+                "folder": f"{given}: not a bidirect run folder (no "}[what]
+    if what == "sweep" and command == "summary":  # a sweep is summary's to pool: its cells are missing
+        expected = f"{given}: no finished cell yet"
+    assert code == 2 and expected in text, text
+    assert _snapshot(tmp_path) == before
+
+
+def test_resume_with_pretrained_from_of_a_folder_without_data_reuses_it(run_copy, tmp_path, capsys):
+    """`run --out NEW --resume --pretrained-from RUN` trained the pretraining again, the option unread."""
+    config, run = run_copy
+    other = write_config(tmp_path / "ft.yaml", **ONE_CELL, finetune__steps=2)
+    code, _ = _run(["run", str(other), "--out", str(tmp_path / "new"), "--resume", "--pretrained-from", str(run)],
+                   capsys)
+    phase = "models/single/gpt2-rope/pretrain/log.jsonl"
+    assert code == 0 and (tmp_path / "new" / phase).stat().st_mtime_ns == (run / phase).stat().st_mtime_ns  # copied

@@ -326,7 +326,7 @@ def _case(w, case: str):
         "eval_unfinished_run": (["eval", str(w.unfinished)], ["no trained model"], [w.unfinished], None, None),
         "eval_no_such_folder": (["eval", str(w.root / "nowhere")], ["no such run folder"], [], w.root / "nowhere",
                                 None),
-        "eval_a_file": (["eval", str(w.a_file)], ["no such run folder"], [w.a_file], None, None),
+        "eval_a_file": (["eval", str(w.a_file)], ["a file, not a run folder"], [w.a_file], None, None),
         "summary_no_such_folder": (["summary", str(w.root / "nowhere")], ["no such run folder"], [],
                                    w.root / "nowhere", None),
     }

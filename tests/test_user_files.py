@@ -427,3 +427,94 @@ def test_no_removed_shared_tensor_line_at_save(tmp_path, capfd):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Removed shared tensor" not in proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- 7. names and writes probe 22 found
+
+
+@pytest.mark.parametrize("name,command", [("probe.json", ["probe", "--steps", "1"]), ("capacity.json", ["capacity"])])
+def test_an_analysis_does_not_overwrite_a_users_file_of_its_name(run_copy, name, command, capsys):
+    """A user's notes saved as probe.json (or a JSON of theirs as capacity.json) were replaced whole; and --force
+    counted them as the run's own."""
+    config, run = run_copy
+    _decoys(run.parent)
+    (run / name).write_text("my notes\n" if name == "probe.json" else '{"mine": 1}\n')
+    before = _snapshot(run.parent)
+    code, text = _run([command[0], str(run), *command[1:]], capsys)
+    assert code == 2 and f"{run / name}: not a {name[:-5]} file bidirect wrote; bidirect will not overwrite it" in text
+    code, text = _run(["run", str(config), "--out", str(run), "--force"], capsys)
+    assert code == 2 and f"it holds 1 entry bidirect did not write ({name})" in text
+    assert _snapshot(run.parent) == before
+
+
+def test_a_folder_under_a_file_name_of_bidirects_is_refused_and_no_temporary_file_is_left(run_copy, capsys):
+    """A user's folder named capacity.json: `.capacity.json.tmp: Is a directory`, and that temporary file stayed."""
+    _, run = run_copy
+    _decoys(run / "capacity.json")
+    before = _snapshot(run)
+    code, text = _run(["capacity", str(run)], capsys)
+    assert code == 2 and f"{run / 'capacity.json'}: not a capacity file bidirect wrote" in text
+    with pytest.raises(RunDirError, match="capacity.json: a folder, not a file bidirect wrote"):
+        rundir.write_json_atomic(run / "capacity.json", {})  # every writer of a file of bidirect's, not only capacity
+    assert _snapshot(run) == before
+
+
+def test_a_results_json_that_cannot_be_replaced_is_named_and_leaves_no_temporary_file(run_copy, monkeypatch, capsys):
+    """As a read-only or immutable results.json answers a rename: the message named `.results.json.tmp`, left behind."""
+    _, run = run_copy
+    replace = os.replace
+
+    def refuse(src, dst, *args, **kwargs):
+        if Path(dst).name == "results.json":
+            raise PermissionError(1, "Operation not permitted", str(src), None, str(dst))
+        return replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", refuse)
+    code, text = _run(["eval", str(run)], capsys)
+    assert code == 2 and text.endswith(f"error: {run / 'results.json'}: Operation not permitted")
+    assert not (run / ".results.json.tmp").exists()
+
+
+@pytest.mark.parametrize("figure", [1, 2])
+def test_a_report_stopped_while_drawing_is_replaced_by_the_next(run_copy, tmp_path, figure, monkeypatch, capsys):
+    """Ctrl-C while a first report drew its figures left figures no manifest listed: the next report called them
+    a user's ("holds files bidirect did not write"), though the interrupt had said to run it again."""
+    from matplotlib.figure import Figure
+
+    _, run = run_copy
+    out = tmp_path / "paper" / "x.md"
+    _decoys(out.parent)
+    savefig, calls = Figure.savefig, []
+
+    def interrupted(self, path, **kwargs):
+        calls.append(path)
+        if len(calls) == figure:
+            Path(path).write_bytes(b"\x89PNG cut")  # half a figure
+            raise KeyboardInterrupt
+        return savefig(self, path, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", interrupted)
+    code, text = _run(["report", str(run), "--out", str(out)], capsys)
+    assert code == 130 and "interrupted" in text
+    assert not [p for p in out.with_suffix("").iterdir() if p.name.endswith(".tmp")]  # no half figure kept
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    assert _run(["report", str(run), "--out", str(out)], capsys)[0] == 0
+    assert (out.parent / "notes.txt").read_text() == "years of work\n"
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_pretrained_from_inside_out_is_refused_before_force_moves_it(run_copy, tmp_path, command, capsys):
+    """`--out R --force --pretrained-from R`: R was moved aside, then "its pretraining is not finished"."""
+    config, run = run_copy
+    _decoys(tmp_path)
+    before = _snapshot(tmp_path)
+    if command == "run":
+        argv = ["run", str(config), "--out", str(run), "--force", "--pretrained-from", f"{run}/"]
+    else:
+        sweep_file = tmp_path / "s.yaml"
+        sweep_file.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "sweep": {"finetune.lr": [0.01]}}))
+        before = _snapshot(tmp_path)
+        argv = ["sweep", str(sweep_file), "--out", str(tmp_path), "--force", "--pretrained-from", str(run)]
+    code, text = _run(argv, capsys)
+    assert code == 2 and "is the --out folder" in text and "or inside it" in text
+    assert _snapshot(tmp_path) == before

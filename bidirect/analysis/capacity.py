@@ -55,6 +55,7 @@ from bidirect.results import ATTRIBUTES
 from bidirect.rundir import (
     CAPACITY_FILE,
     RunFolder,
+    check_analysis_target,
     read_tokenizer,
     write_json_atomic,
     writing,
@@ -188,6 +189,7 @@ def run_capacity(run_dir: Path, augmentation: str | None = None, backbone: str |
     _, cells, phase = select_cells(run_dir, augmentation, backbone, phase)
     with writing(run_dir, "run"):  # the run's lock: no `bidirect run` or `eval` writes meanwhile
         run = RunFolder(run_dir)
+        check_analysis_target(run.file(CAPACITY_FILE))  # before the models are read: a user's file there is refused
         data, tokenizer = StudyData.load(run.data), read_tokenizer(run_dir)
         entropy = generator_entropy(len(data.individuals))
         out: dict[str, Any] = {"phase": phase, "entropy_bits": entropy, "results": {}}

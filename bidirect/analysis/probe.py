@@ -53,6 +53,7 @@ from bidirect.rundir import (
     PROBE_FILE,
     RunDirError,
     RunFolder,
+    check_analysis_target,
     read_tokenizer,
     write_json_atomic,
     writing,
@@ -228,6 +229,7 @@ def run_probe(run_dir: Path, augmentation: str | None = None, backbone: str | No
     cfg, cells, phase = select_cells(run_dir, augmentation, backbone, phase)
     with writing(run_dir, "run"):  # the run's lock: no `bidirect run` or `eval` writes meanwhile
         run = RunFolder(run_dir)
+        check_analysis_target(run.file(PROBE_FILE))  # before the models are read: a user's file there is refused
         data, tokenizer = StudyData.load(run.data), read_tokenizer(run_dir)
         out: dict[str, Any] = {"phase": phase, "steps": steps, "batch_size": batch_size, "lr": lr, "rank": RANK,
                                "majority_baseline": majority_baseline(data), "results": {}}

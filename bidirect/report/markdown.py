@@ -64,8 +64,8 @@ LEVELS_NOTE = ("Bio recall: did it memorize the biographies (context-rich: the r
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    return path
+    # format: the temporary name's suffix (.tmp) says nothing of it
+    return rundir.save_figure(path, lambda tmp: fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png"))
 
 
 def accuracy_figure(title: str, panels: dict[str, dict[str, dict[str, float]]], baseline: dict[str, float],
@@ -652,8 +652,9 @@ def write_report(directory: Path, out: Path | None = None) -> Path:
     if not directory.is_dir():
         raise RunDirError(f"{directory}: no such folder")
     out = out or directory / REPORT_FILE
-    if out.suffix != ".md":
-        raise RunDirError(f"--out {out}: expected a .md file (its figures go to {out.with_suffix('')}/)")
+    if out.suffix != ".md":  # `.` and `/` have no name to take a suffix from: they are folders
+        where = f" (its figures go to {out.with_suffix('')}/)" if out.name else f", e.g. {out / REPORT_FILE}"
+        raise RunDirError(f"--out {out}: expected a .md file{where}")
     sweep = is_sweep_dir(directory)
     if not sweep:
         read_results(directory)  # a folder without results says so before anything else
