@@ -1,7 +1,8 @@
 """A masked model's QA read three ways: masks filled in one pass, left to right, or most confident first
 (masked-diffusion order), each choosing the answer's length by the run's rule (its answer window, if it was
 fine-tuned with one) and told it, with the answer-length split; and
-inverse search on P_test where the run has it (the full name, its length chosen).
+inverse search on P_test where the run has it (the full name, its length chosen, and told it:
+``inverse_test_given``, which the evaluator's own levels do not have).
 
     python scripts/fill_orders.py RUN_DIR [AUGMENTATION] [BACKBONE]   # writes RUN_DIR/fill_orders.json
 
@@ -33,8 +34,14 @@ def main(run: Path, augmentation: str | None, backbone: str) -> dict:
         started = time.perf_counter()
         scores = evaluate_model(model, "masked", tokenizer, data, augmentation, replace(cfg.eval, fill=fill),
                                 levels=LEVELS, answer=cfg.masking.answer)
+        if "inverse_test" in scores:  # told the full name's length, as qa_test_given is told the value's
+            told = evaluate_model(model, "masked", tokenizer, data, augmentation,
+                                  replace(cfg.eval, fill=fill, masked_length="given"), levels=("inverse_test",),
+                                  answer=cfg.masking.answer)
+            scores["inverse_test_given"] = told["inverse_test"]
         out["fills"][fill] = {level: {k: scores[level][k] for k in ("mean", "ci95", "n", "by_length", "true_length")
-                                      if k in scores[level]} for level in LEVELS if level in scores}
+                                      if k in scores[level]} for level in (*LEVELS, "inverse_test_given")
+                              if level in scores}
         out["fills"][fill]["seconds"] = round(time.perf_counter() - started, 1)
     return out
 
@@ -52,15 +59,16 @@ def _split(level: dict) -> str:
 def table(out: dict) -> str:
     lines = [f"{out['run']} / {out['augmentation']} / {out['backbone']}: QA mean exact match (%), 95% CI over people",
              "| fill | P_train | P_val | P_test | P_test, 1 token / more | true length | P_test* "
-             "| P_test*, 1 token / more | inverse P_test |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| P_test*, 1 token / more | inverse P_test | inverse P_test* |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for fill, s in out["fills"].items():
         inverse = _cell(s["inverse_test"]) if "inverse_test" in s else "-"
+        inverse_told = _cell(s["inverse_test_given"]) if "inverse_test_given" in s else "-"
         val = _cell(s["qa_val"]) if "qa_val" in s else "-"
         length = f"{100 * s['qa_test']['true_length']:.0f}" if "true_length" in s["qa_test"] else "-"
         lines.append(f"| {fill} | {100 * s['qa_train']['mean']:.1f} | {val} | {_cell(s['qa_test'])} | "
                      f"{_split(s['qa_test'])} | {length} | {_cell(s['qa_test_given'])} | {_split(s['qa_test_given'])} "
-                     f"| {inverse} |")
+                     f"| {inverse} | {inverse_told} |")
     return "\n".join(lines)
 
 
