@@ -23,7 +23,9 @@ from bidirect.rundir import read_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "figures"
-CURVE = ["quick_paper_masking", "cpu_paper_masking_8k", "cpu_paper_masking"]  # 3,000, 8,000, 24,000 steps
+# 3,000, 8,000, 24,000 and 72,000 steps; seed 1 drawn hollow beside seed 0 (a run not committed yet is left out)
+CURVE = ["quick_paper_masking", "cpu_paper_masking_8k", "cpu_paper_masking", "cpu_paper_masking_72k"]
+CURVE_SEED1 = ["quick_paper_masking_seed1", "cpu_paper_masking_8k_seed1", "cpu_paper_masking_seed1"]
 VALUES = ["quick", "cpu_study"]  # gbert with 40% of whole values, 3,000 and 8,000 steps (seed 0)
 RULES = [("qa_test", "log-probability", "exact"), ("qa_test_prior", "length prior", "exact"),
          ("qa_test", "answer window", "window"), ("qa_test_given", "told the length", "exact")]
@@ -60,19 +62,24 @@ def curve() -> Path:
               "P_test, length prior": "qa_test_prior", "P_test, told the length": "qa_test_given"}
     for ax, axis in zip(axes, ("steps", "flops"), strict=True):
         for label, level in series.items():
-            xs, ys, errs = [], [], [[], []]
-            for run in CURVE:
-                found = cell(run, "gbert")
-                point = _point(found[0].get(level)) if found else None
-                if point is None:
+            color = None
+            for runs, hollow in ((CURVE, False), (CURVE_SEED1, True)):
+                xs, ys, errs = [], [], [[], []]
+                for run in runs:
+                    found = cell(run, "gbert")
+                    point = _point(found[0].get(level)) if found else None
+                    if point is None:
+                        continue
+                    xs.append(found[1]["pretrain"]["steps" if axis == "steps" else "flops"])
+                    ys.append(point[0])
+                    errs[0].append(point[0] - point[1])
+                    errs[1].append(point[2] - point[0])
+                if not xs:
                     continue
-                steps = found[1]["pretrain"]["steps"]
-                x = steps if axis == "steps" else found[1]["pretrain"]["flops"]
-                xs.append(x)
-                ys.append(point[0])
-                errs[0].append(point[0] - point[1])
-                errs[1].append(point[2] - point[0])
-            ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=label)
+                drawn = ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=color,
+                                    ls="none" if hollow else "-", mfc="white" if hollow else None,
+                                    label=None if hollow else label)
+                color = drawn.lines[0].get_color()
         for label, level, color in (("40% of values: name-tied", "name_tied", "tab:blue"),
                                     ("40% of values: P_test, told the length", "qa_test_given", "tab:purple")):
             runs = [cell(run, "gbert") for run in VALUES]
@@ -87,7 +94,7 @@ def curve() -> Path:
     axes[0].text(3000, 100 * causal["qa_test"]["mean"] + 1.5, "gpt2-rope P_test (cpu_study)", fontsize=7)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4)
-    fig.suptitle("The paper's masking (15% of words), 2 x 128, 300 people, seed 0")
+    fig.suptitle("The paper's masking (15% of words), 2 x 128, 300 people: seed 0 (line), seed 1 (hollow)")
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     OUT.mkdir(parents=True, exist_ok=True)
     fig.savefig(OUT / "paper_masking_curve.png", dpi=120)
