@@ -307,14 +307,15 @@ def _length_prior(answers: list[tuple[int, int]]) -> dict[int, dict[int, float]]
 
 
 def cell_levels(kind: str, answer: str, masked_length: str, qa_sets: Sequence[str]) -> list[str]:
-    """The QA levels a cell reports, in order: the headline ones (qa_train, qa_val, qa_test by the study's rule),
-    for a masked model every other answer-length rule its fine-tuning allows on the same people
-    (qa_test_given, ...), and inverse search where the data has it."""
-    levels = [lv for lv in ("qa_train", "qa_val", "qa_test") if lv in qa_sets]
-    if kind == "masked":
-        levels += [lv for lv in RULE_LEVELS if split_rule(lv)[0] in qa_sets
-                   and split_rule(lv)[1] in LENGTH_RULES[answer] and split_rule(lv)[1] != masked_length]
-    return levels + [lv for lv in INVERSE_LEVELS if lv in qa_sets]
+    """The QA levels a cell reports, in the order of ALL_LEVELS: the headline ones (qa_train, qa_val, qa_test by
+    the study's rule), for a masked model every other answer-length rule its fine-tuning allows on the same people
+    (qa_test_given, ...), and inverse search where the data has it, with the same rules beside it
+    (inverse_test_given: told the full name's length)."""
+    def allowed(level: str) -> bool:
+        qa_set, rule = split_rule(level)
+        return qa_set in qa_sets and (rule is None or (kind == "masked" and rule in LENGTH_RULES[answer]
+                                                       and rule != masked_length))
+    return [lv for lv in ALL_LEVELS if lv not in MEMORIZATION_LEVELS and allowed(lv)]
 
 
 # --------------------------------------------------------------------------- running the model
@@ -659,7 +660,7 @@ def evaluate_model(model, kind: str, tokenizer: PreTrainedTokenizerFast, data: S
                 done = dict(gather_object(pairs) if split else pairs)  # a dict: an index counts once
                 if sorted(done) != list(range(len(items))):
                     raise RuntimeError(f"{level}: scored {len(done)} distinct items of {len(items)}")
-                results[level] = _accuracy(items, [done[i][0] for i in range(len(items))], level in INVERSE_LEVELS)
+                results[level] = _accuracy(items, [done[i][0] for i in range(len(items))], qa_set in INVERSE_LEVELS)
                 if rule is not None:
                     given = [done[i][1] for i in range(len(items))]
                     results[level]["true_length"] = sum(n == it.tokens for n, it in zip(given, items)) / len(items)

@@ -16,13 +16,19 @@ ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "company", "com
 # the inverse ones only where the data has inverse QA (inverse_val only with P_val too).
 LEVELS = ("bio_recall", "name_tied", "sentence_recall", "qa_train", "qa_val", "qa_test")
 INVERSE_LEVELS = ("inverse_train", "inverse_val", "inverse_test")
-# The headline rule of masked QA (eval.masked_length) scores qa_train, qa_val and qa_test; each other rule
-# that the fine-tuning allows (config.LENGTH_RULES) scores the same people as qa_<split>_<rule>.
+# The headline rule of masked QA (eval.masked_length) scores qa_train, qa_val and qa_test (and the inverse
+# levels); each other rule that the fine-tuning allows (config.LENGTH_RULES) scores the same people as
+# qa_<split>_<rule> (inverse_<split>_<rule>: told the full name's length, ...), so that a masked model's
+# inverse search is shown on the same information as its forward QA.
 QA_SPLITS = ("train", "val", "test")
-RULE_LEVELS = tuple(f"qa_{split}_{rule}" for rule in ("free", "prior", "window", "given") for split in QA_SPLITS)
-ALL_LEVELS = (*LEVELS, *RULE_LEVELS, *INVERSE_LEVELS)
+_RULES = ("free", "prior", "window", "given")
+QA_RULE_LEVELS = tuple(f"qa_{split}_{rule}" for rule in _RULES for split in QA_SPLITS)
+INVERSE_RULE_LEVELS = tuple(f"inverse_{split}_{rule}" for rule in _RULES for split in QA_SPLITS)
+RULE_LEVELS = (*QA_RULE_LEVELS, *INVERSE_RULE_LEVELS)
+ALL_LEVELS = (*LEVELS, *QA_RULE_LEVELS, *INVERSE_LEVELS, *INVERSE_RULE_LEVELS)
 # The headline: people whose QA was never trained on, by each answer-length rule.
-HELD_OUT_LEVELS = ("qa_test", *(lv for lv in RULE_LEVELS if lv.startswith("qa_test_")), "inverse_test")
+HELD_OUT_LEVELS = ("qa_test", *(lv for lv in QA_RULE_LEVELS if lv.startswith("qa_test_")), "inverse_test",
+                   *(lv for lv in INVERSE_RULE_LEVELS if lv.startswith("inverse_test_")))
 
 # --------------------------------------------------------------------------- phases
 

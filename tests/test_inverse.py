@@ -143,6 +143,46 @@ def test_perfect_and_wrong_predictors_on_inverse_levels(inverse_study, kind, fil
     assert {lv: wrong[lv]["mean"] for lv in wrong} == {"inverse_train": 0.0, "inverse_test": 0.0}  # no P_val here
 
 
+def test_masked_inverse_search_told_the_names_length(inverse_study):
+    """Inverse search on the same information as forward QA: a masked model's other answer-length rules are
+    levels beside its inverse headline (inverse_test_given: told the full name's length), a causal model gets
+    none. The model below is surer of a one-token name than of the right one, so choosing the length by
+    log-probability it is always wrong, and told the length always right."""
+    from bidirect.evaluate import cell_levels
+
+    data, tokenizer = inverse_study
+    qa_sets = list(data.qa_sets())
+    assert cell_levels("causal", "exact", "free", qa_sets) == ["qa_train", "qa_test", "inverse_train", "inverse_test"]
+    assert cell_levels("masked", "exact", "free", qa_sets)[-6:] == [
+        "inverse_train", "inverse_test", "inverse_train_prior", "inverse_test_prior", "inverse_train_given",
+        "inverse_test_given"]
+    assert cell_levels("masked", "window", "window", qa_sets)[-4:] == ["inverse_train", "inverse_test",
+                                                                        "inverse_train_given", "inverse_test_given"]
+    mask, unk = tokenizer.mask_token_id, tokenizer.unk_token_id
+    lookup = _rules(data, tokenizer)["masked"]
+
+    class SureOfOneToken(Table):  # one mask after the question: a wrong name, surer than any right one
+        def forward(self, input_ids, attention_mask, position_ids=None):
+            out = super().forward(input_ids, attention_mask, position_ids)
+            for r, ids in enumerate(input_ids.tolist()):
+                if ids.count(mask) == 1:
+                    out.logits[r, :, unk] = 20.0
+            return out
+
+    levels = ("inverse_test", "inverse_test_prior", "inverse_test_given")
+    got = evaluate_model(SureOfOneToken(len(tokenizer), lookup, unk), "masked", tokenizer, data, "single",
+                         EvalConfig(batch_size=16), levels=levels)
+    assert list(got) == list(levels)
+    assert (got["inverse_test"]["mean"], got["inverse_test"]["true_length"]) == (0.0, 0.0)
+    assert (got["inverse_test_given"]["mean"], got["inverse_test_given"]["true_length"]) == (1.0, 1.0)
+    assert got["inverse_test_given"]["full_name"] == 1.0 and "by_length" not in got["inverse_test_given"]
+    assert got["inverse_test_prior"]["mean"] > 0.5  # P_train's names are never one token long
+    assert report.LEVEL_NAMES["inverse_test_given"] == "inverse P_test*"
+    causal = evaluate_model(Table(len(tokenizer), _rules(data, tokenizer)["causal"], unk), "causal", tokenizer, data,
+                            "single", EvalConfig(batch_size=16), levels=levels)
+    assert list(causal) == ["inverse_test"]
+
+
 @pytest.mark.parametrize("kind", ["causal", "masked"])
 def test_finetune_stream_has_p_train_inverse_qa_and_no_leak(inverse_study, kind):
     data, tokenizer = inverse_study
