@@ -2,7 +2,7 @@
 (masked-diffusion order), each choosing the answer's length by the run's rule (its answer window, if it was
 fine-tuned with one) and told it, with the answer-length split; and
 inverse search on P_test where the run has it (the full name, its length chosen, and told it:
-``inverse_test_given``, which the evaluator's own levels do not have).
+``inverse_test_given``, the level runs since it was added have, here for every fill order).
 
     python scripts/fill_orders.py RUN_DIR [AUGMENTATION] [BACKBONE]   # writes RUN_DIR/fill_orders.json
 
