@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -88,6 +89,9 @@ def curve() -> Path:
                     label=label)
         ax.axhline(100 * causal["qa_test"]["mean"], color="black", ls=":", lw=1)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # the minor labels ran into each other
+        if axis == "steps":  # the steps trained, as ticks
+            ax.set_xticks([3000, 8000, 24000, 72000], ["3,000", "8,000", "24,000", "72,000"])
         ax.set_xlabel("gbert pretraining steps" if axis == "steps" else "gbert pretraining FLOPs")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("% (95% CI over people)")
