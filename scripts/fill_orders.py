@@ -2,7 +2,7 @@
 (masked-diffusion order), each choosing the answer's length by the run's rule (its answer window, if it was
 fine-tuned with one) and told it, with the answer-length split; and
 inverse search on P_test where the run has it (the full name, its length chosen, and told it:
-``inverse_test_given``, the level runs since it was added have, here for every fill order).
+``inverse_test_given``, the evaluator's level, here for every fill order).
 
     python scripts/fill_orders.py RUN_DIR [AUGMENTATION] [BACKBONE]   # writes RUN_DIR/fill_orders.json
 
@@ -24,7 +24,8 @@ from bidirect.report.tables import with_interval
 
 FILLS = ("one_pass", "left_to_right", "confidence")
 # those the run has; P_val to choose a fill order on, P_test to report it
-LEVELS = ("qa_train", "qa_val", "qa_test", "qa_train_given", "qa_val_given", "qa_test_given", "inverse_test")
+LEVELS = ("qa_train", "qa_val", "qa_test", "qa_train_given", "qa_val_given", "qa_test_given", "inverse_test",
+          "inverse_test_given")
 
 
 def main(run: Path, augmentation: str | None, backbone: str) -> dict:
@@ -34,14 +35,8 @@ def main(run: Path, augmentation: str | None, backbone: str) -> dict:
         started = time.perf_counter()
         scores = evaluate_model(model, "masked", tokenizer, data, augmentation, replace(cfg.eval, fill=fill),
                                 levels=LEVELS, answer=cfg.masking.answer)
-        if "inverse_test" in scores:  # told the full name's length, as qa_test_given is told the value's
-            told = evaluate_model(model, "masked", tokenizer, data, augmentation,
-                                  replace(cfg.eval, fill=fill, masked_length="given"), levels=("inverse_test",),
-                                  answer=cfg.masking.answer)
-            scores["inverse_test_given"] = told["inverse_test"]
         out["fills"][fill] = {level: {k: scores[level][k] for k in ("mean", "ci95", "n", "by_length", "true_length")
-                                      if k in scores[level]} for level in (*LEVELS, "inverse_test_given")
-                              if level in scores}
+                                      if k in scores[level]} for level in LEVELS if level in scores}
         out["fills"][fill]["seconds"] = round(time.perf_counter() - started, 1)
     return out
 
