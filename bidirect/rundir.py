@@ -247,12 +247,18 @@ def is_analysis(path: Path) -> bool:
     return isinstance(out, dict) and {"phase", "results"} <= set(out)
 
 
+def check_ours(path: Path, ours: Callable[[Path], bool], what: str) -> None:
+    """Refuse to overwrite ``path`` when something is there that ``ours`` does not recognise as bidirect's
+    (``what`` it should have been: "a summary"); nothing there is fine."""
+    if (path.exists() or path.is_symlink()) and not ours(path):
+        raise RunDirError(f"{path}: not {what} bidirect wrote; bidirect will not overwrite it. Move it away, then "
+                          "run the same command again.")
+
+
 def check_analysis_target(path: Path) -> None:
     """Before an analysis computes anything: refuse to overwrite a file at its output's name that it did not
     write (a user's notes saved as probe.json was replaced whole)."""
-    if (path.exists() or path.is_symlink()) and not is_analysis(path):
-        raise RunDirError(f"{path}: not a {path.stem} file bidirect wrote; bidirect will not overwrite it. Move it "
-                          "away, then run the same command again.")
+    check_ours(path, is_analysis, f"a {path.stem} file")
 
 
 def is_summary(path: Path) -> bool:

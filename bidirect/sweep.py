@@ -73,6 +73,7 @@ from bidirect.rundir import (
     SWEEP_FILE,
     RunDirError,
     RunFolder,
+    check_ours,
     is_summary,
     open_run_dir,
     read_json,
@@ -487,9 +488,7 @@ def write_summary(sweep_dir: Path, summary: dict[str, Any]) -> Path:
     """Write the sweep's summary.json; one that is not a summary bidirect wrote (a user's file of that name)
     is refused, not overwritten. The caller holds the sweep's lock (`rundir.writing`)."""
     path = sweep_dir / SUMMARY_FILE
-    if (path.exists() or path.is_symlink()) and not is_summary(path):
-        raise RunDirError(f"{path}: not a summary bidirect wrote; bidirect will not overwrite it. Move it away, then "
-                          "run the same command again.")
+    check_ours(path, is_summary, "a summary")
     write_json_atomic(path, summary)
     return path
 
