@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import matplotlib
@@ -36,6 +37,7 @@ SCALE = [(300, ["cpu_study", "cpu_study_seed1", "cpu_study_seed2"],
          (1000, ["cpu_study_1000"], ["cpu_study_1000_window"])]
 
 
+@functools.cache  # each figure reads a run once per level and axis
 def committed(run: str) -> Run | None:
     """A committed run's results (None where the run is not committed)."""
     folder = ROOT / "runs" / run
