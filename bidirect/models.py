@@ -1,7 +1,8 @@
 """The backbones a study can train, each built from scratch out of one `ModelSize` (STUDY.md, Backbones).
 
-Every backbone is a stock `transformers` network, so runs save and load with ``save_pretrained`` and
-the Auto classes; only gbert needs code of ours to be read back, and it is saved beside the weights. All
+Every backbone is a stock `transformers` network, so runs save with ``save_pretrained`` and other tools load
+them with the Auto classes; bidirect itself loads only the classes it saves (`SAVED_CLASSES`), never code a
+folder holds. Only gbert needs code of ours to be read back, and it is saved beside the weights. All
 are called the same way, ``model(input_ids=..., attention_mask=..., position_ids=...).logits``, and the
 trainer computes the loss itself, so the only thing a backbone decides beyond its network is its `Kind`.
 
@@ -24,7 +25,6 @@ from typing import Literal
 from torch import nn
 from transformers import (
     AutoConfig,
-    AutoModelForCausalLM,
     AutoModelForMaskedLM,
     BertConfig,
     BertForMaskedLM,
@@ -227,16 +227,35 @@ def _retrain(model_dir: Path) -> str:
             "trains that phase anew")
 
 
+# What a saved model's config.json may name (model_type -> class): every backbone of the registry, and gbert as
+# runs before its own model_type saved it (GPT-NeoX with is_causal false). load_backbone builds only these.
+SAVED_CLASSES: dict[str, type[PreTrainedModel]] = {
+    "gpt2": GPT2LMHeadModel,
+    "gpt_neox": GPTNeoXForCausalLM,
+    "gbert": GBertForMaskedLM,
+    "llama": LlamaForCausalLM,
+    "bert": BertForMaskedLM,
+    "deberta-v2": DebertaV2ForMaskedLM,
+    "modernbert": ModernBertForMaskedLM,
+}
+
+
 def load_backbone(path: str | Path) -> PreTrainedModel:
-    """Load a ``save_pretrained`` folder with the Auto class its config names."""
+    """Load a ``save_pretrained`` folder as the class of ours its config names (`SAVED_CLASSES`), never through
+    the Auto classes: those read ``auto_map`` and would run, or offer to run, code saved in the folder."""
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"no saved model at {path} (expected {config_file})")
     try:
-        architectures = json.loads(config_file.read_text()).get("architectures") or []
+        config = json.loads(config_file.read_text())
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
         raise RunDirError(f"corrupt model config {config_file}: {err}; {_retrain(path)}") from None
+    if not isinstance(config, dict):
+        raise RunDirError(f"corrupt model config {config_file}: not a JSON object; {_retrain(path)}")
+    architectures = config.get("architectures") or []
+    if not isinstance(architectures, list):
+        architectures = [architectures]
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise FileNotFoundError(f"no weights in {path} (expected model.safetensors next to config.json)")
     # the hashes recorded at save: random bytes in a tensor load without an error, and evaluate as another model
@@ -246,9 +265,17 @@ def load_backbone(path: str | Path) -> PreTrainedModel:
     else:
         advice = _retrain(path).replace("the file is damaged: ", "")
     check_manifest(path, "the saved model", advice)
-    auto = AutoModelForMaskedLM if any(a.endswith("ForMaskedLM") for a in architectures) else AutoModelForCausalLM
+    model_type = config.get("model_type")
+    cls = SAVED_CLASSES.get(model_type) if isinstance(model_type, str) else None
+    if cls is None or any(a != cls.__name__ for a in architectures):
+        # A received folder names its own classes (auto_map, model_type): the Auto classes would offer to run
+        # code saved beside the weights. bidirect reads only the classes it saves, built from its own code.
+        allowed = ", ".join(f"{t} ({c.__name__})" for t, c in SAVED_CLASSES.items())
+        raise RunDirError(f"{config_file}: model_type {str(model_type)[:80]!r} with architectures "
+                          f"{str(architectures)[:80]} is not a model bidirect saves (allowed: {allowed}); "
+                          f"bidirect runs no code from a run folder. {_retrain(path)}")
     try:
-        return auto.from_pretrained(str(path))
+        return cls.from_pretrained(str(path))
     except Exception as err:  # safetensors, torch and OS errors alike: say which folder, not where deep inside
         raise RunDirError(f"could not load the model saved at {path}: {type(err).__name__}: {str(err)[:200]}; "
                           f"{_retrain(path)}") from None

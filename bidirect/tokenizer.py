@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 PAD, MASK, EOS, UNK = "<|pad|>", "<|mask|>", "<|endoftext|>", "<|unk|>"
 SPECIAL_TOKENS = [PAD, MASK, EOS, UNK]
@@ -53,7 +53,9 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     path = Path(path)
     if not (path / "tokenizer.json").is_file():
         raise FileNotFoundError(f"no tokenizer at {path} (expected {path / 'tokenizer.json'})")
-    return AutoTokenizer.from_pretrained(str(path))
+    # The class itself, not AutoTokenizer: a received tokenizer_config.json could name code saved beside it
+    # (auto_map), which the Auto class would offer to run.
+    return PreTrainedTokenizerFast.from_pretrained(str(path))
 
 
 def qa_text(question: str, answer: str) -> str:

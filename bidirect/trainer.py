@@ -6,9 +6,11 @@ several processes the mean is taken over every labelled token of the whole optim
 step (``num_items_in_batch``), not averaged per micro-batch, so that a micro-batch with
 few answer tokens does not weigh as much as one with many.
 
-Checkpoints (``accelerator.save_state``: model, optimizer, scheduler, RNG states) are
-written to a temporary folder and renamed when complete, so a run killed mid-write
-resumes from the last complete one.
+Checkpoints (``accelerator.save_state``: model, optimizer, RNG states; the trainer's counters and the
+scheduler's state as JSON beside them) are written to a temporary folder and renamed when complete, so a
+run killed mid-write resumes from the last complete one. A checkpoint may come from someone else: nothing
+in it is unpickled beyond tensors (accelerate reads weights only; the scheduler, which it would unpickle,
+is never registered with it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import errno
 import json
 import math
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import load as accelerate_load
+from accelerate.utils.constants import RNG_STATE_NAME
 from datasets import Dataset
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -303,14 +308,9 @@ def train_phase(
     if cfg.compile:
         model = torch.compile(model)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    # A phase's checkpoints hold its own scheduler only. free_memory() does not forget the objects
-    # registered for checkpointing, so without this a fine-tune checkpoint written in the process
-    # that also pretrained holds two schedulers, and a fresh process resuming it (which registers
-    # one) refuses it as corrupt. accelerate has no public way to unregister one.
-    accelerator._custom_objects.clear()
-    accelerator.register_for_checkpointing(scheduler)
 
-    state, last_checkpoint = _resume(accelerator, out_dir, name, cfg.steps)  # step, tokens, positions, seconds
+    # step, tokens, positions, seconds; the scheduler restored from the checkpoint's JSON
+    state, last_checkpoint = _resume(accelerator, out_dir, name, cfg.steps, optimizer, scheduler)
     step = state["step"]
     source = _micro_batches(loader, collate, accelerator, consumed=step * cfg.grad_accum)
     model.train()
@@ -337,6 +337,7 @@ def train_phase(
             if logging:
                 progress.log(step, loss_value, scheduler.get_last_lr()[0])
             if checkpoint:
+                state["scheduler"] = scheduler.state_dict()
                 last_checkpoint = save_checkpoint(accelerator, out_dir / CHECKPOINTS_DIR, state)
 
     summary = PhaseSummary(name, step, state["tokens"], state["seconds"], loss_value,
@@ -396,7 +397,8 @@ def use_labelled_head(cfg: TrainConfig, accelerator: Accelerator) -> bool:
     return cfg.labelled_logits_only and not cfg.compile and not fsdp and accelerator.device.type != "cuda"
 
 
-def _resume(accelerator: Accelerator, out_dir: Path, name: str, steps: int) -> tuple[dict[str, Any], Path | None]:
+def _resume(accelerator: Accelerator, out_dir: Path, name: str, steps: int, optimizer: Any, scheduler: Any
+            ) -> tuple[dict[str, Any], Path | None]:
     """Load the last complete checkpoint of the phase, if any: the trainer's counters there, and its path."""
     fresh = {"step": 0, "tokens": 0, "positions": 0, "seconds": 0.0}
     checkpoints = complete_checkpoints(out_dir / CHECKPOINTS_DIR)
@@ -405,17 +407,49 @@ def _resume(accelerator: Accelerator, out_dir: Path, name: str, steps: int) -> t
     last = checkpoints[-1]
     advice = "Delete it to resume from the one before, or start the run over with --force."
     state = read_json(last / STATE_FILE, f"{name}: the state of checkpoint {last}", advice)
-    try:
-        accelerator.load_state(str(last))
-    except Exception as err:  # a renamed checkpoint is complete; failing to read it means damage
-        raise TrainingError(
-            f"{name}: checkpoint {last} is corrupt ({type(err).__name__}: {str(err)[:200]}). {advice}"
-        ) from None
     if not isinstance(state, dict) or not all(isinstance(state.get(k), (int, float)) for k in
                                               ("step", "tokens", "seconds")):
         raise TrainingError(f"{last / STATE_FILE}: not a checkpoint state (step, tokens, seconds). {advice}")
+    pickles = sorted(p.name for p in last.glob("custom_checkpoint_*.pkl"))
+    if pickles:  # accelerate would refuse to load without them and unpickle them with weights_only=False
+        raise TrainingError(
+            f"{name}: checkpoint {last} holds {', '.join(pickles)}, a pickle bidirect does not read: earlier "
+            f"versions saved the learning-rate schedule there, and unpickling a received one could run code. "
+            f"Delete it to resume from this checkpoint (the schedule follows from the step), or start over with "
+            f"--force.")
+    try:
+        # accelerate skips RNG states it cannot read with one log line: the resumed run would then draw other
+        # masks and batches than an uninterrupted one. Read them first, weights only, so damage stops here.
+        _check_rng_states(last / f"{RNG_STATE_NAME}_{accelerator.process_index}.pkl")
+        accelerator.load_state(str(last))
+        _load_scheduler(scheduler, state.get("scheduler"), optimizer, state["step"])
+    except pickle.UnpicklingError:  # torch's weights-only loader met objects; its text advises loading unsafely
+        raise TrainingError(f"{name}: checkpoint {last} is corrupt: a file in it holds Python objects beyond "
+                            f"tensors, which bidirect does not unpickle (it could run code). {advice}") from None
+    except Exception as err:  # a renamed checkpoint is complete; failing to read it means damage
+        text = " ".join(str(err).split())[:200]
+        raise TrainingError(f"{name}: checkpoint {last} is corrupt ({type(err).__name__}: {text}). {advice}") from None
     accelerator.print(f"[bidirect] {name}: resumed from {last} at step {state['step']}/{steps}")
     return {**fresh, **state}, last  # positions: 0 in a checkpoint of an older version
+
+
+def _check_rng_states(path: Path) -> None:
+    """The RNG states of one process, read as accelerate reads them (weights only) but failing loudly."""
+    states = accelerate_load(path)
+    if not isinstance(states, dict) or not {"random_state", "numpy_random_seed", "torch_manual_seed"} <= set(states):
+        raise ValueError(f"{path.name} holds no RNG states")
+
+
+def _load_scheduler(scheduler: Any, saved: Any, optimizer: Any, step: int) -> None:
+    """The learning-rate schedule at the checkpoint's step, from the JSON state (never accelerate's pickle)."""
+    if saved is None:
+        # Checkpoints of versions that pickled the scheduler: the schedule is a function of the step, and the
+        # optimizer's groups (just loaded) hold the rate of that step.
+        saved = {**scheduler.state_dict(), "last_epoch": step, "_step_count": step + 1,
+                 "_last_lr": [group["lr"] for group in optimizer.param_groups]}
+    if not isinstance(saved, dict) or saved.get("last_epoch") != step:
+        raise ValueError(f"its scheduler state is not at step {step}")
+    scheduler.load_state_dict(saved)
 
 
 def _micro_batches(loader: DataLoader, collate, accelerator: Accelerator, consumed: int) -> Iterator[dict]:
