@@ -919,5 +919,9 @@ def load(path: str | Path, overrides: list[str] | None = None, saved: bool = Fal
         raise ConfigError(f"{path}: {err}") from None
 
 
+def dump_text(cfg: StudyConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
 def dump(cfg: StudyConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    Path(path).write_text(dump_text(cfg))

@@ -633,15 +633,55 @@ def environment_fault(err: OSError) -> bool:
     return err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
 
 
-def make_folder(folder: Path) -> None:
+def make_folder(folder: Path, named: Path | None = None) -> None:
     """Create a run or sweep folder (and its parents). A permission or path problem is a `RunDirError`
-    naming the folder; a full disk or an I/O error is the environment's and propagates as it is."""
+    naming the folder (``named``: the folder the user asked for, where this is its temporary); a full disk or an
+    I/O error is the environment's and propagates as it is."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         if environment_fault(err):
             raise
-        raise RunDirError(f"--out {folder}: cannot create the folder ({err.strerror}: {err.filename})") from None
+        raise RunDirError(f"--out {named or folder}: cannot create the folder ({err.strerror}: "
+                          f"{named if err.filename == str(folder) and named else err.filename})") from None
+
+
+def creating_path(folder: Path) -> Path:
+    """Where `create_folder` builds ``folder`` before renaming it into place (a temporary name of the layout's)."""
+    return folder.with_name(f".{folder.name}.tmp")
+
+
+def create_folder(folder: Path, kind: Kind, files: dict[str, str]) -> Lock:
+    """Create ``folder`` (absent or empty) whole: its marker and ``files`` are written into `creating_path`, which
+    is locked and then renamed into place, so that a kill at any instant leaves either no folder (a leftover
+    temporary, removed by the next creation) or a complete one that bidirect resumes. Returns the held lock."""
+    tmp = creating_path(folder)
+    if tmp.is_symlink() or (tmp.exists() and not tmp.is_dir()):
+        raise RunDirError(f"{tmp}: not a folder bidirect was creating; move it away, then run the same command again")
+    if tmp.is_dir():  # a creation killed before its rename, or another process creating the same folder now
+        if (tmp / MARKER).is_file():
+            Lock(tmp).acquire().release()  # refused, naming the process, while one still creates it
+        ours = {MARKER, *files} | {f".{n}.tmp" for n in (MARKER, *files)}
+        theirs = sorted(p.name for p in tmp.iterdir() if p.name not in ours or p.is_symlink())
+        if theirs:
+            raise RunDirError(f"{tmp}: holds {_few(theirs)}, which bidirect did not write; move it away, then run "
+                              "the same command again")
+        shutil.rmtree(tmp)
+    make_folder(tmp, named=folder)
+    lock = None
+    try:
+        write_marker(tmp, kind)
+        lock = Lock(tmp).acquire()  # the flock is on the marker's inode, which the rename keeps
+        for name, text in files.items():
+            write_text_atomic(tmp / name, text)
+        os.rename(tmp, folder)  # replaces an empty folder; refuses one that is not
+        lock.folder = folder
+        return lock
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 # --------------------------------------------------------------------------- a run folder's layout
@@ -733,10 +773,7 @@ def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: b
             f"{again}--force to replace it, or another --out"
         )
     try:
-        make_folder(run_dir)
-        write_marker(run_dir, "run")
-        lock = Lock(run_dir).acquire()
-        config_lib.dump(cfg, saved)
+        lock = create_folder(run_dir, "run", {CONFIG_FILE: config_lib.dump_text(cfg)})
     except BaseException:
         settle(run_dir, aside, False)
         raise

@@ -292,7 +292,10 @@ def open_sweep_dir(out: Path, sweep: Sweep, source: Path, force: bool = False, w
         return _merge_old(out, sweep)
     aside = rundir.replace(out, "sweep") if force and out.is_dir() and any(out.iterdir()) else None
     try:
-        rundir.make_folder(out)
+        if not out.is_dir() or not any(out.iterdir()):  # created whole: a kill leaves nothing or a sweep folder
+            lock = rundir.create_folder(out, "sweep", {SWEEP_FILE: _sweep_text(sweep, source),
+                                                       MANIFEST_FILE: rundir.json_text(sweep.manifest())})
+            return dataclasses.replace(sweep, opened=rundir.Opened(out, lock, aside))
         rundir.check_marker(out)
         if rundir.marker_kind(out) is None:
             if any(out.iterdir()) and rundir.folder_kind(out) is None:
@@ -304,10 +307,7 @@ def open_sweep_dir(out: Path, sweep: Sweep, source: Path, force: bool = False, w
         lock = rundir.Lock(out).acquire()
         try:
             sweep = _merge_old(out, sweep)
-            sweep_file = copy.deepcopy(sweep.study)
-            sweep_file["sweep"] = sweep.axes
-            rundir.write_text_atomic(out / SWEEP_FILE,
-                                     f"# {source} as swept\n" + yaml.safe_dump(sweep_file, sort_keys=False))
+            rundir.write_text_atomic(out / SWEEP_FILE, _sweep_text(sweep, source))
             write_json_atomic(out / MANIFEST_FILE, sweep.manifest())
         except BaseException:
             lock.release()
@@ -316,6 +316,13 @@ def open_sweep_dir(out: Path, sweep: Sweep, source: Path, force: bool = False, w
         rundir.settle(out, aside, False)
         raise
     return dataclasses.replace(sweep, opened=rundir.Opened(out, lock, aside))
+
+
+def _sweep_text(sweep: Sweep, source: Path) -> str:
+    """sweep.yaml: the study and its axes as this folder sweeps them."""
+    sweep_file = copy.deepcopy(sweep.study)
+    sweep_file["sweep"] = sweep.axes
+    return f"# {source} as swept\n" + yaml.safe_dump(sweep_file, sort_keys=False)
 
 
 def _merge_old(out: Path, sweep: Sweep) -> Sweep:

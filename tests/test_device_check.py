@@ -8,11 +8,9 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -113,53 +111,44 @@ def test_the_next_rung_is_the_first_unfinished_one(tmp_path):
 # --------------------------------------------------------------------------- the script, on the CPU
 
 
-def _call(out: Path, budget: int, *flags: str, cut=None) -> subprocess.CompletedProcess:
+# Put on PYTHONPATH for a cut call: in the process that renames a file to CUT_AFTER (the rung's bidirect: a complete
+# checkpoint, a cell's results.json), the next audited event sends SIGTERM to itself, as the time limit's `timeout`
+# would. The cut lands at one known point of the work, whatever the machine's load, instead of when a test that
+# polls for the file gets to run (a tiny rung could finish first, or the next cell be half made).
+CUT = """
+import os, signal, sys
+_cut = os.environ.get("CUT_AFTER")
+if _cut:
+    _state = ["waiting"]
+    def _hook(event, args):
+        if _state[0] == "renamed":
+            _state[0] = "cut"  # os.kill is itself an audited event
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif _state[0] == "waiting" and event == "os.rename" and os.fsdecode(args[1]) == _cut:
+            _state[0] = "renamed"
+    sys.addaudithook(_hook)
+"""
+
+
+def _call(out: Path, budget: int, *flags: str, cut: Path | None = None) -> subprocess.CompletedProcess:
     """One device call: OUT emptied of what the last one brought back (the rungs' runs/ folder stays, as the
-    repository's runs/ does on a warm machine). ``cut``: a file whose appearance ends the rung's bidirect process
-    with SIGTERM, as the time limit's `timeout` does."""
+    repository's runs/ does on a warm machine). ``cut``: a path; the rung's process is ended with SIGTERM right
+    after it renames a file into place there."""
     for p in out.glob("*"):
         if p.is_file():
             p.unlink()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.Popen(["bash", str(SCRIPT), str(out), str(budget), *flags], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if cut is not None:
-        # The rung's process is found while it starts, not after the file appears: a tiny rung can finish in the
-        # time /proc takes to read, so the cut is only a kill of a process already known.
-        deadline = time.monotonic() + 300
-        victim = None
-        while not cut.exists() and proc.poll() is None and time.monotonic() < deadline:
-            if victim is None:
-                victim = _bidirect_child(proc.pid, out)  # /proc is read while processes come and go: look again
-            else:
-                time.sleep(0.01)
-        while victim is None and proc.poll() is None and time.monotonic() < deadline:
-            victim = _bidirect_child(proc.pid, out)
-        assert victim is not None and cut.exists() and proc.poll() is None, "the rung ended before it could be cut off"
-        os.kill(victim, signal.SIGTERM)
-    stdout, _ = proc.communicate(timeout=600)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout)
-
-
-def _bidirect_child(pid: int, out: Path) -> int | None:
-    """The `python3 -m bidirect` process under ``pid`` (through `timeout`), from /proc; or, where a parent's entry
-    was missed while /proc was read, the one writing under ``out`` (only this test's rung does)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError):
-            continue
-        parents[int(stat.parent.name)] = (int(fields[1]), cmdline)
-    for child, (parent, cmdline) in parents.items():
-        ancestor = parent
-        while ancestor not in (pid, 0, 1) and ancestor in parents:
-            ancestor = parents[ancestor][0]
-        if cmdline[1:3] == [b"-m", b"bidirect"] and (  # not `timeout` above it
-                ancestor == pid or any(arg.startswith(str(out).encode()) for arg in cmdline)):
-            return child
-    return None
+        hooks = out.parent / "cut_hook"
+        hooks.mkdir(exist_ok=True)
+        (hooks / "sitecustomize.py").write_text(CUT)
+        env.update(CUT_AFTER=str(cut), PYTHONPATH=os.pathsep.join(filter(None, [str(hooks),
+                                                                                  env.get("PYTHONPATH")])))
+    done = subprocess.run(["bash", str(SCRIPT), str(out), str(budget), *flags], env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+    if cut is not None:
+        assert "exit code 143" in (out / "rung.log").read_text(), done.stdout[-3000:]  # cut by the hook, not ended
+    return done
 
 
 def _unpack_as_a_fresh_machine(out: Path, folder: str) -> None:
