@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cut import cut_env
 
 from bidirect.config import dump, load
 
@@ -111,25 +112,6 @@ def test_the_next_rung_is_the_first_unfinished_one(tmp_path):
 # --------------------------------------------------------------------------- the script, on the CPU
 
 
-# Put on PYTHONPATH for a cut call: in the process that renames a file to CUT_AFTER (the rung's bidirect: a complete
-# checkpoint, a cell's results.json), the next audited event sends SIGTERM to itself, as the time limit's `timeout`
-# would. The cut lands at one known point of the work, whatever the machine's load, instead of when a test that
-# polls for the file gets to run (a tiny rung could finish first, or the next cell be half made).
-CUT = """
-import os, signal, sys
-_cut = os.environ.get("CUT_AFTER")
-if _cut:
-    _state = ["waiting"]
-    def _hook(event, args):
-        if _state[0] == "renamed":
-            _state[0] = "cut"  # os.kill is itself an audited event
-            os.kill(os.getpid(), signal.SIGTERM)
-        elif _state[0] == "waiting" and event == "os.rename" and os.fsdecode(args[1]) == _cut:
-            _state[0] = "renamed"
-    sys.addaudithook(_hook)
-"""
-
-
 def _call(out: Path, budget: int, *flags: str, cut: Path | None = None) -> subprocess.CompletedProcess:
     """One device call: OUT emptied of what the last one brought back (the rungs' runs/ folder stays, as the
     repository's runs/ does on a warm machine). ``cut``: a path; the rung's process is ended with SIGTERM right
@@ -138,12 +120,8 @@ def _call(out: Path, budget: int, *flags: str, cut: Path | None = None) -> subpr
         if p.is_file():
             p.unlink()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    if cut is not None:
-        hooks = out.parent / "cut_hook"
-        hooks.mkdir(exist_ok=True)
-        (hooks / "sitecustomize.py").write_text(CUT)
-        env.update(CUT_AFTER=str(cut), PYTHONPATH=os.pathsep.join(filter(None, [str(hooks),
-                                                                                  env.get("PYTHONPATH")])))
+    if cut is not None:  # at one known point, not when a poller gets to run (tests/cut.py)
+        env = cut_env(env, cut, out.parent / "cut_hook")
     done = subprocess.run(["bash", str(SCRIPT), str(out), str(budget), *flags], env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
     if cut is not None:

@@ -19,13 +19,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from accelerate import Accelerator
+from cut import cut_env
 from datasets import DatasetDict, concatenate_datasets
 from tiny import tiny_config
 from tiny import write_config as write_tiny
@@ -55,11 +55,11 @@ def write_config(path: Path, **changes) -> Path:
     return write_tiny(path, TINY, **changes)
 
 
-def _start(config: Path, out: Path, *extra: str) -> subprocess.Popen:
+def _start(config: Path, out: Path, *extra: str, env: dict[str, str] = ENV) -> subprocess.Popen:
     path = out.with_name(out.name + "".join(extra) + ".log")
     with open(path, "w") as log:  # a file, not a pipe, that the child keeps open
         proc = subprocess.Popen([sys.executable, "-m", "bidirect", "run", str(config), "--out", str(out), *extra],
-                                env=ENV, stdout=log, stderr=subprocess.STDOUT)
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
     proc.log_path = path
     return proc
 
@@ -90,7 +90,9 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
     config = write_config(root / "tiny.yaml")
     straight, killed = root / "straight", root / "killed"
-    procs = {"straight": _start(config, straight), "killed": _start(config, killed)}
+    first = killed / PRETRAIN / "checkpoints" / "step_00000005"  # SIGKILL right after it is complete (tests/cut.py)
+    procs = {"straight": _start(config, straight),
+             "killed": _start(config, killed, env=cut_env(ENV, first, root / "cut_hook", signal.SIGKILL))}
     try:
         return _kill_and_resume(root, config, straight, killed, procs)
     finally:
@@ -102,13 +104,7 @@ def runs(tmp_path_factory):
 
 def _kill_and_resume(root: Path, config: Path, straight: Path, killed: Path, procs: dict) -> SimpleNamespace:
     checkpoints = killed / PRETRAIN / "checkpoints"
-    deadline = time.time() + 300
-    while not list(checkpoints.glob("step_*")):  # a step_ folder is complete: it is renamed from .tmp_step_
-        assert procs["killed"].poll() is None, "the run ended before it wrote a checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.005)
-    procs["killed"].send_signal(signal.SIGKILL)
-    procs["killed"].wait()
+    procs["killed"].wait(timeout=600)
     assert procs["killed"].returncode == -signal.SIGKILL
     assert not (killed / PRETRAIN / "phase.json").exists(), "killed too late: the pretraining phase had finished"
     last = [p for p in sorted(checkpoints.glob("step_*")) if (p / "trainer_state.json").is_file()][-1]

@@ -206,9 +206,11 @@ def test_finetune_batch_checked_before_pretraining(tmp_path, monkeypatch, capsys
 
 def _hold(run: Path) -> subprocess.Popen:
     """Another process holding ``run``'s lock, as a second `bidirect run` would."""
-    code = (f"from pathlib import Path; from bidirect.rundir import Lock; import time; "
-            f"Lock(Path({str(run)!r})).acquire(); print('held', flush=True); time.sleep(120)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    # It holds the lock until it is killed (it waits on a pipe nobody writes), not for a time a busy machine
+    # could outlast.
+    code = (f"from pathlib import Path; from bidirect.rundir import Lock; import sys; "
+            f"Lock(Path({str(run)!r})).acquire(); print('held', flush=True); sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
 
