@@ -36,7 +36,7 @@ import shutil
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -466,19 +466,24 @@ def check_report_target(report: Path) -> None:
                           "Move them away, or give another --out.")
 
 
-def clear_report(report: Path) -> Path:
+def clear_report(report: Path, keep: Iterable[str] = ()) -> Path:
     """Remove the figures of the report ``report`` wrote before (checked by `check_report_target`: only
-    its own) and return its figure folder, made."""
+    its own) but those named in ``keep`` (figures this report cannot draw again: a committed run keeps no training
+    logs), and return its figure folder, made."""
     figures = report.with_suffix("")
     check_report_target(report)
     figures.mkdir(parents=True, exist_ok=True)
+    kept = {}
     for old in figures.iterdir():
-        old.unlink()
+        if old.name in keep and old.is_file() and not old.is_symlink():
+            kept[old.name] = file_sha(old)
+        else:
+            old.unlink()
     # The manifest at once, then each figure as it is written (`save_figure`): a report stopped halfway (Ctrl-C
     # while drawing) leaves only what it listed, which the next report replaces; an empty manifest was no proof,
     # and its own figures were refused as a user's. The report it replaces was proved bidirect's above.
     write_json_atomic(figures / FIGURES_MANIFEST, {
-        "report": [report.name, file_sha(report)] if read_regular(report, 0) is not None else None, "figures": {}})
+        "report": [report.name, file_sha(report)] if read_regular(report, 0) is not None else None, "figures": kept})
     return figures
 
 

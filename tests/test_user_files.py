@@ -518,3 +518,19 @@ def test_pretrained_from_inside_out_is_refused_before_force_moves_it(run_copy, t
     code, text = _run(argv, capsys)
     assert code == 2 and "is the --out folder" in text and "or inside it" in text
     assert _snapshot(tmp_path) == before
+
+
+def test_report_keeps_the_loss_figure_it_cannot_draw_again(run_copy, capsys):
+    """A committed run keeps its report but not its training logs (git clone, then `bidirect report`): the
+    loss figure of the earlier report stays, linked, instead of being deleted with nothing to draw it again."""
+    _, run = run_copy
+    code, _ = _run(["report", str(run)], capsys)
+    loss = run / "report" / "loss.png"
+    assert code == 0 and loss.is_file()
+    drawn = loss.read_bytes()
+    shutil.rmtree(run / "models")  # what a committed run folder holds: no models, no logs
+    code, _ = _run(["report", str(run)], capsys)
+    text = (run / "report.md").read_text()
+    assert code == 0 and loss.read_bytes() == drawn and "](report/loss.png)" in text
+    assert "Drawn by an earlier report from the training logs" in text
+    assert rundir.report_why_not(run / "report.md") is None  # still bidirect's: the next report may replace it

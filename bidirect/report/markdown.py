@@ -346,6 +346,24 @@ def _loss_curves(run_dir: Path, results: Run | dict[str, Any], prefix: str = "",
     return curves
 
 
+def _undrawable_loss(curves: list[dict[str, Any]]) -> set[str]:
+    """The loss figure's name when no curve has a logged step (a committed run keeps no logs): an earlier report's
+    figure then stays, since it cannot be drawn again."""
+    return set() if any(c["steps"] for c in curves) else {"loss.png"}
+
+
+def _loss_lines(drawn: Path | None, fig_dir: Path, base: Path) -> list[str]:
+    """The report's lines for the loss figure: the one just drawn, or one an earlier report drew from logs this
+    folder no longer holds."""
+    if drawn is not None:
+        return [f"![training loss]({_rel(drawn, base)})", ""]
+    kept = fig_dir / "loss.png"
+    if kept.is_file():
+        return [f"![training loss]({_rel(kept, base)})", "",
+                "(Drawn by an earlier report from the training logs, which this folder no longer holds.)", ""]
+    return []
+
+
 def _config_block(text: str) -> str:
     return "```yaml\n" + text.strip() + "\n```"
 
@@ -355,7 +373,9 @@ def _config_block(text: str) -> str:
 
 def run_report(run_dir: Path, out: Path) -> str:
     results = Run.from_json(read_results(run_dir))
-    fig_dir = rundir.clear_report(out)  # the figures of its earlier report, which this one may not redraw
+    curves = _loss_curves(run_dir, results)
+    # the figures of its earlier report, which this one may not redraw; a loss figure it cannot draw (no logs) stays
+    fig_dir = rundir.clear_report(out, keep=_undrawable_loss(curves))
     base = out.parent
     cfg = results.config or {}
     data = cfg.get("data", {})
@@ -386,9 +406,7 @@ def run_report(run_dir: Path, out: Path) -> str:
                                by_backbone, baseline, fig_dir / f"accuracy_{_slug(aug)}.png", errors)
         lines += [f"![accuracy, {aug}]({_rel(path, base)})", ""]
     lines += ["## Training", "", training_markdown(results), ""]
-    loss = loss_figure(f"{study}: training loss", _loss_curves(run_dir, results), fig_dir / "loss.png")
-    if loss:
-        lines += [f"![training loss]({_rel(loss, base)})", ""]
+    lines += _loss_lines(loss_figure(f"{study}: training loss", curves, fig_dir / "loss.png"), fig_dir, base)
     lines += [f"Leak check: {_leaks([results])}.", "", "## Config", "",
               _config_block(RunFolder(run_dir).config.read_text() if RunFolder(run_dir).config.is_file()
                             else yaml.safe_dump(cfg, sort_keys=False)), ""]
@@ -542,7 +560,12 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
     summary = aggregate(sweep_dir)  # summary.json's numbers, presented (`bidirect summary` writes the file)
     axes, cells = read_cells(sweep_dir)
     capacity = _read_capacity(sweep_dir, cells)  # a damaged file stops the report before it writes anything
-    fig_dir = rundir.clear_report(out)  # the figures of its earlier report, which this one may not redraw
+    curves = []
+    for cell in cells:
+        other = ",".join(f"{k}={value_label(cell.values[k])}" for k in summary["group_by"])
+        curves += _loss_curves(sweep_dir / cell.name, cell.run, alpha=0.75, label_extra=f"{other} " if other else "")
+    # the figures of its earlier report, which this one may not redraw; a loss figure it cannot draw (no logs) stays
+    fig_dir = rundir.clear_report(out, keep=_undrawable_loss(curves))
     base = out.parent
     rows, keys = summary["rows"], summary["group_by"]
     first = cells[0].run
@@ -624,16 +647,8 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
     lines += _compute_section(rows, cells, keys, fig_dir, base)
     lines += _capacity_section(capacity, fig_dir, base)
 
-    # Training: the loss curves of every cell
-    curves = []
-    for cell in cells:
-        other = ",".join(f"{k}={value_label(cell.values[k])}" for k in keys)
-        curves += _loss_curves(sweep_dir / cell.name, cell.run, alpha=0.75,
-                               label_extra=f"{other} " if other else "")
     lines += ["## Training", "", "Every cell's loss; the seeds of one setting share a colour and line style.", ""]
-    loss = loss_figure("training loss of every cell", curves, fig_dir / "loss.png")
-    if loss:
-        lines += [f"![training loss]({_rel(loss, base)})", ""]
+    lines += _loss_lines(loss_figure("training loss of every cell", curves, fig_dir / "loss.png"), fig_dir, base)
     lines += [f"Leak check over every cell: {_leaks([c.run for c in cells])}.", ""]
 
     lines += ["## Every cell", ""]
