@@ -25,6 +25,7 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -208,8 +209,33 @@ def cmd_ask(args: argparse.Namespace) -> None:
                       f"{escape(said)}", highlight=False)
 
 
+class _Once(argparse.Action):
+    """An option that takes one value, refused when given twice: argparse kept the last without a word
+    (`ask --backbone gbert --backbone gpt2-rope` answered with gpt2-rope only). Options that add up say so
+    (`--set`, `summary --backbone`)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        given = namespace.__dict__.setdefault("_given_once", {})
+        if self.option_strings and self.dest in given:  # a positional is matched once, by argparse
+            raise argparse.ArgumentError(self, f"given twice ({given[self.dest]!r} and {values!r}); give it once, "
+                                               "or run the command once for each")
+        given[self.dest] = values
+        setattr(namespace, self.dest, values)
+
+
+class _Parser(argparse.ArgumentParser):
+    """bidirect's parsers (the subcommands' too: argparse makes them of the parent's class): a plain option
+    given twice is refused (`_Once`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _Once)
+        self.register("action", "store", _Once)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bidirect", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="bidirect", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"bidirect {__version__}")
     set_help = ("override config fields, e.g. --set pretrain.steps=400 data.individuals=200 "
                 "'backbones=[gpt2-rope]' (values read as YAML, checked like the file; recorded in config.yaml)")
@@ -219,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="generate the bioS data and tokenizer of a study",
                        epilog=f"config keys: {sections} (defaults: configs/quick.yaml)")
     p.add_argument("config", nargs="?", help="study YAML (default: the embedded quick study)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help=set_help)
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=set_help)
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--force", action="store_true", help="replace a run folder bidirect wrote")
     p.set_defaults(func=cmd_data)
@@ -227,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a whole study and print its table",
                        epilog=f"config keys: {sections} (defaults: configs/quick.yaml)")
     p.add_argument("config", nargs="?", help="study YAML (default: the embedded quick study)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help=set_help)
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=set_help)
     p.add_argument("--out", required=True, help="run folder")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue a run from its last checkpoint")

@@ -563,3 +563,29 @@ def test_resume_with_pretrained_from_of_a_folder_without_data_reuses_it(run_copy
                    capsys)
     phase = "models/single/gpt2-rope/pretrain/log.jsonl"
     assert code == 0 and (tmp_path / "new" / phase).stat().st_mtime_ns == (run / phase).stat().st_mtime_ns  # copied
+
+
+# --------------------------------------------------------------------------- issue 30: what was asked is what runs
+
+
+def test_set_options_add_up_and_a_plain_option_twice_is_refused(tmp_path, capsys):
+    """`run --set tokenizer.kind=bpe --set name=x` ran with kind: word (the second --set replaced the first); `ask
+    --backbone gbert --backbone gpt2-rope` answered with gpt2-rope only."""
+    config = write_config(tmp_path / "c.yaml", **ONE_CELL, tokenizer={"kind": "word"})
+    code, _ = _run(["data", str(config), "--out", str(tmp_path / "d"), "--set", "tokenizer.kind=bpe",
+                    "tokenizer.vocab_size=400", "--set", "name=x"], capsys)
+    saved = load(tmp_path / "d" / "config.yaml", saved=True)
+    assert code == 0 and (saved.tokenizer.kind, saved.name) == ("bpe", "x")
+    out = _refused(tmp_path, "name: x\n", capsys, ["--set", "seed=3", "--set", "seed=4"])
+    assert "--set seed: given twice ('seed=3' and 'seed=4')" in out
+    before = _snapshot(tmp_path)
+    for argv in (["ask", str(tmp_path / "d"), "q", "--backbone", "gbert", "--backbone", "gpt2-rope"],
+                 ["run", str(config), "--out", str(tmp_path / "a"), "--out", str(tmp_path / "b")]):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        err = capsys.readouterr().err.splitlines()[-1]
+        assert exited.value.code == 2 and "given twice" in err, err
+    assert err.endswith(f"error: argument --out: given twice ({str(tmp_path / 'a')!r} and {str(tmp_path / 'b')!r}); "
+                        "give it once, or run the command once for each")
+    assert _snapshot(tmp_path) == before
+
