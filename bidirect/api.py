@@ -192,6 +192,11 @@ def ask(run: str | Path, question: str, backbone: str | None = None, augmentatio
                           "question included")
     cfg, cells, phase = select_cells(run_dir, augmentation, backbone, final_phase(cfg.protocol))
     rule = "given" if length is not None else cfg.eval.masked_length
+    if length is not None and all(backbone_kind(b) == "causal" for _, b in cells):  # it was ignored without a word
+        names = ", ".join(dict.fromkeys(b for _, b in cells))
+        raise ConfigError(f"--length {length}: tells masked models the answer's length, and the models asked "
+                          f"({names}) are causal: each writes its answer until end-of-text. Leave --length out, or "
+                          "ask a masked backbone")
     if any(backbone_kind(b) == "masked" for _, b in cells):  # before any model is loaded
         if rule == "given" and length is None:
             raise ConfigError("--length: this run tells masked models the answer's length (eval.masked_length: "

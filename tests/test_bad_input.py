@@ -589,3 +589,13 @@ def test_set_options_add_up_and_a_plain_option_twice_is_refused(tmp_path, capsys
                         "give it once, or run the command once for each")
     assert _snapshot(tmp_path) == before
 
+
+def test_ask_length_of_causal_models_only_is_refused(run_copy, capsys):
+    """`ask ... --length 2` with only causal models asked answered as if it had not been given."""
+    _, run = run_copy
+    before = _snapshot(run.parent)
+    code, text = _run(["ask", str(run), "What is the birth city of A B C?", "--length", "2"], capsys)
+    assert code == 2 and text == ("error: --length 2: tells masked models the answer's length, and the models asked "
+                                  "(gpt2-rope) are causal: each writes its answer until end-of-text. Leave --length "
+                                  "out, or ask a masked backbone")
+    assert _snapshot(run.parent) == before
