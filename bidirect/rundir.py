@@ -121,10 +121,14 @@ def check_marker(folder: Path) -> None:
                           "folder. Give another folder.")
 
 
-def write_marker(folder: Path, kind: Kind) -> None:
+def write_marker(folder: Path, kind: Kind, config: dict[str, Any] | None = None) -> None:
+    """``config``: a new run's study (`StudyConfig.to_dict`), recorded as it starts: config.yaml is held to it
+    until results.json records it too (`started_config`)."""
     check_marker(folder)
-    write_text_atomic(folder / MARKER,
-                      json.dumps({"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+    meta: dict[str, Any] = {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if config is not None:
+        meta["config"] = config
+    write_text_atomic(folder / MARKER, json.dumps(meta) + "\n")
 
 
 def marker_kind(folder: Path) -> Kind | None:
@@ -132,6 +136,14 @@ def marker_kind(folder: Path) -> Kind | None:
     meta = _read_json_regular(folder / MARKER)
     kind = meta.get("kind") if isinstance(meta, dict) else None
     return kind if kind in KINDS else None
+
+
+def started_config(folder: Path) -> dict[str, Any] | None:
+    """The study a run folder's marker recorded when the run started, or None (a marker of a version before it,
+    or of a run marked later: `--resume` of an old run, `eval`)."""
+    meta = _read_json_regular(folder / MARKER)
+    config = meta.get("config") if isinstance(meta, dict) else None
+    return config if isinstance(config, dict) else None
 
 
 def _same_config(saved: Path, recorded: Any) -> bool:
@@ -722,6 +734,10 @@ def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: b
                 f"--resume {run_dir}: the config differs from the one this run started with ({saved}); "
                 "resume with that config or start a new run folder"
             )
+        from bidirect.integrity import check_started  # above rundir: it compares configs field by field
+
+        if not RunFolder(run_dir).results.is_file():  # a finished run's is held to its results.json (check_results)
+            check_started(run_dir, cfg)  # an edited config.yaml matched the config given to resume it
         if marker_kind(run_dir) is None:  # proved by its results.json: marked, nothing deleted
             write_marker(run_dir, "run")
         return Opened(run_dir, Lock(run_dir).acquire())
@@ -734,7 +750,7 @@ def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: b
         )
     try:
         make_folder(run_dir)
-        write_marker(run_dir, "run")
+        write_marker(run_dir, "run", cfg.to_dict())
         lock = Lock(run_dir).acquire()
         config_lib.dump(cfg, saved)
     except BaseException:

@@ -599,3 +599,26 @@ def test_ask_length_of_causal_models_only_is_refused(run_copy, capsys):
                                   "(gpt2-rope) are causal: each writes its answer until end-of-text. Leave --length "
                                   "out, or ask a masked backbone")
     assert _snapshot(run.parent) == before
+
+
+def test_edited_config_yaml_of_an_unfinished_run_refused(run_copy, capsys):
+    """An edited config.yaml of an unfinished run (pretrain.steps 3000 -> 60) resumed at step 46/60 from a checkpoint
+    made under 3,000 steps; the marker now records the study as the run starts, as results.json does at its end."""
+    config, run = run_copy
+    shutil.rmtree(run / "models/single/gpt2-rope/finetune")
+    (run / "results.json").unlink()  # unfinished: pretrained, not fine-tuned
+    saved = run / "config.yaml"
+    saved.write_text(saved.read_text().replace("  steps: 6\n", "  steps: 60\n"))
+    before = _snapshot(run.parent)
+    for argv in (["run", str(saved), "--out", str(run), "--resume"], ["eval", str(run)],
+                 ["capacity", str(run)]):
+        code, text = _run(argv, capsys)
+        assert code == 2 and text == (f"error: {saved}: not the config this run started with (pretrain.steps: 60 in "
+                                      f"config.yaml, 6 when it started, recorded in {run / '.bidirect'}); put back "
+                                      "the config.yaml this run started with, or start a new run folder with the new "
+                                      "config"), argv
+        assert _snapshot(run.parent) == before
+    saved.write_text(saved.read_text().replace("  steps: 60\n", "  steps: 6\n"))  # the advice: put it back
+    code, text = _run(["run", str(config), "--out", str(run), "--resume", "--set", "pretrain.steps=60"], capsys)
+    assert code == 2 and "the config differs from the one this run started with" in text  # as before
+    assert main(["run", str(saved), "--out", str(run), "--resume"]) == 0
