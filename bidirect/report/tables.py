@@ -270,13 +270,15 @@ def comparison_tables(runs: dict[str, Run | dict[str, Any]], width: int = 80) ->
 # --------------------------------------------------------------------------- a sweep's summary
 
 
-def fmt_ci(stat: dict[str, Any] | None) -> str:
-    """``41.2 ± 3.1`` in percent; ``41.2`` with one seed; ``-`` when missing."""
+def fmt_ci(stat: dict[str, Any] | None, seeds: int | None = None) -> str:
+    """``41.2 ± 3.1`` in percent; ``41.2`` with one seed; ``-`` when missing. ``seeds``: the row's count; a level
+    measured in fewer of its cells says so (``41.2 (1 of 2 seeds)``), or it read as the row's pool."""
     if not stat:
         return "-"
-    if stat.get("ci95") is None:
-        return f"{100 * stat['mean']:.1f}"
-    return f"{100 * stat['mean']:.1f} ± {100 * stat['ci95']:.1f}"
+    text = f"{100 * stat['mean']:.1f}" if stat.get("ci95") is None else \
+        f"{100 * stat['mean']:.1f} ± {100 * stat['ci95']:.1f}"
+    n = stat.get("n")
+    return f"{text} ({n} of {seeds} seeds)" if seeds is not None and isinstance(n, int) and n < seeds else text
 
 
 def _levels_shown(summary: dict[str, Any]) -> list[str]:
@@ -302,7 +304,7 @@ def summary_table(summary: dict[str, Any]):
         name = f"{backbone_label(row['backbone'], row.get('finetune'))} / {row['augmentation']}"
         if summary["group_by"]:
             name += "\n" + ", ".join(f"{k}={value_label(row['values'][k])}" for k in summary["group_by"])
-        table.add_row(name, str(row["n"]), *[fmt_ci(levels.get(lv, {}).get("mean")) for lv in levels_shown],
+        table.add_row(name, str(row["n"]), *[fmt_ci(levels.get(lv, {}).get("mean"), row["n"]) for lv in levels_shown],
                       end_section=bool(summary["group_by"]))
     return table
 
@@ -322,7 +324,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
              "|" + " --- |" * len(keys) + " --- | --- |" + " ---: |" * (len(levels_shown) + 2)]
     for row in summary["rows"]:
         levels = row["levels"]
-        scores = [fmt_ci(levels.get(lv, {}).get("mean")) for lv in levels_shown]
+        scores = [fmt_ci(levels.get(lv, {}).get("mean"), row["n"]) for lv in levels_shown]
         scores = [f"**{x}**" if lv in HELD_OUT_LEVELS else x for lv, x in zip(levels_shown, scores)]
         backbone = backbone_label(row["backbone"], row.get("finetune"))
         cells = [*[value_label(row["values"][k]) for k in keys], row["augmentation"], backbone, str(row["n"]), *scores,
