@@ -518,3 +518,27 @@ def test_pretrained_from_inside_out_is_refused_before_force_moves_it(run_copy, t
     code, text = _run(argv, capsys)
     assert code == 2 and "is the --out folder" in text and "or inside it" in text
     assert _snapshot(tmp_path) == before
+
+
+EVIL = "\x1b[31mevil[bold]<script>alert(1)</script><img src=x onerror=alert(2)>|x"
+
+
+def test_a_received_results_json_with_escapes_and_html_in_a_name(run_copy, tmp_path, capsys):
+    """A backbone named with terminal escapes, rich markup and HTML in a results.json someone sent: raw ESC bytes in
+    `summary`'s tables, raw <script> and <img onerror> in report.md. Names are escaped where they are written out."""
+    _, run = run_copy
+    path = run / "results.json"
+    path.write_text(path.read_text().replace('"gpt2-rope"', json.dumps(EVIL)))
+    other = Path(shutil.copytree(run, tmp_path / "other", symlinks=True))
+    for argv in (["summary", str(run)], ["summary", str(run), str(other)], ["summary", "--markdown", str(run)]):
+        capsys.readouterr()
+        assert main(argv) == 0, argv
+        out = capsys.readouterr().out
+        assert "\x1b" not in out and "\\x1b[31mevil[bold]" in out.replace("\n", ""), argv  # as written, no markup
+        if "--markdown" in argv:  # after the run's terminal table
+            table = "\n".join(line for line in out.splitlines() if line.startswith("|"))
+            assert "<script>" not in table and "&lt;script&gt;" in table and "\\|x" in table
+    assert main(["report", str(run)]) == 0
+    report = (run / "report.md").read_text()
+    assert "\x1b" not in report and "<script>" not in report and "<img" not in report
+    assert "\\x1b[31mevil[bold]&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;\\|x" in report
