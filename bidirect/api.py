@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from bidirect.config import ConfigError, StudyConfig, apply_overrides, from_dict, load, validate
+from bidirect.config import ConfigError, StudyConfig, apply_overrides, blamed, from_dict, load, validate
 from bidirect.results import ATTRIBUTES, BASELINES, Run, final_phase
 
 
@@ -65,7 +65,10 @@ def study_config(config: str | Path | dict[str, Any] | StudyConfig | None = None
         if isinstance(config, StudyConfig):
             config = config.to_dict()
         raw = config if config is not None else StudyConfig().to_dict()
-        cfg = from_dict(apply_overrides(raw, overrides or [], notes), notes)
+        try:
+            cfg = from_dict(apply_overrides(raw, overrides or [], notes), notes)
+        except ConfigError as err:  # said of the --set, or of the default it made wrong
+            raise ConfigError(blamed(str(err), None, config, overrides or [])) from None
     if os.environ.get("RANK", "0") == "0":  # once under `accelerate launch`, whose processes all load the config
         for note in notes:
             print(f"note: {note}", flush=True)

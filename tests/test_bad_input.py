@@ -622,3 +622,26 @@ def test_edited_config_yaml_of_an_unfinished_run_refused(run_copy, capsys):
     code, text = _run(["run", str(config), "--out", str(run), "--resume", "--set", "pretrain.steps=60"], capsys)
     assert code == 2 and "the config differs from the one this run started with" in text  # as before
     assert main(["run", str(saved), "--out", str(run), "--resume"]) == 0
+
+
+@pytest.mark.parametrize("config,sets,message", [
+    ("masking: {span: word}\n", ["masking.window_pad=-1"], "error: --set masking.window_pad: got -1; allowed: "),
+    ("name: x\n", ["data.individuals=5"], "error: --set data.individuals=5: data.p_val: 0.1 of 5 individuals is no "
+                                          "one; raise it or set 0 (data.p_val is the default, not set in "),
+    (None, ["data.individuals=5"], "error: --set data.individuals=5: data.p_val: 0.1 of 5 individuals is no one; "
+                                   "raise it or set 0 (data.p_val is the default)"),
+    ("model: {heads: 2}\n", ["name=y", "model.width=7"], "error: --set model.width=7: model.heads: 2 does not divide "
+                                                         "model.width 7 (model.heads is from "),
+])
+def test_a_set_error_is_said_of_the_set_not_of_the_file_or_a_default(tmp_path, config, sets, message, capsys):
+    """`--set` errors were blamed on the config file (`base.yaml: masking.window_pad ...`) and on defaults the user
+    never set (`--set data.individuals=5` -> `data.p_val: 0.1 of 5 individuals is no one`)."""
+    (tmp_path / "notes.txt").write_text("mine")
+    argv = ["data", "--out", str(tmp_path / "out"), *[a for s in sets for a in ("--set", s)]]
+    if config is not None:
+        (tmp_path / "base.yaml").write_text(config)
+        argv.insert(1, str(tmp_path / "base.yaml"))
+    before = _snapshot(tmp_path)
+    code, text = _run(argv, capsys)
+    assert code == 2 and text.startswith(message) and "base.yaml: " not in text, text
+    assert _snapshot(tmp_path) == before
