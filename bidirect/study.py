@@ -4,6 +4,7 @@ into a run folder (its layout: rundir.RunFolder, drawn in docs/design.md)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -169,8 +170,12 @@ def check_reuse(cfg: StudyConfig, source: Path, out: Path | None = None) -> list
         where = f"--pretrained-from {source}: {augmentation}/{backbone.name}"
         if backbone.name not in others:
             raise ConfigError(f"{where}: that run has no {backbone.name}")
-        if src.train_config(others[backbone.name], "pretrain") != cfg.train_config(backbone, "pretrain"):
-            raise ConfigError(f"{where}: pretrained with other settings (backbones.{backbone.name}.pretrain)")
+        theirs_t, mine_t = src.train_config(others[backbone.name], "pretrain"), cfg.train_config(backbone, "pretrain")
+        for field in dataclasses.fields(mine_t):  # the field and both values: the section alone said too little
+            a, b = getattr(theirs_t, field.name), getattr(mine_t, field.name)
+            if a != b:
+                raise ConfigError(f"{where}: pretrained with {backbone.name}'s pretrain.{field.name} {a!r}, this "
+                                  f"study's is {b!r}; its pretrained models are not the ones this study would train")
         if phase_done(old.phase(augmentation, backbone.name, "pretrain")) is None:
             raise RunDirError(f"{where}: its pretraining is not finished")
     return cells

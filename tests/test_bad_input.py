@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from test_safety import _run, _snapshot
-from tiny import ONE_CELL, write_config
+from tiny import ONE_CELL, TINY, write_config
 
 from bidirect import rundir
 from bidirect.cli import main
@@ -644,4 +644,19 @@ def test_a_set_error_is_said_of_the_set_not_of_the_file_or_a_default(tmp_path, c
     before = _snapshot(tmp_path)
     code, text = _run(argv, capsys)
     assert code == 2 and text.startswith(message) and "base.yaml: " not in text, text
+    assert _snapshot(tmp_path) == before
+
+
+ONE_CELL_PRETRAIN = TINY["pretrain"]
+
+
+def test_pretrained_from_of_other_pretraining_names_the_field_and_both_values(run_copy, tmp_path, capsys):
+    """The mismatch named a section (backbones.gpt2-rope.pretrain), not the field and its two values."""
+    _, run = run_copy
+    other = write_config(tmp_path / "ft.yaml", **ONE_CELL, pretrain={**ONE_CELL_PRETRAIN, "lr": 0.005})
+    before = _snapshot(tmp_path)
+    code, text = _run(["run", str(other), "--out", str(tmp_path / "new"), "--pretrained-from", str(run)], capsys)
+    assert code == 2 and text == (f"error: --pretrained-from {run}: single/gpt2-rope: pretrained with gpt2-rope's "
+                                  "pretrain.lr 0.002, this study's is 0.005; its pretrained models are not the ones "
+                                  "this study would train"), text
     assert _snapshot(tmp_path) == before
