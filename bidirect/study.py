@@ -456,11 +456,15 @@ def reevaluate(run_dir: Path, accelerator: Accelerator | None = None) -> dict[st
     """Evaluate the saved final models of a run again and rewrite its results.json, holding the run's lock
     (a `bidirect run` writing results.json meanwhile is refused, not raced)."""
     cfg = require_run_dir(run_dir)
+    folder = RunFolder(run_dir)
+    if not folder.data.is_dir() or not folder.tokenizer.is_dir():  # before the folder is marked: nothing changes
+        # a committed run (runs/) keeps its config and results only: datasets said "Directory .../individuals not found"
+        raise RunDirError(f"{run_dir}: no data/ or tokenizer/, so no saved models to evaluate (a run folder copied "
+                          f"without them, as in runs/); `bidirect run {folder.config} --out NEW` makes them again")
     accelerator = accelerator or make_accelerator(cfg)
     # Under `accelerate launch` the main process locks; its peers evaluate under its lock (as in a run).
     holding = rundir.writing(run_dir, "run", mark=True) if accelerator.is_main_process else contextlib.nullcontext()
     with holding:
-        folder = RunFolder(run_dir)
         results = read_results(run_dir) if folder.results.is_file() else {"results": {}}
         check_results(run_dir, cfg, results)
         check_models(run_dir, cfg)

@@ -660,3 +660,16 @@ def test_pretrained_from_of_other_pretraining_names_the_field_and_both_values(ru
                                   "pretrain.lr 0.002, this study's is 0.005; its pretrained models are not the ones "
                                   "this study would train"), text
     assert _snapshot(tmp_path) == before
+
+
+def test_eval_of_a_committed_run_without_data_is_one_line_and_marks_nothing(tmp_path, capsys):
+    """`eval` on a committed run (config and results only): datasets' "Directory .../data/individuals not found",
+    after the folder had been marked."""
+    run = Path(shutil.copytree(Path(__file__).parents[1] / "runs" / "quick", tmp_path / "quick"))
+    (tmp_path / "notes.txt").write_text("mine")
+    before = _snapshot(tmp_path)
+    code, text = _run(["eval", str(run)], capsys)
+    assert code == 2 and text == (f"error: {run}: no data/ or tokenizer/, so no saved models to evaluate (a run "
+                                  f"folder copied without them, as in runs/); `bidirect run {run / 'config.yaml'} "
+                                  "--out NEW` makes them again")
+    assert _snapshot(tmp_path) == before and not (run / ".bidirect").exists()
