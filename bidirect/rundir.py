@@ -892,12 +892,24 @@ def has_tokenizer(run_dir: Path) -> bool:
     return (RunFolder(run_dir).tokenizer / "tokenizer.json").is_file()
 
 
+def check_inside(run_dir: Path, path: Path) -> None:
+    """Refuse ``path`` (of the run folder ``run_dir``) when it, or a folder on the way to it, links out of the run
+    folder: a tokenizer.json linked to a user's file was read and reported as a JSON error, and a models/ linked
+    elsewhere had eval rewrite the model cards there."""
+    root, resolved = run_dir.resolve(), path.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise RunDirError(f"{path}: a symbolic link out of the run folder (to {resolved}); bidirect reads and writes "
+                          "a run's files only inside it. Put the files themselves there, or give another run")
+
+
 def read_tokenizer(run_dir: Path) -> Any:
     """The tokenizer of a run, checked against the hash recorded when the run made it: token ids
     mean nothing with another tokenizer, so a tokenizer/ copied from another run is refused."""
     from bidirect.tokenizer import load_tokenizer  # transformers: only when a tokenizer is read
 
     run = RunFolder(run_dir)
+    for path in [run.tokenizer, *(sorted(run.tokenizer.iterdir()) if run.tokenizer.is_dir() else [])]:
+        check_inside(run_dir, path)  # each file transformers reads
     try:
         tokenizer = load_tokenizer(run.tokenizer)
     except FileNotFoundError:

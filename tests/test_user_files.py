@@ -542,3 +542,19 @@ def test_a_received_results_json_with_escapes_and_html_in_a_name(run_copy, tmp_p
     report = (run / "report.md").read_text()
     assert "\x1b" not in report and "<script>" not in report and "<img" not in report
     assert "\\x1b[31mevil[bold]&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;\\|x" in report
+
+
+def test_a_tokenizer_json_linked_out_of_the_run_is_not_read(run_copy, tmp_path, capsys):
+    """tokenizer.json linked to a file outside the run was read, and reported as a JSON error of the run's."""
+    _, run = run_copy
+    (tmp_path / "secrets.txt").write_text("a user's file, not JSON")
+    link = run / "tokenizer" / "tokenizer.json"
+    link.unlink()
+    link.symlink_to(tmp_path / "secrets.txt")
+    before = _snapshot(tmp_path)
+    for argv in (["eval", str(run)], ["ask", str(run), "What is the birth city of A B C?"]):
+        code, text = _run(argv, capsys)
+        assert code == 2 and text == (f"error: {link}: a symbolic link out of the run folder (to "
+                                      f"{tmp_path / 'secrets.txt'}); bidirect reads and writes a run's files only "
+                                      "inside it. Put the files themselves there, or give another run"), text
+        assert _snapshot(tmp_path) == before
