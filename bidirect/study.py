@@ -467,6 +467,10 @@ def reevaluate(run_dir: Path, accelerator: Accelerator | None = None) -> dict[st
     with holding:
         results = read_results(run_dir) if folder.results.is_file() else {"results": {}}
         check_results(run_dir, cfg, results)
+        for augmentation in cfg.augmentations():  # each card is rewritten: a models/ linked elsewhere got them
+            for backbone in cfg.backbones:
+                for phase in phases(cfg.protocol):
+                    rundir.check_inside(run_dir, folder.model(augmentation.name, backbone.name, phase))
         check_models(run_dir, cfg)
         run = Run.from_json(results)
         data, tokenizer = StudyData.load(folder.data), read_tokenizer(run_dir)

@@ -558,3 +558,16 @@ def test_a_tokenizer_json_linked_out_of_the_run_is_not_read(run_copy, tmp_path, 
                                       f"{tmp_path / 'secrets.txt'}); bidirect reads and writes a run's files only "
                                       "inside it. Put the files themselves there, or give another run"), text
         assert _snapshot(tmp_path) == before
+
+
+def test_eval_does_not_write_cards_into_a_models_folder_linked_out_of_the_run(run_copy, tmp_path, capsys):
+    """`models/` a link to a folder outside the run: eval rewrote the model cards (README.md) there."""
+    _, run = run_copy
+    elsewhere = Path(shutil.move(run / "models", tmp_path / "elsewhere"))
+    (run / "models").symlink_to(elsewhere)
+    before = _snapshot(tmp_path)
+    code, text = _run(["eval", str(run)], capsys)
+    model = run / "models/single/gpt2-rope/pretrain/model"
+    assert code == 2 and text.startswith(f"error: {model}: a symbolic link out of the run folder (to "
+                                         f"{elsewhere / 'single/gpt2-rope/pretrain/model'})"), text
+    assert _snapshot(tmp_path) == before
