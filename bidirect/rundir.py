@@ -902,6 +902,22 @@ def check_inside(run_dir: Path, path: Path) -> None:
                           "a run's files only inside it. Put the files themselves there, or give another run")
 
 
+def check_writable(folder: Path, name: str) -> None:
+    """Before long work that ends by writing ``name`` into ``folder`` (with `write_text_atomic`): a folder that
+    refuses its temporary file (read-only, immutable) is named now; eval evaluated every model, then failed on the
+    first card. The temporary file is made and removed as that write would."""
+    tmp = folder / f".{name}.tmp"
+    tmp.unlink(missing_ok=True)  # a killed write's leftover, as write_text_atomic clears it
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+    except OSError as err:
+        if environment_fault(err):
+            raise
+        raise RunDirError(f"{folder}: cannot write {name} there ({err.strerror}); make the folder writable (chmod "
+                          "u+w, or chattr -i where it is immutable), then run the same command again") from None
+    tmp.unlink()
+
+
 def read_tokenizer(run_dir: Path) -> Any:
     """The tokenizer of a run, checked against the hash recorded when the run made it: token ids
     mean nothing with another tokenizer, so a tokenizer/ copied from another run is refused."""

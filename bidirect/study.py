@@ -470,7 +470,12 @@ def reevaluate(run_dir: Path, accelerator: Accelerator | None = None) -> dict[st
         for augmentation in cfg.augmentations():  # each card is rewritten: a models/ linked elsewhere got them
             for backbone in cfg.backbones:
                 for phase in phases(cfg.protocol):
-                    rundir.check_inside(run_dir, folder.model(augmentation.name, backbone.name, phase))
+                    model = folder.model(augmentation.name, backbone.name, phase)
+                    rundir.check_inside(run_dir, model)
+                    if accelerator.is_main_process and model.is_dir():  # what eval writes, before it evaluates
+                        rundir.check_writable(model, rundir.MODEL_CARD_FILE)
+        if accelerator.is_main_process:
+            rundir.check_writable(run_dir, rundir.RESULTS_FILE)
         check_models(run_dir, cfg)
         run = Run.from_json(results)
         data, tokenizer = StudyData.load(folder.data), read_tokenizer(run_dir)

@@ -571,3 +571,26 @@ def test_eval_does_not_write_cards_into_a_models_folder_linked_out_of_the_run(ru
     assert code == 2 and text.startswith(f"error: {model}: a symbolic link out of the run folder (to "
                                          f"{elsewhere / 'single/gpt2-rope/pretrain/model'})"), text
     assert _snapshot(tmp_path) == before
+
+
+def _chattr(flag: str, path: Path) -> bool:
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("where", ["run", "model"])
+def test_eval_of_an_immutable_folder_is_refused_before_evaluating(run_copy, where, capsys):
+    """`eval` on an immutable folder evaluated every model, then failed on the first card (or results.json)."""
+    _, run = run_copy
+    folder = run if where == "run" else run / "models/single/gpt2-rope/finetune/model"
+    if not _chattr("+i", folder):
+        pytest.skip("needs chattr on a file system with immutable folders (root, ext4)")
+    try:
+        before = _snapshot(run)
+        code, text = _run(["eval", str(run)], capsys)
+        name = "results.json" if where == "run" else "README.md"
+        assert code == 2 and text == (f"error: {folder}: cannot write {name} there (Operation not permitted); make the "
+                                      "folder writable (chmod u+w, or chattr -i where it is immutable), then run the "
+                                      "same command again"), text
+        assert _snapshot(run) == before
+    finally:
+        _chattr("-i", folder)
