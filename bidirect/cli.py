@@ -31,7 +31,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from bidirect import __version__
-from bidirect.api import study_config
 from bidirect.config import ConfigError, StudyConfig
 from bidirect.rundir import CAPACITY_FILE, PROBE_FILE, RunDirError, environment_fault
 
@@ -41,6 +40,7 @@ console = Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=Tru
 
 
 def cmd_data(args: argparse.Namespace) -> None:
+    from bidirect.api import study_config
     from bidirect.report.tables import data_summary
     from bidirect.rundir import open_run_dir
     from bidirect.study import start_study
@@ -364,10 +364,14 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 2 bad input (named in one message), 1 a fault of the machine (disk full),
     130 interrupted."""
     args = build_parser().parse_args(argv)
-    from bidirect.api import quiet_libraries
-    from bidirect.trainer import TrainingError
+    try:  # torch and transformers take seconds to import: Ctrl-C then was a KeyboardInterrupt traceback
+        from bidirect.api import quiet_libraries
+        from bidirect.trainer import TrainingError
 
-    quiet_libraries()
+        quiet_libraries()
+    except KeyboardInterrupt:
+        _error("interrupted while starting; nothing was done")
+        return 130
     try:
         args.func(args)
     except (ConfigError, RunDirError, TrainingError, FileNotFoundError) as err:

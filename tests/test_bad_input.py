@@ -673,3 +673,18 @@ def test_eval_of_a_committed_run_without_data_is_one_line_and_marks_nothing(tmp_
                                   f"folder copied without them, as in runs/); `bidirect run {run / 'config.yaml'} "
                                   "--out NEW` makes them again")
     assert _snapshot(tmp_path) == before and not (run / ".bidirect").exists()
+
+
+def test_ctrl_c_while_importing_is_one_line_and_130(monkeypatch, capsys):
+    """Ctrl-C while torch and transformers were imported (seconds, before anything ran): a KeyboardInterrupt
+    traceback."""
+    class Interrupted:
+        def find_spec(self, name, path=None, target=None):
+            if name == "bidirect.trainer":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "bidirect.trainer")
+    monkeypatch.setattr(sys, "meta_path", [Interrupted(), *sys.meta_path])
+    code, text = _run(["backbones"], capsys)
+    assert code == 130 and text == "error: interrupted while starting; nothing was done"
