@@ -181,11 +181,17 @@ def cmd_bench(args: argparse.Namespace) -> None:
     console.print(f"report: {out(report)}")
 
 
+MAX_PROBE_STEPS = 100_000  # a probe is a rank-2 update and a linear layer: 300 steps fit it
+
+
 def cmd_probe(args: argparse.Namespace) -> None:
     from bidirect.analysis.probe import probe_table, run_probe
 
     if args.steps < 1:
         raise ConfigError(f"--steps: {args.steps}; give a positive number of probe training steps")
+    if args.steps > MAX_PROBE_STEPS:  # 10**9 ran for days without a line; the default is 300
+        raise ConfigError(f"--steps: at most {MAX_PROBE_STEPS:,}, got {args.steps:,} (probe training steps per cell; "
+                          "the default is 300)")
     out = run_probe(Path(args.run_dir), args.augmentation, args.backbone, args.phase, args.steps)
     console.print(probe_table(out))
     console.print(f"probe results: {Path(args.run_dir) / PROBE_FILE}")

@@ -688,3 +688,13 @@ def test_ctrl_c_while_importing_is_one_line_and_130(monkeypatch, capsys):
     monkeypatch.setattr(sys, "meta_path", [Interrupted(), *sys.meta_path])
     code, text = _run(["backbones"], capsys)
     assert code == 130 and text == "error: interrupted while starting; nothing was done"
+
+
+def test_probe_steps_are_bounded(run_copy, capsys):
+    """`probe --steps 1000000000` ran with no bound and no output."""
+    _, run = run_copy
+    before = _snapshot(run.parent)
+    code, text = _run(["probe", str(run), "--steps", "1000000000"], capsys)
+    assert code == 2 and text == ("error: --steps: at most 100,000, got 1,000,000,000 (probe training steps per cell; "
+                                  "the default is 300)")
+    assert _snapshot(run.parent) == before
