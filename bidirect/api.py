@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -195,11 +196,6 @@ def ask(run: str | Path, question: str, backbone: str | None = None, augmentatio
                           "question included")
     cfg, cells, phase = select_cells(run_dir, augmentation, backbone, final_phase(cfg.protocol))
     rule = "given" if length is not None else cfg.eval.masked_length
-    if length is not None and all(backbone_kind(b) == "causal" for _, b in cells):  # it was ignored without a word
-        names = ", ".join(dict.fromkeys(b for _, b in cells))
-        raise ConfigError(f"--length {length}: tells masked models the answer's length, and the models asked "
-                          f"({names}) are causal: each writes its answer until end-of-text. Leave --length out, or "
-                          "ask a masked backbone")
     if any(backbone_kind(b) == "masked" for _, b in cells):  # before any model is loaded
         if rule == "given" and length is None:
             raise ConfigError("--length: this run tells masked models the answer's length (eval.masked_length: "
@@ -218,6 +214,22 @@ def ask(run: str | Path, question: str, backbone: str | None = None, augmentatio
             ("", "ask a shorter question")
         raise ConfigError(f"question: {asked:,} tokens; with the {room} the answer takes{what}, the models read at "
                           f"most model.context = {context} tokens; {fix}")
+    if length is not None and all(backbone_kind(b) == "causal" for _, b in cells):  # it was ignored without a word
+        names = ", ".join(dict.fromkeys(b for _, b in cells))
+        raise ConfigError(f"--length {length}: tells masked models the answer's length, and the models asked "
+                          f"({names}) are causal: each writes its answer until end-of-text. Leave --length out, or "
+                          "ask a masked backbone")
+    # Answered all the same (a model continues any text), but said: such an answer reads as a recalled one.
+    attribute = question_attribute(question)
+    if attribute is None:
+        print(f"note: the question is in none of the study's forms (e.g. {example!r}); the models were trained on "
+              "those, so their answers to it are no measure of what they stored", flush=True)
+    elif attribute in QUESTIONS:
+        form = re.sub(r"\\\{name\\\}", "(.+)", re.escape(QUESTIONS[attribute]))
+        person = re.fullmatch(form, question.strip())
+        if person is not None and person.group(1) not in set(data.individuals["full_name"]):
+            print(f"note: {person.group(1)!r} is none of this study's {len(data.individuals):,} people; the models "
+                  "never saw that person, so their answers are guesses", flush=True)
     rows = []
     for aug, name in cells:
         kind = backbone_kind(name)

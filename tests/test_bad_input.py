@@ -698,3 +698,22 @@ def test_probe_steps_are_bounded(run_copy, capsys):
     assert code == 2 and text == ("error: --steps: at most 100,000, got 1,000,000,000 (probe training steps per cell; "
                                   "the default is 300)")
     assert _snapshot(run.parent) == before
+
+
+def test_ask_notes_a_stranger_or_a_question_out_of_the_study(run_copy, capsys):
+    """`ask` about a name not in the study, or a question not in its forms, answered with no note."""
+    from bidirect.data.generate import StudyData
+
+    _, run = run_copy
+    before = _snapshot(run.parent)
+    person = StudyData.load(run / "data").individuals[0]["full_name"]
+    for question, note in [("What is the birth city of Nobody Here Atall?", "note: 'Nobody Here Atall' is none of "
+                            "this study's 24 people; the models never saw that person, so their answers are guesses"),
+                           ("Where was Ann born?", "note: the question is in none of the study's forms (e.g. 'What "
+                            "is the birth city of NAME?'); the models were trained on those, so their answers to it "
+                            "are no measure of what they stored"),
+                           (f"What is the birth city of {person}?", None)]:
+        code, text = _run(["ask", str(run), question], capsys)
+        assert code == 0 and "single/gpt2-rope (causal, greedy):" in text
+        assert (note in text) if note else "note:" not in text, text
+    assert _snapshot(run.parent) == before
