@@ -16,12 +16,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from bidirect.config import ConfigError, StudyConfig, apply_overrides, from_dict, load, validate
+from bidirect.config import ConfigError, StudyConfig, apply_overrides, blamed, from_dict, load, validate
 from bidirect.results import ATTRIBUTES, BASELINES, Run, final_phase
 
 
@@ -65,7 +66,10 @@ def study_config(config: str | Path | dict[str, Any] | StudyConfig | None = None
         if isinstance(config, StudyConfig):
             config = config.to_dict()
         raw = config if config is not None else StudyConfig().to_dict()
-        cfg = from_dict(apply_overrides(raw, overrides or [], notes), notes)
+        try:
+            cfg = from_dict(apply_overrides(raw, overrides or [], notes), notes)
+        except ConfigError as err:  # said of the --set, or of the default it made wrong
+            raise ConfigError(blamed(str(err), None, config, overrides or [])) from None
     if os.environ.get("RANK", "0") == "0":  # once under `accelerate launch`, whose processes all load the config
         for note in notes:
             print(f"note: {note}", flush=True)
@@ -210,6 +214,22 @@ def ask(run: str | Path, question: str, backbone: str | None = None, augmentatio
             ("", "ask a shorter question")
         raise ConfigError(f"question: {asked:,} tokens; with the {room} the answer takes{what}, the models read at "
                           f"most model.context = {context} tokens; {fix}")
+    if length is not None and all(backbone_kind(b) == "causal" for _, b in cells):  # it was ignored without a word
+        names = ", ".join(dict.fromkeys(b for _, b in cells))
+        raise ConfigError(f"--length {length}: tells masked models the answer's length, and the models asked "
+                          f"({names}) are causal: each writes its answer until end-of-text. Leave --length out, or "
+                          "ask a masked backbone")
+    # Answered all the same (a model continues any text), but said: such an answer reads as a recalled one.
+    attribute = question_attribute(question)
+    if attribute is None:
+        print(f"note: the question is in none of the study's forms (e.g. {example!r}); the models were trained on "
+              "those, so their answers to it are no measure of what they stored", flush=True)
+    elif attribute in QUESTIONS:
+        form = re.sub(r"\\\{name\\\}", "(.+)", re.escape(QUESTIONS[attribute]))
+        person = re.fullmatch(form, question.strip())
+        if person is not None and person.group(1) not in set(data.individuals["full_name"]):
+            print(f"note: {person.group(1)!r} is none of this study's {len(data.individuals):,} people; the models "
+                  "never saw that person, so their answers are guesses", flush=True)
     rows = []
     for aug, name in cells:
         kind = backbone_kind(name)

@@ -25,12 +25,12 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 
 from bidirect import __version__
-from bidirect.api import study_config
 from bidirect.config import ConfigError, StudyConfig
 from bidirect.rundir import CAPACITY_FILE, PROBE_FILE, RunDirError, environment_fault
 
@@ -40,6 +40,7 @@ console = Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=Tru
 
 
 def cmd_data(args: argparse.Namespace) -> None:
+    from bidirect.api import study_config
     from bidirect.report.tables import data_summary
     from bidirect.rundir import open_run_dir
     from bidirect.study import start_study
@@ -180,11 +181,17 @@ def cmd_bench(args: argparse.Namespace) -> None:
     console.print(f"report: {out(report)}")
 
 
+MAX_PROBE_STEPS = 100_000  # a probe is a rank-2 update and a linear layer: 300 steps fit it
+
+
 def cmd_probe(args: argparse.Namespace) -> None:
     from bidirect.analysis.probe import probe_table, run_probe
 
     if args.steps < 1:
         raise ConfigError(f"--steps: {args.steps}; give a positive number of probe training steps")
+    if args.steps > MAX_PROBE_STEPS:  # 10**9 ran for days without a line; the default is 300
+        raise ConfigError(f"--steps: at most {MAX_PROBE_STEPS:,}, got {args.steps:,} (probe training steps per cell; "
+                          "the default is 300)")
     out = run_probe(Path(args.run_dir), args.augmentation, args.backbone, args.phase, args.steps)
     console.print(probe_table(out))
     console.print(f"probe results: {Path(args.run_dir) / PROBE_FILE}")
@@ -208,8 +215,33 @@ def cmd_ask(args: argparse.Namespace) -> None:
                       f"{escape(said)}", highlight=False)
 
 
+class _Once(argparse.Action):
+    """An option that takes one value, refused when given twice: argparse kept the last without a word
+    (`ask --backbone gbert --backbone gpt2-rope` answered with gpt2-rope only). Options that add up say so
+    (`--set`, `summary --backbone`)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        given = namespace.__dict__.setdefault("_given_once", {})
+        if self.option_strings and self.dest in given:  # a positional is matched once, by argparse
+            raise argparse.ArgumentError(self, f"given twice ({given[self.dest]!r} and {values!r}); give it once, "
+                                               "or run the command once for each")
+        given[self.dest] = values
+        setattr(namespace, self.dest, values)
+
+
+class _Parser(argparse.ArgumentParser):
+    """bidirect's parsers (the subcommands' too: argparse makes them of the parent's class): a plain option
+    given twice is refused (`_Once`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _Once)
+        self.register("action", "store", _Once)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bidirect", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="bidirect", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"bidirect {__version__}")
     set_help = ("override config fields, e.g. --set pretrain.steps=400 data.individuals=200 "
                 "'backbones=[gpt2-rope]' (values read as YAML, checked like the file; recorded in config.yaml)")
@@ -219,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="generate the bioS data and tokenizer of a study",
                        epilog=f"config keys: {sections} (defaults: configs/quick.yaml)")
     p.add_argument("config", nargs="?", help="study YAML (default: the embedded quick study)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help=set_help)
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=set_help)
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--force", action="store_true", help="replace a run folder bidirect wrote")
     p.set_defaults(func=cmd_data)
@@ -227,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a whole study and print its table",
                        epilog=f"config keys: {sections} (defaults: configs/quick.yaml)")
     p.add_argument("config", nargs="?", help="study YAML (default: the embedded quick study)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help=set_help)
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=set_help)
     p.add_argument("--out", required=True, help="run folder")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue a run from its last checkpoint")
@@ -338,10 +370,14 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 2 bad input (named in one message), 1 a fault of the machine (disk full),
     130 interrupted."""
     args = build_parser().parse_args(argv)
-    from bidirect.api import quiet_libraries
-    from bidirect.trainer import TrainingError
+    try:  # torch and transformers take seconds to import: Ctrl-C then was a KeyboardInterrupt traceback
+        from bidirect.api import quiet_libraries
+        from bidirect.trainer import TrainingError
 
-    quiet_libraries()
+        quiet_libraries()
+    except KeyboardInterrupt:
+        _error("interrupted while starting; nothing was done")
+        return 130
     try:
         args.func(args)
     except (ConfigError, RunDirError, TrainingError, FileNotFoundError) as err:

@@ -779,6 +779,41 @@ def apply_overrides(raw: Any, overrides: list[str], notes: list[str] | None = No
     return raw
 
 
+_FIELD = re.compile(r"(unknown key )?([A-Za-z_]\w*)((?:\.[\w-]+|\[\d+\])*)[:;] ")
+
+
+def blamed(text: str, source: str | None, raw: Any, overrides: list[str]) -> str:
+    """A study's error (``text``, led by the field it is about) said of where that field came from: a ``--set`` of
+    it, the file ``source`` (``raw``: what it holds), or a default or a file's value that an override made wrong
+    (`--set data.individuals=5` gave `data.p_val: 0.1 of 5 individuals is no one`, which read as the user's p_val).
+    ``source`` None: a mapping (``raw``), or the defaults (``raw`` None too)."""
+    if text.startswith("--set "):  # about the overrides themselves, not the file
+        return text
+    found = _FIELD.match(text)
+    if found and overrides and found.group(2) in {f.name for f in dataclasses.fields(StudyConfig)}:
+        field = found.group(2) + found.group(3)
+        keys = [item.partition("=")[0] for item in overrides]
+        if found.group(1) and field in keys:
+            return f"--set {overrides[keys.index(field)]}: {text}"
+        if any(field == k or field.startswith((k + ".", k + "[")) or k.startswith(field + ".") for k in keys):
+            return f"--set {text}"
+        node = raw
+        for part in field.split("."):
+            if node is not _UNSET:  # a section the file leaves out: its fields are defaults too
+                node = node.get(part, _UNSET) if isinstance(node, dict) else None
+        default = raw is None or node is _UNSET
+        named = [item for item, k in zip(overrides, keys) if re.search(rf"(?<![\w.]){re.escape(k)}(?![\w.])", text)]
+        if named or default:  # the override the message names, else all of them: one made the default wrong
+            given = " ".join(named or overrides)
+            given = given if len(given) <= 80 else given[:77] + "..."
+            origin = "the default" + (f", not set in {source}" if source else "") if default else f"from {source}"
+            return f"--set {given}: {text} ({field} is {origin})" if source or default else f"--set {given}: {text}"
+    return f"{source}: {text}" if source else text
+
+
+_UNSET = object()
+
+
 class _Refused(yaml.YAMLError):
     """A YAML text past the shape a study can have: nested too deep, or aliases expanding too far."""
 
@@ -916,7 +951,7 @@ def load(path: str | Path, overrides: list[str] | None = None, saved: bool = Fal
     try:
         return from_dict(apply_overrides(raw, overrides or [], notes), notes)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        raise ConfigError(blamed(str(err), str(path), raw, overrides or [])) from None
 
 
 def dump_text(cfg: StudyConfig) -> str:

@@ -10,7 +10,7 @@ manifest existed have none and are not checked (the runs in ``runs/`` hold neith
 
 `check_results` holds a run folder's config.yaml and data/ to what its results.json recorded (the config and
 ``data_sha256``), so that an edited config.yaml or a swapped data/ is not evaluated, probed or resumed as if it
-were the run's.
+were the run's; `check_started` holds an unfinished run's config.yaml to the study its marker recorded at start.
 
 Light on purpose (no torch at import), like rundir.
 """
@@ -26,7 +26,16 @@ from typing import Any
 from bidirect import config as config_lib
 from bidirect.config import StudyConfig, shown
 from bidirect.results import Run, phases
-from bidirect.rundir import CONFIG_FILE, FILES_SHA_FILE, MODEL_CARD_FILE, RESULTS_FILE, RunDirError, RunFolder
+from bidirect.rundir import (
+    CONFIG_FILE,
+    FILES_SHA_FILE,
+    MARKER,
+    MODEL_CARD_FILE,
+    RESULTS_FILE,
+    RunDirError,
+    RunFolder,
+    started_config,
+)
 
 DATA_SHA = "sha256"  # data/'s content hash (bidirect.data.generate.DATA_SHA), which results.json records
 
@@ -96,6 +105,8 @@ def check_results(run_dir: Path, cfg: StudyConfig, results: Run | dict[str, Any]
                 f" in {CONFIG_FILE}, {shown(_at(recorded, key), 30)} in {RESULTS_FILE}); put back the {CONFIG_FILE} "
                 "this run was made with, or start a new run folder with the new config"
             )
+    if not isinstance(recorded, dict):  # not finished (or an older results.json): what the run started with
+        check_started(run_dir, cfg)
     expected = results.data_sha256
     path = run.data / DATA_SHA
     if isinstance(expected, str) and path.is_file():
@@ -106,6 +117,21 @@ def check_results(run_dir: Path, cfg: StudyConfig, results: Run | dict[str, Any]
                 f"data/ is not the one this run was made with. `bidirect data {run.config} --out NEW` writes the "
                 "run's data again (it is deterministic); put NEW/data in place of it"
             )
+
+
+def check_started(run_dir: Path, cfg: StudyConfig) -> None:
+    """``run_dir``'s config.yaml (loaded as ``cfg``) is the study its marker recorded when the run started: an edited
+    config.yaml of an unfinished run resumed from checkpoints made under the old one (steps 3000 -> 60 resumed at
+    46/60). Markers without it (older versions) are not checked."""
+    recorded = started_config(run_dir)
+    key = None if recorded is None else _differs(config_lib.migrate_saved(recorded), cfg.to_dict(), "")
+    if key is not None:
+        run = RunFolder(run_dir)
+        raise RunDirError(
+            f"{run.config}: not the config this run started with ({key}: {shown(_at(cfg.to_dict(), key), 30)} in "
+            f"{CONFIG_FILE}, {shown(_at(recorded, key), 30)} when it started, recorded in {run_dir / MARKER}); put "
+            f"back the {CONFIG_FILE} this run started with, or start a new run folder with the new config"
+        )
 
 
 def check_models(run_dir: Path, cfg: StudyConfig) -> None:

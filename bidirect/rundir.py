@@ -121,10 +121,14 @@ def check_marker(folder: Path) -> None:
                           "folder. Give another folder.")
 
 
-def write_marker(folder: Path, kind: Kind) -> None:
+def write_marker(folder: Path, kind: Kind, config: dict[str, Any] | None = None) -> None:
+    """``config``: a new run's study (`StudyConfig.to_dict`), recorded as it starts: config.yaml is held to it
+    until results.json records it too (`started_config`)."""
     check_marker(folder)
-    write_text_atomic(folder / MARKER,
-                      json.dumps({"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+    meta: dict[str, Any] = {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if config is not None:
+        meta["config"] = config
+    write_text_atomic(folder / MARKER, json.dumps(meta) + "\n")
 
 
 def marker_kind(folder: Path) -> Kind | None:
@@ -132,6 +136,14 @@ def marker_kind(folder: Path) -> Kind | None:
     meta = _read_json_regular(folder / MARKER)
     kind = meta.get("kind") if isinstance(meta, dict) else None
     return kind if kind in KINDS else None
+
+
+def started_config(folder: Path) -> dict[str, Any] | None:
+    """The study a run folder's marker recorded when the run started, or None (a marker of a version before it,
+    or of a run marked later: `--resume` of an old run, `eval`)."""
+    meta = _read_json_regular(folder / MARKER)
+    config = meta.get("config") if isinstance(meta, dict) else None
+    return config if isinstance(config, dict) else None
 
 
 def _same_config(saved: Path, recorded: Any) -> bool:
@@ -656,10 +668,11 @@ def creating_path(folder: Path) -> Path:
     return folder.with_name(f".{folder.name}.tmp")
 
 
-def create_folder(folder: Path, kind: Kind, files: dict[str, str]) -> Lock:
+def create_folder(folder: Path, kind: Kind, files: dict[str, str], config: dict[str, Any] | None = None) -> Lock:
     """Create ``folder`` (absent or empty) whole: its marker and ``files`` are written into `creating_path`, which
     is locked and then renamed into place, so that a kill at any instant leaves either no folder (a leftover
-    temporary, removed by the next creation) or a complete one that bidirect resumes. Returns the held lock."""
+    temporary, removed by the next creation) or a complete one that bidirect resumes. ``config``: a run's study,
+recorded in its marker (`write_marker`). Returns the held lock."""
     tmp = creating_path(folder)
     if tmp.is_symlink() or (tmp.exists() and not tmp.is_dir()):
         raise RunDirError(f"{tmp}: not a folder bidirect was creating; move it away, then run the same command again")
@@ -675,7 +688,7 @@ def create_folder(folder: Path, kind: Kind, files: dict[str, str]) -> Lock:
     make_folder(tmp, named=folder)
     lock = None
     try:
-        write_marker(tmp, kind)
+        write_marker(tmp, kind, config)
         lock = Lock(tmp).acquire()  # the flock is on the marker's inode, which the rename keeps
         for name, text in files.items():
             write_text_atomic(tmp / name, text)
@@ -767,6 +780,10 @@ def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: b
                 f"--resume {run_dir}: the config differs from the one this run started with ({saved}); "
                 "resume with that config or start a new run folder"
             )
+        from bidirect.integrity import check_started  # above rundir: it compares configs field by field
+
+        if not RunFolder(run_dir).results.is_file():  # a finished run's is held to its results.json (check_results)
+            check_started(run_dir, cfg)  # an edited config.yaml matched the config given to resume it
         if marker_kind(run_dir) is None:  # proved by its results.json: marked, nothing deleted
             write_marker(run_dir, "run")
         return Opened(run_dir, Lock(run_dir).acquire())
@@ -778,7 +795,7 @@ def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: b
             f"{again}--force to replace it, or another --out"
         )
     try:
-        lock = create_folder(run_dir, "run", {CONFIG_FILE: config_lib.dump_text(cfg)})
+        lock = create_folder(run_dir, "run", {CONFIG_FILE: config_lib.dump_text(cfg)}, cfg.to_dict())
     except BaseException:
         settle(run_dir, aside, False)
         raise
@@ -918,12 +935,40 @@ def has_tokenizer(run_dir: Path) -> bool:
     return (RunFolder(run_dir).tokenizer / "tokenizer.json").is_file()
 
 
+def check_inside(run_dir: Path, path: Path) -> None:
+    """Refuse ``path`` (of the run folder ``run_dir``) when it, or a folder on the way to it, links out of the run
+    folder: a tokenizer.json linked to a user's file was read and reported as a JSON error, and a models/ linked
+    elsewhere had eval rewrite the model cards there."""
+    root, resolved = run_dir.resolve(), path.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise RunDirError(f"{path}: a symbolic link out of the run folder (to {resolved}); bidirect reads and writes "
+                          "a run's files only inside it. Put the files themselves there, or give another run")
+
+
+def check_writable(folder: Path, name: str) -> None:
+    """Before long work that ends by writing ``name`` into ``folder`` (with `write_text_atomic`): a folder that
+    refuses its temporary file (read-only, immutable) is named now; eval evaluated every model, then failed on the
+    first card. The temporary file is made and removed as that write would."""
+    tmp = folder / f".{name}.tmp"
+    tmp.unlink(missing_ok=True)  # a killed write's leftover, as write_text_atomic clears it
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+    except OSError as err:
+        if environment_fault(err):
+            raise
+        raise RunDirError(f"{folder}: cannot write {name} there ({err.strerror}); make the folder writable (chmod "
+                          "u+w, or chattr -i where it is immutable), then run the same command again") from None
+    tmp.unlink()
+
+
 def read_tokenizer(run_dir: Path) -> Any:
     """The tokenizer of a run, checked against the hash recorded when the run made it: token ids
     mean nothing with another tokenizer, so a tokenizer/ copied from another run is refused."""
     from bidirect.tokenizer import load_tokenizer  # transformers: only when a tokenizer is read
 
     run = RunFolder(run_dir)
+    for path in [run.tokenizer, *(sorted(run.tokenizer.iterdir()) if run.tokenizer.is_dir() else [])]:
+        check_inside(run_dir, path)  # each file transformers reads
     try:
         tokenizer = load_tokenizer(run.tokenizer)
     except FileNotFoundError:

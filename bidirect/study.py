@@ -4,6 +4,7 @@ into a run folder (its layout: rundir.RunFolder, drawn in docs/design.md)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -169,8 +170,12 @@ def check_reuse(cfg: StudyConfig, source: Path, out: Path | None = None) -> list
         where = f"--pretrained-from {source}: {augmentation}/{backbone.name}"
         if backbone.name not in others:
             raise ConfigError(f"{where}: that run has no {backbone.name}")
-        if src.train_config(others[backbone.name], "pretrain") != cfg.train_config(backbone, "pretrain"):
-            raise ConfigError(f"{where}: pretrained with other settings (backbones.{backbone.name}.pretrain)")
+        theirs_t, mine_t = src.train_config(others[backbone.name], "pretrain"), cfg.train_config(backbone, "pretrain")
+        for field in dataclasses.fields(mine_t):  # the field and both values: the section alone said too little
+            a, b = getattr(theirs_t, field.name), getattr(mine_t, field.name)
+            if a != b:
+                raise ConfigError(f"{where}: pretrained with {backbone.name}'s pretrain.{field.name} {a!r}, this "
+                                  f"study's is {b!r}; its pretrained models are not the ones this study would train")
         if phase_done(old.phase(augmentation, backbone.name, "pretrain")) is None:
             raise RunDirError(f"{where}: its pretraining is not finished")
     return cells
@@ -451,13 +456,26 @@ def reevaluate(run_dir: Path, accelerator: Accelerator | None = None) -> dict[st
     """Evaluate the saved final models of a run again and rewrite its results.json, holding the run's lock
     (a `bidirect run` writing results.json meanwhile is refused, not raced)."""
     cfg = require_run_dir(run_dir)
+    folder = RunFolder(run_dir)
+    if not folder.data.is_dir() or not folder.tokenizer.is_dir():  # before the folder is marked: nothing changes
+        # a committed run (runs/) keeps its config and results only: datasets said "Directory .../individuals not found"
+        raise RunDirError(f"{run_dir}: no data/ or tokenizer/, so no saved models to evaluate (a run folder copied "
+                          f"without them, as in runs/); `bidirect run {folder.config} --out NEW` makes them again")
     accelerator = accelerator or make_accelerator(cfg)
     # Under `accelerate launch` the main process locks; its peers evaluate under its lock (as in a run).
     holding = rundir.writing(run_dir, "run", mark=True) if accelerator.is_main_process else contextlib.nullcontext()
     with holding:
-        folder = RunFolder(run_dir)
         results = read_results(run_dir) if folder.results.is_file() else {"results": {}}
         check_results(run_dir, cfg, results)
+        for augmentation in cfg.augmentations():  # each card is rewritten: a models/ linked elsewhere got them
+            for backbone in cfg.backbones:
+                for phase in phases(cfg.protocol):
+                    model = folder.model(augmentation.name, backbone.name, phase)
+                    rundir.check_inside(run_dir, model)
+                    if accelerator.is_main_process and model.is_dir():  # what eval writes, before it evaluates
+                        rundir.check_writable(model, rundir.MODEL_CARD_FILE)
+        if accelerator.is_main_process:
+            rundir.check_writable(run_dir, rundir.RESULTS_FILE)
         check_models(run_dir, cfg)
         run = Run.from_json(results)
         data, tokenizer = StudyData.load(folder.data), read_tokenizer(run_dir)

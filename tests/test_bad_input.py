@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from test_safety import _run, _snapshot
-from tiny import ONE_CELL, write_config
+from tiny import ONE_CELL, TINY, write_config
 
 from bidirect import rundir
 from bidirect.cli import main
@@ -563,3 +563,157 @@ def test_resume_with_pretrained_from_of_a_folder_without_data_reuses_it(run_copy
                    capsys)
     phase = "models/single/gpt2-rope/pretrain/log.jsonl"
     assert code == 0 and (tmp_path / "new" / phase).stat().st_mtime_ns == (run / phase).stat().st_mtime_ns  # copied
+
+
+# --------------------------------------------------------------------------- issue 30: what was asked is what runs
+
+
+def test_set_options_add_up_and_a_plain_option_twice_is_refused(tmp_path, capsys):
+    """`run --set tokenizer.kind=bpe --set name=x` ran with kind: word (the second --set replaced the first); `ask
+    --backbone gbert --backbone gpt2-rope` answered with gpt2-rope only."""
+    config = write_config(tmp_path / "c.yaml", **ONE_CELL, tokenizer={"kind": "word"})
+    code, _ = _run(["data", str(config), "--out", str(tmp_path / "d"), "--set", "tokenizer.kind=bpe",
+                    "tokenizer.vocab_size=400", "--set", "name=x"], capsys)
+    saved = load(tmp_path / "d" / "config.yaml", saved=True)
+    assert code == 0 and (saved.tokenizer.kind, saved.name) == ("bpe", "x")
+    out = _refused(tmp_path, "name: x\n", capsys, ["--set", "seed=3", "--set", "seed=4"])
+    assert "--set seed: given twice ('seed=3' and 'seed=4')" in out
+    before = _snapshot(tmp_path)
+    for argv in (["ask", str(tmp_path / "d"), "q", "--backbone", "gbert", "--backbone", "gpt2-rope"],
+                 ["run", str(config), "--out", str(tmp_path / "a"), "--out", str(tmp_path / "b")]):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        err = capsys.readouterr().err.splitlines()[-1]
+        assert exited.value.code == 2 and "given twice" in err, err
+    assert err.endswith(f"error: argument --out: given twice ({str(tmp_path / 'a')!r} and {str(tmp_path / 'b')!r}); "
+                        "give it once, or run the command once for each")
+    assert _snapshot(tmp_path) == before
+
+
+def test_ask_length_of_causal_models_only_is_refused(run_copy, capsys):
+    """`ask ... --length 2` with only causal models asked answered as if it had not been given."""
+    _, run = run_copy
+    before = _snapshot(run.parent)
+    code, text = _run(["ask", str(run), "What is the birth city of A B C?", "--length", "2"], capsys)
+    assert code == 2 and text == ("error: --length 2: tells masked models the answer's length, and the models asked "
+                                  "(gpt2-rope) are causal: each writes its answer until end-of-text. Leave --length "
+                                  "out, or ask a masked backbone")
+    assert _snapshot(run.parent) == before
+
+
+def test_edited_config_yaml_of_an_unfinished_run_refused(run_copy, capsys):
+    """An edited config.yaml of an unfinished run (pretrain.steps 3000 -> 60) resumed at step 46/60 from a checkpoint
+    made under 3,000 steps; the marker now records the study as the run starts, as results.json does at its end."""
+    config, run = run_copy
+    shutil.rmtree(run / "models/single/gpt2-rope/finetune")
+    (run / "results.json").unlink()  # unfinished: pretrained, not fine-tuned
+    saved = run / "config.yaml"
+    saved.write_text(saved.read_text().replace("  steps: 6\n", "  steps: 60\n"))
+    before = _snapshot(run.parent)
+    for argv in (["run", str(saved), "--out", str(run), "--resume"], ["eval", str(run)],
+                 ["capacity", str(run)]):
+        code, text = _run(argv, capsys)
+        assert code == 2 and text == (f"error: {saved}: not the config this run started with (pretrain.steps: 60 in "
+                                      f"config.yaml, 6 when it started, recorded in {run / '.bidirect'}); put back "
+                                      "the config.yaml this run started with, or start a new run folder with the new "
+                                      "config"), argv
+        assert _snapshot(run.parent) == before
+    saved.write_text(saved.read_text().replace("  steps: 60\n", "  steps: 6\n"))  # the advice: put it back
+    code, text = _run(["run", str(config), "--out", str(run), "--resume", "--set", "pretrain.steps=60"], capsys)
+    assert code == 2 and "the config differs from the one this run started with" in text  # as before
+    assert main(["run", str(saved), "--out", str(run), "--resume"]) == 0
+
+
+@pytest.mark.parametrize("config,sets,message", [
+    ("masking: {span: word}\n", ["masking.window_pad=-1"], "error: --set masking.window_pad: got -1; allowed: "),
+    ("name: x\n", ["data.individuals=5"], "error: --set data.individuals=5: data.p_val: 0.1 of 5 individuals is no "
+                                          "one; raise it or set 0 (data.p_val is the default, not set in "),
+    (None, ["data.individuals=5"], "error: --set data.individuals=5: data.p_val: 0.1 of 5 individuals is no one; "
+                                   "raise it or set 0 (data.p_val is the default)"),
+    ("model: {heads: 2}\n", ["name=y", "model.width=7"], "error: --set model.width=7: model.heads: 2 does not divide "
+                                                         "model.width 7 (model.heads is from "),
+])
+def test_a_set_error_is_said_of_the_set_not_of_the_file_or_a_default(tmp_path, config, sets, message, capsys):
+    """`--set` errors were blamed on the config file (`base.yaml: masking.window_pad ...`) and on defaults the user
+    never set (`--set data.individuals=5` -> `data.p_val: 0.1 of 5 individuals is no one`)."""
+    (tmp_path / "notes.txt").write_text("mine")
+    argv = ["data", "--out", str(tmp_path / "out"), *[a for s in sets for a in ("--set", s)]]
+    if config is not None:
+        (tmp_path / "base.yaml").write_text(config)
+        argv.insert(1, str(tmp_path / "base.yaml"))
+    before = _snapshot(tmp_path)
+    code, text = _run(argv, capsys)
+    assert code == 2 and text.startswith(message) and "base.yaml: " not in text, text
+    assert _snapshot(tmp_path) == before
+
+
+ONE_CELL_PRETRAIN = TINY["pretrain"]
+
+
+def test_pretrained_from_of_other_pretraining_names_the_field_and_both_values(run_copy, tmp_path, capsys):
+    """The mismatch named a section (backbones.gpt2-rope.pretrain), not the field and its two values."""
+    _, run = run_copy
+    other = write_config(tmp_path / "ft.yaml", **ONE_CELL, pretrain={**ONE_CELL_PRETRAIN, "lr": 0.005})
+    before = _snapshot(tmp_path)
+    code, text = _run(["run", str(other), "--out", str(tmp_path / "new"), "--pretrained-from", str(run)], capsys)
+    assert code == 2 and text == (f"error: --pretrained-from {run}: single/gpt2-rope: pretrained with gpt2-rope's "
+                                  "pretrain.lr 0.002, this study's is 0.005; its pretrained models are not the ones "
+                                  "this study would train"), text
+    assert _snapshot(tmp_path) == before
+
+
+def test_eval_of_a_committed_run_without_data_is_one_line_and_marks_nothing(tmp_path, capsys):
+    """`eval` on a committed run (config and results only): datasets' "Directory .../data/individuals not found",
+    after the folder had been marked."""
+    run = Path(shutil.copytree(Path(__file__).parents[1] / "runs" / "quick", tmp_path / "quick"))
+    (tmp_path / "notes.txt").write_text("mine")
+    before = _snapshot(tmp_path)
+    code, text = _run(["eval", str(run)], capsys)
+    assert code == 2 and text == (f"error: {run}: no data/ or tokenizer/, so no saved models to evaluate (a run "
+                                  f"folder copied without them, as in runs/); `bidirect run {run / 'config.yaml'} "
+                                  "--out NEW` makes them again")
+    assert _snapshot(tmp_path) == before and not (run / ".bidirect").exists()
+
+
+def test_ctrl_c_while_importing_is_one_line_and_130(monkeypatch, capsys):
+    """Ctrl-C while torch and transformers were imported (seconds, before anything ran): a KeyboardInterrupt
+    traceback."""
+    class Interrupted:
+        def find_spec(self, name, path=None, target=None):
+            if name == "bidirect.trainer":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "bidirect.trainer")
+    monkeypatch.setattr(sys, "meta_path", [Interrupted(), *sys.meta_path])
+    code, text = _run(["backbones"], capsys)
+    assert code == 130 and text == "error: interrupted while starting; nothing was done"
+
+
+def test_probe_steps_are_bounded(run_copy, capsys):
+    """`probe --steps 1000000000` ran with no bound and no output."""
+    _, run = run_copy
+    before = _snapshot(run.parent)
+    code, text = _run(["probe", str(run), "--steps", "1000000000"], capsys)
+    assert code == 2 and text == ("error: --steps: at most 100,000, got 1,000,000,000 (probe training steps per cell; "
+                                  "the default is 300)")
+    assert _snapshot(run.parent) == before
+
+
+def test_ask_notes_a_stranger_or_a_question_out_of_the_study(run_copy, capsys):
+    """`ask` about a name not in the study, or a question not in its forms, answered with no note."""
+    from bidirect.data.generate import StudyData
+
+    _, run = run_copy
+    before = _snapshot(run.parent)
+    person = StudyData.load(run / "data").individuals[0]["full_name"]
+    for question, note in [("What is the birth city of Nobody Here Atall?", "note: 'Nobody Here Atall' is none of "
+                            "this study's 24 people; the models never saw that person, so their answers are guesses"),
+                           ("Where was Ann born?", "note: the question is in none of the study's forms (e.g. 'What "
+                            "is the birth city of NAME?'); the models were trained on those, so their answers to it "
+                            "are no measure of what they stored"),
+                           (f"What is the birth city of {person}?", None)]:
+        code, text = _run(["ask", str(run), question], capsys)
+        assert code == 0 and "single/gpt2-rope (causal, greedy):" in text
+        assert (note in text) if note else "note:" not in text, text
+    assert _snapshot(run.parent) == before

@@ -349,3 +349,22 @@ def test_report_refuses_what_is_not_a_run(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "no results.json" in " ".join(capsys.readouterr().out.split())
+
+
+def test_pool_seeds_says_when_a_level_has_fewer_seeds_than_its_row(tiny_sweep, tmp_path, capsys):
+    """A level missing in one seed's cells (a results.json older than the level): the row said 2 seeds and that
+    level showed the other seed's value with no note."""
+    _, out = tiny_sweep
+    folders = []
+    for seed in (0, 1):
+        folders.append(tmp_path / f"seed{seed}")
+        shutil.copytree(out, folders[-1], ignore=shutil.ignore_patterns("models", "data", "tokenizer", "summary.json"))
+        shutil.rmtree(folders[-1] / f"seed={1 - seed},pretrain.steps=4")
+    results = folders[1] / "seed=1,pretrain.steps=4" / "results.json"
+    edited = json.loads(results.read_text())
+    del edited["results"]["single"]["gpt2-rope"]["bio_recall"]
+    results.write_text(json.dumps(edited))
+    for markdown in ([], ["--markdown"]):
+        assert main(["summary", "--pool-seeds", *markdown, str(folders[0]), str(folders[1])]) == 0
+        text = capsys.readouterr().out
+        assert text.count(" of 2 seeds)") == 1 and re.search(r"\d\.\d \(1 of 2 seeds\)", text), text

@@ -534,3 +534,79 @@ def test_report_keeps_the_loss_figure_it_cannot_draw_again(run_copy, capsys):
     assert code == 0 and loss.read_bytes() == drawn and "](report/loss.png)" in text
     assert "Drawn by an earlier report from the training logs" in text
     assert rundir.report_why_not(run / "report.md") is None  # still bidirect's: the next report may replace it
+
+
+EVIL = "\x1b[31mevil[bold]<script>alert(1)</script><img src=x onerror=alert(2)>|x"
+
+
+def test_a_received_results_json_with_escapes_and_html_in_a_name(run_copy, tmp_path, capsys):
+    """A backbone named with terminal escapes, rich markup and HTML in a results.json someone sent: raw ESC bytes in
+    `summary`'s tables, raw <script> and <img onerror> in report.md. Names are escaped where they are written out."""
+    _, run = run_copy
+    path = run / "results.json"
+    path.write_text(path.read_text().replace('"gpt2-rope"', json.dumps(EVIL)))
+    other = Path(shutil.copytree(run, tmp_path / "other", symlinks=True))
+    for argv in (["summary", str(run)], ["summary", str(run), str(other)], ["summary", "--markdown", str(run)]):
+        capsys.readouterr()
+        assert main(argv) == 0, argv
+        out = capsys.readouterr().out
+        assert "\x1b" not in out and "\\x1b[31mevil[bold]" in out.replace("\n", ""), argv  # as written, no markup
+        if "--markdown" in argv:  # after the run's terminal table
+            table = "\n".join(line for line in out.splitlines() if line.startswith("|"))
+            assert "<script>" not in table and "&lt;script&gt;" in table and "\\|x" in table
+    assert main(["report", str(run)]) == 0
+    report = (run / "report.md").read_text()
+    assert "\x1b" not in report and "<script>" not in report and "<img" not in report
+    assert "\\x1b[31mevil[bold]&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;\\|x" in report
+
+
+def test_a_tokenizer_json_linked_out_of_the_run_is_not_read(run_copy, tmp_path, capsys):
+    """tokenizer.json linked to a file outside the run was read, and reported as a JSON error of the run's."""
+    _, run = run_copy
+    (tmp_path / "secrets.txt").write_text("a user's file, not JSON")
+    link = run / "tokenizer" / "tokenizer.json"
+    link.unlink()
+    link.symlink_to(tmp_path / "secrets.txt")
+    before = _snapshot(tmp_path)
+    for argv in (["eval", str(run)], ["ask", str(run), "What is the birth city of A B C?"]):
+        code, text = _run(argv, capsys)
+        assert code == 2 and text == (f"error: {link}: a symbolic link out of the run folder (to "
+                                      f"{tmp_path / 'secrets.txt'}); bidirect reads and writes a run's files only "
+                                      "inside it. Put the files themselves there, or give another run"), text
+        assert _snapshot(tmp_path) == before
+
+
+def test_eval_does_not_write_cards_into_a_models_folder_linked_out_of_the_run(run_copy, tmp_path, capsys):
+    """`models/` a link to a folder outside the run: eval rewrote the model cards (README.md) there."""
+    _, run = run_copy
+    elsewhere = Path(shutil.move(run / "models", tmp_path / "elsewhere"))
+    (run / "models").symlink_to(elsewhere)
+    before = _snapshot(tmp_path)
+    code, text = _run(["eval", str(run)], capsys)
+    model = run / "models/single/gpt2-rope/pretrain/model"
+    assert code == 2 and text.startswith(f"error: {model}: a symbolic link out of the run folder (to "
+                                         f"{elsewhere / 'single/gpt2-rope/pretrain/model'})"), text
+    assert _snapshot(tmp_path) == before
+
+
+def _chattr(flag: str, path: Path) -> bool:
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("where", ["run", "model"])
+def test_eval_of_an_immutable_folder_is_refused_before_evaluating(run_copy, where, capsys):
+    """`eval` on an immutable folder evaluated every model, then failed on the first card (or results.json)."""
+    _, run = run_copy
+    folder = run if where == "run" else run / "models/single/gpt2-rope/finetune/model"
+    if not _chattr("+i", folder):
+        pytest.skip("needs chattr on a file system with immutable folders (root, ext4)")
+    try:
+        before = _snapshot(run)
+        code, text = _run(["eval", str(run)], capsys)
+        name = "results.json" if where == "run" else "README.md"
+        assert code == 2 and text == (f"error: {folder}: cannot write {name} there (Operation not permitted); make the "
+                                      "folder writable (chmod u+w, or chattr -i where it is immutable), then run the "
+                                      "same command again"), text
+        assert _snapshot(run) == before
+    finally:
+        _chattr("-i", folder)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bidirect.config import StudyConfig
-from bidirect.integrity import check_models, check_results
+from bidirect.integrity import check_models, check_results, check_started
 from bidirect.results import bio_phase, phases
 from bidirect.rundir import RunDirError, RunFolder, read_results, read_tokenizer, require_run_dir
 
@@ -26,6 +26,8 @@ def select_cells(run_dir: Path, augmentation: str | None, backbone: str | None,
     cfg = require_run_dir(run_dir)
     if RunFolder(run_dir).results.is_file():  # an edited config.yaml or another data/ would be analysed as the run's
         check_results(run_dir, cfg, read_results(run_dir))
+    else:
+        check_started(run_dir, cfg)
     check_models(run_dir, cfg)  # all before any is used
     augs = [a.name for a in cfg.augmentations()]
     backbones = [b.name for b in cfg.backbones]

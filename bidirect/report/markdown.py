@@ -28,7 +28,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from bidirect import rundir
-from bidirect.report.tables import LEVEL_NAMES, SHORT, markdown, pct, summary_markdown, with_interval
+from bidirect.report.tables import LEVEL_NAMES, SHORT, markdown, md, pct, summary_markdown, with_interval
 from bidirect.results import ATTRIBUTES, HELD_OUT_LEVELS, INVERSE_LEVELS, LEVELS, Run, phase_mode
 from bidirect.rundir import (
     CAPACITY_FILE,
@@ -317,7 +317,7 @@ def training_markdown(results: Run | dict[str, Any]) -> str:
             exp = "-" if t.get("exposures") is None else f"{t['exposures']:.1f}"
             trainable = t.get("trainable_parameters")
             flops = "-" if not t.get("flops") else f"{t['flops']:.2e}"  # runs of older versions did not count
-            lines.append(f"| {cell.augmentation} | {cell.backbone} | {phase} | {mode} | "
+            lines.append(f"| {md(cell.augmentation)} | {md(cell.backbone)} | {phase} | {mode} | "
                          f"{'-' if trainable is None else f'{trainable:,}'} | {t.get('steps', '-')} | "
                          f"{t.get('tokens', 0):,} | {flops} | {t.get('final_loss', float('nan')):.3f} | {exp} | "
                          f"{t.get('seconds', 0.0):.1f} |")
@@ -380,7 +380,7 @@ def run_report(run_dir: Path, out: Path) -> str:
     cfg = results.config or {}
     data = cfg.get("data", {})
     study = results.study if results.study is not None else ""
-    lines = [f"# bidirect report: {results.study if results.study is not None else run_dir.name}", ""]
+    lines = [f"# bidirect report: {md(results.study if results.study is not None else run_dir.name)}", ""]
     lines += [f"Run folder `{run_dir}`; protocol `{results.protocol}`, seed {results.seed}, "
               f"{data.get('individuals', '?')} individuals (P_train share {data.get('p_train', '?')}), "
               f"wall time {results.wall_seconds or 0:.0f} s.", ""]
@@ -390,7 +390,7 @@ def run_report(run_dir: Path, out: Path) -> str:
         for name, counts in params.items():
             modes = {phase_mode(t) for c in results.cells if c.backbone == name
                      for p, t in (c.phases or {}).items() if p != "pretrain"}
-            lines.append(f"| {name} | {counts['total']:,} | {counts['non_embedding']:,} | "
+            lines.append(f"| {md(name)} | {counts['total']:,} | {counts['non_embedding']:,} | "
                          f"{', '.join(sorted(modes)) or '-'} |")
         lines.append("")
     lines += ["## Exact-match accuracy (%)", "",
@@ -404,7 +404,7 @@ def run_report(run_dir: Path, out: Path) -> str:
                       for lv, r in levels.items()} for b, levels in by_backbone.items()}
         path = accuracy_figure(f"{study} | {aug}: exact match per attribute, 95% CI over people",
                                by_backbone, baseline, fig_dir / f"accuracy_{_slug(aug)}.png", errors)
-        lines += [f"![accuracy, {aug}]({_rel(path, base)})", ""]
+        lines += [f"![accuracy, {md(aug)}]({_rel(path, base)})", ""]
     lines += ["## Training", "", training_markdown(results), ""]
     lines += _loss_lines(loss_figure(f"{study}: training loss", curves, fig_dir / "loss.png"), fig_dir, base)
     lines += [f"Leak check: {_leaks([results])}.", "", "## Config", "",
@@ -484,7 +484,7 @@ def _compute_section(rows: list[dict[str, Any]], cells: list[Cell], keys: list[s
             _row_label(row, keys)
         points.append({"label": label, "flops": flops, "tokens": tokens, "levels": levels})
         tied = row["levels"].get("name_tied", {}).get("mean", {}).get("mean")
-        table.append(f"| {label} | {flops:.3g} | {tokens:,.0f} | {pct(tied)} | "
+        table.append(f"| {md(label)} | {flops:.3g} | {tokens:,.0f} | {pct(tied)} | "
                      f"{with_interval(*levels.get('qa_test', (None,)))} | "
                      f"{with_interval(*levels.get('inverse_test', (None,)))} |")
     if not points:
@@ -524,7 +524,7 @@ def _read_capacity(sweep_dir: Path, cells: list[Cell]) -> tuple[dict[str, Any], 
                       c["bits_per_non_embedding_parameter"])
                      for backbone, by_aug in json.loads(path.read_text()).get("results", {}).items()
                      for aug, c in by_aug.items()]
-            rows += [f"| {cell.name} | {label} | {total:,} ({non_embedding:,}) | {bits:,.0f} | "
+            rows += [f"| {md(cell.name)} | {md(label)} | {total:,} ({non_embedding:,}) | {bits:,.0f} | "
                      f"{100 * bits / max_bits:.1f}% | {per:.3f} ({per_non:.3f}) |"
                      for label, total, non_embedding, bits, max_bits, per, per_non in found]
         except (ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError, OSError) as err:
@@ -573,9 +573,9 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
     mean_majority = sum(majority) / len(majority) if majority else None
     manifest = sweep_dir / MANIFEST_FILE
     planned = len(read_manifest(manifest, "put back a good copy")["cells"]) if manifest.is_file() else len(cells)
-    lines = [f"# bidirect sweep report: {first.study if first.study is not None else sweep_dir.name}", ""]
+    lines = [f"# bidirect sweep report: {md(first.study if first.study is not None else sweep_dir.name)}", ""]
     lines += [f"Sweep folder `{sweep_dir}`: {len(cells)} of {planned} cells have results. Swept: "
-              + "; ".join(f"`{k}` in {', '.join(value_label(v) for v in vs)}" for k, vs in axes.items()) + ".", "",
+              + "; ".join(f"`{k}` in {', '.join(md(value_label(v)) for v in vs)}" for k, vs in axes.items()) + ".", "",
               f"Pooled over `{SEED}`: each number is the mean over seeds and, with two seeds or more, its 95% "
               "confidence interval `± t(0.975, n-1) s / sqrt(n)` (Student t, s the standard deviation over "
               "seeds); one seed shows no interval. Every number is in `summary.json`.", ""]
@@ -600,7 +600,7 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
         path = accuracy_figure(title, panel["means"], baseline_attrs,
                                fig_dir / f"accuracy_{i:02d}_{_slug(panel['aug'] + ('_' + other if other else ''))}.png",
                                errors=panel["errs"])
-        lines += [f"![{title}]({_rel(path, base)})", ""]
+        lines += [f"![{md(title)}]({_rel(path, base)})", ""]
 
     # Against the swept values: the levels against each numeric one, or the seeds side by side
     lines += ["## Against the swept values", ""]
@@ -654,7 +654,7 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
     lines += ["## Every cell", ""]
     for cell in cells:
         res = cell.run
-        lines += ["<details>", f"<summary>{cell.name}</summary>", "", markdown(res), "",
+        lines += ["<details>", f"<summary>{md(cell.name)}</summary>", "", markdown(res), "",
                   training_markdown(res), "", "</details>", ""]
     sweep_file = sweep_dir / SWEEP_FILE
     lines += ["## Sweep file", "", _config_block(sweep_file.read_text() if sweep_file.is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -106,6 +107,19 @@ def plain(text: str) -> Text:
     return Text(re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], text))
 
 
+def plain_lines(*parts: str) -> Text:
+    """``parts`` (names from a run's files) each `plain`, one a line."""
+    return Text("\n").join(plain(part) for part in parts)
+
+
+def md(text: Any) -> str:
+    """A name from a run's files (a backbone, an augmentation, a study, a swept value) as Markdown text: HTML
+    escaped, so that a received results.json cannot put a <script> or an <img onerror> into a rendered report;
+    ``|`` escaped, so that it stays in its table cell; control characters shown escaped, as `plain` shows them."""
+    text = re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], str(text))
+    return html.escape(text, quote=False).replace("|", "\\|")
+
+
 def results_tables(results: Run | dict[str, Any]) -> list[Table]:
     """One table per augmentation: a row per backbone and level, a column per attribute."""
     run = Run.of(results)
@@ -129,7 +143,8 @@ def results_tables(results: Run | dict[str, Any]) -> list[Table]:
                 scores = cell.levels[level]
                 style = "bold" if level in HELD_OUT_LEVELS else None
                 # a LoRA fine-tune says so on a second line under the name
-                label = backbone_label(cell.backbone, cell.finetune).replace(" (", "\n(") if i == 0 else ""
+                lora = backbone_label("", cell.finetune).strip()
+                label = plain_lines(cell.backbone, *([lora] if lora else [])) if i == 0 else ""
                 length = [pct(scores["true_length"]) if "true_length" in scores else ""] if lengths else []
                 table.add_row(label, SHORT_NAMES[level], *[pct(scores.get(a)) for a in ATTRIBUTES],
                               pct(scores.get("mean")), ci(scores), *length, style=style)
@@ -177,16 +192,16 @@ def markdown(results: Run | dict[str, Any]) -> str:
         for level in cell.shown_levels():
             s = cell.levels[level]
             cells = " | ".join(pct(s.get(a)) for a in ATTRIBUTES)
-            label = backbone_label(cell.backbone, cell.finetune)
-            lines.append(f"| {cell.augmentation} | {label} | {LEVEL_NAMES[level]} | {cells} | **{pct(s.get('mean'))}** "
-                         f"| {ci(s)} |")
+            label = md(backbone_label(cell.backbone, cell.finetune))
+            lines.append(f"| {md(cell.augmentation)} | {label} | {LEVEL_NAMES[level]} | {cells} | "
+                         f"**{pct(s.get('mean'))}** | {ci(s)} |")
     for key, (label, level) in BASELINES.items():
         base = run.baselines.get(key)
         if base:
             cells = " | ".join(pct(base.get(a)) for a in ATTRIBUTES)
             lines.append(f"| | {label} | {level} | {cells} | {pct(base.get('mean'))} | |")
     lines.append(f"\n{note(run)}")
-    lines += [f"\n{line}" for line in paired_lines(run)]
+    lines += [f"\n{md(line)}" for line in paired_lines(run)]
     return "\n".join(lines)
 
 
@@ -210,7 +225,7 @@ def headline_markdown(results: Run | dict[str, Any]) -> str:
              "| --- | --- |" + " ---: |" * len(shown)]
     for cell in run.cells:
         cells = [level_cell(cell.levels.get(lv), lv, bold=True) for lv in shown]
-        lines.append(f"| {cell.augmentation} | {backbone_label(cell.backbone, cell.finetune)} | "
+        lines.append(f"| {md(cell.augmentation)} | {md(backbone_label(cell.backbone, cell.finetune))} | "
                      + " | ".join(cells) + " |")
     base = {level: pct(run.baselines[key]["mean"]) for key, (_, level) in BASELINES.items() if run.baselines.get(key)}
     cells = [base.get("P_test*" if lv == "qa_test_given" else "P_test", "") if lv in ("qa_test", "qa_test_given")
@@ -231,8 +246,9 @@ def runs_markdown(runs: dict[str, Run | dict[str, Any]]) -> str:
         base = " / ".join(pct(run.baselines[key]["mean"]) for key in BASELINES if run.baselines.get(key))
         for cell in run.cells:
             cells = [level_cell(cell.levels.get(lv), lv, bold=True) for lv in shown]
-            label = backbone_label(cell.backbone, cell.finetune)
-            lines.append(f"| {Path(name).name} | {cell.augmentation} | {label} | " + " | ".join(cells) + f" | {base} |")
+            label = md(backbone_label(cell.backbone, cell.finetune))
+            lines.append(f"| {md(Path(name).name)} | {md(cell.augmentation)} | {label} | " + " | ".join(cells)
+                         + f" | {base} |")
     return "\n".join(lines)
 
 
@@ -248,7 +264,7 @@ def comparison_tables(runs: dict[str, Run | dict[str, Any]], width: int = 80) ->
         for cell in run.cells:
             values = [level_cell(cell.levels.get(lv), lv) for lv in shown]
             values += [base.get("P_test", "-"), base.get("P_test*", "-")]
-            cells.append((f"{Path(name).name}\n{cell.augmentation}\n{backbone_label(cell.backbone, cell.finetune)}",
+            cells.append((plain_lines(Path(name).name, cell.augmentation, backbone_label(cell.backbone, cell.finetune)),
                           values))
     labels = [SHORT_NAMES[lv] for lv in shown] + ["majority", "majority*"]
     per_table = max(1, (width - 16) // 15)  # a level column of ~15 characters, ~15 for each cell
@@ -270,13 +286,15 @@ def comparison_tables(runs: dict[str, Run | dict[str, Any]], width: int = 80) ->
 # --------------------------------------------------------------------------- a sweep's summary
 
 
-def fmt_ci(stat: dict[str, Any] | None) -> str:
-    """``41.2 ± 3.1`` in percent; ``41.2`` with one seed; ``-`` when missing."""
+def fmt_ci(stat: dict[str, Any] | None, seeds: int | None = None) -> str:
+    """``41.2 ± 3.1`` in percent; ``41.2`` with one seed; ``-`` when missing. ``seeds``: the row's count; a level
+    measured in fewer of its cells says so (``41.2 (1 of 2 seeds)``), or it read as the row's pool."""
     if not stat:
         return "-"
-    if stat.get("ci95") is None:
-        return f"{100 * stat['mean']:.1f}"
-    return f"{100 * stat['mean']:.1f} ± {100 * stat['ci95']:.1f}"
+    text = f"{100 * stat['mean']:.1f}" if stat.get("ci95") is None else \
+        f"{100 * stat['mean']:.1f} ± {100 * stat['ci95']:.1f}"
+    n = stat.get("n")
+    return f"{text} ({n} of {seeds} seeds)" if seeds is not None and isinstance(n, int) and n < seeds else text
 
 
 def _levels_shown(summary: dict[str, Any]) -> list[str]:
@@ -299,10 +317,11 @@ def summary_table(summary: dict[str, Any]):
                          style="bold" if level in HELD_OUT_LEVELS else None)
     for row in summary["rows"]:
         levels = row["levels"]
-        name = f"{backbone_label(row['backbone'], row.get('finetune'))} / {row['augmentation']}"
+        name = [f"{backbone_label(row['backbone'], row.get('finetune'))} / {row['augmentation']}"]
         if summary["group_by"]:
-            name += "\n" + ", ".join(f"{k}={value_label(row['values'][k])}" for k in summary["group_by"])
-        table.add_row(name, str(row["n"]), *[fmt_ci(levels.get(lv, {}).get("mean")) for lv in levels_shown],
+            name.append(", ".join(f"{k}={value_label(row['values'][k])}" for k in summary["group_by"]))
+        table.add_row(plain_lines(*name), str(row["n"]),
+                      *[fmt_ci(levels.get(lv, {}).get("mean"), row["n"]) for lv in levels_shown],
                       end_section=bool(summary["group_by"]))
     return table
 
@@ -322,10 +341,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
              "|" + " --- |" * len(keys) + " --- | --- |" + " ---: |" * (len(levels_shown) + 2)]
     for row in summary["rows"]:
         levels = row["levels"]
-        scores = [fmt_ci(levels.get(lv, {}).get("mean")) for lv in levels_shown]
+        scores = [fmt_ci(levels.get(lv, {}).get("mean"), row["n"]) for lv in levels_shown]
         scores = [f"**{x}**" if lv in HELD_OUT_LEVELS else x for lv, x in zip(levels_shown, scores)]
-        backbone = backbone_label(row["backbone"], row.get("finetune"))
-        cells = [*[value_label(row["values"][k]) for k in keys], row["augmentation"], backbone, str(row["n"]), *scores,
+        backbone = md(backbone_label(row["backbone"], row.get("finetune")))
+        cells = [*[md(value_label(row["values"][k])) for k in keys], md(row["augmentation"]), backbone, str(row["n"]),
+                 *scores,
                  "-" if row["majority"] is None else f"{100 * row['majority']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
