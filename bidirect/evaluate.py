@@ -14,7 +14,12 @@
   information: the swapped bio keeps A's other values in view, the causal model those before the
   value, the masked model all of them.
 - ``sentence_recall``: the same information for both kinds: the value read from one sentence of
-  the person's own bio, alone, the full name before the value (`sentence_items`).
+  the person's own bio, alone, the full name before the value (`sentence_items`). The name is the only cue
+  of the person.
+- ``name_and_values`` and ``values_only`` tell the cues apart (`cue_items`): the same sentence read after the
+  five other sentences of the person's first bio, so that both kinds see every other value before the value
+  read; ``values_only`` puts a name the model never saw in place of every mention of the person's. Against
+  sentence recall: what the other values add to the name, and what they give without it.
 - ``qa_train``: was the QA format learned? ``qa_val``: people whose QA is never trained on, for
   tuning. ``qa_test``: is the knowledge extractable for people never seen in QA (the headline)?
   A masked model chooses the answer's length itself (``eval.masked_length: free``), as a causal
@@ -67,7 +72,8 @@ class Item:
     tokens: int = 0  # the answer's (value's) length in tokens, end-of-text not counted
 
 
-MEMORIZATION_LEVELS = ("bio_recall", "name_tied", "sentence_recall")  # read on the pretrained model
+# read on the pretrained model
+MEMORIZATION_LEVELS = ("bio_recall", "name_tied", "sentence_recall", "name_and_values", "values_only")
 BOOTSTRAP_RESAMPLES = 1000
 
 
@@ -196,16 +202,11 @@ def sentence_span(text: str, start: int, end: int) -> tuple[int, int]:
     return (0 if begin < 0 else begin + 2), text.index(".", end) + 1
 
 
-def sentence_items(tokenizer: PreTrainedTokenizerFast, bios: Dataset, individuals: Dataset, kind: str,
-                   max_individuals: int = 0) -> list[Item]:
-    """Sentence recall (see the module's docstring): per person and attribute, the value's sentence from the
-    person's first bio in which that sentence names the person before the value, read alone. Both kinds get the
-    same input: the full name and the template's words, no other value of the person; a causal model continues it,
-    a masked model fills the value's masks (told its length, as in bio recall) with the sentence's end in view.
-    The sentence keeps the space before it in the bio, so its tokens are the bio's own. A person whose bios never
-    name them before a value (no ``fullname``, the attribute never first) has no item for it."""
+def _name_sentences(bios: Dataset, individuals: Dataset, people: list[int]) -> dict[int, list]:
+    """Per person and attribute, the sentence sentence recall reads: the value's sentence from the person's first
+    bio in which that sentence names the person before the value, with the space before it in the bio, and the
+    value's characters in it; ("", (0, 0)) where no bio has one."""
     names = dict(zip(individuals["id"], individuals["full_name"], strict=True))
-    people = sorted(set(bios["id"]))[: max_individuals or None]
     wanted = set(people)
     found: dict[int, list] = {p: [("", (0, 0))] * len(ATTRIBUTES) for p in people}
     for person, text, starts, ends in zip(bios["id"], bios["text"], bios["value_start"], bios["value_end"],
@@ -219,7 +220,75 @@ def sentence_items(tokenizer: PreTrainedTokenizerFast, bios: Dataset, individual
             if names[person] in text[begin:start]:
                 lead = max(begin - 1, 0)  # the space before it, as the bio has it
                 found[person][a] = (text[lead:stop], (start - lead, end - lead))
+    return found
+
+
+def sentence_items(tokenizer: PreTrainedTokenizerFast, bios: Dataset, individuals: Dataset, kind: str,
+                   max_individuals: int = 0) -> list[Item]:
+    """Sentence recall (see the module's docstring): per person and attribute, the value's sentence from the
+    person's first bio in which that sentence names the person before the value, read alone. Both kinds get the
+    same input: the full name and the template's words, no other value of the person; a causal model continues it,
+    a masked model fills the value's masks (told its length, as in bio recall) with the sentence's end in view.
+    The sentence keeps the space before it in the bio, so its tokens are the bio's own. A person whose bios never
+    name them before a value (no ``fullname``, the attribute never first) has no item for it."""
+    people = sorted(set(bios["id"]))[: max_individuals or None]
+    found = _name_sentences(bios, individuals, people)
     return _value_items(tokenizer, [found[p] for p in people], people, kind)
+
+
+def unseen_names(individuals: Dataset) -> dict[int, str]:
+    """Per individual, a full name no individual of the study has, made of other individuals' name parts so that
+    every word of it is one the tokenizer knows: the first name of the next individual of the same pronoun (as
+    `name_partners` picks it), the middle name of the one after, the last name of the one after that."""
+    partner = name_partners(individuals)
+    names = dict(zip(individuals["id"], individuals["full_name"], strict=True))
+    taken = set(names.values())
+    order = sorted(names)
+    unseen = {}
+    for person in order:
+        for shift in range(1, len(order) + 1):
+            middle, last = (names[order[(order.index(person) + shift * k) % len(order)]] for k in (2, 3))
+            parts = [names[partner[person]].split()[0], *middle.split()[1:-1], last.split()[-1]]
+            candidate = " ".join(parts)
+            if candidate not in taken and candidate != names[person]:
+                unseen[person] = candidate
+                break
+        else:
+            raise ValueError("every combination of the study's name parts is someone's name")
+    return unseen
+
+
+def cue_items(tokenizer: PreTrainedTokenizerFast, bios: Dataset, individuals: Dataset, kind: str, named: bool,
+              max_individuals: int = 0) -> list[Item]:
+    """``name_and_values`` (``named``) and ``values_only`` (see the module's docstring): per person and attribute,
+    the other five sentences of the person's first bio in its order, then the sentence sentence recall reads, the
+    value in it read as there. Every other value of the person is before the value, so a causal model sees what a
+    masked one sees but the sentence's end. ``named`` False: every mention of the person's full name is another
+    (`unseen_names`), so only the other values (and the template) can tell the model whose value it reads."""
+    people = sorted(set(bios["id"]))[: max_individuals or None]
+    target = _name_sentences(bios, individuals, people)
+    names = dict(zip(individuals["id"], individuals["full_name"], strict=True))
+    values = {p["id"]: p for p in individuals}
+    unseen = unseen_names(individuals) if not named else {}
+    texts = []
+    for row in first_bios(bios).select(range(len(people))):
+        person = row["id"]
+        spans = [sentence_span(row["text"], s, e) for s, e in zip(row["value_start"], row["value_end"], strict=True)]
+        cues = []
+        for a, (sentence, (start, end)) in enumerate(target[person]):
+            if not sentence:
+                cues.append(("", (0, 0)))
+                continue
+            others = " ".join(row["text"][b:e] for i, (b, e) in sorted(enumerate(spans), key=lambda x: x[1][0])
+                              if i != a)
+            if not sentence.startswith(" "):  # the bio's first sentence: the space a later one has before it
+                sentence, start, end = f" {sentence}", start + 1, end + 1
+            text, span = f"{others}{sentence}", (len(others) + start, len(others) + end)
+            if not named:  # the value's characters move with the names replaced before it
+                text, span = swap_name(text, span, names[person], unseen[person], values[person][ATTRIBUTES[a]])
+            cues.append((text, span))
+        texts.append(cues)
+    return _value_items(tokenizer, texts, people, kind)
 
 
 def qa_items(tokenizer: PreTrainedTokenizerFast, questions: Sequence[str], answers: Sequence[str],
@@ -265,6 +334,9 @@ def level_items(level: str, tokenizer: PreTrainedTokenizerFast, data: StudyData,
         return name_tied_items(tokenizer, data.bios[augmentation], data.individuals, kind, max_individuals)
     if level == "sentence_recall":
         return sentence_items(tokenizer, data.bios[augmentation], data.individuals, kind, max_individuals)
+    if level in ("name_and_values", "values_only"):
+        return cue_items(tokenizer, data.bios[augmentation], data.individuals, kind, level == "name_and_values",
+                         max_individuals)
     qa = data.qa_sets()[split_rule(level)[0]]
     keep = set(_first_people(qa["id"], max_individuals))
     qa = qa.select([row for row, person in enumerate(qa["id"]) if person in keep])
@@ -552,7 +624,8 @@ def paired_difference(first: dict[str, Any], second: dict[str, Any], resamples: 
             "people": len(shared)}
 
 
-PAIRED_LEVELS = ("name_tied", "sentence_recall", "qa_test")  # what two backbones are compared on, person by person
+# what two backbones are compared on, person by person
+PAIRED_LEVELS = ("name_tied", "sentence_recall", "name_and_values", "values_only", "qa_test")
 
 
 def paired_differences(cell: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -14,7 +14,8 @@ ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "company", "com
 # The evaluation levels (bidirect.evaluate), in the order tables show them. qa_val exists only with
 # data.p_val > 0, the answer-length rules' levels (qa_test_given, ...: RULE_LEVELS) only for masked backbones,
 # the inverse ones only where the data has inverse QA (inverse_val only with P_val too).
-LEVELS = ("bio_recall", "name_tied", "sentence_recall", "qa_train", "qa_val", "qa_test")
+LEVELS = ("bio_recall", "name_tied", "sentence_recall", "name_and_values", "values_only", "qa_train", "qa_val",
+          "qa_test")
 INVERSE_LEVELS = ("inverse_train", "inverse_val", "inverse_test")
 # The headline rule of masked QA (eval.masked_length) scores qa_train, qa_val and qa_test (and the inverse
 # levels); each other rule that the fine-tuning allows (config.LENGTH_RULES) scores the same people as

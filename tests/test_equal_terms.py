@@ -31,6 +31,7 @@ from bidirect.evaluate import (
     paired_differences,
     person_intervals,
     score_items,
+    unseen_names,
 )
 from bidirect.objectives import encode_qa, make_objective
 from bidirect.results import ATTRIBUTES
@@ -201,6 +202,54 @@ def test_sentence_recall_reads_one_sentence_of_the_persons_own_bio(kind):
         assert len(items) == len(named)
         if aug == "single":  # only the first sentence names the person: at most one value a person
             assert len(named) <= len(people)
+
+
+@pytest.mark.parametrize("kind", ["causal", "masked"])
+def test_cue_levels_read_the_value_last_after_the_other_values_with_and_without_the_name(kind):
+    """name_and_values: the other five sentences of the first bio, then the sentence sentence recall reads;
+    values_only: the same text with every mention of the person's name one no individual has. Expected texts are
+    put together by hand from the bio (split at '. ') and the sentence-recall item's text."""
+    data, tokenizer = make_study("bpe")
+    people = {p["id"]: p for p in data.individuals}
+    names = {p["full_name"] for p in people.values()}
+    unseen = unseen_names(data.individuals)
+    assert len(unseen) == len(people) and not set(unseen.values()) & names
+    parts = {w for n in names for w in n.split()}
+    assert all(set(u.split()) <= parts for u in unseen.values())  # words the tokenizer knows
+    mask = tokenizer.mask_token_id
+    aug = "multi2+permute"
+    first = {}
+    for person, text in zip(data.bios[aug]["id"], data.bios[aug]["text"], strict=True):
+        first.setdefault(person, text)
+
+    def full(it):  # the text with the value in place
+        return tokenizer.decode(it.ids if kind == "causal" else
+                                [it.want[it.where.index(t)] if t in it.where else x for t, x in enumerate(it.ids)])
+
+    sentence = {(it.person, it.attribute): full(it).strip()
+                for it in level_items("sentence_recall", tokenizer, data, aug, kind)}
+    for level in ("name_and_values", "values_only"):
+        items = level_items(level, tokenizer, data, aug, kind)
+        assert {(it.person, it.attribute) for it in items} == set(sentence)
+        for it in items:
+            me, value = people[it.person], ATTRIBUTES[it.attribute]
+            assert it.want == answer_ids(tokenizer, me[value])
+            target = sentence[(it.person, it.attribute)]
+            others = [s if s.endswith(".") else s + "." for s in first[it.person].split(". ")]
+            others = [s for s in others if me[value] not in s]
+            assert len(others) == 5
+            expected = " ".join([*others, target])
+            if level == "values_only":
+                expected = expected.replace(me["full_name"], unseen[it.person])
+            assert full(it).strip() == expected
+            if kind == "masked":
+                assert [it.ids[t] for t in it.where] == [mask] * len(it.want)
+            # every other value of the person is read before the value; after it, only the end of its sentence
+            before = tokenizer.decode(it.ids[: it.where[0] + (1 if kind == "causal" else 0)])
+            after = tokenizer.decode(it.ids[it.where[-1] + (2 if kind == "causal" else 1):])
+            assert all(me[a] in before for a in ATTRIBUTES if a != value and me[value] not in me[a])
+            assert target.endswith(after.strip()) and after.count(".") == 1
+            assert (me["full_name"] in full(it)) == (level == "name_and_values")
 
 
 # --------------------------------------------------------------------------- intervals over people

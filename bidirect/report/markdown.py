@@ -42,6 +42,7 @@ from bidirect.rundir import (
 from bidirect.sweep import SEED, Cell, aggregate, is_sweep_dir, read_cells, read_manifest, value_label
 
 LEVEL_COLORS = {"bio_recall": "#c6dbef", "name_tied": "#6baed6", "sentence_recall": "#9ecae1",
+                "name_and_values": "#dadaeb", "values_only": "#fdd0a2",
                 "qa_train": "#4292c6", "qa_val": "#2171b5",
                 "qa_test": "#08306b",
                 "qa_train_given": "#bcbddc", "qa_val_given": "#9e9ac8", "qa_test_given": "#807dba",

@@ -22,6 +22,7 @@ from bidirect.sweep import value_label
 SHORT = {"birth_date": "date", "birth_city": "b.city", "university": "univ", "major": "major",
          "company": "comp.", "company_city": "c.city"}
 LEVEL_NAMES = {"bio_recall": "bio recall", "name_tied": "name-tied", "sentence_recall": "sentence",
+               "name_and_values": "name+values", "values_only": "values only",
                "qa_train": "QA P_train", "qa_val": "QA P_val",
                "qa_test": "QA P_test", "inverse_train": "inverse P_train", "inverse_val": "inverse P_val",
                "inverse_test": "inverse P_test"}
