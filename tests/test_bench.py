@@ -17,8 +17,18 @@ from bidirect.config import ConfigError, ModelSize
 from bidirect.models import FLOPS_FORMULA, flops_per_token
 
 CONFIGS = Path(__file__).parent.parent / "configs"
-TINY = ["bench", "--size", "tiny", "--steps", "2", "--warmup", "1", "--batch", "2", "--individuals", "30",
-        "--augmentation", "single", "--eval-batch", "64", "--threads", "1"]
+TINY_OPTIONS = {"--size": "tiny", "--steps": "2", "--warmup": "1", "--batch": "2", "--individuals": "30",
+                "--augmentation": "single", "--eval-batch": "64", "--threads": "1"}
+
+
+def tiny(*extra: str, **changes: str) -> list[str]:
+    """The tiny bench's command line with ``changes`` (``steps="1"`` for --steps 1) in place of its own values: an
+    option given twice is refused."""
+    options = {**TINY_OPTIONS, **{f"--{k.replace('_', '-')}": v for k, v in changes.items()}}
+    return ["bench", *(x for kv in options.items() for x in kv), *extra]
+
+
+TINY = tiny()
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +87,8 @@ def test_a_report_is_written_after_each_backbone(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "write_report", lambda report, path: (written.append(copy.deepcopy(report)),
                                                                      real(report, path)))
     out = tmp_path / "cpu.json"
-    assert main([*TINY, "--backbone", "gpt2-rope", "--backbone", "gbert", "--steps", "1", "--warmup", "0",
-                 "--out", str(out)]) == 0
+    assert main(tiny("--backbone", "gpt2-rope", "--backbone", "gbert", "--out", str(out), steps="1",
+                     warmup="0")) == 0
     assert [(sorted(r["backbones"]), r["complete"]) for r in written] == [
         (["gpt2-rope"], False), (["gbert", "gpt2-rope"], False), (["gbert", "gpt2-rope"], True)]
     assert json.loads(out.read_text()) == written[-1]
@@ -133,15 +143,15 @@ def test_peaks_from_device_names():
 @pytest.mark.parametrize(
     "argv, says",
     [
-        (["--backbone", "gpt5"], "unknown backbone 'gpt5'"),
-        (["--size", "12x"], "not a size"),
-        (["--size", "layers=2,heads=3,width=32"], "does not divide"),
-        (["--steps", "0"], "--steps: must be >= 1"),
-        (["--augmentation", "multi5+shuffle"], "unknown augmentation"),
+        ({"backbone": "gpt5"}, "unknown backbone 'gpt5'"),
+        ({"size": "12x"}, "not a size"),
+        ({"size": "layers=2,heads=3,width=32"}, "does not divide"),
+        ({"steps": "0"}, "--steps: must be >= 1"),
+        ({"augmentation": "multi5+shuffle"}, "unknown augmentation"),
     ],
 )
 def test_bad_input_exits_2_with_one_clear_error(argv, says, tmp_path, capsys):
-    assert main([*TINY, *argv, "--out", str(tmp_path / "x.json")]) == 2
+    assert main(tiny("--out", str(tmp_path / "x.json"), **argv)) == 2
     out = capsys.readouterr().out
     assert "error:" in out and says in " ".join(out.split()), out
     assert not (tmp_path / "x.json").exists()
