@@ -375,7 +375,8 @@ def test_committed_config_is_the_one_its_run_was_made_with(config, run_dir):
     from bidirect import sweep
 
     if "sweep:" in config.read_text():
-        cells = sweep.load(config).cells
+        # a sweep run across sessions is committed cell by cell as each finishes: every committed cell is checked
+        cells = [c for c in sweep.load(config).cells if (run_dir / c.name / "config.yaml").is_file()]
         assert cells
         for cell in cells:
             assert cell.config.to_dict() == load(run_dir / cell.name / "config.yaml", saved=True).to_dict(), cell.name
