@@ -18,6 +18,7 @@ from bidirect.cli import main
 from bidirect.config import Augmentation, ConfigError, DataConfig, EvalConfig, MaskingConfig, from_dict
 from bidirect.data.generate import generate
 from bidirect.evaluate import (
+    MEMORIZATION_LEVELS,
     Item,
     choose_length,
     evaluate_model,
@@ -271,7 +272,7 @@ def test_window_levels_and_the_share_of_true_lengths(study):
         "qa_train": (0.0, 0.0), "qa_test": (0.0, 0.0), "qa_train_given": (0.0, 1.0), "qa_test_given": (0.0, 1.0)}
     # rules a window model does not have are not computed for it
     assert set(evaluate_model(Answers(data, tokenizer, len(tokenizer)), "masked", tokenizer, data, "single", cfg,
-                              answer="window")) == {"bio_recall", "name_tied", "sentence_recall", *levels}
+                              answer="window")) == {*MEMORIZATION_LEVELS, *levels}
 
 
 # --------------------------------------------------------------------------- configuration
@@ -316,12 +317,10 @@ def test_window_study_fine_tuned_from_saved_pretraining_equals_one_from_scratch(
     config.write_text(yaml.safe_dump(single_study(backbones=["gbert"], **WINDOW)))
     assert main(["run", str(config), "--out", str(tmp_path / "reused"), "--pretrained-from", str(exact_run)]) == 0
     reused = _levels(tmp_path / "reused")
-    assert list(reused) == ["bio_recall", "name_tied", "sentence_recall", "qa_train", "qa_test", "qa_train_given",
-                            "qa_test_given"]
+    assert list(reused) == [*MEMORIZATION_LEVELS, "qa_train", "qa_test", "qa_train_given", "qa_test_given"]
     assert all(0.0 <= reused[lv]["true_length"] <= 1.0 for lv in reused if lv.startswith("qa_"))
     exact = _levels(exact_run)
-    memorization = ("bio_recall", "name_tied", "sentence_recall")
-    assert {lv: reused[lv] for lv in memorization} == {lv: exact[lv] for lv in memorization}
+    assert {lv: reused[lv] for lv in MEMORIZATION_LEVELS} == {lv: exact[lv] for lv in MEMORIZATION_LEVELS}
     assert not (tmp_path / "reused/models/single/gbert/pretrain/checkpoints").exists()
     assert main(["run", str(config), "--out", str(tmp_path / "scratch")]) == 0
     assert _levels(tmp_path / "scratch") == reused

@@ -10,6 +10,7 @@ from tiny import tiny_config
 
 import bidirect.api as bd
 from bidirect.config import ConfigError
+from bidirect.evaluate import MEMORIZATION_LEVELS
 from bidirect.results import ATTRIBUTES
 from bidirect.rundir import RunDirError
 
@@ -31,7 +32,7 @@ def test_run_from_a_mapping_and_read_it_as_a_frame(tmp_path):
         assert row.accuracy == level[row.attribute] and row.items == level["n"] and row.people == level["people"]
         assert [row.ci_low, row.ci_high] == level["ci95"][row.attribute]
     gbert = models[(models.backbone == "gbert") & (models.attribute == "mean")]
-    assert set(gbert.level) == {"bio_recall", "name_tied", "sentence_recall", "qa_train", "qa_test", "qa_train_prior",
+    assert set(gbert.level) == {*MEMORIZATION_LEVELS, "qa_train", "qa_test", "qa_train_prior",
                                 "qa_test_prior", "qa_train_given", "qa_test_given"}
     majority = df[df.backbone == "majority"]
     assert set(majority.level) == {"qa_test", "qa_test_given"} and len(majority) == 2 * (len(ATTRIBUTES) + 1)

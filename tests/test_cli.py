@@ -13,6 +13,7 @@ import pytest
 from tiny import write_config
 
 from bidirect.cli import main
+from bidirect.evaluate import MEMORIZATION_LEVELS
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def test_run_writes_every_level_for_every_cell(finished_run):
             # no P_val in the tiny study; the prior and given-length rules beside the masked model's free length
             given = {"qa_train_prior", "qa_test_prior", "qa_train_given", "qa_test_given"} if backbone == "gbert" \
                 else set()
-            assert set(levels) == {"bio_recall", "name_tied", "sentence_recall", "qa_train", "qa_test", *given}
+            assert set(levels) == {*MEMORIZATION_LEVELS, "qa_train", "qa_test", *given}
             assert levels["qa_test"]["n"] == 12 * 6 and levels["bio_recall"]["n"] == 24 * 6
             assert levels["qa_test"]["people"] == 12 and len(levels["qa_test"]["ci95"]["mean"]) == 2
             assert (run / "models" / aug / backbone / "finetune" / "model" / "config.json").is_file()

@@ -150,14 +150,19 @@ def test_perfect_wrong_and_last_token_wrong(study, kind, fill):
 
     perfect = run(study, kind, rule(), fill=fill)
     # The masked fake only knows the true texts: it reads a value from the rest of its bio, never from
-    # the name, which is what the name-tied level must not count. The causal one copies the next token.
+    # the name, which is what the name-tied level must not count; nor from a bio's sentences put in another
+    # order (the cue levels: the value's sentence last), which is no text it knows. The causal one copies the
+    # next token, so it reads every level.
+    texts_only = ("name_tied", "name_and_values", "values_only")
     expected_tied = 1.0 if kind == "causal" else 0.0
-    assert accuracies(perfect, 1.0) == {**dict.fromkeys(perfect, True), "name_tied": expected_tied == 1.0}, perfect
-    assert accuracies({"name_tied": perfect["name_tied"]}, expected_tied) == {"name_tied": True}
+    assert accuracies(perfect, 1.0) == {**dict.fromkeys(perfect, True),
+                                        **dict.fromkeys(texts_only, expected_tied == 1.0)}, perfect
+    assert all(accuracies({lv: perfect[lv] for lv in texts_only}, expected_tied).values())
     qa_levels = ["qa_train", "qa_test", *(["qa_train_prior", "qa_test_prior", "qa_train_given", "qa_test_given"]
                                           if kind == "masked" else [])]
-    assert list(perfect) == ["bio_recall", "name_tied", "sentence_recall", *qa_levels]  # none of P_val here
-    assert {level: r["n"] for level, r in perfect.items() if level not in ("name_tied", "sentence_recall")} == \
+    sentences = ("sentence_recall", "name_and_values", "values_only")  # one item per sentence naming the person
+    assert list(perfect) == ["bio_recall", "name_tied", *sentences, *qa_levels]  # none of P_val here
+    assert {level: r["n"] for level, r in perfect.items() if level not in ("name_tied", *sentences)} == \
         dict.fromkeys(["bio_recall", *qa_levels], 72)
     # sentence recall: the people among the 12 whose first sentence names them before their birth date (by hand)
     people = {p["id"]: p for p in data.individuals}
@@ -165,12 +170,12 @@ def test_perfect_wrong_and_last_token_wrong(study, kind, fill):
                 for b in data.bios["single"] if b["id"] < 12)
     assert 0 < named < 12
     assert {lv: (r["ci95"]["mean"], r["people"]) for lv, r in perfect.items()} == {
-        lv: ([expected_tied] * 2 if lv == "name_tied" else [1.0, 1.0], named if lv == "sentence_recall" else 12)
+        lv: ([expected_tied] * 2 if lv in texts_only else [1.0, 1.0], named if lv in sentences else 12)
         for lv in perfect}
 
     for level, r in perfect.items():  # the answer-length split covers every item once
         assert sum(g["n"] for g in r["by_length"].values()) == r["n"], level
-        if level != "name_tied":
+        if level not in texts_only or kind == "causal":
             assert all(g["accuracy"] == 1.0 for g in r["by_length"].values()), level
 
     wrong = run(study, kind, lambda ids: [tokenizer.unk_token_id] * len(ids), fill=fill)
