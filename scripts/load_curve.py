@@ -5,7 +5,7 @@ Each point is one run folder (a seed): cpu_study's 300 people and cpu_study_1000
 runs/load_curve (100 people at 2 x 128, 2 x 64, 2 x 32; 300 people at 2 x 64, 2 x 32). Per point it reads, from the
 run's results.json: the load (individuals / non-embedding parameters), each kind's memorization levels, P_test by
 each answer-length rule, and the paired gap (gpt2-rope minus gbert over the same people) by each rule. Writes
-runs/load_curve/curve.json (every figure, per seed and pooled: mean and t interval over seeds),
+runs/load_curve.json (every figure, per seed and pooled: mean and t interval over seeds),
 docs/figures/load_curve.png, and prints the Markdown table docs/evidence.md holds.
 
     python scripts/load_curve.py
@@ -26,7 +26,7 @@ from bidirect.rundir import read_results, write_json_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "figures" / "load_curve.png"
-TABLE = ROOT / "runs" / "load_curve" / "curve.json"
+TABLE = ROOT / "runs" / "load_curve.json"  # beside the sweep folder, not in it: bidirect did not write it
 # (point, runs, one per seed); a run not committed yet is left out
 POINTS = [
     ("100 people, 2 x 128", [f"load_curve/seed={s},point=people100_w128" for s in (0, 1)]),
@@ -139,11 +139,11 @@ def figure(rows: list[dict]) -> Path:
     bottom.set_ylabel("memorized (%), mean over seeds")
     bottom.set_xlabel("load: people per non-embedding parameter")
     bottom.set_xscale("log")
-    bottom.set_ylim(-12, 105)
+    bottom.set_ylim(-5, 118)
     bottom.legend(fontsize=7, ncol=2, loc="lower left")
     bottom.grid(alpha=0.3)
     for r in rows:
-        bottom.annotate(r["point"].replace(" people, ", "\n"), (r["load"], -10), fontsize=6, ha="center")
+        bottom.annotate(r["point"].replace(" people, ", "\n"), (r["load"], 104), fontsize=6, ha="center")
     fig.tight_layout()
     OUT.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(OUT, dpi=120)
@@ -166,6 +166,20 @@ def markdown(rows: list[dict]) -> str:
                for lv in ("name_tied", "sentence_recall")]
         lines.append(f"| {r['point']} | {1000 * r['load']:.2f} | {len(r['seeds'])} | {' | '.join(gap)} | "
                      f"{' | '.join(mem)} | {'yes' if r['memorized'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def mechanism_markdown(rows: list[dict]) -> str:
+    """Per seed of each point with the cue levels: each kind's sentence recall, name+values and values only."""
+    lines = []
+    for r in rows:
+        for s in r["seeds"]:
+            c, m = s["levels"]["gpt2-rope"], s["levels"]["gbert"]
+            if "values_only" not in m:
+                continue
+            trio = [" / ".join(f"{100 * k[lv]:.1f}" for lv in ("sentence_recall", "name_and_values", "values_only"))
+                    for k in (c, m)]
+            lines.append(f"| {r['point']} ({s['seed']}) | {trio[0]} | {trio[1]} | {100 * m['qa_test_given']:.1f} |")
     return "\n".join(lines)
 
 
@@ -209,5 +223,6 @@ if __name__ == "__main__":
                               "mechanism": why})
     print(f"wrote {figure(rows).relative_to(ROOT)} and {TABLE.relative_to(ROOT)}")
     print(markdown(rows))
+    print(mechanism_markdown(rows))
     for key in ("r", "r_memorized"):
         print(key, {lv: f"{v['r']:.2f} over {v['runs']} runs" for lv, v in why[key].items()})
