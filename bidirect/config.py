@@ -960,3 +960,38 @@ def dump_text(cfg: StudyConfig) -> str:
 
 def dump(cfg: StudyConfig, path: str | Path) -> None:
     Path(path).write_text(dump_text(cfg))
+
+
+_MISSING = object()
+
+
+def first_difference(recorded: Any, current: Any, path: str = "") -> str | None:
+    """The first field where ``current`` (a study's `to_dict`) is not what ``recorded`` (a results.json's config)
+    says, or None. A field the recorded config lacks is one added since it was written, whose value then was the
+    default of that version: not compared. A backbone's own phase settings are compared whole."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        whole = re.fullmatch(r"backbones\[\d+\]\.(pretrain|finetune)", path) is not None
+        for key in dict.fromkeys([*recorded, *(current if whole else [])]):
+            inner = f"{path}.{key}" if path else str(key)
+            found = first_difference(recorded.get(key, _MISSING), current.get(key, _MISSING), inner)
+            if found is not None:
+                return found
+        return None
+    if isinstance(recorded, list) and isinstance(current, list) and len(recorded) == len(current):
+        for i, (a, b) in enumerate(zip(recorded, current)):
+            found = first_difference(a, b, f"{path}[{i}]")
+            if found is not None:
+                return found
+        return None
+    return None if recorded == current else path
+
+
+def value_at(obj: Any, path: str) -> Any:
+    """The value at a path `first_difference` returned (None where there is none)."""
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        if part.startswith("["):
+            index = int(part[1:-1])
+            obj = obj[index] if isinstance(obj, list) and index < len(obj) else None
+        else:
+            obj = obj.get(part) if isinstance(obj, dict) else None
+    return obj

@@ -10,7 +10,7 @@ manifest existed have none and are not checked (the runs in ``runs/`` hold neith
 
 `check_results` holds a run folder's config.yaml and data/ to what its results.json recorded (the config and
 ``data_sha256``), so that an edited config.yaml or a swapped data/ is not evaluated, probed or resumed as if it
-were the run's; `check_started` holds an unfinished run's config.yaml to the study its marker recorded at start.
+were the run's; `rundir.check_started` holds an unfinished run's config.yaml to the study its marker recorded at start.
 
 Light on purpose (no torch at import), like rundir.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,11 @@ from bidirect.results import Run, phases
 from bidirect.rundir import (
     CONFIG_FILE,
     FILES_SHA_FILE,
-    MARKER,
     MODEL_CARD_FILE,
     RESULTS_FILE,
     RunDirError,
     RunFolder,
-    started_config,
+    check_started,
 )
 
 DATA_SHA = "sha256"  # data/'s content hash (bidirect.data.generate.DATA_SHA), which results.json records
@@ -98,11 +96,12 @@ def check_results(run_dir: Path, cfg: StudyConfig, results: Run | dict[str, Any]
     results = Run.of(results)
     recorded = results.config
     if isinstance(recorded, dict):
-        key = _differs(config_lib.migrate_saved(recorded), cfg.to_dict(), "")
+        key = config_lib.first_difference(config_lib.migrate_saved(recorded), cfg.to_dict())
         if key is not None:
             raise RunDirError(
-                f"{run.config}: not the config {run.results} was made with ({key}: {shown(_at(cfg.to_dict(), key), 30)}"
-                f" in {CONFIG_FILE}, {shown(_at(recorded, key), 30)} in {RESULTS_FILE}); put back the {CONFIG_FILE} "
+                f"{run.config}: not the config {run.results} was made with ({key}: "
+                f"{shown(config_lib.value_at(cfg.to_dict(), key), 30)} in {CONFIG_FILE}, "
+                f"{shown(config_lib.value_at(recorded, key), 30)} in {RESULTS_FILE}); put back the {CONFIG_FILE} "
                 "this run was made with, or start a new run folder with the new config"
             )
     if not isinstance(recorded, dict):  # not finished (or an older results.json): what the run started with
@@ -117,21 +116,6 @@ def check_results(run_dir: Path, cfg: StudyConfig, results: Run | dict[str, Any]
                 f"data/ is not the one this run was made with. `bidirect data {run.config} --out NEW` writes the "
                 "run's data again (it is deterministic); put NEW/data in place of it"
             )
-
-
-def check_started(run_dir: Path, cfg: StudyConfig) -> None:
-    """``run_dir``'s config.yaml (loaded as ``cfg``) is the study its marker recorded when the run started: an edited
-    config.yaml of an unfinished run resumed from checkpoints made under the old one (steps 3000 -> 60 resumed at
-    46/60). Markers without it (older versions) are not checked."""
-    recorded = started_config(run_dir)
-    key = None if recorded is None else _differs(config_lib.migrate_saved(recorded), cfg.to_dict(), "")
-    if key is not None:
-        run = RunFolder(run_dir)
-        raise RunDirError(
-            f"{run.config}: not the config this run started with ({key}: {shown(_at(cfg.to_dict(), key), 30)} in "
-            f"{CONFIG_FILE}, {shown(_at(recorded, key), 30)} when it started, recorded in {run_dir / MARKER}); put "
-            f"back the {CONFIG_FILE} this run started with, or start a new run folder with the new config"
-        )
 
 
 def check_models(run_dir: Path, cfg: StudyConfig) -> None:
@@ -150,41 +134,6 @@ def retrain_advice(run_dir: Path, phase_dir: Path) -> str:
     run = RunFolder(run_dir)
     return (f"delete {phase_dir} and move {run.results} away, then `bidirect run {run.config} --out {run_dir} "
             "--resume` trains that phase again (training is deterministic) and evaluates every cell anew")
-
-
-_MISSING = object()
-
-
-def _differs(recorded: Any, current: Any, path: str) -> str | None:
-    """The first field where ``current`` (a study's `to_dict`) is not what ``recorded`` (a results.json's config)
-    says, or None. A field the recorded config lacks is one added since it was written, whose value then was the
-    default of that version: not compared. A backbone's own phase settings are compared whole."""
-    if isinstance(recorded, dict) and isinstance(current, dict):
-        whole = re.fullmatch(r"backbones\[\d+\]\.(pretrain|finetune)", path) is not None
-        for key in dict.fromkeys([*recorded, *(current if whole else [])]):
-            inner = f"{path}.{key}" if path else str(key)
-            found = _differs(recorded.get(key, _MISSING), current.get(key, _MISSING), inner)
-            if found is not None:
-                return found
-        return None
-    if isinstance(recorded, list) and isinstance(current, list) and len(recorded) == len(current):
-        for i, (a, b) in enumerate(zip(recorded, current)):
-            found = _differs(a, b, f"{path}[{i}]")
-            if found is not None:
-                return found
-        return None
-    return None if recorded == current else path
-
-
-def _at(obj: Any, path: str) -> Any:
-    """The value at a path `_differs` returned (None where there is none)."""
-    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
-        if part.startswith("["):
-            index = int(part[1:-1])
-            obj = obj[index] if isinstance(obj, list) and index < len(obj) else None
-        else:
-            obj = obj.get(part) if isinstance(obj, dict) else None
-    return obj
 
 
 def data_advice(data_dir: Path) -> str:

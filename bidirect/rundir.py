@@ -780,8 +780,6 @@ def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: b
                 f"--resume {run_dir}: the config differs from the one this run started with ({saved}); "
                 "resume with that config or start a new run folder"
             )
-        from bidirect.integrity import check_started  # above rundir: it compares configs field by field
-
         if not RunFolder(run_dir).results.is_file():  # a finished run's is held to its results.json (check_results)
             check_started(run_dir, cfg)  # an edited config.yaml matched the config given to resume it
         if marker_kind(run_dir) is None:  # proved by its results.json: marked, nothing deleted
@@ -800,6 +798,21 @@ def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: b
         settle(run_dir, aside, False)
         raise
     return Opened(run_dir, lock, aside)
+
+
+def check_started(run_dir: Path, cfg: StudyConfig) -> None:
+    """``run_dir``'s config.yaml (loaded as ``cfg``) is the study its marker recorded when the run started: an edited
+    config.yaml of an unfinished run resumed from checkpoints made under the old one (steps 3000 -> 60 resumed at
+    46/60). Markers without it (older versions) are not checked."""
+    recorded = started_config(run_dir)
+    key = None if recorded is None else config_lib.first_difference(config_lib.migrate_saved(recorded), cfg.to_dict())
+    if key is not None:
+        now, then = (config_lib.shown(config_lib.value_at(c, key), 30) for c in (cfg.to_dict(), recorded))
+        raise RunDirError(
+            f"{RunFolder(run_dir).config}: not the config this run started with ({key}: {now} in {CONFIG_FILE}, "
+            f"{then} when it started, recorded in {run_dir / MARKER}); put back the {CONFIG_FILE} this run started "
+            "with, or start a new run folder with the new config"
+        )
 
 
 def _check_is_folder(run_dir: Path) -> None:
