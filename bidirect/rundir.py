@@ -380,11 +380,17 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def temporary_path(path: Path) -> Path:
+    """The name a file or folder of bidirect's is written under before it is renamed into place, ``.NAME.tmp``
+    beside it (`_entry_ok` counts it as bidirect's)."""
+    return path.with_name(f".{path.name}.tmp")
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a temporary file beside ``path``, then rename it over ``path``: a reader never sees half a
     file, and a link at either name is replaced, never written through (the temporary file is created
     anew, O_EXCL | O_NOFOLLOW)."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_path(path)
     if path.is_dir() and not path.is_symlink():  # a user's folder under a name of bidirect's: never replaced
         raise RunDirError(f"{path}: a folder, not a file bidirect wrote; bidirect will not replace it. Move it away, "
                           "then run the same command again.")
@@ -502,7 +508,7 @@ def clear_report(report: Path, keep: Iterable[str] = ()) -> Path:
 def save_figure(path: Path, save: Callable[[Path], None]) -> Path:
     """Write a report's figure ``path`` (into a folder `clear_report` made) by ``save`` to a temporary name,
     rename it into place and list it in the folder's manifest: a figure cut short is removed, a whole one listed."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_path(path)
     try:
         save(tmp)
         os.replace(tmp, path)
@@ -663,17 +669,14 @@ def make_folder(folder: Path, named: Path | None = None) -> None:
                           f"{named if err.filename == str(folder) and named else err.filename})") from None
 
 
-def creating_path(folder: Path) -> Path:
-    """Where `create_folder` builds ``folder`` before renaming it into place (a temporary name of the layout's)."""
-    return folder.with_name(f".{folder.name}.tmp")
 
 
 def create_folder(folder: Path, kind: Kind, files: dict[str, str], config: dict[str, Any] | None = None) -> Lock:
-    """Create ``folder`` (absent or empty) whole: its marker and ``files`` are written into `creating_path`, which
+    """Create ``folder`` (absent or empty) whole: its marker and ``files`` are written into `temporary_path`, which
     is locked and then renamed into place, so that a kill at any instant leaves either no folder (a leftover
     temporary, removed by the next creation) or a complete one that bidirect resumes. ``config``: a run's study,
-recorded in its marker (`write_marker`). Returns the held lock."""
-    tmp = creating_path(folder)
+    recorded in its marker (`write_marker`). Returns the held lock."""
+    tmp = temporary_path(folder)
     if tmp.is_symlink() or (tmp.exists() and not tmp.is_dir()):
         raise RunDirError(f"{tmp}: not a folder bidirect was creating; move it away, then run the same command again")
     if tmp.is_dir():  # a creation killed before its rename, or another process creating the same folder now
@@ -962,7 +965,7 @@ def check_writable(folder: Path, name: str) -> None:
     """Before long work that ends by writing ``name`` into ``folder`` (with `write_text_atomic`): a folder that
     refuses its temporary file (read-only, immutable) is named now; eval evaluated every model, then failed on the
     first card. The temporary file is made and removed as that write would."""
-    tmp = folder / f".{name}.tmp"
+    tmp = temporary_path(folder / name)
     tmp.unlink(missing_ok=True)  # a killed write's leftover, as write_text_atomic clears it
     try:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))

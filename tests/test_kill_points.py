@@ -74,7 +74,7 @@ def _every_kill_point(what: str, target: Path, config: Path, check) -> int:
             return stop - 1
         assert done.returncode == 137, done.stderr[-2000:]
         check(stop)
-        for path in (target, rundir.creating_path(target)):
+        for path in (target, rundir.temporary_path(target)):
             if path.exists():
                 shutil.rmtree(path)
     raise AssertionError("the creation never completed")
@@ -101,7 +101,7 @@ def test_a_run_folder_killed_while_created_is_absent_or_resumable(tmp_path, stud
         opened.close()
         assert sorted(p.name for p in run.iterdir()) == [MARKER, CONFIG_FILE], f"step {stop}"
         assert config_lib.load(run / CONFIG_FILE, saved=True).to_dict() == cfg.to_dict()
-        assert not rundir.creating_path(run).exists()  # the killed creation's temporary is gone
+        assert not rundir.temporary_path(run).exists()  # the killed creation's temporary is gone
 
     assert _every_kill_point(what, run, study, check) >= 5  # marker, lock, config and rename at least
 
@@ -126,23 +126,23 @@ def test_a_leftover_creation_is_replaced_but_a_users_folder_of_that_name_is_not(
     run = tmp_path / "run"
     cfg = config_lib.load(study)
     assert _kill_after("run", run, study, 3).returncode == 137  # the marker and its lock written, then killed
-    assert rundir.creating_path(run).is_dir() and not run.exists()
+    assert rundir.temporary_path(run).is_dir() and not run.exists()
     rundir.open_run_dir(run, cfg).close()
-    assert (run / CONFIG_FILE).is_file() and not rundir.creating_path(run).exists()
+    assert (run / CONFIG_FILE).is_file() and not rundir.temporary_path(run).exists()
 
     other = tmp_path / "other"
-    (rundir.creating_path(other)).mkdir()
-    (rundir.creating_path(other) / "thesis.tex").write_text("mine")
+    (rundir.temporary_path(other)).mkdir()
+    (rundir.temporary_path(other) / "thesis.tex").write_text("mine")
     with pytest.raises(RunDirError, match=r"\.other\.tmp: holds thesis.tex, which bidirect did not write"):
         rundir.open_run_dir(other, cfg)
-    assert (rundir.creating_path(other) / "thesis.tex").read_text() == "mine" and not other.exists()
+    assert (rundir.temporary_path(other) / "thesis.tex").read_text() == "mine" and not other.exists()
 
 
 def test_a_creation_in_progress_is_not_taken_for_a_leftover(tmp_path, study):
     """Two processes creating the same folder at once: the second is refused, naming the first, and the first's
     temporary is left alone."""
     run = tmp_path / "run"
-    tmp = rundir.creating_path(run)
+    tmp = rundir.temporary_path(run)
     tmp.mkdir()
     rundir.write_marker(tmp, "run")
     lock = rundir.Lock(tmp).acquire()

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import set_seed
+from test_trainer import Interrupt, _accelerator, dying
 
 from bidirect.cli import main
 from bidirect.config import MaskingConfig, ModelSize, TrainConfig
@@ -51,10 +51,6 @@ def _code(marker: Path) -> str:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _accelerator() -> Accelerator:
-    return Accelerator(dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
-
-
 def _setup(study_data, tokenizer):
     objective = make_objective(backbone_kind("gbert"), tokenizer, SIZE.context, MaskingConfig())
     stream = objective.bio_examples(tokenize_bios(study_data.bios["single"], tokenizer), seed=0)
@@ -65,10 +61,6 @@ def _setup(study_data, tokenizer):
 CFG = TrainConfig(steps=6, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=3)
 
 
-class Interrupt(Exception):
-    pass
-
-
 @pytest.fixture(scope="module")
 def interrupted(study_data, tokenizer, tmp_path_factory):
     """A phase killed after its step-3 checkpoint (gbert: the RNG states decide its masks), and the same phase
@@ -77,16 +69,8 @@ def interrupted(study_data, tokenizer, tmp_path_factory):
     model, objective, stream = _setup(study_data, tokenizer)
     train_phase(model, objective, stream, CFG, root / "straight", _accelerator(), "t", seed=0)
     model, objective, stream = _setup(study_data, tokenizer)
-    calls = {"n": 0}
-
-    def dying_collate(items):
-        calls["n"] += 1
-        if calls["n"] == 5:  # in step 5, after the checkpoint of step 3
-            raise Interrupt
-        return objective.collate(items)
-
-    with pytest.raises(Interrupt):
-        train_phase(model, dying_collate, stream, CFG, root / "killed", _accelerator(), "t", seed=0)
+    with pytest.raises(Interrupt):  # in step 5, after the checkpoint of step 3
+        train_phase(model, dying(objective.collate, 5), stream, CFG, root / "killed", _accelerator(), "t", seed=0)
     return root
 
 

@@ -111,6 +111,19 @@ class Interrupt(Exception):
     pass
 
 
+def dying(collate, at: int):
+    """``collate`` that raises `Interrupt` at its ``at``-th call: a phase killed mid-step, its checkpoints kept."""
+    calls = {"n": 0}
+
+    def collate_or_die(items):
+        calls["n"] += 1
+        if calls["n"] == at:
+            raise Interrupt
+        return collate(items)
+
+    return collate_or_die
+
+
 def test_resume_continues_the_same_schedule(study_data, tokenizer, tmp_path):
     """Killed after its step-4 checkpoint, a run resumes there and ends bit-identical."""
     cfg = TrainConfig(steps=8, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=4)
@@ -120,16 +133,9 @@ def test_resume_continues_the_same_schedule(study_data, tokenizer, tmp_path):
     straight = _params(load_backbone(tmp_path / "straight" / "model"))
 
     model, objective, stream = _setup("gbert", study_data, tokenizer)
-    calls = {"n": 0}
-
-    def dying_collate(items):
-        calls["n"] += 1
-        if calls["n"] == 6:  # in step 6, after the checkpoint of step 4
-            raise Interrupt
-        return objective.collate(items)
-
-    with pytest.raises(Interrupt):
-        train_phase(model, dying_collate, stream, cfg, tmp_path / "resumed", _accelerator(), "t", seed=0)
+    with pytest.raises(Interrupt):  # in step 6, after the checkpoint of step 4
+        train_phase(model, dying(objective.collate, 6), stream, cfg, tmp_path / "resumed", _accelerator(), "t",
+                    seed=0)
     assert [p.name for p in complete_checkpoints(tmp_path / "resumed" / "checkpoints")] == ["step_00000004"]
     torch.manual_seed(1234)  # a fresh process would not share the old RNG state: the checkpoint must restore it
     model, objective, stream = _setup("gbert", study_data, tokenizer)

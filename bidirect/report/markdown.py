@@ -347,20 +347,23 @@ def _loss_curves(run_dir: Path, results: Run | dict[str, Any], prefix: str = "",
     return curves
 
 
+LOSS_FIGURE = "loss.png"
+
+
 def _undrawable_loss(curves: list[dict[str, Any]]) -> set[str]:
     """The loss figure's name when no curve has a logged step (a committed run keeps no logs): an earlier report's
     figure then stays, since it cannot be drawn again."""
-    return set() if any(c["steps"] for c in curves) else {"loss.png"}
+    return set() if any(c["steps"] for c in curves) else {LOSS_FIGURE}
 
 
-def _loss_lines(drawn: Path | None, fig_dir: Path, base: Path) -> list[str]:
-    """The report's lines for the loss figure: the one just drawn, or one an earlier report drew from logs this
-    folder no longer holds."""
-    if drawn is not None:
-        return [f"![training loss]({_rel(drawn, base)})", ""]
-    kept = fig_dir / "loss.png"
-    if kept.is_file():
-        return [f"![training loss]({_rel(kept, base)})", "",
+def _loss_lines(title: str, curves: list[dict[str, Any]], fig_dir: Path, base: Path) -> list[str]:
+    """The report's lines for the loss figure: drawn from ``curves``, or, where they hold no logged step, the one an
+    earlier report drew from logs this folder no longer holds (kept by `rundir.clear_report`)."""
+    path = fig_dir / LOSS_FIGURE
+    if loss_figure(title, curves, path) is not None:
+        return [f"![training loss]({_rel(path, base)})", ""]
+    if path.is_file():
+        return [f"![training loss]({_rel(path, base)})", "",
                 "(Drawn by an earlier report from the training logs, which this folder no longer holds.)", ""]
     return []
 
@@ -407,7 +410,7 @@ def run_report(run_dir: Path, out: Path) -> str:
                                by_backbone, baseline, fig_dir / f"accuracy_{_slug(aug)}.png", errors)
         lines += [f"![accuracy, {md(aug)}]({_rel(path, base)})", ""]
     lines += ["## Training", "", training_markdown(results), ""]
-    lines += _loss_lines(loss_figure(f"{study}: training loss", curves, fig_dir / "loss.png"), fig_dir, base)
+    lines += _loss_lines(f"{study}: training loss", curves, fig_dir, base)
     lines += [f"Leak check: {_leaks([results])}.", "", "## Config", "",
               _config_block(RunFolder(run_dir).config.read_text() if RunFolder(run_dir).config.is_file()
                             else yaml.safe_dump(cfg, sort_keys=False)), ""]
@@ -649,7 +652,7 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
     lines += _capacity_section(capacity, fig_dir, base)
 
     lines += ["## Training", "", "Every cell's loss; the seeds of one setting share a colour and line style.", ""]
-    lines += _loss_lines(loss_figure("training loss of every cell", curves, fig_dir / "loss.png"), fig_dir, base)
+    lines += _loss_lines("training loss of every cell", curves, fig_dir, base)
     lines += [f"Leak check over every cell: {_leaks([c.run for c in cells])}.", ""]
 
     lines += ["## Every cell", ""]
