@@ -5,7 +5,7 @@
     bidirect eval RUN_DIR                        evaluate the saved models of a run again
     bidirect summary RUN_DIR [RUN_DIR ...]       runs side by side; a sweep folder: seeds pooled, 95% CIs
     bidirect summary --pool-seeds SWEEP SWEEP    one grid's sweep folders, one per seed, pooled
-    bidirect sweep SWEEP_CONFIG --out DIR        a grid of studies, one run folder per combination
+    bidirect sweep SWEEP_CONFIG --out DIR        a grid of studies, one run folder per combination (--workers N)
     bidirect report DIR [--out FILE.md]          Markdown report with PNG figures of a run or sweep folder
     bidirect probe RUN_DIR [--steps N]           P- and Q-probing of the trained models (RUN_DIR/probe.json)
     bidirect capacity RUN_DIR                    knowledge capacity: bits stored per parameter (RUN_DIR/capacity.json)
@@ -63,11 +63,25 @@ def cmd_run(args: argparse.Namespace) -> None:
     from bidirect.api import run
     from bidirect.report.tables import print_results
 
+    if args.workers < 1:
+        raise ConfigError(f"--workers: at least 1, got {args.workers}")
     results = run(args.config, args.out, args.set, resume=args.resume, force=args.force,
-                  pretrained_from=args.pretrained_from)
+                  pretrained_from=args.pretrained_from, workers=args.workers, console=console)
     if PartialState().is_main_process:
         print_results(console, results)
         console.print(f"results: {Path(args.out) / 'results.json'} ({results['wall_seconds']:.0f} s)")
+
+
+def cmd_train_cells(args: argparse.Namespace) -> None:
+    from bidirect.study import train_cells
+
+    cells = []
+    for cell in args.cell:
+        augmentation, _, backbone = cell.partition("/")
+        if not augmentation or not backbone:
+            raise ConfigError(f"--cell {cell}: expected AUGMENTATION/BACKBONE, e.g. single/gpt2-rope")
+        cells.append((augmentation, backbone))
+    train_cells(Path(args.run_dir), cells)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -108,6 +122,13 @@ def cmd_summary(args: argparse.Namespace) -> None:
             console.print(summary_table(pooled))
         return
     for sweep_dir in sweeps:
+        states = sweep_lib.cell_states(sweep_dir)
+        if any(state != "finished" for state in states.values()):  # in progress: who does what
+            for name, state in states.items():
+                console.print(f"{sweep_dir}: cell {name}: {state}", markup=False, highlight=False)
+            if "finished" not in states.values():
+                console.print(f"{sweep_dir}: no finished cell yet, so no summary")
+                continue
         console.print(summary_table(sweep_lib.summarize(sweep_dir)))
         console.print(f"summary: {sweep_dir / SUMMARY_FILE}")
     runs = {d: Run.from_json(read_results(Path(d))) for d in args.run_dirs if Path(d) not in sweeps}
@@ -129,15 +150,48 @@ def cmd_summary(args: argparse.Namespace) -> None:
             console.print(table)
 
 
-def cmd_sweep(args: argparse.Namespace) -> None:
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import os
+
     from bidirect.api import sweep
     from bidirect.report.tables import summary_table
     from bidirect.rundir import SUMMARY_FILE
+    from bidirect.workers import WORKER_ENV
 
+    if args.workers < 1:
+        raise ConfigError(f"--workers: at least 1, got {args.workers}")
+    if args.workers > 1:
+        return _sweep_workers(args)
     summary = sweep(args.config, args.out, force=args.force, pretrained_from=args.pretrained_from, console=console)
-    if summary is not None:  # the main process
+    if summary is not None and os.environ.get(WORKER_ENV) is None:  # one of --workers: its parent prints it
         console.print(summary_table(summary))
+    if summary is not None:
         console.print(f"summary: {Path(args.out) / SUMMARY_FILE}")
+    return 0
+
+
+def _sweep_workers(args: argparse.Namespace) -> int:
+    """`bidirect sweep --workers N`: the sweep checked and its folder made here (a bad file or folder is one
+    error, exit 2, before any worker starts), then N workers, then the summary the last of them wrote."""
+    from bidirect.api import prepare_sweep
+    from bidirect.report.tables import summary_table
+    from bidirect.rundir import SUMMARY_FILE, read_json
+    from bidirect.workers import launch
+
+    if args.force:
+        raise ConfigError("--workers with --force: --force keeps the old folder until the first cell passes its "
+                          "checks, which one process must see; replace the folder with one worker (or delete it), "
+                          "then add workers")
+    prepare_sweep(args.config, args.out, pretrained_from=args.pretrained_from)
+    argv = ["sweep", args.config, "--out", args.out]
+    if args.pretrained_from:
+        argv += ["--pretrained-from", args.pretrained_from]
+    code = launch([argv] * args.workers, console)
+    summary = Path(args.out) / SUMMARY_FILE
+    if code == 0 and summary.is_file():
+        console.print(summary_table(read_json(summary, "the summary", "run `bidirect summary` again")))
+        console.print(f"summary: {summary}")
+    return code
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -267,7 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained-from", metavar="RUN_DIR",
                    help="start from this run's pretrained models (same data, model and pretraining; only "
                         "fine-tuning and evaluation may differ): trains the fine-tuning only")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="train the cells (backbone x augmentation) in N processes side by side, one torch thread "
+                        "each on a CPU, one GPU each where there are GPUs; then evaluate (default: 1)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("train-cells", help="a worker of `run --workers`: trains cells of a run its parent holds")
+    p.add_argument("run_dir")
+    p.add_argument("--cell", action="append", required=True, metavar="AUGMENTATION/BACKBONE",
+                   help="a cell to train; repeat for several")
+    p.set_defaults(func=cmd_train_cells)
 
     p = sub.add_parser("eval", help="evaluate the saved models of a run again")
     p.add_argument("run_dir")
@@ -289,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained-from", metavar="RUN_DIR",
                    help="every cell starts from this run's pretrained models (a grid of fine-tuning or evaluation "
                         "choices on one pretraining)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="N processes share the cells, one torch thread each on a CPU, one GPU each where there are "
+                        "GPUs (default: 1); on a cluster, start one `bidirect sweep` per task instead")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="write a Markdown report with PNG figures of a run or sweep folder")
@@ -379,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         _error("interrupted while starting; nothing was done")
         return 130
     try:
-        args.func(args)
+        code = args.func(args)
     except (ConfigError, RunDirError, TrainingError, FileNotFoundError) as err:
         _error(str(err))
         return 2
@@ -393,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         _error(f"{where}{err.strerror or err}")
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -221,6 +221,10 @@ class MaskingConfig:
     # MDLM/SMDM); ``attribute`` masks a whole attribute value when any of its words is chosen.
     rate: Literal["fixed", "uniform", "diffusion"] = "fixed"
     span: Literal["word", "attribute"] = "word"
+    # The share of bios in which every attribute value is masked at once (all mask tokens) and nothing else, so that
+    # the name and the template words are the only cues to each value: a masked model that ties values to one another
+    # must tie them to the name there. The other bios are masked as above.
+    all_values: float = 0.0
     # QA fine-tuning of masked models. ``exact``: the paper's rule, the question then one mask per answer token (the
     # length is given away, and no length is learned). ``window``: the question then a fixed window of masks, as long
     # as the longest P_train answer plus one; its targets are the answer, end-of-text, then ``window_pad`` (LLaDA's
@@ -233,6 +237,11 @@ class MaskingConfig:
     # probability t drawn per example from U(0, 1), at least one (masked diffusion's fine-tuning); the others show
     # their target.
     window_rate: Literal["all", "uniform"] = "all"
+
+    @property
+    def needs_values(self) -> bool:
+        """Whether bios carry ``value_ids`` (which tokens belong to which attribute value) for this masking."""
+        return self.span == "attribute" or self.all_values > 0
 
 
 @dataclass
@@ -573,6 +582,8 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         raise ConfigError(f"masking.probability: must be strictly between 0 and 1, got {mk.probability}")
     if mk.replace_mask < 0 or mk.replace_random < 0 or mk.replace_mask + mk.replace_random > 1:
         raise ConfigError("masking.replace_mask + masking.replace_random: each >= 0 and together <= 1")
+    if not 0 <= mk.all_values <= 1:
+        raise ConfigError(f"masking.all_values: a share of bios, from 0 to 1, got {mk.all_values}")
     masked = [b.name for b in cfg.backbones if BACKBONE_KINDS[b.name] == "masked"]
     if mk.answer == "window" and not masked:
         raise ConfigError("masking.answer: 'window' is how masked backbones are fine-tuned on QA, and no backbone is "

@@ -15,7 +15,8 @@ nothing about which kind it trains.
   answer has tokens (the paper's rule), loss on those only; or (``masking.answer: window``)
   a fixed window of masks trained to read the answer, end-of-text, then a filler.
   Variants (``masking.rate``, ``masking.span``): a per-bio rate drawn from U(0, 1) (MLM-U), masked
-  diffusion's 1/t weights, and masking of whole attribute values.
+  diffusion's 1/t weights, and masking of whole attribute values; ``masking.all_values``: a share of bios
+  with every value masked at once, the name left as the only cue.
 - Reverse training (``causal.reverse``): the causal objective on each bio and on its reversal,
   names and attribute values kept whole (`reverse_bio`).
 """
@@ -199,7 +200,7 @@ class MaskedLM(_Objective):
         self.mask, self.pad, self.eos = tokenizer.mask_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id
         self.vocab_size = len(tokenizer)
         self.special = set(tokenizer.all_special_ids)
-        self.values = masking.span == "attribute"  # examples carry value_ids (see tokenize_bios)
+        self.values = masking.needs_values  # examples carry value_ids (see tokenize_bios)
         self.features = VALUE_FEATURES if self.values else MASKED_FEATURES
 
     def bio_examples(self, bios: Dataset, seed: int) -> Dataset:
@@ -285,10 +286,13 @@ class MaskedLM(_Objective):
         a per-bio probability drawn from U(0, 1) first, MLM-U), at least one per bio, and has one fate for all
         its tokens: mask token, a random token, or kept. ``value_ids`` (``span: attribute``): a value with a
         chosen word is chosen whole and follows its first word's fate. Special tokens are never labelled.
+        ``all_values``: a bio drawn with that probability is masked otherwise: every token of every attribute
+        value becomes the mask token and carries a label, and nothing else does.
 
         Each row draws its uniforms from its own generator (see `_generator`) in a fixed order: the rate, then
-        one per word to choose it, one per word for its fate, one for the fallback word; then one random token
-        per replaced position, in order. Everything else is tensor arithmetic over the batch.
+        one per word to choose it, one per word for its fate, one for the fallback word, then (``all_values``
+        above 0 only, so that runs made without it keep their masks) one for the all-values draw; then one random
+        token per replaced position, in order. Everything else is tensor arithmetic over the batch.
         """
         rows, length = ids.shape
         word = _rows(items, "word_ids", -1, length)
@@ -303,11 +307,15 @@ class MaskedLM(_Objective):
 
         generators = [self._generator(item) for item in items]
         p = torch.full((rows,), self.masking.probability, dtype=torch.float64)
+        share = self.masking.all_values
+        every_value = torch.zeros(rows, dtype=torch.bool)  # rows masked by the all-values rule
         draws = []
         for r, (g, w) in enumerate(zip(generators, n_words.tolist())):
             if self.masking.rate in ("uniform", "diffusion"):
                 p[r] = float(torch.rand((), generator=g))
             draws.append(torch.rand(2 * w + 1, generator=g))
+            if share > 0:
+                every_value[r] = float(torch.rand((), generator=g)) < share
         # Row r's draws start at start[r]: its words' choices, then their fates, then the fallback's.
         flat = torch.cat(draws).double()  # compared in float64, as Python floats
         start = torch.cumsum(2 * n_words + 1, 0) - (2 * n_words + 1)
@@ -322,7 +330,7 @@ class MaskedLM(_Objective):
         chosen[lonely, pick[lonely]] = True
 
         unit = torch.arange(width).expand(rows, width).clone()  # the word whose choice and fate a word follows
-        if self.values:
+        if self.masking.span == "attribute":  # a value is one unit of choice and fate
             in_value = in_word & (value >= 0)
             slots = int(value.max()) + 1 if in_value.any() else 1
             value_at = value.clamp(min=0)
@@ -342,6 +350,11 @@ class MaskedLM(_Objective):
         r = fate.gather(1, token_unit)
         to_mask = labelled & (r < self.masking.replace_mask)
         to_random = labelled & ~to_mask & (r < self.masking.replace_mask + self.masking.replace_random)
+        if share > 0:
+            values = every_value[:, None] & (value >= 0) & ~special
+            labelled = torch.where(every_value[:, None], values, labelled)
+            to_mask = torch.where(every_value[:, None], values, to_mask)
+            to_random &= ~every_value[:, None]
         out = torch.where(to_mask, self.mask, ids)
         for row, k in enumerate(to_random.sum(1).tolist()):
             if k:

@@ -82,6 +82,14 @@ class RunDirError(ValueError):
     """The run folder cannot be used as asked; the message says why and what to do."""
 
 
+class FolderInUse(RunDirError):
+    """Another process holds the folder's lock (a sweep's worker skips such a cell: another worker trains it)."""
+
+
+class AlreadyMade(RunDirError):
+    """`create_folder` found the folder made by another process while it waited its turn."""
+
+
 # --------------------------------------------------------------------------- what proves a folder bidirect's
 
 
@@ -346,6 +354,10 @@ def replace(folder: Path, kind: Kind) -> Path:
     deletes it once the new run has passed its checks, or puts it back."""
     check_replaceable(folder, kind)
     check_unlocked(folder)
+    if kind == "sweep":  # its workers hold their cells' locks, not the sweep's
+        for cell in sorted(folder.iterdir()):
+            if cell.is_dir() and not cell.is_symlink():
+                check_unlocked(cell)
     aside = aside_path(folder)
     if aside.exists() or aside.is_symlink():
         raise RunDirError(f"--out {folder}: {aside} holds the folder an interrupted --force replaced; "
@@ -533,8 +545,8 @@ def record_report(report: Path, figures: list[Path]) -> None:
 # --------------------------------------------------------------------------- lock
 
 
-def _holder(marker: Path) -> str:
-    """Who holds the flock on ``marker``, from /proc/locks (Linux); the kernel knows, no file has to."""
+def _holder_pid(marker: Path) -> int | None:
+    """The process that holds the flock on ``marker``, from /proc/locks (Linux); the kernel knows, no file has to."""
     try:
         st = marker.stat()
         for line in Path("/proc/locks").read_text().splitlines():
@@ -544,11 +556,21 @@ def _holder(marker: Path) -> str:
             i = parts.index("FLOCK")
             major, minor, inode = parts[i + 4].split(":")
             if (int(major, 16), int(minor, 16), int(inode)) == (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino):
-                pid = int(parts[i + 3])
-                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                return f"process {pid} on {socket.gethostname()} ({command.strip()[:120]})"
+                return int(parts[i + 3])
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def _holder(marker: Path) -> str:
+    """Who holds the flock on ``marker``, in words."""
+    pid = _holder_pid(marker)
+    if pid is not None:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            return f"process {pid} on {socket.gethostname()} ({command.strip()[:120]})"
+        except OSError:
+            pass
     return "another process"
 
 
@@ -569,7 +591,9 @@ class Lock:
         self.folder = folder
         self._key: tuple[int, int] | None = None
 
-    def acquire(self) -> Lock:
+    def acquire(self, wait: bool = False) -> Lock:
+        """Take the lock; held by another process: `FolderInUse` naming it, or with ``wait`` block until it is
+        free (workers of a sweep hold its folder's lock for the moment a claim or the summary takes)."""
         marker = self.folder / MARKER
         check_marker(self.folder)
         # O_NOFOLLOW: a marker swapped for a link since it was checked locks nothing of a user's
@@ -582,10 +606,10 @@ class Lock:
             Lock._held[key][1] += 1
         else:
             try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
                 f.close()
-                raise RunDirError(f"{self.folder}: in use by {_holder(marker)}; wait for it to finish "
+                raise FolderInUse(f"{self.folder}: in use by {_holder(marker)}; wait for it to finish "
                                   "(a lock ends with its process)") from None
             Lock._held[key] = [f, 1]
         self._key = key
@@ -600,6 +624,22 @@ class Lock:
             held[0].close()  # closing drops the flock
             del Lock._held[self._key]
         self._key = None
+
+
+def holder_pid(folder: Path) -> int | None:
+    """The process holding ``folder``'s lock (Linux), or None."""
+    if holder(folder) is None:
+        return None
+    return _holder_pid(folder / MARKER)
+
+
+def holder(folder: Path) -> str | None:
+    """Who holds ``folder``'s lock (`_holder`'s words), or None where no process does."""
+    try:
+        check_unlocked(folder)
+    except FolderInUse:
+        return _holder(folder / MARKER)
+    return None
 
 
 def check_unlocked(folder: Path) -> None:
@@ -669,13 +709,34 @@ def make_folder(folder: Path, named: Path | None = None) -> None:
                           f"{named if err.filename == str(folder) and named else err.filename})") from None
 
 
-
-
 def create_folder(folder: Path, kind: Kind, files: dict[str, str], config: dict[str, Any] | None = None) -> Lock:
     """Create ``folder`` (absent or empty) whole: its marker and ``files`` are written into `temporary_path`, which
     is locked and then renamed into place, so that a kill at any instant leaves either no folder (a leftover
     temporary, removed by the next creation) or a complete one that bidirect resumes. ``config``: a run's study,
     recorded in its marker (`write_marker`). Returns the held lock."""
+    if not folder.parent.exists():
+        make_folder(folder.parent, named=folder)
+    if not folder.parent.is_dir():
+        return _create_folder(folder, kind, files, config)  # its make_folder names what stands in the way
+    with _creating_in(folder.parent):
+        if folder.is_dir() and any(folder.iterdir()):
+            raise AlreadyMade(f"{folder}: made by another process meanwhile")
+        return _create_folder(folder, kind, files, config)
+
+
+@contextmanager
+def _creating_in(parent: Path) -> Iterator[None]:
+    """Creations of folders in ``parent`` one at a time, across processes (workers started at the same instant make
+    the same sweep folder): a flock on the parent folder itself, which writes nothing there."""
+    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the flock
+
+
+def _create_folder(folder: Path, kind: Kind, files: dict[str, str], config: dict[str, Any] | None) -> Lock:
     tmp = temporary_path(folder)
     if tmp.is_symlink() or (tmp.exists() and not tmp.is_dir()):
         raise RunDirError(f"{tmp}: not a folder bidirect was creating; move it away, then run the same command again")

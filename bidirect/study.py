@@ -242,7 +242,7 @@ def leak_check(stream: Dataset | list[Dataset], tokenizer, data: StudyData) -> d
 def training_streams(cfg: StudyConfig, objective, data: StudyData, tokenizer, augmentation: str) -> dict[str, Dataset]:
     """The training streams of a protocol: name -> dataset of examples."""
     # Reversal keeps names and values whole; attribute-span masking masks values whole.
-    values = objective.reverse or (objective.kind == "masked" and cfg.masking.span == "attribute")
+    values = objective.reverse or (objective.kind == "masked" and cfg.masking.needs_values)
     names = dict(zip(data.individuals["id"], data.individuals["full_name"])) if objective.reverse else None
     bios = objective.bio_examples(tokenize_bios(data.bios[augmentation], tokenizer, values, names), cfg.seed)
     qa_train = data.qa_train  # and P_train's inverse search QA under data.inverse
@@ -264,7 +264,17 @@ def _phase_config(cfg: StudyConfig, backbone, phase: str) -> TrainConfig:
 
 def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmentation: str, backbone,
              accelerator: Accelerator) -> Cell:
-    """Train one backbone on one augmentation through the protocol, then evaluate it."""
+    """Train one backbone on one augmentation through the protocol (phases already trained are kept), then
+    evaluate it."""
+    phases, guard, counts = train_cell(cfg, run_dir, data, tokenizer, augmentation, backbone, accelerator)
+    levels = evaluate_cell(cfg, run_dir, backbone.name, tokenizer, data, augmentation, accelerator)
+    return Cell(augmentation, backbone.name, levels, phases, guard, counts)
+
+
+def train_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmentation: str, backbone,
+               accelerator: Accelerator) -> tuple[dict[str, Any], dict[str, Any], dict[str, int]]:
+    """Train one backbone on one augmentation through the protocol, each phase saved (a phase already saved is
+    kept): what each phase did, the leak guard's report and the parameter counts."""
     kind = backbone_kind(backbone.name)
     run = RunFolder(run_dir)
     objective = make_objective(kind, tokenizer, cfg.model.context, cfg.masking, cfg.seed, cfg.causal)
@@ -306,8 +316,37 @@ def run_cell(cfg: StudyConfig, run_dir: Path, data: StudyData, tokenizer, augmen
                          "stream_examples": len(stream), "exposures": done.tokens / labelled if labelled else None,
                          "mode": "lora" if lora else "full", "lora_rank": train_cfg.lora_rank if lora else None,
                          "trainable_parameters": trainable}
-    levels = evaluate_cell(cfg, run_dir, backbone.name, tokenizer, data, augmentation, accelerator)
-    return Cell(augmentation, backbone.name, levels, phases, guard, counts)
+    return phases, guard, counts
+
+
+def untrained_cells(cfg: StudyConfig, run_dir: Path) -> list[tuple[str, str]]:
+    """The (augmentation, backbone) cells of a run whose last phase is not saved yet, in the order a run trains
+    them."""
+    last = phases(cfg.protocol)[-1]
+    return [(aug.name, b.name) for aug in cfg.augmentations() for b in cfg.backbones
+            if phase_done(RunFolder(run_dir).phase(aug.name, b.name, last)) is None]
+
+
+def train_cells(run_dir: Path, cells: list[tuple[str, str]]) -> None:
+    """Train ``cells`` ((augmentation, backbone) pairs) of a run whose data and tokenizer are made, without
+    evaluating: a worker of `bidirect run --workers` (`api.run`), whose parent holds the run's lock, evaluates
+    every cell once all are trained and writes results.json. Refused unless the parent process holds that lock."""
+    holder = rundir.holder_pid(run_dir)
+    if holder != os.getppid():
+        raise RunDirError(f"{run_dir}: train-cells trains only for the `bidirect run --workers` that holds the run's "
+                          f"lock (held by {'no process' if holder is None else f'process {holder}'}); run "
+                          "`bidirect run ... --workers N` instead")
+    cfg = require_run_dir(run_dir)
+    folder = RunFolder(run_dir)
+    data, tokenizer = StudyData.load(folder.data), read_tokenizer(run_dir)
+    accelerator = make_accelerator(cfg)
+    backbones, augmentations = {b.name: b for b in cfg.backbones}, {a.name for a in cfg.augmentations()}
+    for augmentation, name in cells:
+        if name not in backbones or augmentation not in augmentations:
+            raise ConfigError(f"--cell {augmentation}/{name}: not a cell of {run_dir} (augmentations "
+                              f"{', '.join(augmentations)}; backbones {', '.join(backbones)})")
+    for augmentation, name in cells:
+        train_cell(cfg, run_dir, data, tokenizer, augmentation, backbones[name], accelerator)
 
 
 def evaluate_cell(cfg: StudyConfig, run_dir: Path, backbone: str, tokenizer, data: StudyData, augmentation: str,

@@ -40,7 +40,6 @@ them and write summary.json (`summarize`). The report only presents what `aggreg
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import itertools
@@ -52,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.markup import escape
 
 from bidirect import rundir
 from bidirect.analysis.seeds import INTERVAL, SEED, pool
@@ -280,12 +280,13 @@ def cell_finished(run_dir: Path, cfg: StudyConfig) -> bool:
                                    for aug in cfg.augmentations() for backbone in cfg.backbones)
 
 
-def open_sweep_dir(out: Path, sweep: Sweep, source: Path, force: bool = False, write: bool = True) -> Sweep:
+def open_sweep_dir(out: Path, sweep: Sweep, source: Path, force: bool = False, write: bool = True,
+                   console=None) -> Sweep:
     """Make ``out`` ready for ``sweep``: new, continued (same study and keys), or replaced with ``force``
     (the old folder moved aside until the first cell passes its checks, see `run_sweep`). Returns the
     sweep whose cells are those already there plus the new ones, holding the folder's lock in
-    ``opened`` (the caller closes it). ``write=False``: only read (the other processes of a
-    distributed sweep)."""
+    ``opened`` (the caller closes it). Another worker holding the lock for a moment (a claim) is waited
+    for (``console``: where to say so). ``write=False``: only read (the other processes of a distributed sweep)."""
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out}: is a file, not a folder")
     if not write:
@@ -293,9 +294,12 @@ def open_sweep_dir(out: Path, sweep: Sweep, source: Path, force: bool = False, w
     aside = rundir.replace(out, "sweep") if force and out.is_dir() and any(out.iterdir()) else None
     try:
         if not out.is_dir() or not any(out.iterdir()):  # created whole: a kill leaves nothing or a sweep folder
-            lock = rundir.create_folder(out, "sweep", {SWEEP_FILE: _sweep_text(sweep, source),
-                                                       MANIFEST_FILE: rundir.json_text(sweep.manifest())})
-            return dataclasses.replace(sweep, opened=rundir.Opened(out, lock, aside))
+            try:
+                lock = rundir.create_folder(out, "sweep", {SWEEP_FILE: _sweep_text(sweep, source),
+                                                           MANIFEST_FILE: rundir.json_text(sweep.manifest())})
+                return dataclasses.replace(sweep, opened=rundir.Opened(out, lock, aside))
+            except rundir.AlreadyMade:  # a worker started at the same instant made it: join it
+                pass
         rundir.check_marker(out)
         if rundir.marker_kind(out) is None:
             if any(out.iterdir()) and rundir.folder_kind(out) is None:
@@ -304,7 +308,7 @@ def open_sweep_dir(out: Path, sweep: Sweep, source: Path, force: bool = False, w
                                   f"marker, and {why}); bidirect will not write into it. Give another --out.")
             _merge_old(out, sweep)  # a sweep of a version before the marker: refused unless it is this sweep's
             rundir.write_marker(out, "sweep")  # new, or marked: a file added, nothing deleted
-        lock = rundir.Lock(out).acquire()
+        lock = _take(out, console)
         try:
             sweep = _merge_old(out, sweep)
             rundir.write_text_atomic(out / SWEEP_FILE, _sweep_text(sweep, source))
@@ -364,49 +368,59 @@ def _merge_old(out: Path, sweep: Sweep) -> Sweep:
 
 def run_sweep(sweep: Sweep, out: Path, source: Path, force: bool = False, pretrained_from: Path | None = None,
               console=None) -> dict[str, Any] | None:
-    """Run ``sweep`` (read from ``source``) into the folder ``out``, then pool its seeds: the folder opened
-    (`open_sweep_dir`), every cell run in order, finished ones skipped, and summary.json written under the
-    folder's lock. Returns the summary in the main process (None in the others of an `accelerate launch`).
-    ``pretrained_from``: a run whose finished pretraining every new cell starts from (`study.reuse_pretraining`;
-    a grid of fine-tuning or evaluation choices), each cell checked before the sweep folder is made.
-    ``console``: where each cell's progress line goes."""
+    """Run ``sweep`` (read from ``source``) into the folder ``out`` as one worker, then pool its seeds: the folder
+    opened (`open_sweep_dir`), then cell after cell claimed and run (`_run_cells`) until none is free, and when
+    every cell has finished, summary.json written (`_finish`). Several workers (processes started the same way, on
+    one machine or many sharing the folder) divide the cells among them. Returns the summary where this worker
+    saw the sweep finished, else None (cells still trained by other workers, or the other processes of an
+    `accelerate launch`). ``pretrained_from``: a run whose finished pretraining every new cell starts from
+    (`study.reuse_pretraining`; a grid of fine-tuning or evaluation choices), each cell checked before the sweep
+    folder is made. ``console``: where each cell's progress line goes."""
     from bidirect.study import check_reuse, make_accelerator
 
     if pretrained_from is not None:  # a refusal changes nothing
         for cell in sweep.cells:
             check_reuse(cell.config, pretrained_from, out)
     accelerator = make_accelerator(sweep.cells[0].config, out)
-    # The main process writes and locks the folder; the others read the same cells from what it wrote.
-    opened = open_sweep_dir(out, sweep, source, force=force) if accelerator.is_main_process else None
+    # The main process writes the folder and claims cells; the others read the same cells from what it wrote.
+    opened = open_sweep_dir(out, sweep, source, force=force, console=console) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     if opened is None:
         opened = open_sweep_dir(out, sweep, source, write=False)
-    with contextlib.closing(opened.opened) if opened.opened is not None else contextlib.nullcontext():
+    try:
+        if opened.opened is not None:
+            opened.opened.lock.release()  # taken again for each claim and for the summary: other workers join
         _run_cells(opened, out, accelerator, console, pretrained_from)
-        if not accelerator.is_main_process:
-            return None
-        summary = aggregate(out)  # still under the sweep's lock
-        write_summary(out, summary)
-        return summary
+    finally:
+        if opened.opened is not None:
+            opened.opened.close()  # after --force, no cell started: the old folder comes back
+    if not accelerator.is_main_process:
+        return None
+    return _finish(opened, out, console)
 
 
 def _run_cells(sweep: Sweep, out: Path, accelerator, console, pretrained_from: Path | None) -> None:
-    """Every cell of ``sweep`` in order, skipping finished ones. Cells of an earlier invocation that this sweep
-    file no longer lists are kept, not run."""
+    """Claim the first unfinished cell no other worker holds (its run folder's lock, taken under the sweep
+    folder's, so two workers never take one cell), run it, and go on until no cell is free. Cells of an earlier
+    invocation that this sweep file no longer lists are kept, not run."""
     from bidirect.study import reuse_pretraining, run_study
 
     cells = [c for c in sweep.cells if c.config is not None]
     # After --force the old sweep folder waits aside until a cell passes its checks (study.start_study).
     replaced = sweep.opened if sweep.opened is not None and sweep.opened.aside is not None else None
-    for i, cell in enumerate(cells, 1):
+    told: set[str] = set()  # cells whose state this worker printed
+    while True:
+        i, opened = _claim(cells, out, console, told) if accelerator.is_main_process else (None, None)
+        if accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            i = broadcast_object_list([i])[0]
+        if i is None:
+            return
+        cell = cells[i]
         run_dir = out / cell.name
-        if cell_finished(run_dir, cell.config):
-            if console is not None and accelerator.is_main_process:
-                console.print(f"[dim]sweep {i}/{len(cells)} {cell.name}: finished, skipped[/dim]")
-            continue
         if console is not None and accelerator.is_main_process:
-            console.print(f"[bold]sweep {i}/{len(cells)} {cell.name}[/bold]")
-        opened = open_run_dir(run_dir, cell.config, resume=True) if accelerator.is_main_process else None
+            console.print(f"[bold]sweep {i + 1}/{len(cells)} {cell.name}[/bold]")
         if pretrained_from is not None and accelerator.is_main_process and not RunFolder(run_dir).data.exists():
             reuse_pretraining(cell.config, run_dir, pretrained_from)
         accelerator.wait_for_everyone()
@@ -416,6 +430,90 @@ def _run_cells(sweep: Sweep, out: Path, accelerator, console, pretrained_from: P
             if opened is not None:
                 opened.close()
         replaced = None
+
+
+def _claim(cells: list[Cell], out: Path, console, told: set[str]) -> tuple[int | None, rundir.Opened | None]:
+    """The index of the cell this worker takes next and its opened run folder (locked), or (None, None)."""
+    lock = _take(out, console)
+    try:
+        for i, cell in enumerate(cells):
+            run_dir = out / cell.name
+            if cell_finished(run_dir, cell.config):
+                if console is not None and cell.name not in told:
+                    console.print(f"[dim]sweep {i + 1}/{len(cells)} {cell.name}: finished, skipped[/dim]")
+                told.add(cell.name)
+                continue
+            try:
+                return i, open_run_dir(run_dir, cell.config, resume=True)
+            except rundir.FolderInUse as err:
+                if console is not None and cell.name + " held" not in told:
+                    console.print(f"[dim]sweep {i + 1}/{len(cells)} {cell.name}: {escape(_held_by(err))}[/dim]")
+                told.add(cell.name + " held")
+        return None, None
+    finally:
+        lock.release()
+
+
+def _take(out: Path, console) -> rundir.Lock:
+    """The sweep folder's lock, waited for (another worker's claim holds it a moment; an older bidirect's sweep holds
+    it to its end), saying so when it has to wait."""
+    try:
+        return rundir.Lock(out).acquire()
+    except rundir.FolderInUse as err:
+        if console is not None:
+            console.print(f"[dim]waiting: {escape(str(err))}[/dim]")
+        return rundir.Lock(out).acquire(wait=True)
+
+
+def _held_by(err: rundir.FolderInUse) -> str:
+    """'trained by process N on HOST (...)' from the lock's refusal."""
+    text = str(err)
+    return "trained by " + text.split(": in use by ", 1)[1].split("; wait", 1)[0] if ": in use by " in text else text
+
+
+def _finish(sweep: Sweep, out: Path, console) -> dict[str, Any] | None:
+    """Once every cell the sweep file lists has finished: the summary, written unless summary.json already holds
+    it (the worker that finishes the last cell writes it; a later worker or invocation finds it written). Before
+    that, None and a line naming the cells other workers still hold."""
+    lock = _take(out, console)
+    try:
+        states = cell_states(out, [c.name for c in sweep.cells if c.config is not None])
+        waiting = [name for name, state in states.items() if state != "finished"]
+        if waiting:
+            if console is not None:
+                console.print(f"sweep: {len(waiting)} cell(s) not finished ({', '.join(waiting[:4])}"
+                              f"{', ...' if len(waiting) > 4 else ''}): the worker that finishes the last one writes "
+                              f"{SUMMARY_FILE}; `bidirect sweep` again resumes a cell no worker holds")
+            return None
+        summary = aggregate(out)
+        path = out / SUMMARY_FILE
+        try:
+            written = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
+        except (OSError, json.JSONDecodeError):
+            written = None
+        if written != json.loads(rundir.json_text(summary)):
+            write_summary(out, summary)
+        return summary
+    finally:
+        lock.release()
+
+
+def cell_states(sweep_dir: Path, names: list[str] | None = None) -> dict[str, str]:
+    """Each cell's state in a sweep folder (``names``, or every cell its sweep.json lists): ``finished`` (its
+    results.json, no worker on it), ``claimed by ...`` (a worker holds its lock) or ``free``."""
+    if names is None:
+        names = [c["name"] for c in read_manifest(sweep_dir / MANIFEST_FILE, "put back a good copy")["cells"]]
+    states = {}
+    for name in names:
+        run_dir = sweep_dir / name
+        who = rundir.holder(run_dir) if run_dir.is_dir() and not run_dir.is_symlink() else None
+        if who is not None:
+            states[name] = f"claimed by {who}"
+        elif RunFolder(run_dir).results.is_file():
+            states[name] = "finished"
+        else:
+            states[name] = "free"
+    return states
 
 
 # --------------------------------------------------------------------------- the summary

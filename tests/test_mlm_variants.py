@@ -97,8 +97,9 @@ def test_attribute_span_masks_whole_values(study_data, tokenizer):
 
 
 @pytest.mark.parametrize("masking", [MaskingConfig(rate="uniform"), MaskingConfig(span="attribute"),
-                                     MaskingConfig(rate="uniform", span="attribute")], ids=["uniform", "attribute",
-                                                                                            "both"])
+                                     MaskingConfig(rate="uniform", span="attribute"),
+                                     MaskingConfig(span="attribute", all_values=0.5)],
+                         ids=["uniform", "attribute", "both", "all-values"])
 def test_masks_are_a_function_of_seed_epoch_and_index(study_data, tokenizer, masking):
     obj = MaskedLM(tokenizer, 256, masking, seed=3)
     items = _examples(obj, study_data, tokenizer)[:16]
@@ -123,12 +124,15 @@ def _reference_masks(obj: MaskedLM, item: dict) -> tuple[list[int], list[int]]:
         p = float(torch.rand((), generator=rng))
     words = sorted({w for w in word_ids if w >= 0})
     draws = torch.rand(2 * len(words) + 1, generator=rng).tolist()
+    if obj.masking.all_values > 0 and float(torch.rand((), generator=rng)) < obj.masking.all_values:
+        labels = [t if v >= 0 and t not in obj.special else IGNORE for t, v in zip(ids, value_ids)]
+        return [obj.mask if label != IGNORE else t for t, label in zip(ids, labels)], labels
     chosen = {w for w, r in zip(words, draws) if r < p}
     if not chosen and words:
         chosen = {words[int(draws[-1] * len(words))]}
     fate = dict(zip(words, draws[len(words):]))
     unit = {w: w for w in words}
-    if value_ids:
+    if obj.masking.span == "attribute":
         first: dict[int, int] = {}
         for w, v in zip(word_ids, value_ids):
             if w >= 0 and v >= 0:
@@ -150,8 +154,11 @@ def _reference_masks(obj: MaskedLM, item: dict) -> tuple[list[int], list[int]]:
 @pytest.mark.parametrize("masking", [MaskingConfig(), MaskingConfig(rate="uniform"), MaskingConfig(span="attribute"),
                                      MaskingConfig(probability=0.4, span="attribute", replace_mask=0.5,
                                                    replace_random=0.4),
-                                     MaskingConfig(probability=0.01, rate="uniform", span="attribute")],
-                         ids=["paper", "uniform", "attribute", "attribute-random", "rare"])
+                                     MaskingConfig(probability=0.01, rate="uniform", span="attribute"),
+                                     MaskingConfig(probability=0.4, span="attribute", all_values=0.3),
+                                     MaskingConfig(all_values=0.5, replace_mask=0.5, replace_random=0.4)],
+                         ids=["paper", "uniform", "attribute", "attribute-random", "rare", "all-values",
+                              "all-values-words"])
 def test_batched_masks_equal_the_rule_applied_bio_by_bio(study_data, tokenizer, masking):
     obj = MaskedLM(tokenizer, 256, masking, seed=7)
     obj.set_epoch(2)
@@ -180,3 +187,33 @@ def test_diffusion_masks_as_mlm_u_and_weights_each_bio_by_one_over_its_rate(stud
             continue
         t = float(torch.rand((), generator=diffusion._generator(item)))  # the bio's first draw is its rate
         assert torch.allclose(b["weights"][row][labelled[row]], torch.tensor(1 / max(t, DIFFUSION_MIN_RATE)))
+
+
+def test_all_values_masks_every_value_and_nothing_else_in_its_share_of_bios(study_data, tokenizer):
+    """A bio drawn for the all-values rule shows its name and template words and hides all six values; the other
+    bios are masked exactly as without the rule (the extra draw comes after theirs)."""
+    obj = MaskedLM(tokenizer, 256, MaskingConfig(probability=0.4, span="attribute", all_values=0.25), seed=0)
+    items = _examples(obj, study_data, tokenizer)
+    batch = obj.collate(items)
+    plain = MaskedLM(tokenizer, 256, MaskingConfig(probability=0.4, span="attribute"), seed=0).collate(items)
+    hidden = 0
+    for row, item in enumerate(items):
+        n = len(item["input_ids"])
+        values = [t for t, v in enumerate(item["value_ids"]) if v >= 0]
+        labelled = (batch["labels"][row, :n] != IGNORE).nonzero().flatten().tolist()
+        if labelled == values:
+            assert set(item["value_ids"]) - {-1} == set(range(6))
+            assert all(batch["input_ids"][row, t] == tokenizer.mask_token_id for t in values)
+            assert batch["input_ids"][row, :n][[t for t in range(n) if t not in values]].tolist() == \
+                [item["input_ids"][t] for t in range(n) if t not in values]
+            hidden += 1
+        else:
+            assert torch.equal(batch["labels"][row], plain["labels"][row]), row
+    assert 0.15 < hidden / len(items) < 0.35  # 180 bios at 0.25
+    none = MaskedLM(tokenizer, 256, MaskingConfig(probability=0.4, span="attribute", all_values=0.0), seed=0)
+    assert torch.equal(none.collate(items)["input_ids"], plain["input_ids"])
+
+
+def test_all_values_is_a_share(study_data):
+    with pytest.raises(ConfigError, match="masking.all_values: a share of bios, from 0 to 1, got 1.5"):
+        from_dict({"masking": {"all_values": 1.5}})
