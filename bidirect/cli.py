@@ -379,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"],
                    help="the package path's precision (default: auto, bf16 where the GPU has it)")
     p.add_argument("--compile", action="store_true",
-                   help="also time the package path under torch.compile, with static shapes ('compiled')")
+                   help="also time the package path under torch.compile, with static shapes ('compiled'); on a "
+                        "CPU it has been slower than the package path (docs/speed.md)")
     p.add_argument("--eval-batch", type=int, default=256, help="evaluation batch size (default: 256)")
     p.add_argument("--eval-items", type=int, default=0,
                    help="time the evaluator on this many QA items, P_test's repeated (default: P_test's as generated)")

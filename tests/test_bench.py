@@ -49,7 +49,8 @@ def test_report_has_both_paths_and_their_ratio(report):
             assert f["device_share"] == pytest.approx(1 - f["host_share"])
             assert f["timed_steps"] == 2 and f["warmup_steps"] == 1
             assert f["peak_memory_bytes"] > 0
-            assert f["mfu"] is None  # a CPU has no listed peak
+            # a CPU has no listed peak: its MFU is the share of its own fp32 matmul at the model's shapes
+            assert f["mfu"] == pytest.approx(f["tflops"] / report["peak_tflops"])
             assert f["tflops"] == pytest.approx(f["tokens_per_second"] * r["flops_per_token"]["total"] / 1e12)
         assert r["package"]["attention"] == "sdpa" and r["plain"]["attention"] == "eager"
         assert r["speedup"] == pytest.approx(r["package"]["tokens_per_second"] / r["plain"]["tokens_per_second"])
@@ -60,7 +61,9 @@ def test_report_has_both_paths_and_their_ratio(report):
         else:
             assert "eval_window" not in r
     assert report["data"]["generate_seconds"] > 0 and report["data"]["bios"] == 30
-    assert report["device_type"] == "cpu" and report["peak_tflops"] is None
+    matmul = report["cpu_matmul_tflops"]
+    assert report["device_type"] == "cpu" and report["peak_tflops"] == max(matmul["mlp"], matmul["projection"]) > 0
+    assert report["peak_source"] == "measured: fp32 matmul at the model's shapes" and matmul["square_2048"] > 0
     assert {"torch", "transformers", "accelerate"} <= set(report["versions"])
     assert report["config"]["size"]["layers"] == 2 and report["cpu_threads"] == 1 and report["complete"] is True
 

@@ -35,7 +35,8 @@ labelled positions (`trainer.LabelledHead`; about 15% of a masked model's), and 
 the head at every position, like the plain path: for masked models its FLOP/s and MFU are rates
 equivalent to the plain path's work, which is what a comparison of the two needs. MFU divides
 achieved FLOP/s by the device's dense bf16 peak (H100 SXM / H200 989 TFLOP/s, H100 PCIe 756,
-A100 312); a CPU has no listed peak, so MFU is null unless ``--peak-tflops`` is given.
+A100 312); a CPU has no listed peak, so there the peak is measured: fp32 matmuls at the model's shapes
+(`cpu_matmul_tflops`), unless ``--peak-tflops`` is given.
 """
 
 from __future__ import annotations
@@ -206,6 +207,26 @@ def peak_tflops(name: str) -> float | None:
         if key.lower() in name.lower():
             return peak
     return None
+
+
+def cpu_matmul_tflops(size: ModelSize, tokens: int, repeats: int = 20) -> dict[str, float]:
+    """What this CPU's fp32 matmuls reach at the threads torch uses (TFLOP/s, the best of ``repeats``): at the model's
+    two shapes, a step's ``tokens`` through the MLP (width x mlp_width) and through one attention projection
+    (width x width), and on a large square (2048) for the machine's own ceiling. A CPU has no datasheet peak; the
+    faster model shape is the ceiling its MFU is taken against."""
+    shapes = {"mlp": (tokens, size.width, size.mlp_width), "projection": (tokens, size.width, size.width),
+              "square_2048": (2048, 2048, 2048)}
+    out = {}
+    for name, (m, k, n) in shapes.items():
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        torch.mm(a, b)  # the first call allocates and warms the caches
+        best = float("inf")
+        for _ in range(repeats if name != "square_2048" else max(3, repeats // 4)):
+            started = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - started)
+        out[name] = 2 * m * k * n / best / 1e12
+    return out
 
 
 def _sync(device: torch.device) -> None:
@@ -447,6 +468,9 @@ def _run_bench(cfg: BenchConfig, console: Console | None,
     device = accelerator.device
     name = device_name(device)
     peak = cfg.peak_tflops or peak_tflops(name)
+    matmul = cpu_matmul_tflops(size, cfg.batch * ctx) if device.type == "cpu" else None
+    if peak is None and matmul is not None:
+        peak = max(matmul["mlp"], matmul["projection"])
     train = study.pretrain
     say(f"[bold]bench[/bold] on {name}: {cfg.size_name} ({size.layers} layers x {size.width}, {size.heads} heads, "
         f"context {ctx}), {len(bios)} bios ({aug.name}, {cfg.individuals} people) in {generate_seconds:.1f} s, "
@@ -471,7 +495,9 @@ def _run_bench(cfg: BenchConfig, console: Console | None,
                       "the LM head counted at every position on every path, though on a CPU the package path runs "
                       "it at labelled positions only (trainer.LabelledHead)",
         "peak_tflops": peak,
-        "peak_source": "--peak-tflops" if cfg.peak_tflops else ("device name" if peak else None),
+        "peak_source": "--peak-tflops" if cfg.peak_tflops else "measured: fp32 matmul at the model's shapes"
+        if matmul is not None else ("device name" if peak else None),
+        "cpu_matmul_tflops": matmul,
         "data": {"individuals": cfg.individuals, "augmentation": aug.name, "bios": len(bios),
                  "vocab_size": len(tokenizer), "mean_document_tokens": mean_doc,
                  "documents_per_step": docs_per_step, "generate_seconds": generate_seconds,
@@ -565,6 +591,18 @@ def _qa_rate(r: dict[str, Any]) -> str:
     return f"{rate} / {r['eval_window']['qa_per_second']:,.0f}" if "eval_window" in r else rate
 
 
+def _peak_words(report: dict[str, Any]) -> str:
+    peak, matmul = report["peak_tflops"], report.get("cpu_matmul_tflops")
+    if peak is None:
+        return "unknown, MFU not computed"
+    if matmul is not None and report.get("peak_source", "").startswith("measured"):
+        gflops = {k: f"{v * 1e3:.0f}" for k, v in matmul.items()}
+        return (f"{peak * 1e3:.0f} GFLOP/s, this CPU's fp32 matmul at the model's shapes (MLP {gflops['mlp']}, "
+                f"projection {gflops['projection']}; a 2048 square {gflops['square_2048']}): "
+                "MFU here is the share of that ceiling")
+    return f"{peak} TFLOP/s"
+
+
 def print_bench(console: Console, report: dict[str, Any]) -> None:
     table = Table(title=f"bidirect bench: {report['device']} ({report['config']['size_name']})", box=box.SIMPLE_HEAD,
                   padding=(0, 1))
@@ -586,8 +624,7 @@ def print_bench(console: Console, report: dict[str, Any]) -> None:
     console.print(table)
     d = report["data"]
     console.print(f"FLOPs/token = {report['flops_formula']} (nominal context; same for every path). "
-                  f"Peak: {report['peak_tflops'] or 'unknown, MFU not computed'}"
-                  f"{' TFLOP/s' if report['peak_tflops'] else ''}. Data: {d['bios']} bios generated in "
+                  f"Peak: {_peak_words(report)}. Data: {d['bios']} bios generated in "
                   f"{d['generate_seconds']:.2f} s, tokenizer {d['tokenizer_seconds']:.2f} s. "
                   f"'host': the share of a step spent waiting for the next batch; the rest is the device's. "
                   f"QA/s: the evaluator on {next(iter(report['backbones'].values()))['eval']['items']:,} "
