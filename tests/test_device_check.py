@@ -26,7 +26,8 @@ ladder = importlib.util.module_from_spec(_spec)
 sys.modules["ladder"] = ladder  # its dataclasses look their module up there
 _spec.loader.exec_module(ladder)
 
-RUNGS = [("gpu_contrast", "run", "runs/gpu_contrast"), ("gpu_paper_masking", "run", "runs/gpu_paper_masking"),
+RUNGS = [("gpu_contrast", "run", "runs/gpu_contrast"), ("load_curve_gpu", "sweep", "runs/load_curve_gpu"),
+         ("gpu_paper_masking", "run", "runs/gpu_paper_masking"),
          ("factorization_curse", "sweep", "runs/factorization_curse")]
 
 
@@ -34,7 +35,7 @@ RUNGS = [("gpu_contrast", "run", "runs/gpu_contrast"), ("gpu_paper_masking", "ru
 
 
 @pytest.mark.parametrize("name", ["gpu_ladder.yaml", "gpu_ladder_dry.yaml"])
-def test_the_ladders_have_the_three_rungs_in_order(name):
+def test_the_ladders_have_the_four_rungs_in_order(name):
     """The dry ladder is the GPU ladder rung for rung, so that its rehearsal walks the same steps."""
     rungs = ladder.load(ROOT / "configs" / name)
     assert [(r.name, r.kind, str(r.out)) for r in rungs] == RUNGS
@@ -156,9 +157,16 @@ def test_device_check_dry_run_walks_the_ladder(tmp_path):
         "multi2+permute+fullname": ["gbert", "gpt2-rope"]}
     # A later session has only what came back: the rung is still finished, so its next call goes on.
     _unpack_as_a_fresh_machine(out, "runs/gpu_contrast")
-    assert ladder.next_rung(ladder.load(ROOT / "configs" / "gpu_ladder_dry.yaml"), out).name == "gpu_paper_masking"
+    assert ladder.next_rung(ladder.load(ROOT / "configs" / "gpu_ladder_dry.yaml"), out).name == "load_curve_gpu"
 
-    # Second call (--resume: no bench): the next rung, cut off once it has written a checkpoint...
+    # Second call (--resume: no bench): the load-curve sweep, a cell per backbone, finished.
+    done = _call(out, 400, "--dry-run", "--resume")
+    assert done.returncode == 0 and not (out / "bench.json").exists(), (out / "rung.log").read_text()[-3000:]
+    with tarfile.open(out / "rung.tgz") as tar:
+        cells = sorted(n.split("/")[2] for n in tar.getnames() if n.endswith("/results.json"))
+    assert cells == ["kind=causal", "kind=masked"] and "next: gpu_paper_masking" in (out / "ladder.txt").read_text()
+
+    # Third call: the next rung, cut off once it has written a checkpoint...
     pretrain = out / "runs/gpu_paper_masking/models/multi2+permute+fullname/gbert/pretrain"
     done = _call(out, 400, "--dry-run", "--resume", cut=pretrain / "checkpoints" / "step_00000002")
     assert done.returncode != 0 and not (out / "bench.json").exists()
