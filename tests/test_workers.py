@@ -230,3 +230,19 @@ def test_train_cells_refused_unless_its_parent_holds_the_run(run_copy, capsys):
     assert "train-cells trains only for the `bidirect run --workers` that holds the run's lock (held by no process)" \
         in capsys.readouterr().out
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_sweep_under_accelerate_launch_claims_each_cell_once_for_both_processes(tmp_path):
+    """Under `accelerate launch` the main process claims a cell and the other trains the same one with it (the
+    claim is broadcast), cell after cell."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({**single_study(), "sweep": {"seed": [0, 1]}}))
+    out = tmp_path / "out"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bidirect"]
+    done = subprocess.run([*launch, "sweep", str(grid), "--out", str(out)], env=ONE_THREAD, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert _claims(done.stdout) == ["seed=0", "seed=1"]
+    assert all((out / cell / "results.json").is_file() for cell in ("seed=0", "seed=1"))
+    assert (out / SUMMARY_FILE).is_file()
