@@ -35,7 +35,7 @@ from bidirect.rundir import (
     check_started,
 )
 
-DATA_SHA = "sha256"  # data/'s content hash (bidirect.data.generate.DATA_SHA), which results.json records
+DATA_SHA = "sha256"  # in a saved data folder: `StudyData.sha256` of the data as generated, which results.json records
 
 
 def _sha(path: Path) -> str:

@@ -977,10 +977,6 @@ def check_fresh_data(run_dir: Path) -> None:
                           "away, then run the same command again.")
 
 
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def write_data(run_dir: Path, data: Any) -> None:
     """Save the run's `StudyData` (its own format, `StudyData.save`) aside, then rename it into place (over
     data bidirect saved: `check_fresh_data`)."""

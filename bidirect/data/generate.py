@@ -20,7 +20,7 @@ from datasets import Dataset, DatasetDict, Features, Sequence, Value, load_from_
 from bidirect.config import Augmentation, DataConfig
 from bidirect.data.pools import Pools, load_pools
 from bidirect.data.templates import INVERSE_QUESTIONS, QUESTIONS, TEMPLATES
-from bidirect.integrity import check_manifest, data_advice, write_manifest
+from bidirect.integrity import DATA_SHA, check_manifest, data_advice, write_manifest
 from bidirect.results import ATTRIBUTES
 from bidirect.rundir import RunDirError
 
@@ -67,7 +67,6 @@ QA_FEATURES = Features(
 
 
 PERSON_FIELDS = ("Subj", "subj", "poss", "obj")
-DATA_SHA = "sha256"  # in a saved data folder: `StudyData.sha256` of the data as generated
 
 
 def saved_sha256(directory: str | Path) -> str | None:
