@@ -62,6 +62,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     from bidirect.api import run
     from bidirect.report.tables import print_results
+    from bidirect.rundir import RESULTS_FILE
 
     if args.workers < 1:
         raise ConfigError(f"--workers: at least 1, got {args.workers}")
@@ -69,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                   pretrained_from=args.pretrained_from, workers=args.workers, console=console)
     if PartialState().is_main_process:
         print_results(console, results)
-        console.print(f"results: {Path(args.out) / 'results.json'} ({results['wall_seconds']:.0f} s)")
+        console.print(f"results: {Path(args.out) / RESULTS_FILE} ({results['wall_seconds']:.0f} s)")
 
 
 def cmd_train_cells(args: argparse.Namespace) -> None:

@@ -45,7 +45,7 @@ from transformers import (
 from bidirect.config import BACKBONE_KINDS, ModelSize
 from bidirect.gbert import GBertConfig, GBertForMaskedLM
 from bidirect.integrity import check_manifest, retrain_advice
-from bidirect.rundir import CONFIG_FILE, MODELS_DIR, RESULTS_FILE, RunDirError
+from bidirect.rundir import CONFIG_FILE, RESULTS_FILE, RunDirError, run_of_model
 
 Kind = Literal["causal", "masked"]
 
@@ -217,9 +217,8 @@ def _retrain(model_dir: Path) -> str:
     """Advice that works for a damaged saved model: training is deterministic, so the phase trained again is
     the same model. A resume skips every cell results.json already holds, so that file goes too (a resume
     writes it again from the saved phases, training only the deleted one)."""
-    phase = model_dir.parent
-    run = phase.parents[3] if len(phase.parents) > 3 and phase.parents[2].name == MODELS_DIR else None
-    if run is None or not (run / CONFIG_FILE).is_file():
+    phase, run = model_dir.parent, run_of_model(model_dir)
+    if run is None:
         return f"the file is damaged: delete {phase} and train that phase anew"
     results = run / RESULTS_FILE
     away = f"move {results} away, " if results.exists() else ""
@@ -259,8 +258,8 @@ def load_backbone(path: str | Path) -> PreTrainedModel:
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise FileNotFoundError(f"no weights in {path} (expected model.safetensors next to config.json)")
     # the hashes recorded at save: random bytes in a tensor load without an error, and evaluate as another model
-    run_dir = path.parents[4] if len(path.parents) > 4 else path  # RUN/models/AUG/BACKBONE/PHASE/model
-    if (run_dir / "config.yaml").is_file():
+    run_dir = run_of_model(path)
+    if run_dir is not None:
         advice = retrain_advice(run_dir, path.parent)
     else:
         advice = _retrain(path).replace("the file is damaged: ", "")

@@ -977,6 +977,15 @@ def check_fresh_data(run_dir: Path) -> None:
                           "away, then run the same command again.")
 
 
+def run_of_model(model: Path) -> Path | None:
+    """The run folder a saved model (RUN/models/AUGMENTATION/BACKBONE/PHASE/model) lies in, where that folder has
+    its config.yaml; None for a model saved anywhere else."""
+    up = model.parents
+    if len(up) > 4 and up[3].name == MODELS_DIR and (up[4] / CONFIG_FILE).is_file():
+        return up[4]
+    return None
+
+
 def write_data(run_dir: Path, data: Any) -> None:
     """Save the run's `StudyData` (its own format, `StudyData.save`) aside, then rename it into place (over
     data bidirect saved: `check_fresh_data`)."""
