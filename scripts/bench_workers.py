@@ -1,13 +1,15 @@
-"""What `--workers` buys on this machine: wall time of a 4-cell grid and of the default study with one worker and
+"""What `--workers` buys on this machine: wall time of two 4-cell grids and of the default study, with one worker and
 with two. A benchmark, not a test: it prints its figures and writes them to runs/bench/workers_cpu.json. Run it
 on an idle machine (nothing else heavy beside it: the figures are wall times).
 
-    python scripts/bench_workers.py               # the grid (a few minutes) and the default study (about 35 min)
-    python scripts/bench_workers.py --only grid
+    python scripts/bench_workers.py               # all three below (about 40 min)
+    python scripts/bench_workers.py --only grid   # --only load, --only study
 
-The grid is configs/example_report.yaml's study over seed [0, 1] x pretrain.steps [100, 300]; the default study is
-`bidirect run` without a config. The grid is run as one process on every core (torch's default threads), as one
-worker on one thread, and as two workers of one thread each; the study the first way and the last.
+The grid is configs/example_report.yaml's study over seed [0, 1] x pretrain.steps [100, 300] (cells of seconds);
+the load grid four cells of the load curve (configs/load_curve.yaml: seeds 0-1 of its 100-people points at 2 x 32
+and 2 x 64, cells of minutes); the default study is `bidirect run` without a config. The grid is run as one process
+on every core (torch's default threads), as one worker on one thread, and as two workers of one thread each; the
+load grid and the study the first way and the last.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def measure(name: str, command: list[str], work: Path, ways: list[str]) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["grid", "study"])
+    parser.add_argument("--only", choices=["grid", "study", "load"])
     parser.add_argument("--out", default=str(ROOT / "runs/bench/workers_cpu.json"))
     args = parser.parse_args()
     report = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()},
@@ -84,12 +86,24 @@ def main() -> int:
             grid.write_text(yaml.safe_dump(study, sort_keys=False))
             report["grid"] = {**measure("grid", ["sweep", str(grid)], work, list(WAYS)), "cells": 4,
                               "study": "configs/example_report.yaml, sweep seed [0, 1] x pretrain.steps [100, 300]"}
+        if args.only in (None, "load"):
+            sweep = yaml.safe_load((ROOT / "configs/load_curve.yaml").read_text())
+            keep = ("people100_w32", "people100_w64")
+            sweep["sweep"] = {"seed": [0, 1], "point": {k: sweep["sweep"]["point"][k] for k in keep}}
+            grid = work / "load.yaml"
+            grid.write_text(yaml.safe_dump(sweep, sort_keys=False))
+            ways = ["one process, every core", "two workers, one thread each"]
+            report["load"] = {**measure("load", ["sweep", str(grid)], work, ways), "cells": 4,
+                              "study": "configs/load_curve.yaml, seed [0, 1] x point [people100_w32, people100_w64]"}
         if args.only in (None, "study"):
             # one worker on one thread is left out here: it adds half an hour and the grid measures it
             ways = ["one process, every core", "two workers, one thread each"]
             report["study"] = {**measure("study", ["run"], work, ways), "study": "the default (configs/quick.yaml)"}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    out = Path(args.out)
+    if out.is_file():  # a part measured alone (--only) joins what an earlier run measured
+        report = {**json.loads(out.read_text()), **report}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written: {args.out}")
     return 0
 
