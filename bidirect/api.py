@@ -174,7 +174,7 @@ def results_frame(run: str | Path | dict[str, Any] | Run) -> pd.DataFrame:
     ``qa_test`` or ``qa_test_given``)."""
     from bidirect.rundir import read_results
 
-    results = Run.of(read_results(Path(run)) if isinstance(run, (str, Path)) else run)
+    results = read_results(Path(run)) if isinstance(run, (str, Path)) else Run.of(run)
     rows = []
     for cell in results.cells:
         for level in cell.shown_levels():

@@ -102,7 +102,6 @@ def cmd_summary(args: argparse.Namespace) -> None:
         summary_markdown,
         summary_table,
     )
-    from bidirect.results import Run
     from bidirect.rundir import RESULTS_FILE, SUMMARY_FILE, RunFolder, read_results
 
     sweeps = [Path(d) for d in args.run_dirs if sweep_lib.is_sweep_dir(Path(d))]
@@ -127,12 +126,9 @@ def cmd_summary(args: argparse.Namespace) -> None:
         if any(state != "finished" for state in states.values()):  # in progress: who does what
             for name, state in states.items():
                 console.print(f"{sweep_dir}: cell {name}: {state}", markup=False, highlight=False)
-            if "finished" not in states.values():
-                console.print(f"{sweep_dir}: no finished cell yet, so no summary")
-                continue
         console.print(summary_table(sweep_lib.summarize(sweep_dir)))
         console.print(f"summary: {sweep_dir / SUMMARY_FILE}")
-    runs = {d: Run.from_json(read_results(Path(d))) for d in args.run_dirs if Path(d) not in sweeps}
+    runs = {d: read_results(Path(d)) for d in args.run_dirs if Path(d) not in sweeps}
     if args.backbone and runs:  # a name in no run left no rows, and the table code failed on none
         have = list(dict.fromkeys(c.backbone for r in runs.values() for c in r.cells))
         for name in args.backbone:

@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 from bidirect import config as config_lib
 from bidirect.config import StudyConfig
-from bidirect.results import run_or_none, shape_error
+from bidirect.results import Run, run_or_none, shape_error
 
 MARKER = ".bidirect"
 Kind = Literal["run", "sweep"]
@@ -905,7 +905,9 @@ def require_run_dir(run_dir: Path) -> StudyConfig:
     return config_lib.load(RunFolder(run_dir).config, saved=True)
 
 
-def read_results(run_dir: Path) -> dict[str, Any]:
+def read_results(run_dir: Path) -> Run:
+    """A run folder's results.json as a `Run`, or a `RunDirError` naming what is wrong and the command that
+    writes it again."""
     _check_is_folder(run_dir)
     path = RunFolder(run_dir).results
     if not path.is_file() and not RunFolder(run_dir).config.is_file() and any(run_dir.glob(f"*/{RESULTS_FILE}")):
@@ -928,7 +930,7 @@ def read_results(run_dir: Path) -> dict[str, Any]:
     wrong = shape_error(results)
     if wrong:  # `{"results": []}` or a text wall_seconds ended in a traceback wherever the file was read
         raise RunDirError(f"{path}: not a bidirect results file ({wrong}); {advice}")
-    return results
+    return Run.from_json(results)
 
 
 def _clear_tmp(path: Path) -> None:

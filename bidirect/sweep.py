@@ -529,10 +529,10 @@ def read_cells(sweep_dir: Path) -> tuple[dict[str, list], list[Cell]]:
         meta = read_manifest(manifest, "put back a good copy, or delete it: the run folders' own configs then say "
                              "what was swept")
         axes = meta["axes"]
-        found = [Cell(c["name"], c["values"], run=Run.from_json(read_results(sweep_dir / c["name"])))
+        found = [Cell(c["name"], c["values"], run=read_results(sweep_dir / c["name"]))
                  for c in meta["cells"] if RunFolder(sweep_dir / c["name"]).results.is_file()]
     else:
-        runs = {p.parent.name: Run.from_json(read_results(p.parent))
+        runs = {p.parent.name: read_results(p.parent)
                 for p in sorted(sweep_dir.glob(f"*/{RESULTS_FILE}"))}
         flat = {name: {k: json.dumps(v, sort_keys=True) for k, v in dotted(r.config or {}).items()}
                 for name, r in runs.items()}

@@ -41,7 +41,7 @@ SCALE = [(300, ["cpu_study", "cpu_study_seed1", "cpu_study_seed2"],
 def committed(run: str) -> Run | None:
     """A committed run's results (None where the run is not committed)."""
     folder = ROOT / "runs" / run
-    return Run.from_json(read_results(folder)) if (folder / "results.json").is_file() else None
+    return read_results(folder) if (folder / "results.json").is_file() else None
 
 
 def cell(run: str, backbone: str) -> tuple[dict, dict] | None:

@@ -46,7 +46,7 @@ MEMORIZED = 0.5
 
 def _read(run: str) -> Run | None:
     folder = ROOT / "runs" / run
-    return Run.from_json(read_results(folder)) if (folder / "results.json").is_file() else None
+    return read_results(folder) if (folder / "results.json").is_file() else None
 
 
 def point(run: str) -> dict | None:
@@ -193,7 +193,7 @@ def mechanism() -> dict:
         name = path.parent.relative_to(ROOT / "runs").as_posix()
         if "window" in name or name.startswith("answer_window"):
             continue
-        found = Run.from_json(read_results(path.parent))
+        found = read_results(path.parent)
         for c in found.cells:
             if c.backbone == "gbert" and {"qa_test_given", "name_tied", "sentence_recall"} <= set(c.levels):
                 runs.append({"run": name, "told": c.levels["qa_test_given"]["mean"],

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 from bidirect.evaluate import paired_difference
-from bidirect.results import Run
 from bidirect.rundir import read_results
 
 
@@ -24,7 +23,7 @@ def level(spec: str) -> tuple[dict, str | None]:
     if len(parts) not in (3, 4):
         raise SystemExit(f"{spec}: expected RUN:BACKBONE:LEVEL[:AUGMENTATION]")
     run, backbone, name = Path(parts[0]), parts[1], parts[2]
-    results = Run.from_json(read_results(run))
+    results = read_results(run)
     augs = results.by_augmentation()
     aug = parts[3] if len(parts) == 4 else next(iter(augs)) if len(augs) == 1 else None
     if aug not in augs:

@@ -306,7 +306,7 @@ def exact_run(tmp_path_factory):
 
 
 def _levels(run):
-    return {lv: {k: v for k, v in r.items()} for lv, r in read_results(run)["results"]["single"]["gbert"].items()}
+    return {lv: dict(r) for lv, r in read_results(run).cell("single", "gbert").levels.items()}
 
 
 def test_window_study_fine_tuned_from_saved_pretraining_equals_one_from_scratch(exact_run, tmp_path):
@@ -324,7 +324,7 @@ def test_window_study_fine_tuned_from_saved_pretraining_equals_one_from_scratch(
     assert not (tmp_path / "reused/models/single/gbert/pretrain/checkpoints").exists()
     assert main(["run", str(config), "--out", str(tmp_path / "scratch")]) == 0
     assert _levels(tmp_path / "scratch") == reused
-    assert read_results(tmp_path / "reused")["config"]["masking"]["answer"] == "window"
+    assert read_results(tmp_path / "reused").config["masking"]["answer"] == "window"
 
 
 @pytest.mark.parametrize(("changes", "words"), [({"model__layers": 2}, "its model.layers is 1"),

@@ -376,7 +376,7 @@ def _config_block(text: str) -> str:
 
 
 def run_report(run_dir: Path, out: Path) -> str:
-    results = Run.from_json(read_results(run_dir))
+    results = read_results(run_dir)
     curves = _loss_curves(run_dir, results)
     # the figures of its earlier report, which this one may not redraw; a loss figure it cannot draw (no logs) stays
     fig_dir = rundir.clear_report(out, keep=_undrawable_loss(curves))
