@@ -82,10 +82,10 @@ def run(config: str | Path | dict[str, Any] | StudyConfig | None, out: str | Pat
     """Run a study into the folder ``out`` (the rules of `bidirect run`: a finished run is never
     overwritten without ``force``; ``resume`` continues one) and return its results.json as a dict.
     ``pretrained_from``: a run folder whose finished pretraining this study reuses (`study.reuse_pretraining`).
-    ``workers``: train the cells in that many processes side by side (`train_in_workers`; ``console``: where their
-    lines go), then evaluate them here."""
+    ``workers``: train the cells in that many processes side by side (`study.train_in_workers`; ``console``: where
+    their lines go), then evaluate them here."""
     from bidirect.rundir import RunFolder, open_run_dir
-    from bidirect.study import check_reuse, make_accelerator, reuse_pretraining, run_study, start_study
+    from bidirect.study import check_reuse, make_accelerator, run_in_folder
 
     quiet_libraries()
     cfg = study_config(config, overrides)
@@ -100,38 +100,8 @@ def run(config: str | Path | dict[str, Any] | StudyConfig | None, out: str | Pat
     opened = open_run_dir(run_dir, cfg, resume=resume, force=force) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     with contextlib.closing(opened) if opened is not None else contextlib.nullcontext():
-        if reuse and accelerator.is_main_process:
-            reuse_pretraining(cfg, run_dir, Path(pretrained_from))
-        accelerator.wait_for_everyone()
-        if workers > 1:
-            if accelerator.num_processes > 1:
-                raise ConfigError("--workers under accelerate launch: the launched processes already share each "
-                                  "cell; give one or the other")
-            start_study(cfg, run_dir, accelerator, opened)  # data and tokenizer, made once, before any worker
-            train_in_workers(cfg, run_dir, workers, console)
-        return run_study(cfg, run_dir, accelerator, opened=opened)
-
-
-def train_in_workers(cfg: StudyConfig, run_dir: Path, workers: int, console: Any = None) -> None:
-    """The untrained cells of a run whose data are made, dealt round robin to ``workers`` `bidirect train-cells`
-    processes (this process holds the run's lock). Each trains with the seeds a one-process run uses and, on a CPU,
-    one torch thread unless OMP_NUM_THREADS says otherwise; this process then evaluates at that thread count, so
-    that results.json records the count the models were trained at."""
-    import torch
-
-    from bidirect.study import untrained_cells
-    from bidirect.trainer import TrainingError
-    from bidirect.workers import launch
-
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
-    cells = untrained_cells(cfg, run_dir)
-    argvs = [["train-cells", str(run_dir), *[f"--cell={a}/{b}" for a, b in cells[k::workers]]]
-             for k in range(min(workers, len(cells)))]
-    code = launch(argvs, console) if argvs else 0
-    if code != 0:
-        raise TrainingError(f"a worker stopped (exit {code}; its lines above say why); what the workers saved is "
-                            f"kept: `bidirect run ... --out {run_dir} --resume --workers {workers}` continues")
+        return run_in_folder(cfg, run_dir, accelerator, opened, Path(pretrained_from) if reuse else None, workers,
+                             console)
 
 
 def sweep(config: str | Path | dict[str, Any], out: str | Path, force: bool = False,

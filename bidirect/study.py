@@ -484,6 +484,42 @@ def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None =
     return run.to_json()
 
 
+def run_in_folder(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator, opened: rundir.Opened | None,
+                  pretrained_from: Path | None = None, workers: int = 1, console: Any = None) -> dict[str, Any]:
+    """A study in its run folder, made or resumed and locked by the caller (``opened`` in the main process; after a
+    ``--force``, the replaced folder waits there for `start_study`): ``pretrained_from``'s finished pretraining copied
+    in where the folder has no data yet, the cells trained (in ``workers`` processes side by side, `train_in_workers`)
+    and evaluated, results.json written. The one way `api.run` and each cell of a sweep run a study."""
+    if pretrained_from is not None and accelerator.is_main_process and not RunFolder(run_dir).data.exists():
+        reuse_pretraining(cfg, run_dir, pretrained_from)
+    accelerator.wait_for_everyone()
+    if workers > 1:
+        if accelerator.num_processes > 1:
+            raise ConfigError("--workers under accelerate launch: the launched processes already share each cell; "
+                              "give one or the other")
+        start_study(cfg, run_dir, accelerator, opened)  # data and tokenizer, made once, before any worker
+        train_in_workers(cfg, run_dir, workers, console)
+    return run_study(cfg, run_dir, accelerator, opened=opened)
+
+
+def train_in_workers(cfg: StudyConfig, run_dir: Path, workers: int, console: Any = None) -> None:
+    """The untrained cells of a run whose data are made, dealt round robin to ``workers`` `bidirect train-cells`
+    processes (this process holds the run's lock). Each trains with the seeds a one-process run uses and, on a CPU,
+    one torch thread unless OMP_NUM_THREADS says otherwise; this process then evaluates at that thread count, so
+    that results.json records the count the models were trained at."""
+    from bidirect.workers import launch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+    cells = untrained_cells(cfg, run_dir)
+    argvs = [["train-cells", str(run_dir), *[f"--cell={a}/{b}" for a, b in cells[k::workers]]]
+             for k in range(min(workers, len(cells)))]
+    code = launch(argvs, console) if argvs else 0
+    if code != 0:
+        raise TrainingError(f"a worker stopped (exit {code}; its lines above say why); what the workers saved is "
+                            f"kept: `bidirect run ... --out {run_dir} --resume --workers {workers}` continues")
+
+
 def paired_by_augmentation(run: Run) -> dict[str, list[dict[str, Any]]]:
     """results.json's ``paired``: per augmentation, the paired differences between its backbones."""
     return {aug: paired_differences({c.backbone: c.levels for c in cells})

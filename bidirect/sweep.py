@@ -403,7 +403,7 @@ def _run_cells(sweep: Sweep, out: Path, accelerator, console, pretrained_from: P
     """Claim the first unfinished cell no other worker holds (its run folder's lock, taken under the sweep
     folder's, so two workers never take one cell), run it, and go on until no cell is free. Cells of an earlier
     invocation that this sweep file no longer lists are kept, not run."""
-    from bidirect.study import reuse_pretraining, run_study
+    from bidirect.study import run_in_folder
 
     cells = [c for c in sweep.cells if c.config is not None]
     # After --force the old sweep folder waits aside until a cell passes its checks (study.start_study).
@@ -421,11 +421,9 @@ def _run_cells(sweep: Sweep, out: Path, accelerator, console, pretrained_from: P
         run_dir = out / cell.name
         if console is not None and accelerator.is_main_process:
             console.print(f"[bold]sweep {i + 1}/{len(cells)} {cell.name}[/bold]")
-        if pretrained_from is not None and accelerator.is_main_process and not RunFolder(run_dir).data.exists():
-            reuse_pretraining(cell.config, run_dir, pretrained_from)
         accelerator.wait_for_everyone()
         try:
-            run_study(cell.config, run_dir, accelerator, opened=replaced)
+            run_in_folder(cell.config, run_dir, accelerator, replaced, pretrained_from)
         finally:
             if opened is not None:
                 opened.close()
@@ -444,11 +442,16 @@ def _claim(cells: list[Cell], out: Path, console, told: set[str]) -> tuple[int |
                 told.add(cell.name)
                 continue
             try:
-                return i, open_run_dir(run_dir, cell.config, resume=True)
+                opened = open_run_dir(run_dir, cell.config, resume=True)
             except rundir.FolderInUse as err:
                 if console is not None and cell.name + " held" not in told:
                     console.print(f"[dim]sweep {i + 1}/{len(cells)} {cell.name}: {escape(_held_by(err))}[/dim]")
                 told.add(cell.name + " held")
+                continue
+            if cell_finished(run_dir, cell.config):  # its worker finished it between the check above and the lock
+                opened.close()
+                continue
+            return i, opened
         return None, None
     finally:
         lock.release()

@@ -90,9 +90,10 @@ def _summary_hook(tmp_path: Path, monkeypatch) -> Path:
 def test_two_workers_train_each_cell_once_with_one_workers_results(tmp_path, one_worker, capsys, monkeypatch):
     log = _summary_hook(tmp_path, monkeypatch)
     out = tmp_path / "out"
-    assert main(["sweep", str(_grid(tmp_path)), "--out", str(out), "--workers", "2"]) == 0
+    code = main(["sweep", str(_grid(tmp_path)), "--out", str(out), "--workers", "2"])
     text = capsys.readouterr().out
-    assert sorted(_claims(text)) == sorted(CELLS)  # every cell started once, by one worker
+    assert code == 0, text[-3000:]
+    assert sorted(_claims(text)) == sorted(CELLS), text[-3000:]  # every cell started once, by one worker
     assert {line[:4] for line in text.splitlines() if line.startswith("[w")} == {"[w1]", "[w2]"}
     assert _results(out) == _results(one_worker)
     assert len(log.read_text().splitlines()) == 1  # the summary written once, by the worker that finished last
@@ -145,7 +146,7 @@ def test_two_workers_started_at_the_same_instant_make_one_sweep(tmp_path, one_wo
                for _ in range(2)]
     texts = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], texts
-    assert sorted(_claims(texts[0]) + _claims(texts[1])) == sorted(CELLS)
+    assert sorted(_claims(texts[0]) + _claims(texts[1])) == sorted(CELLS), "\n=====\n".join(texts)
     assert _results(out) == _results(one_worker)
     assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # no temporary left beside it
 
@@ -244,6 +245,6 @@ def test_a_sweep_under_accelerate_launch_claims_each_cell_once_for_both_processe
     done = subprocess.run([*launch, "sweep", str(grid), "--out", str(out)], env=ONE_THREAD, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert _claims(done.stdout) == ["seed=0", "seed=1"]
+    assert _claims(done.stdout) == ["seed=0", "seed=1"], done.stdout[-3000:] + done.stderr[-3000:]
     assert all((out / cell / "results.json").is_file() for cell in ("seed=0", "seed=1"))
     assert (out / SUMMARY_FILE).is_file()
