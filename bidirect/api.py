@@ -128,12 +128,9 @@ def prepare_sweep(config: str | Path, out: str | Path, pretrained_from: str | Pa
     the folder made or its manifest extended), without running a cell: `bidirect sweep --workers` does it once
     before its workers start, so that a refusal is one error."""
     from bidirect import sweep as sweep_lib
-    from bidirect.study import check_reuse
 
     grid, out = sweep_lib.load(config), Path(out)
-    if pretrained_from is not None:
-        for cell in grid.cells:
-            check_reuse(cell.config, Path(pretrained_from), out)
+    sweep_lib.check_cells_reuse(grid, Path(pretrained_from) if pretrained_from is not None else None, out)
     sweep_lib.open_sweep_dir(out, grid, Path(config)).opened.close()
 
 

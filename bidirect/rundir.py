@@ -564,7 +564,11 @@ def _holder_pid(marker: Path) -> int | None:
 
 def _holder(marker: Path) -> str:
     """Who holds the flock on ``marker``, in words."""
-    pid = _holder_pid(marker)
+    return _words(_holder_pid(marker))
+
+
+def _words(pid: int | None) -> str:
+    """A lock's holder in words: its process, host and command where /proc tells them."""
     if pid is not None:
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -627,10 +631,9 @@ class Lock:
 
 
 def holder_pid(folder: Path) -> int | None:
-    """The process holding ``folder``'s lock (Linux), or None."""
-    if holder(folder) is None:
-        return None
-    return _holder_pid(folder / MARKER)
+    """The process holding ``folder``'s lock (Linux: /proc/locks), or None."""
+    marker = folder / MARKER
+    return _holder_pid(marker) if marker.is_file() and not marker.is_symlink() else None
 
 
 def holder(folder: Path) -> str | None:
@@ -640,7 +643,8 @@ def holder(folder: Path) -> str | None:
     if not marker.is_file() or marker.is_symlink():
         return None
     if Path("/proc/locks").is_file():
-        return _holder(marker) if _holder_pid(marker) is not None else None
+        pid = _holder_pid(marker)
+        return None if pid is None else _words(pid)
     try:
         check_unlocked(folder)
     except FolderInUse:

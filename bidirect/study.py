@@ -329,7 +329,7 @@ def untrained_cells(cfg: StudyConfig, run_dir: Path) -> list[tuple[str, str]]:
 
 def train_cells(run_dir: Path, cells: list[tuple[str, str]]) -> None:
     """Train ``cells`` ((augmentation, backbone) pairs) of a run whose data and tokenizer are made, without
-    evaluating: a worker of `bidirect run --workers` (`api.run`), whose parent holds the run's lock, evaluates
+    evaluating: a worker of `bidirect run --workers` (`train_in_workers`), whose parent holds the run's lock, evaluates
     every cell once all are trained and writes results.json. Refused unless the parent process holds that lock."""
     holder = rundir.holder_pid(run_dir)
     if holder != os.getppid():

@@ -366,6 +366,16 @@ def _merge_old(out: Path, sweep: Sweep) -> Sweep:
     return sweep
 
 
+def check_cells_reuse(sweep: Sweep, pretrained_from: Path | None, out: Path) -> None:
+    """Each cell's reuse of ``pretrained_from``'s pretraining checked (`study.check_reuse`), before the folder is
+    made."""
+    from bidirect.study import check_reuse
+
+    if pretrained_from is not None:
+        for cell in sweep.cells:
+            check_reuse(cell.config, pretrained_from, out)
+
+
 def run_sweep(sweep: Sweep, out: Path, source: Path, force: bool = False, pretrained_from: Path | None = None,
               console=None) -> dict[str, Any] | None:
     """Run ``sweep`` (read from ``source``) into the folder ``out`` as one worker, then pool its seeds: the folder
@@ -376,11 +386,9 @@ def run_sweep(sweep: Sweep, out: Path, source: Path, force: bool = False, pretra
     `accelerate launch`). ``pretrained_from``: a run whose finished pretraining every new cell starts from
     (`study.reuse_pretraining`; a grid of fine-tuning or evaluation choices), each cell checked before the sweep
     folder is made. ``console``: where each cell's progress line goes."""
-    from bidirect.study import check_reuse, make_accelerator
+    from bidirect.study import make_accelerator
 
-    if pretrained_from is not None:  # a refusal changes nothing
-        for cell in sweep.cells:
-            check_reuse(cell.config, pretrained_from, out)
+    check_cells_reuse(sweep, pretrained_from, out)  # a refusal changes nothing
     accelerator = make_accelerator(sweep.cells[0].config, out)
     # The main process writes the folder and claims cells; the others read the same cells from what it wrote.
     opened = open_sweep_dir(out, sweep, source, force=force, console=console) if accelerator.is_main_process else None
@@ -421,8 +429,7 @@ def _run_cells(sweep: Sweep, out: Path, accelerator, console, pretrained_from: P
         run_dir = out / cell.name
         if console is not None and accelerator.is_main_process:
             console.print(f"[bold]sweep {i + 1}/{len(cells)} {cell.name}[/bold]")
-        accelerator.wait_for_everyone()
-        try:
+        try:  # run_in_folder waits for every process before it trains
             run_in_folder(cell.config, run_dir, accelerator, replaced, pretrained_from)
         finally:
             if opened is not None:
@@ -443,9 +450,10 @@ def _claim(cells: list[Cell], out: Path, console, told: set[str]) -> tuple[int |
                 continue
             try:
                 opened = open_run_dir(run_dir, cell.config, resume=True)
-            except rundir.FolderInUse as err:
+            except rundir.FolderInUse:
                 if console is not None and cell.name + " held" not in told:
-                    console.print(f"[dim]sweep {i + 1}/{len(cells)} {cell.name}: {escape(_held_by(err))}[/dim]")
+                    who = rundir.holder(run_dir) or "another worker"
+                    console.print(f"[dim]sweep {i + 1}/{len(cells)} {cell.name}: trained by {escape(who)}[/dim]")
                 told.add(cell.name + " held")
                 continue
             if cell_finished(run_dir, cell.config):  # its worker finished it between the check above and the lock
@@ -468,12 +476,6 @@ def _take(out: Path, console) -> rundir.Lock:
         return rundir.Lock(out).acquire(wait=True)
 
 
-def _held_by(err: rundir.FolderInUse) -> str:
-    """'trained by process N on HOST (...)' from the lock's refusal."""
-    text = str(err)
-    return "trained by " + text.split(": in use by ", 1)[1].split("; wait", 1)[0] if ": in use by " in text else text
-
-
 def _finish(sweep: Sweep, out: Path, console) -> dict[str, Any] | None:
     """Once every cell the sweep file lists has finished: the summary, written unless summary.json already holds
     it (the worker that finishes the last cell writes it; a later worker or invocation finds it written). Before
@@ -489,10 +491,10 @@ def _finish(sweep: Sweep, out: Path, console) -> dict[str, Any] | None:
                               f"{SUMMARY_FILE}; `bidirect sweep` again resumes a cell no worker holds")
             return None
         summary = aggregate(out)
-        path = out / SUMMARY_FILE
+        raw = rundir.read_regular(out / SUMMARY_FILE)
         try:
-            written = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
-        except (OSError, json.JSONDecodeError):
+            written = json.loads(raw) if raw is not None else None
+        except ValueError:  # not JSON: write_summary says whose file it is
             written = None
         if written != json.loads(rundir.json_text(summary)):
             write_summary(out, summary)

@@ -3,9 +3,9 @@ same folder, `bidirect run --workers N` N `bidirect train-cells` processes that 
 their output is relayed, each line led by its worker's number.
 
 A worker is an ordinary process, so whatever places processes places workers: this module on one machine, a
-cluster's array jobs (one `bidirect sweep` per task over a shared folder, docs/sweeps.md) elsewhere. The
+cluster's array jobs (one `bidirect sweep` per task over a shared folder, docs/sweeps_and_reports.md). The
 workers of a sweep divide its cells among themselves through the folders' locks (`sweep._claim`); a run's
-are given theirs (`api.run`). Nothing here knows what a cell is.
+are dealt theirs (`study.train_in_workers`). Nothing here knows what a cell is.
 
 Each worker gets one torch thread on a CPU (``OMP_NUM_THREADS=1`` unless the environment sets it: a committed run
 is reproduced bit for bit at the thread count its results.json records) and one GPU where there are GPUs
@@ -48,10 +48,9 @@ def visible_gpus() -> list[str]:
 
 def launch(argvs: list[list[str]], console: Any = None) -> int:
     """Run ``bidirect *argv`` for each of ``argvs`` at once, a worker each, and wait for all of them, relaying each
-    line as
-    ``[wK] line``. Returns 0 if every worker succeeded, else the first failure's exit code. The workers share this
-    process's group, so Ctrl-C at the terminal reaches each of them (each stops as one `bidirect sweep` does,
-    keeping what it saved); they are waited for, not killed."""
+    line as ``[wK] line``. Returns 0 if every worker succeeded, else the first failure's exit code. The workers
+    share this process's group, so Ctrl-C at the terminal reaches each of them (each stops as one `bidirect sweep`
+    does, keeping what it saved); they are waited for, not killed."""
     gpus = visible_gpus()
     procs = [subprocess.Popen([sys.executable, "-m", "bidirect", *argv], env=worker_env(i, gpus),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
@@ -73,12 +72,9 @@ def launch(argvs: list[list[str]], console: Any = None) -> int:
         t.start()
     try:
         codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
+    finally:  # after Ctrl-C too: each worker saves what it can, and its last lines are relayed
         for p in procs:
             p.wait()
         for t in threads:
             t.join()
-        raise
-    for t in threads:
-        t.join()
     return next((c for c in codes if c != 0), 0)
