@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from bidirect.config import ConfigError, StudyConfig, apply_overrides, blamed, from_dict, load, validate
+from bidirect.protocol import RULES, TOLD
 from bidirect.results import ATTRIBUTES, BASELINES, Run, final_phase
 
 
@@ -152,7 +153,7 @@ def results_frame(run: str | Path | dict[str, Any] | Run) -> pd.DataFrame:
                 low, high = (scores.get("ci95") or {}).get(attr) or (None, None)
                 rows.append([cell.augmentation, cell.backbone, level, attr, scores[attr], low, high, scores.get("n"),
                              scores.get("people")])
-    for key, level in zip(BASELINES, ("qa_test", "qa_test_given")):
+    for key, level in zip(BASELINES, ("qa_test", f"qa_test_{TOLD}")):
         for attr, value in (results.baselines.get(key) or {}).items():
             if attr in (*ATTRIBUTES, "mean"):
                 rows.append([None, "majority", level, attr, value, None, None, None, None])
@@ -207,15 +208,15 @@ def ask(run: str | Path, question: str, backbone: str | None = None, augmentatio
         raise ConfigError(f"--length: {length}; the models read at most model.context = {context} tokens, the "
                           "question included")
     cfg, cells, phase = select_cells(run_dir, augmentation, backbone, final_phase(cfg.protocol))
-    rule = "given" if length is not None else cfg.eval.masked_length
+    rule = TOLD if length is not None else cfg.eval.masked_length
     if any(backbone_kind(b) == "masked" for _, b in cells):  # before any model is loaded
-        if rule == "given" and length is None:
+        if RULES[rule].reads == "told" and length is None:
             raise ConfigError("--length: this run tells masked models the answer's length (eval.masked_length: "
-                              "given); give it, --length N tokens")
-        if rule == "prior" and question_attribute(question) is None:
+                              f"{rule}); give it, --length N tokens")
+        if RULES[rule].by_attribute and question_attribute(question) is None:
             raise ConfigError(f"question: {question!r} is in none of the study's forms, and this run chooses a "
-                              "masked answer's length from the attribute asked (eval.masked_length: prior); ask in "
-                              f"one of them (e.g. {example!r}), or tell the length with --length N")
+                              f"masked answer's length from the attribute asked (eval.masked_length: {rule}); ask "
+                              f"in one of them (e.g. {example!r}), or tell the length with --length N")
     run_folder, device = RunFolder(run_dir), torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer, data = read_tokenizer(run_dir), StudyData.load(run_folder.data)
     # A question past the context indexed past the position table (an IndexError), or was read cut short.

@@ -23,7 +23,10 @@ from typing import Any, Literal
 
 import yaml
 
+from bidirect.protocol import ANSWERS, RULES, rules_for
 from bidirect.results import phases
+
+RULE_NAMES = tuple(RULES)  # eval.masked_length: every rule of the protocol
 
 # Sizes of the shipped pools; kept here so that validation needs no file access.
 N_FIRST, N_MIDDLE, N_LAST = 400, 400, 1000
@@ -49,10 +52,14 @@ MAX_YAML_VALUES = 100_000
 
 # The attributes an inverse search question may give (data.inverse_from); data.templates words each.
 INVERSE_FROM = (("birth_date", "birth_city"), ("birth_date",))
-# The answer-length rules of masked QA (eval.masked_length) that each way of fine-tuning (masking.answer) allows;
-# the headline rule scores qa_train, qa_val and qa_test, each other one the same people as qa_<split>_<rule>
-# (results.RULE_LEVELS).
-LENGTH_RULES = {"exact": ("free", "prior", "given"), "window": ("window", "given")}
+# A field that only QA fine-tuning reads (``field(..., metadata=FINETUNE)``): a run may reuse another's pretraining
+# whatever it is (study.check_reuse compares everything else).
+FINETUNE = {"scope": "finetune"}
+
+
+def finetune_only(cls: type) -> set[str]:
+    """The fields of the config dataclass ``cls`` marked `FINETUNE`."""
+    return {f.name for f in dataclasses.fields(cls) if f.metadata.get("scope") == "finetune"}
 
 
 class ConfigError(ValueError):
@@ -229,14 +236,14 @@ class MaskingConfig:
     # length is given away, and no length is learned). ``window``: the question then a fixed window of masks, as long
     # as the longest P_train answer plus one; its targets are the answer, end-of-text, then ``window_pad`` (LLaDA's
     # fine-tuning), so the model learns where its answer ends and decodes in one pass.
-    answer: Literal["exact", "window"] = "exact"
+    answer: Literal[ANSWERS] = field(default="exact", metadata=FINETUNE)
     # What the window's positions after the end-of-text are trained to predict: end-of-text again (LLaDA), the pad
     # token (one distinct filler, the single-token case of Rainbow Padding), or nothing (no loss there).
-    window_pad: Literal["eos", "pad", "none"] = "pad"
+    window_pad: Literal["eos", "pad", "none"] = field(default="pad", metadata=FINETUNE)
     # Which of the window's positions are masked in a training example: all (as at evaluation), or each with a
     # probability t drawn per example from U(0, 1), at least one (masked diffusion's fine-tuning); the others show
     # their target.
-    window_rate: Literal["all", "uniform"] = "all"
+    window_rate: Literal["all", "uniform"] = field(default="all", metadata=FINETUNE)
 
     @property
     def needs_values(self) -> bool:
@@ -260,13 +267,12 @@ class EvalConfig:
     batch_size: int = 64
     max_individuals: int = 0  # 0: every individual; else a deterministic subsample per level
     num_beams: int = 1  # causal decoding; the paper used 4 and saw little difference
-    # Masked QA, how the answer's length is chosen (the headline levels qa_train, qa_val, qa_test; the other rules
-    # the model allows are levels beside them, LENGTH_RULES). With masking.answer exact: "free" tries every length up
-    # to the longest P_train answer and keeps the best mean log-probability; "prior" adds the log-probability of the
-    # length under P_train's answer lengths for the question's attribute (Mask-Predict's length candidates); "given"
-    # is the paper's rule, told the length. With masking.answer window: "window" (the answer is what precedes the
-    # first end-of-text of the model's one-pass window) or "given".
-    masked_length: Literal["free", "prior", "window", "given"] = "free"
+    # Masked QA, how the answer's length is chosen (the headline levels qa_train, qa_val, qa_test; every other rule
+    # the fine-tuning allows is a level beside them): "free" keeps the length of the best mean log-probability,
+    # "prior" adds P_train's length prior of the question's attribute, "given" is the paper's rule (told the
+    # length), "window" reads a window-fine-tuned model's end-of-text. What each reads, and which masking.answer it
+    # decodes: bidirect.protocol.RULES.
+    masked_length: Literal[RULE_NAMES] = "free"
     # Masked QA: the answer's masks filled in one forward pass, or one pass per token, committing the first
     # still-masked one (left_to_right) or the one the model is surest of (confidence, as masked-diffusion samplers).
     fill: Literal["one_pass", "left_to_right", "confidence"] = "one_pass"
@@ -593,7 +599,7 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         which = "masking.window_pad" if mk.window_pad != "pad" else "masking.window_rate"
         raise ConfigError(f"{which}: set, but masking.answer is 'exact' (no window to fill); set masking.answer: "
                           "window, or drop it")
-    rules = LENGTH_RULES[mk.answer]
+    rules = rules_for(mk.answer)
     if cfg.eval.masked_length not in rules:
         raise ConfigError(f"eval.masked_length: {cfg.eval.masked_length!r} does not decode a model fine-tuned with "
                           f"masking.answer {mk.answer!r}; allowed with it: {', '.join(map(repr, rules))}")

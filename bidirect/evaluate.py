@@ -54,10 +54,22 @@ from rich.console import Console
 from rich.progress import track
 from transformers import PreTrainedTokenizerFast
 
-from bidirect.config import LENGTH_RULES, EvalConfig
+from bidirect.config import EvalConfig
 from bidirect.data.generate import StudyData, first_bios
 from bidirect.data.templates import question_attribute
-from bidirect.results import ALL_LEVELS, ATTRIBUTES, BASELINES, INVERSE_LEVELS, RULE_LEVELS
+from bidirect.protocol import (
+    ALL_LEVELS,
+    INVERSE_LEVELS,
+    MEMORIZATION_LEVELS,
+    PAIRED_LEVELS,
+    RULES,
+    TOLD,
+    answer_window,
+    cell_levels,
+    lay_out,
+    split_rule,
+)
+from bidirect.results import ATTRIBUTES, BASELINES
 from bidirect.tokenizer import answer_ids, decode_answer, qa_ids, question_ids, value_token_span
 
 
@@ -72,8 +84,6 @@ class Item:
     tokens: int = 0  # the answer's (value's) length in tokens, end-of-text not counted
 
 
-# read on the pretrained model
-MEMORIZATION_LEVELS = ("bio_recall", "name_tied", "sentence_recall", "name_and_values", "values_only")
 BOOTSTRAP_RESAMPLES = 1000
 
 
@@ -293,36 +303,18 @@ def cue_items(tokenizer: PreTrainedTokenizerFast, bios: Dataset, individuals: Da
 
 def qa_items(tokenizer: PreTrainedTokenizerFast, questions: Sequence[str], answers: Sequence[str],
              attributes: Sequence[int], kind: str, people: Sequence[int] | None = None, window: int = 0) -> list[Item]:
-    """QA items. Causal: the answer and end-of-text read after the question. Masked: one mask per answer token
-    (the paper's rule; the rules that choose the length put other numbers of masks there, `_with_length`), or,
-    with ``window`` > 0, a window of that many masks whose reading must be the answer, then end-of-text."""
+    """QA items, laid out as the model was fine-tuned (`protocol.lay_out`): causal, the answer and end-of-text read
+    after the question; masked, one mask per answer token (the rules that choose the length put other numbers of
+    masks there, `_with_length`), or, with ``window`` > 0, an answer window whose reading must be the answer, then
+    end-of-text."""
     eos, mask = tokenizer.eos_token_id, tokenizer.mask_token_id
-    items = []
     people = people if people is not None else [-1] * len(questions)
+    items = []
     for question, answer, a, person in zip(questions, answers, attributes, people, strict=True):
-        q, ans = question_ids(tokenizer, question), answer_ids(tokenizer, answer)
-        if kind == "causal":
-            # Teacher forcing reads the argmax after every correct prefix, and greedy decoding
-            # emits the answer then eos iff each of those argmaxes is right: this is greedy
-            # exact match, in one batched forward pass instead of len(answer) + 1 decoding steps.
-            items.append(Item(q + ans + [eos], list(range(len(q) - 1, len(q) + len(ans))), ans + [eos], a, answer,
-                              person, len(ans)))
-        elif window:
-            items.append(Item(q + [mask] * window, list(range(len(q), len(q) + window)), ans + [eos], a, answer,
-                              person, len(ans)))
-        else:
-            items.append(Item(q + [mask] * len(ans) + [eos], list(range(len(q), len(q) + len(ans))), ans, a, answer,
-                              person, len(ans)))
+        ans = answer_ids(tokenizer, answer)
+        ids, where, want = lay_out(kind, question_ids(tokenizer, question), ans, eos, mask, window)
+        items.append(Item(ids, where, want, a, answer, person, len(ans)))
     return items
-
-
-def split_rule(level: str) -> tuple[str, str | None]:
-    """A QA level's QA set and answer-length rule: ``qa_test_given`` -> (``qa_test``, ``given``); a headline level
-    (``qa_test``, ``inverse_test``) has no rule of its own (None: the study's eval.masked_length)."""
-    if level in RULE_LEVELS:
-        split, rule = level.rsplit("_", 1)
-        return split, rule
-    return level, None
 
 
 def level_items(level: str, tokenizer: PreTrainedTokenizerFast, data: StudyData, augmentation: str, kind: str,
@@ -376,18 +368,6 @@ def _length_prior(answers: list[tuple[int, int]]) -> dict[int, dict[int, float]]
         counts.setdefault(attribute, Counter())[n] += 1
     return {a: {n: math.log((c[n] + 1) / (sum(c.values()) + longest)) for n in range(1, longest + 1)}
             for a, c in counts.items()}
-
-
-def cell_levels(kind: str, answer: str, masked_length: str, qa_sets: Sequence[str]) -> list[str]:
-    """The QA levels a cell reports, in the order of ALL_LEVELS: the headline ones (qa_train, qa_val, qa_test by
-    the study's rule), for a masked model every other answer-length rule its fine-tuning allows on the same people
-    (qa_test_given, ...), and inverse search where the data has it, with the same rules beside it
-    (inverse_test_given: told the full name's length)."""
-    def allowed(level: str) -> bool:
-        qa_set, rule = split_rule(level)
-        return qa_set in qa_sets and (rule is None or (kind == "masked" and rule in LENGTH_RULES[answer]
-                                                       and rule != masked_length))
-    return [lv for lv in ALL_LEVELS if lv not in MEMORIZATION_LEVELS and allowed(lv)]
 
 
 # --------------------------------------------------------------------------- running the model
@@ -461,31 +441,13 @@ def _with_length(item: Item, length: int, mask: int) -> Item:
 def length_candidates(model, items: list[Item], mask: int, pad: int, device: torch.device, fill: str,
                       longest: int) -> list[list[tuple[float, list[int]]]]:
     """Masked QA without the answer's length: per item, for every length from 1 to ``longest``, the filled
-    tokens and their mean log-probability (what the ``free`` and ``prior`` rules choose from)."""
+    tokens and their mean log-probability (the reading of the rules that read ``lengths``: free, prior)."""
     out: list[list[tuple[float, list[int]]]] = [[] for _ in items]
     for length in range(1, longest + 1):
         got, score = read_masks(model, [_with_length(it, length, mask) for it in items], pad, device, fill)
         for i, (tokens, s) in enumerate(zip(got, score, strict=True)):
             out[i].append((s, tokens))
     return out
-
-
-def choose_length(candidates: list[tuple[float, list[int]]], prior: dict[int, float] | None = None) -> list[int]:
-    """The answer a length rule keeps among an item's candidates (one per length, from 1): the best mean
-    log-probability (``free``), plus the log-probability of the length under ``prior`` (``prior``, `length_prior`:
-    every length from 1 to the longest P_train answer; one outside it is no candidate); the shorter on a tie."""
-    best, answer = -math.inf, []
-    for length, (score, tokens) in enumerate(candidates, start=1):
-        if prior is not None:
-            score = score + prior.get(length, -math.inf)
-        if score > best:
-            best, answer = score, tokens
-    return answer
-
-
-def read_window(tokens: list[int], eos: int) -> list[int]:
-    """An answer window's reading: its tokens up to and with the first end-of-text (all of them without one)."""
-    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
 
 
 def generate_answers(model, tokenizer: PreTrainedTokenizerFast, items: list[Item], num_beams: int,
@@ -510,8 +472,9 @@ def score_items(model, kind: str, tokenizer: PreTrainedTokenizerFast, items: lis
                 prior: dict[int, dict[int, float]] | None = None,
                 cache: dict[int, list] | None = None) -> tuple[list[bool], list[int | None]]:
     """Per item: right or wrong, and the length in tokens of the answer the model gave (None where not read).
-    ``rule``: for masked QA (``qa``) the answer-length rule (`LENGTH_RULES`). ``cache``
-    keeps each item's candidate fills (by its index in ``items``), which ``free`` and ``prior`` share."""
+    ``rule``: for masked QA (``qa``) the answer-length rule (`protocol.RULES`), read as it says (``lengths``,
+    ``window`` or ``told``) and decoded by its ``choose``. ``cache`` keeps each item's candidate fills (by its index
+    in ``items``), which the rules that read ``lengths`` share."""
     correct: list[bool] = [False] * len(items)
     lengths: list[int | None] = [None] * len(items)
     # A masked model fills a memorized value left to right (the masked analogue of the causal continuation) and
@@ -519,25 +482,25 @@ def score_items(model, kind: str, tokenizer: PreTrainedTokenizerFast, items: lis
     fill = "one_pass" if kind == "causal" else cfg.fill if qa else "left_to_right"
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     cache = {} if cache is None else cache
+    reads = RULES[rule].reads if rule is not None else None
     for batch in _batches(items, cfg.batch_size, show, label):
         its = [items[i] for i in batch]
         if kind == "causal" and qa and cfg.num_beams > 1:
             got = generate_answers(model, tokenizer, its, cfg.num_beams, device)
             ok = [g[-1:] == [eos] and decode_answer(tokenizer, g) == it.answer for g, it in zip(got, its, strict=True)]
-        elif rule in ("free", "prior"):
+        elif reads == "lengths":
             todo = [i for i in batch if i not in cache]
             if todo:
                 found = length_candidates(model, [items[i] for i in todo], tokenizer.mask_token_id, pad, device,
                                           fill, longest)
                 cache.update(zip(todo, found, strict=True))
-            got = [choose_length(cache[i], prior.get(items[i].attribute, {}) if rule == "prior" else None)
-                   for i in batch]
+            got = [RULES[rule].choose(cache[i], (prior or {}).get(items[i].attribute, {}), eos) for i in batch]
             ok = [g == it.want for g, it in zip(got, its, strict=True)]
-        elif rule == "window":
-            got = [read_window(g, eos) for g in read_masks(model, its, pad, device, fill)[0]]
+        elif reads == "window":
+            got = [RULES[rule].choose(g, {}, eos) for g in read_masks(model, its, pad, device, fill)[0]]
             ok = [g == it.want for g, it in zip(got, its, strict=True)]
             got = [g[:-1] if g[-1:] == [eos] else None for g in got]  # no end-of-text: no length chosen
-        elif rule == "given" and its[0].want[-1:] == [eos]:  # a window model told the length: stop not asked
+        elif reads == "told" and its[0].want[-1:] == [eos]:  # a window model told the length: stop not asked
             got = [g[: it.tokens] for g, it in zip(read_masks(model, its, pad, device, fill)[0], its, strict=True)]
             ok = [g == it.want[:-1] for g, it in zip(got, its, strict=True)]
         else:
@@ -624,10 +587,6 @@ def paired_difference(first: dict[str, Any], second: dict[str, Any], resamples: 
             "people": len(shared)}
 
 
-# what two backbones are compared on, person by person
-PAIRED_LEVELS = ("name_tied", "sentence_recall", "name_and_values", "values_only", "qa_test")
-
-
 def paired_differences(cell: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Every pair of backbones of one augmentation (``cell``: backbone -> its levels, in the study's order),
     compared on the same people (`paired_difference`): memorization (name-tied, sentence recall) and P_test,
@@ -709,7 +668,7 @@ def evaluate_model(model, kind: str, tokenizer: PreTrainedTokenizerFast, data: S
     available = {*MEMORIZATION_LEVELS, *cell_levels(kind, answer, cfg.masked_length, list(data.qa_sets()))}
     answers = _train_answers(tokenizer, data) if kind == "masked" else []  # tokenized once for both
     longest = max(n for _, n in answers) if answers else 0  # as max_answer_tokens
-    window = longest + 1 if answer == "window" else 0
+    window = answer_window(answer, longest)
     prior = _length_prior(answers) if answers else None
     candidates: dict[str, dict[int, list]] = {}  # per QA set: the free and prior rules read the same fills
     live = Console().is_terminal
@@ -756,14 +715,15 @@ def answer_questions(model, kind: str, tokenizer: PreTrainedTokenizerFast, data:
     """Each question's answer as the evaluator decodes it, where no answer is known to score (`bidirect ask`).
     Causal: greedy (eval.num_beams beams: beam search) until end-of-text, at most one token past the longest P_train
     answer; the evaluator's teacher-forced exact match is this greedy decoding, scored. Masked: the masks filled by
-    eval.fill and the length chosen by eval.masked_length, as `score_items` does; with ``length``, told the length (the
-    ``given`` rule). ``answer``: how the model was fine-tuned (masking.answer). The prior rule reads the attribute
-    from the question's form (`question_attribute`); one in no form of the study gets no prior (an empty answer)."""
+    eval.fill and the length chosen by eval.masked_length, as `score_items` does; with ``length``, told the length
+    (the paper's rule, `protocol.TOLD`). ``answer``: how the model was fine-tuned (masking.answer). A rule by the
+    attribute (prior) reads it from the question's form (`question_attribute`); one in no form of the study gets no
+    prior (an empty answer)."""
     device = next(model.parameters()).device
     eos, mask, pad = tokenizer.eos_token_id, tokenizer.mask_token_id, tokenizer.pad_token_id
     answers = _train_answers(tokenizer, data)
     longest = max(n for _, n in answers)
-    rule = "given" if length is not None else cfg.masked_length
+    rule = RULES[TOLD if length is not None else cfg.masked_length]
     asked = [question_ids(tokenizer, q) for q in questions]
     was_training = model.training
     model.eval()
@@ -772,22 +732,20 @@ def answer_questions(model, kind: str, tokenizer: PreTrainedTokenizerFast, data:
             if kind == "causal":  # want: only its length is read, the most new tokens
                 asking = [Item(q, [len(q) - 1], [eos] * (longest + 1), -1) for q in asked]
                 got = generate_answers(model, tokenizer, asking, cfg.num_beams, device)
-            elif answer == "window":  # a window of masks one longer than any answer, as fine-tuned (`level_items`)
-                items = [Item(q + [mask] * (longest + 1), list(range(len(q), len(q) + longest + 1)), [], -1)
-                         for q in asked]
+            elif answer == "window":  # the answer window, as fine-tuned (`level_items`)
+                items = [Item(*lay_out(kind, q, [], eos, mask, answer_window(answer, longest)), -1) for q in asked]
                 read = read_masks(model, items, pad, device, cfg.fill)[0]
-                got = [g[:length] for g in read] if rule == "given" else [read_window(g, eos) for g in read]
-            else:
-                n = length or 1  # free and prior try every length (`_with_length`)
+                got = [g[:length] if rule.reads == "told" else rule.choose(g, {}, eos) for g in read]
+            else:  # one mask per answer token; the rules that read ``lengths`` try every length (`_with_length`)
                 attributes = [question_attribute(q) for q in questions]
-                items = [Item(q + [mask] * n + [eos], list(range(len(q), len(q) + n)), [],
+                items = [Item(*lay_out(kind, q, [mask] * (length or 1), eos, mask),
                               ATTRIBUTES.index(a) if a in ATTRIBUTES else -1) for q, a in zip(asked, attributes)]
-                if rule == "given":
+                if rule.reads == "told":
                     got = read_masks(model, items, pad, device, cfg.fill)[0]
-                else:
-                    prior = _length_prior(answers) if rule == "prior" else None
+                else:  # a question in no form of the study has no attribute, so no length prior
+                    prior = _length_prior(answers)
                     found = length_candidates(model, items, mask, pad, device, cfg.fill, longest)
-                    got = [choose_length(c, None if prior is None else {} if a is None else prior.get(it.attribute, {}))
+                    got = [rule.choose(c, {} if a is None else prior.get(it.attribute, {}), eos)
                            for c, it, a in zip(found, items, attributes, strict=True)]
     finally:
         model.train(was_training)

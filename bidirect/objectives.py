@@ -32,6 +32,7 @@ from datasets import Dataset, Features, Sequence, Value
 from transformers import PreTrainedTokenizerFast
 
 from bidirect.config import CausalConfig, MaskingConfig
+from bidirect.protocol import answer_window, lay_out
 from bidirect.tokenizer import mention_token_spans, qa_ids, value_token_span
 
 IGNORE = -100
@@ -41,6 +42,15 @@ MASKED_FEATURES = Features(
     {"input_ids": Sequence(Value("int32")), "word_ids": Sequence(Value("int32")), "labels": Sequence(Value("int64"))}
 )
 VALUE_FEATURES = Features({**MASKED_FEATURES, "value_ids": Sequence(Value("int32"))})  # masking.span: attribute
+
+
+def _labelled(ids: list[int], where: list[int], want: list[int], fill: int = IGNORE) -> tuple[list[int], list[int]]:
+    """A laid-out QA example (`protocol.lay_out`) as (input_ids, labels): each read position's token as its label,
+    ``fill`` at the read positions after them (an answer window's tail), no loss elsewhere."""
+    labels = [IGNORE] * len(ids)
+    for k, at in enumerate(where):
+        labels[at] = want[k] if k < len(want) else fill
+    return ids, labels
 
 
 def tokenize_bios(bios: Dataset, tokenizer: PreTrainedTokenizerFast, values: bool = False,
@@ -178,11 +188,9 @@ class CausalLM(_Objective):
 
         def docs() -> Iterator[tuple[list[int], list[int]]]:
             for q, a in zip(order["question_ids"], order["answer_ids"]):
-                ids = q + a + [self.eos]
                 # logits at position t predict token t+1: the last question token predicts
                 # the first answer token, the last answer token predicts eos.
-                labels = [IGNORE] * (len(q) - 1) + a + [self.eos] + [IGNORE]
-                yield ids, labels
+                yield _labelled(*lay_out(self.kind, q, a, self.eos, self.tokenizer.mask_token_id))
 
         return Dataset.from_dict(_pack(docs(), self.context))
 
@@ -218,19 +226,14 @@ class MaskedLM(_Objective):
         return out.shuffle(seed=seed, keep_in_memory=True)
 
     def qa_examples(self, qa: Dataset, seed: int) -> Dataset:
-        """The question, then one mask per answer token (``masking.answer: exact``), or a window of
-        `answer_window` masks whose targets are the answer, end-of-text and the filler (``window``)."""
-        window = self.answer_window(qa) if self.masking.answer == "window" else 0
+        """The question, then one mask per answer token (``masking.answer: exact``), or an answer window
+        whose targets are the answer, end-of-text and the filler (``window``): `protocol.lay_out`."""
+        window = answer_window(self.masking.answer, max(len(a) for a in qa["answer_ids"]))
         fill = {"eos": self.eos, "pad": self.pad, "none": IGNORE}[self.masking.window_pad]
 
         def encode(row: dict[str, Any]) -> dict[str, list[int]]:
-            q, a = row["question_ids"], row["answer_ids"]
-            if window:
-                ids = q + [self.mask] * window
-                labels = [IGNORE] * len(q) + a + [self.eos] + [fill] * (window - len(a) - 1)
-            else:
-                ids = q + [self.mask] * len(a) + [self.eos]
-                labels = [IGNORE] * len(q) + a + [IGNORE]
+            ids, labels = _labelled(*lay_out(self.kind, row["question_ids"], row["answer_ids"], self.eos, self.mask,
+                                             window), fill)
             out = {"input_ids": ids[: self.context], "labels": labels[: self.context], "word_ids": []}
             if self.values:
                 out["value_ids"] = []
@@ -238,12 +241,6 @@ class MaskedLM(_Objective):
 
         out = qa.map(encode, remove_columns=qa.column_names, features=self.features, keep_in_memory=True)
         return out.shuffle(seed=seed, keep_in_memory=True)
-
-    @staticmethod
-    def answer_window(qa: Dataset) -> int:
-        """The answer window's length: the longest answer of the (P_train) QA stream, plus its end-of-text; the
-        evaluator's window is the same (`evaluate.max_answer_tokens` + 1)."""
-        return max(len(a) for a in qa["answer_ids"]) + 1
 
     def reveal_answers(self, ids: torch.Tensor, labels: torch.Tensor, items: list[dict[str, Any]]) -> None:
         """``masking.window_rate: uniform``, in place on padded QA rows: each row draws t from U(0, 1) and keeps

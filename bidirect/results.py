@@ -1,8 +1,9 @@
-"""The study's vocabulary, which every reader of a run shares: the attributes, the evaluation levels, the phases
-each protocol trains, and how a phase trained (`phase_mode`).
+"""The study's vocabulary, which every reader of a run shares: the attributes, the phases each protocol trains,
+how a phase trained (`phase_mode`), and results.json's records (`Run`, `Cell`). The levels are the evaluation
+protocol's (bidirect.protocol).
 
-Torch-free and importing nothing of bidirect's: config validates with it, rundir reads results.json with it,
-and the study, the analyses and the report name what they read with it.
+Torch-free, importing only the protocol: config validates with it, rundir reads results.json with it, and the
+study, the analyses and the report name what they read with it.
 """
 
 from __future__ import annotations
@@ -10,26 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bidirect.protocol import ALL_LEVELS
+
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "company", "company_city")
-# The evaluation levels (bidirect.evaluate), in the order tables show them. qa_val exists only with
-# data.p_val > 0, the answer-length rules' levels (qa_test_given, ...: RULE_LEVELS) only for masked backbones,
-# the inverse ones only where the data has inverse QA (inverse_val only with P_val too).
-LEVELS = ("bio_recall", "name_tied", "sentence_recall", "name_and_values", "values_only", "qa_train", "qa_val",
-          "qa_test")
-INVERSE_LEVELS = ("inverse_train", "inverse_val", "inverse_test")
-# The headline rule of masked QA (eval.masked_length) scores qa_train, qa_val and qa_test (and the inverse
-# levels); each other rule that the fine-tuning allows (config.LENGTH_RULES) scores the same people as
-# qa_<split>_<rule> (inverse_<split>_<rule>: told the full name's length, ...), so that a masked model's
-# inverse search is shown on the same information as its forward QA.
-QA_SPLITS = ("train", "val", "test")
-_RULES = ("free", "prior", "window", "given")
-QA_RULE_LEVELS = tuple(f"qa_{split}_{rule}" for rule in _RULES for split in QA_SPLITS)
-INVERSE_RULE_LEVELS = tuple(f"inverse_{split}_{rule}" for rule in _RULES for split in QA_SPLITS)
-RULE_LEVELS = (*QA_RULE_LEVELS, *INVERSE_RULE_LEVELS)
-ALL_LEVELS = (*LEVELS, *QA_RULE_LEVELS, *INVERSE_LEVELS, *INVERSE_RULE_LEVELS)
-# The headline: people whose QA was never trained on, by each answer-length rule.
-HELD_OUT_LEVELS = ("qa_test", *(lv for lv in QA_RULE_LEVELS if lv.startswith("qa_test_")), "inverse_test",
-                   *(lv for lv in INVERSE_RULE_LEVELS if lv.startswith("inverse_test_")))
 
 # --------------------------------------------------------------------------- phases
 

@@ -23,20 +23,14 @@ from datasets import Dataset, concatenate_datasets, interleave_datasets
 from bidirect import config as config_lib
 from bidirect import rundir
 from bidirect.card import write_card
-from bidirect.config import ConfigError, StudyConfig, TrainConfig
+from bidirect.config import ConfigError, MaskingConfig, StudyConfig, TrainConfig
 from bidirect.data.generate import StudyData, generate, saved_sha256
-from bidirect.evaluate import (
-    MEMORIZATION_LEVELS,
-    cell_levels,
-    evaluate_model,
-    majority_baselines,
-    max_answer_tokens,
-    paired_differences,
-)
+from bidirect.evaluate import evaluate_model, majority_baselines, max_answer_tokens, paired_differences
 from bidirect.integrity import check_models, check_results
 from bidirect.lora import add_lora, merge_lora, trainable_parameters
 from bidirect.models import backbone_kind, build_backbone, flops_per_token, load_backbone, parameter_counts
 from bidirect.objectives import IGNORE, encode_qa, make_objective, tokenize_bios
+from bidirect.protocol import MEMORIZATION_LEVELS, answer_window, cell_levels
 from bidirect.results import Cell, Run, bio_phase, final_phase, phases, train_section
 from bidirect.rundir import RunDirError, RunFolder, read_results, read_tokenizer, require_run_dir, write_json_atomic
 from bidirect.tokenizer import qa_ids, qa_text, train_tokenizer
@@ -82,7 +76,7 @@ def check_context(cfg: StudyConfig, data: StudyData, tokenizer) -> None:
         i = max(range(len(lengths)), key=lengths.__getitem__)
         longest = max(longest, (lengths[i], f"the longest biography ({aug}, individual {bios[i]['id']})"))
     # A masked model fine-tuned with an answer window reads every question with the window after it.
-    window = max_answer_tokens(tokenizer, data) + 1 if cfg.masking.answer == "window" else 0
+    window = answer_window(cfg.masking.answer, max_answer_tokens(tokenizer, data))
     for name, qa in data.qa_sets().items():  # inverse QA too, under data.inverse
         questions, answers = qa_ids(tokenizer, qa["question"], qa["answer"])
         lengths = [len(q) + max(len(a), window - 1) for q, a in zip(questions, answers)]
@@ -142,7 +136,7 @@ def _pretraining(cfg: StudyConfig) -> dict[str, Any]:
     """What a study's pretrained models depend on: everything but its name, fine-tuning, the masked QA layout,
     evaluation and tracking (each backbone's pretraining with its overrides applied)."""
     d = cfg.to_dict()
-    masking = {k: v for k, v in d["masking"].items() if k not in ("answer", "window_pad", "window_rate")}
+    masking = {k: v for k, v in d["masking"].items() if k not in config_lib.finetune_only(MaskingConfig)}
     return {**{k: d[k] for k in ("seed", "protocol", "mixed_precision", "data", "tokenizer", "model", "causal")},
             "masking": masking}
 

@@ -26,8 +26,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NEW = "tests/test_numbers.py"
-SCORING = ["tests/test_evaluate.py", "tests/test_answer_length.py", "tests/test_equal_terms.py"]
-MASKING = ["tests/test_objectives.py", "tests/test_mlm_variants.py", "tests/test_answer_length.py"]
+SCORING = ["tests/test_evaluate.py", "tests/test_answer_length.py", "tests/test_equal_terms.py",
+           "tests/test_protocol.py"]
+MASKING = ["tests/test_objectives.py", "tests/test_mlm_variants.py", "tests/test_answer_length.py",
+           "tests/test_protocol.py"]
 ANALYSIS = ["tests/test_probe_capacity.py"]
 LEAK = ["tests/test_equal_terms.py", "tests/test_inverse.py", "tests/test_reverse.py"]
 
@@ -44,10 +46,10 @@ class Mutant:
 
 MUTANTS = [
     # --- scoring
-    Mutant("tie_keeps_the_longer", "scoring", "bidirect/evaluate.py",
+    Mutant("tie_keeps_the_longer", "scoring", "bidirect/protocol.py",
            [("        if score > best:\n", "        if score >= best:\n")], SCORING,
            "two lengths equally likely: the longer answer kept"),
-    Mutant("prior_ignored", "scoring", "bidirect/evaluate.py",
+    Mutant("prior_ignored", "scoring", "bidirect/protocol.py",
            [("score = score + prior.get(length, -math.inf)", "score = score + 0.0")], SCORING,
            "the prior rule is the free rule"),
     Mutant("lengths_compared_by_sum", "scoring", "bidirect/evaluate.py",
@@ -56,18 +58,18 @@ MUTANTS = [
     Mutant("candidates_without_end_of_text", "scoring", "bidirect/evaluate.py",
            [("ids=item.ids[:q] + [mask] * length + tail", "ids=item.ids[:q] + [mask] * length")], SCORING,
            "candidate rows differ from the fine-tuning rows (no end-of-text after the masks)"),
-    Mutant("causal_stop_not_required", "scoring", "bidirect/evaluate.py",
-           [("items.append(Item(q + ans + [eos], list(range(len(q) - 1, len(q) + len(ans))), ans + [eos], a,",
-             "items.append(Item(q + ans + [eos], list(range(len(q) - 1, len(q) + len(ans) - 1)), ans, a,")],
-           SCORING, "a causal answer that goes on after the answer counts"),
+    Mutant("causal_stop_not_required", "scoring", "bidirect/protocol.py",
+           [("return question + answer + [eos], list(range(q - 1, q + len(answer))), answer + [eos]",
+             "return question + answer + [eos], list(range(q - 1, q + len(answer) - 1)), answer")],
+           SCORING, "a causal answer that goes on after the answer counts (nor is the stop trained)"),
     Mutant("window_stop_not_required", "scoring", "bidirect/evaluate.py",
-           [("got = [read_window(g, eos) for g in read_masks(model, its, pad, device, fill)[0]]\n"
+           [("got = [RULES[rule].choose(g, {}, eos) for g in read_masks(model, its, pad, device, fill)[0]]\n"
              "            ok = [g == it.want for g, it in zip(got, its, strict=True)]",
-             "got = [read_window(g, eos) for g in read_masks(model, its, pad, device, fill)[0]]\n"
+             "got = [RULES[rule].choose(g, {}, eos) for g in read_masks(model, its, pad, device, fill)[0]]\n"
              "            ok = [g[: it.tokens] == it.want[:-1] for g, it in zip(got, its, strict=True)]")],
            SCORING, "a window answer without end-of-text counts"),
     Mutant("told_window_needs_the_stop", "scoring", "bidirect/evaluate.py",
-           [('elif rule == "given" and its[0].want[-1:] == [eos]:', 'elif rule == "given" and False:')], SCORING,
+           [('elif reads == "told" and its[0].want[-1:] == [eos]:', 'elif reads == "told" and False:')], SCORING,
            "told the length, a window model must also stop"),
     Mutant("confidence_fills_least_sure_first", "scoring", "bidirect/evaluate.py",
            [("k = max(range(len(at[i])), key=logp[i].__getitem__)",
@@ -119,8 +121,8 @@ MUTANTS = [
            [("to_mask = labelled & (r < self.masking.replace_mask)",
              "to_mask = labelled & (r < self.masking.replace_random)")], MASKING,
            "80/10/10 becomes 10/80/10"),
-    Mutant("window_without_its_stop", "masking", "bidirect/objectives.py",
-           [('return max(len(a) for a in qa["answer_ids"]) + 1', 'return max(len(a) for a in qa["answer_ids"])')],
+    Mutant("window_without_its_stop", "masking", "bidirect/protocol.py",
+           [('return longest + 1 if answer == "window" else 0', 'return longest if answer == "window" else 0')],
            MASKING, "the answer window has no room for end-of-text after the longest answer"),
     # --- capacity and probe
     Mutant("capacity_clamped_after_summing", "capacity", "bidirect/analysis/capacity.py",

@@ -18,16 +18,14 @@ from bidirect.cli import main
 from bidirect.config import Augmentation, ConfigError, DataConfig, EvalConfig, MaskingConfig, from_dict
 from bidirect.data.generate import generate
 from bidirect.evaluate import (
-    MEMORIZATION_LEVELS,
     Item,
-    choose_length,
     evaluate_model,
     length_prior,
     max_answer_tokens,
-    read_window,
     score_items,
 )
 from bidirect.objectives import IGNORE, MaskedLM, encode_qa
+from bidirect.protocol import MEMORIZATION_LEVELS
 from bidirect.rundir import read_results
 from bidirect.tokenizer import answer_ids, qa_text, question_ids, train_tokenizer
 
@@ -133,11 +131,6 @@ def _window_item(answer: list[int], window: int = 6) -> Item:
     return Item([7, 8] + [MASK] * window, list(range(2, 2 + window)), answer + [EOS], 0, tokens=len(answer))
 
 
-def test_read_window_keeps_what_precedes_the_first_end_of_text():
-    assert read_window([11, 12, EOS, 13, EOS], EOS) == [11, 12, EOS]
-    assert read_window([11, 12, 13], EOS) == [11, 12, 13]  # no end-of-text: no answer ends
-
-
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_end_of_text_at_position_k_gives_a_k_token_answer(k):
     answer = [11, 12, 13]
@@ -170,15 +163,6 @@ def test_every_fill_order_reads_the_window(fill, written, expected):
 
 
 # --------------------------------------------------------------------------- the length prior
-
-
-def test_choose_length_with_and_without_the_prior():
-    candidates = [(-0.1, [21]), (-0.5, [22, 22]), (-2.0, [23, 23, 23])]
-    assert choose_length(candidates) == [21]  # best mean log-probability
-    prior = {1: math.log(0.1), 2: math.log(0.1), 3: math.log(0.8)}
-    # by hand: -0.1 - 2.303 = -2.403, -0.5 - 2.303 = -2.803, -2.0 - 0.223 = -2.223
-    assert choose_length(candidates, prior) == [23, 23, 23]
-    assert choose_length([(-1.0, [21]), (-1.0, [22, 22])]) == [21]  # a tie keeps the shorter
 
 
 def test_length_prior_counts_p_train_answer_lengths_per_attribute(study_data, tokenizer):

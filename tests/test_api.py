@@ -10,7 +10,7 @@ from tiny import tiny_config
 
 import bidirect.api as bd
 from bidirect.config import ConfigError
-from bidirect.evaluate import MEMORIZATION_LEVELS
+from bidirect.protocol import MEMORIZATION_LEVELS
 from bidirect.results import ATTRIBUTES
 from bidirect.rundir import RunDirError
 

@@ -13,7 +13,7 @@ import pytest
 from tiny import write_config
 
 from bidirect.cli import main
-from bidirect.evaluate import MEMORIZATION_LEVELS
+from bidirect.protocol import MEMORIZATION_LEVELS
 
 
 @pytest.fixture(scope="module")

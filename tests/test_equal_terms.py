@@ -22,7 +22,6 @@ from bidirect.config import Augmentation, DataConfig, EvalConfig, MaskingConfig,
 from bidirect.data.generate import StudyData, generate
 from bidirect.evaluate import (
     Item,
-    choose_length,
     length_candidates,
     level_items,
     majority_baseline,
@@ -34,6 +33,7 @@ from bidirect.evaluate import (
     unseen_names,
 )
 from bidirect.objectives import encode_qa, make_objective
+from bidirect.protocol import choose_length
 from bidirect.results import ATTRIBUTES
 from bidirect.tokenizer import answer_ids, qa_text, train_tokenizer, value_token_span
 

@@ -25,7 +25,8 @@ from bidirect.evaluate import (
     read_masks,
     score_items,
 )
-from bidirect.results import ALL_LEVELS, ATTRIBUTES
+from bidirect.protocol import ALL_LEVELS
+from bidirect.results import ATTRIBUTES
 from bidirect.tokenizer import answer_ids, decode_answer, qa_text, question_ids, train_tokenizer
 
 

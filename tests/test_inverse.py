@@ -12,8 +12,9 @@ from datasets import concatenate_datasets
 from bidirect import study
 from bidirect.config import Augmentation, ConfigError, DataConfig, EvalConfig, MaskingConfig, from_dict
 from bidirect.data.generate import StudyData, generate, write_inverse_qa
-from bidirect.evaluate import INVERSE_LEVELS, evaluate_model
+from bidirect.evaluate import evaluate_model
 from bidirect.objectives import encode_qa, make_objective
+from bidirect.protocol import INVERSE_LEVELS
 from bidirect.report import tables as report
 from bidirect.tokenizer import answer_ids, qa_text, question_ids, train_tokenizer
 
@@ -148,7 +149,7 @@ def test_masked_inverse_search_told_the_names_length(inverse_study):
     levels beside its inverse headline (inverse_test_given: told the full name's length), a causal model gets
     none. The model below is surer of a one-token name than of the right one, so choosing the length by
     log-probability it is always wrong, and told the length always right."""
-    from bidirect.evaluate import cell_levels
+    from bidirect.protocol import cell_levels
 
     data, tokenizer = inverse_study
     qa_sets = list(data.qa_sets())

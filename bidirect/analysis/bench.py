@@ -73,6 +73,7 @@ from bidirect.config import (
     validate,
 )
 from bidirect.models import FLOPS_FORMULA, flops_per_token
+from bidirect.protocol import RULES
 
 # Model sizes by name, with the default batch (windows of `context` tokens per step) for each.
 PRESETS: dict[str, tuple[ModelSize, int]] = {
@@ -401,14 +402,14 @@ def _time_eval(model, kind: str, tokenizer, data, augmentation: str, cfg: BenchC
     started = time.perf_counter()
     scores = evaluate_model(model, kind, tokenizer, data, augmentation,
                             EvalConfig(batch_size=cfg.eval_batch, masked_length=rule), accelerator, levels=("qa_test",),
-                            answer="window" if rule == "window" else "exact")
+                            answer=RULES[rule].answers[0])
     _sync(device)
     seconds = time.perf_counter() - started
     items = int(scores["qa_test"]["n"])
     return {"level": "qa_test", "rule": rule if kind == "masked" else None, "items": items, "seconds": seconds,
             "qa_per_second": items / seconds, "batch_size": cfg.eval_batch,
-            "forward_passes_per_batch": max_answer_tokens(tokenizer, data) if kind == "masked" and rule == "free"
-            else 1}
+            "forward_passes_per_batch": max_answer_tokens(tokenizer, data)
+            if kind == "masked" and RULES[rule].reads == "lengths" else 1}
 
 
 def _figures(timing: dict[str, Any], flops: int, peak: float | None) -> dict[str, Any]:

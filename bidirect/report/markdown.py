@@ -28,8 +28,9 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from bidirect import rundir
+from bidirect.protocol import HELD_OUT_LEVELS, INVERSE_LEVELS, LEVELS
 from bidirect.report.tables import LEVEL_NAMES, SHORT, markdown, md, pct, summary_markdown, with_interval
-from bidirect.results import ATTRIBUTES, HELD_OUT_LEVELS, INVERSE_LEVELS, LEVELS, Run, phase_mode
+from bidirect.results import ATTRIBUTES, Run, phase_mode
 from bidirect.rundir import (
     CAPACITY_FILE,
     MANIFEST_FILE,
@@ -45,10 +46,6 @@ LEVEL_COLORS = {"bio_recall": "#c6dbef", "name_tied": "#6baed6", "sentence_recal
                 "name_and_values": "#dadaeb", "values_only": "#fdd0a2",
                 "qa_train": "#4292c6", "qa_val": "#2171b5",
                 "qa_test": "#08306b",
-                "qa_train_given": "#bcbddc", "qa_val_given": "#9e9ac8", "qa_test_given": "#807dba",
-                "qa_train_window": "#c7e9c0", "qa_val_window": "#74c476", "qa_test_window": "#238b45",
-                "qa_train_free": "#fcbba1", "qa_val_free": "#fb6a4a", "qa_test_free": "#cb181d",
-                "qa_train_prior": "#d9d9d9", "qa_val_prior": "#969696", "qa_test_prior": "#525252",
                 "inverse_train": "#fdae6b", "inverse_val": "#e6550d", "inverse_test": "#a63603"}
 PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
 LINESTYLES = ["-", "--", ":", "-."]

@@ -15,39 +15,28 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from bidirect.results import ALL_LEVELS, ATTRIBUTES, HELD_OUT_LEVELS, RULE_LEVELS, Run
+from bidirect.protocol import ALL_LEVELS, HELD_OUT_LEVELS, RULES, TOLD, level_name
+from bidirect.results import ATTRIBUTES, Run
 from bidirect.results import BASELINES as BASELINE_KEYS
 from bidirect.sweep import value_label
 
 SHORT = {"birth_date": "date", "birth_city": "b.city", "university": "univ", "major": "major",
          "company": "comp.", "company_city": "c.city"}
-LEVEL_NAMES = {"bio_recall": "bio recall", "name_tied": "name-tied", "sentence_recall": "sentence",
-               "name_and_values": "name+values", "values_only": "values only",
-               "qa_train": "QA P_train", "qa_val": "QA P_val",
-               "qa_test": "QA P_test", "inverse_train": "inverse P_train", "inverse_val": "inverse P_val",
-               "inverse_test": "inverse P_test"}
-# A masked model's other answer-length rules: * told the length, the others by the rule's name.
-LEVEL_NAMES.update({lv: f"{LEVEL_NAMES[split]}{'*' if rule == 'given' else f' ({rule})'}"
-                    for lv in RULE_LEVELS for split, rule in [lv.rsplit("_", 1)]})
+LEVEL_NAMES = {lv: level_name(lv) for lv in ALL_LEVELS}
 # On a terminal's 80 columns each rule is a mark after the level's name (the caption says which).
-RULE_MARKS = {"given": "*", "prior": "^", "free": "~", "window": "="}
-SHORT_NAMES = {**LEVEL_NAMES, **{lv: f"{LEVEL_NAMES[split]}{RULE_MARKS[rule]}"
-                                 for lv in RULE_LEVELS for split, rule in [lv.rsplit("_", 1)]}}
+SHORT_NAMES = {lv: level_name(lv, short=True) for lv in ALL_LEVELS}
 # The baselines and the level they go with; * marks what is told the answer's length in tokens.
-BASELINES = dict(zip(BASELINE_KEYS, (("majority", "P_test"), ("majority", "P_test*")), strict=True))
-GIVEN_NOTE = "*: told the answer's length in tokens (the paper's masked QA rule)"
-RULE_NOTE = {"free": "the best mean log-probability over lengths", "prior": "the best mean log-probability plus "
-             "the log-probability of the length among P_train's answers", "window": "where its answer window puts "
-             "end-of-text", "given": "told (the paper's rule)"}
+BASELINES = dict(zip(BASELINE_KEYS, (("majority", "P_test"), ("majority", f"P_test{RULES[TOLD].mark}")), strict=True))
+GIVEN_NOTE = f"{RULES[TOLD].mark}: {RULES[TOLD].legend}"
 
 
 def note(results: Run | dict[str, Any]) -> str:
     """What the marked rows mean, and which rule a masked model's plain QA rows used (from the run's
     config; older runs chose by ``free``)."""
     rule = Run.of(results).masked_length
-    return (f"{GIVEN_NOTE}; a masked model's QA rows choose the answer's length by {RULE_NOTE[rule]}; ^: with "
-            "P_train's length prior, ~: by the best mean log-probability, =: from its answer window; len: the share of "
-            "its answers of the true length")
+    marks = ", ".join(f"{r.mark}: {r.legend}" for r in RULES.values() if r.name != TOLD)
+    return (f"{GIVEN_NOTE}; a masked model's QA rows choose the answer's length by {RULES[rule].words}; {marks}; "
+            "len: the share of its answers of the true length")
 
 
 def shown_levels(present: Iterable[str]) -> list[str]:
