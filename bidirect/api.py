@@ -24,7 +24,7 @@ import pandas as pd
 
 from bidirect.config import ConfigError, StudyConfig, apply_overrides, blamed, from_dict, load, validate
 from bidirect.protocol import RULES, TOLD
-from bidirect.results import ATTRIBUTES, BASELINES, Run, final_phase
+from bidirect.results import ATTRIBUTES, BASELINES, Run, final_phase, interval
 
 
 def quiet_libraries() -> None:
@@ -150,7 +150,7 @@ def results_frame(run: str | Path | dict[str, Any] | Run) -> pd.DataFrame:
             for attr in (*ATTRIBUTES, "mean"):
                 if scores.get(attr) is None:
                     continue
-                low, high = (scores.get("ci95") or {}).get(attr) or (None, None)
+                low, high = interval(scores, attr)
                 rows.append([cell.augmentation, cell.backbone, level, attr, scores[attr], low, high, scores.get("n"),
                              scores.get("people")])
     for key, level in zip(BASELINES, ("qa_test", f"qa_test_{TOLD}")):

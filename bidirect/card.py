@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bidirect.config import StudyConfig
-from bidirect.results import final_phase
+from bidirect.results import final_phase, interval
 from bidirect.rundir import MODEL_CARD_FILE, TOKENIZER_DIR, RunFolder, write_text_atomic
 
 
@@ -27,9 +27,9 @@ def _percent(x: float | None) -> str:
 def _levels_table(scores: dict[str, dict[str, Any]]) -> list[str]:
     rows = ["| level | accuracy | 95% interval | items | people |", "|---|---|---|---|---|"]
     for level, s in scores.items():
-        low, high = (s.get("ci95") or {}).get("mean") or (None, None)
-        interval = "-" if low is None else f"{_percent(low)} to {_percent(high)}"
-        rows.append(f"| {level} | {_percent(s.get('mean'))} | {interval} | {s.get('n', '-')} | "
+        low, high = interval(s)
+        span = "-" if low is None else f"{_percent(low)} to {_percent(high)}"
+        rows.append(f"| {level} | {_percent(s.get('mean'))} | {span} | {s.get('n', '-')} | "
                     f"{s.get('people', '-')} |")
     return rows
 

@@ -52,6 +52,15 @@ def phase_mode(phase: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- the results file
 
+
+def interval(scores: dict[str, Any], key: str = "mean") -> tuple[float, float] | tuple[None, None]:
+    """A level's 95% interval over people for ``key`` (an attribute, ``mean``, or ``full_name``), as results.json
+    keeps it under ``ci95``; (None, None) where it has none (results made before intervals, a column without
+    items)."""
+    bounds = (scores.get("ci95") or {}).get(key)
+    return (bounds[0], bounds[1]) if bounds else (None, None)
+
+
 # results.json's majority baselines, in the order it writes them: plain, and told the answer's length
 BASELINES = ("majority_baseline", "majority_baseline_given_length")
 

@@ -30,7 +30,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 from bidirect import rundir
 from bidirect.protocol import HELD_OUT_LEVELS, INVERSE_LEVELS, LEVELS
 from bidirect.report.tables import LEVEL_NAMES, SHORT, markdown, md, pct, summary_markdown, with_interval
-from bidirect.results import ATTRIBUTES, Run, phase_mode
+from bidirect.results import ATTRIBUTES, Run, interval, phase_mode
 from bidirect.rundir import (
     CAPACITY_FILE,
     MANIFEST_FILE,
@@ -479,7 +479,7 @@ def _compute_section(rows: list[dict[str, Any]], cells: list[Cell], keys: list[s
             low, high = stat.get("low"), stat.get("high")
             if row["n"] == 1:  # one seed: the cell's own per-person interval
                 cell = by_name[row["cells"][0]].cell(row["augmentation"], row["backbone"]).levels[level]
-                low, high = (cell.get("ci95") or {}).get("mean") or (None, None)
+                low, high = interval(cell)
             levels[level] = (stat["mean"], low, high)
         label = " / ".join([row[k] for k in varying] + [value_label(row["values"][k]) for k in keys]) or \
             _row_label(row, keys)

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bidirect.protocol import ALL_LEVELS, HELD_OUT_LEVELS, RULES, TOLD, level_name
-from bidirect.results import ATTRIBUTES, Run
+from bidirect.results import ATTRIBUTES, Run, interval
 from bidirect.results import BASELINES as BASELINE_KEYS
 from bidirect.sweep import value_label
 
@@ -51,8 +51,8 @@ def pct(x: float | None) -> str:
 
 def ci(level: dict[str, Any], key: str = "mean") -> str:
     """A level's 95% interval as ``lo-hi`` in percent; "-" for results made before intervals."""
-    bounds = (level.get("ci95") or {}).get(key)
-    return "-" if not bounds else _span(*bounds)
+    low, high = interval(level, key)
+    return "-" if low is None else _span(low, high)
 
 
 def _span(low: float, high: float) -> str:
@@ -201,9 +201,8 @@ def level_cell(level: dict[str, Any] | None, name: str, bold: bool = False) -> s
     the held-out levels that are the result (P_test)."""
     if level is None:
         return "-"
-    bounds = (level.get("ci95") or {}).get("mean") if name in HELD_OUT_LEVELS or name in ("qa_val", "inverse_val") \
-        else None
-    return with_interval(level.get("mean"), *(bounds or (None, None)), bold=name in HELD_OUT_LEVELS and bold)
+    bounds = interval(level) if name in HELD_OUT_LEVELS or name in ("qa_val", "inverse_val") else (None, None)
+    return with_interval(level.get("mean"), *bounds, bold=name in HELD_OUT_LEVELS and bold)
 
 
 def headline_markdown(results: Run | dict[str, Any]) -> str:
