@@ -71,3 +71,21 @@ def test_what_is_not_a_results_file():
         "results.single.gbert: expected a mapping of level -> scores"
     assert shape_error({"results": {}, "wall_seconds": "soon"}) == "wall_seconds: expected a number, got str"
     assert run_or_none({"results": {}}) == Run()
+
+
+def _index_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("index_runs", ROOT / "scripts" / "index_runs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_run_folder_serves_one_finding_and_the_index_is_current():
+    index = _index_script()
+    named = index.listed()
+    folders = sorted(p.name for p in (ROOT / "runs").iterdir() if p.is_dir())
+    assert sorted(named) == folders, "runs/findings.yaml must name every folder of runs/ once"
+    assert len(named) == len(set(named))
+    assert (ROOT / "runs" / "INDEX.md").read_text() == index.index_text(), "run python scripts/index_runs.py"
