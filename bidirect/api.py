@@ -85,7 +85,8 @@ def run(config: str | Path | dict[str, Any] | StudyConfig | None, out: str | Pat
     ``pretrained_from``: a run folder whose finished pretraining this study reuses (`study.reuse_pretraining`).
     ``workers``: train the cells in that many processes side by side (`study.train_in_workers`; ``console``: where
     their lines go), then evaluate them here."""
-    from bidirect.rundir import RunFolder, open_run_dir
+    from bidirect.ownership import open_run_dir
+    from bidirect.rundir import RunFolder
     from bidirect.study import check_reuse, make_accelerator, run_in_folder
 
     quiet_libraries()

@@ -41,8 +41,8 @@ console = Console() if sys.stdout.isatty() else Console(width=200, soft_wrap=Tru
 
 def cmd_data(args: argparse.Namespace) -> None:
     from bidirect.api import study_config
+    from bidirect.ownership import open_run_dir
     from bidirect.report.tables import data_summary
-    from bidirect.rundir import open_run_dir
     from bidirect.study import start_study
 
     cfg = study_config(args.config, args.set)

@@ -21,7 +21,7 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from datasets import Dataset, concatenate_datasets, interleave_datasets
 
 from bidirect import config as config_lib
-from bidirect import rundir
+from bidirect import ownership, rundir
 from bidirect.card import write_card
 from bidirect.config import ConfigError, MaskingConfig, StudyConfig, TrainConfig
 from bidirect.data.generate import StudyData, generate, saved_sha256
@@ -115,7 +115,7 @@ def preflight(cfg: StudyConfig, data: StudyData, tokenizer, processes: int) -> N
 
 
 def start_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None = None,
-                opened: rundir.Opened | None = None, train: bool = True):
+                opened: ownership.Opened | None = None, train: bool = True):
     """Data and tokenizer of a run that passed `preflight` (``train=False``: `bidirect data`, which
     trains nothing, only makes them). A run that replaces another (``opened`` after ``--force``)
     deletes the old folder only now; if anything before fails, the old one is put back."""
@@ -325,7 +325,7 @@ def train_cells(run_dir: Path, cells: list[tuple[str, str]]) -> None:
     """Train ``cells`` ((augmentation, backbone) pairs) of a run whose data and tokenizer are made, without
     evaluating: a worker of `bidirect run --workers` (`train_in_workers`), whose parent holds the run's lock, evaluates
     every cell once all are trained and writes results.json. Refused unless the parent process holds that lock."""
-    holder = rundir.holder_pid(run_dir)
+    holder = ownership.holder_pid(run_dir)
     if holder != os.getppid():
         raise RunDirError(f"{run_dir}: train-cells trains only for the `bidirect run --workers` that holds the run's "
                           f"lock (held by {'no process' if holder is None else f'process {holder}'}); run "
@@ -442,7 +442,7 @@ def _hparams(cfg: StudyConfig) -> dict[str, Any]:
 
 
 def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None = None,
-              opened: rundir.Opened | None = None) -> dict[str, Any]:
+              opened: ownership.Opened | None = None) -> dict[str, Any]:
     """Every cell of the study; results.json is rewritten after each cell trained here, so a killed
     run loses at most the cell in flight (and that one resumes from its last checkpoint), and a
     finished run resumed is left as it was. ``opened``: see `start_study`."""
@@ -478,7 +478,7 @@ def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None =
     return run.to_json()
 
 
-def run_in_folder(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator, opened: rundir.Opened | None,
+def run_in_folder(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator, opened: ownership.Opened | None,
                   pretrained_from: Path | None = None, workers: int = 1, console: Any = None) -> dict[str, Any]:
     """A study in its run folder, made or resumed and locked by the caller (``opened`` in the main process; after a
     ``--force``, the replaced folder waits there for `start_study`): ``pretrained_from``'s finished pretraining copied
@@ -531,7 +531,7 @@ def reevaluate(run_dir: Path, accelerator: Accelerator | None = None) -> dict[st
                           f"without them, as in runs/); `bidirect run {folder.config} --out NEW` makes them again")
     accelerator = accelerator or make_accelerator(cfg)
     # Under `accelerate launch` the main process locks; its peers evaluate under its lock (as in a run).
-    holding = rundir.writing(run_dir, "run", mark=True) if accelerator.is_main_process else contextlib.nullcontext()
+    holding = ownership.writing(run_dir, "run", mark=True) if accelerator.is_main_process else contextlib.nullcontext()
     with holding:
         run = read_results(run_dir) if folder.results.is_file() else Run.from_json({"results": {}})
         check_results(run_dir, cfg, run)

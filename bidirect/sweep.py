@@ -53,7 +53,7 @@ from typing import Any
 import yaml
 from rich.markup import escape
 
-from bidirect import rundir
+from bidirect import ownership, rundir
 from bidirect.analysis.seeds import INTERVAL, SEED, pool
 from bidirect.config import (
     ConfigError,
@@ -65,6 +65,7 @@ from bidirect.config import (
     set_path,
     shown,
 )
+from bidirect.ownership import check_ours, is_summary, open_run_dir
 from bidirect.results import Run, run_or_none
 from bidirect.rundir import (
     MANIFEST_FILE,
@@ -73,9 +74,6 @@ from bidirect.rundir import (
     SWEEP_FILE,
     RunDirError,
     RunFolder,
-    check_ours,
-    is_summary,
-    open_run_dir,
     read_json,
     read_results,
     write_json_atomic,
@@ -98,7 +96,7 @@ class Sweep:
     axes: dict[str, list[Any]]  # dotted path -> values, in the file's order
     cells: list[Cell] = field(default_factory=list)
     # Set by `open_sweep_dir` in the process that writes the folder: its lock, and after --force the
-    # old folder kept aside until the first cell passes its checks (rundir.Opened).
+    # old folder kept aside until the first cell passes its checks (ownership.Opened).
     opened: Any = field(default=None, repr=False, compare=False)
 
     def manifest(self) -> dict[str, Any]:
@@ -291,14 +289,14 @@ def open_sweep_dir(out: Path, sweep: Sweep, source: Path, force: bool = False, w
         raise RunDirError(f"--out {out}: is a file, not a folder")
     if not write:
         return _merge_old(out, sweep)
-    aside = rundir.replace(out, "sweep") if force and out.is_dir() and any(out.iterdir()) else None
+    aside = ownership.replace(out, "sweep") if force and out.is_dir() and any(out.iterdir()) else None
     try:
         if not out.is_dir() or not any(out.iterdir()):  # created whole: a kill leaves nothing or a sweep folder
             try:
-                lock = rundir.create_folder(out, "sweep", {SWEEP_FILE: _sweep_text(sweep, source),
+                lock = ownership.create_folder(out, "sweep", {SWEEP_FILE: _sweep_text(sweep, source),
                                                            MANIFEST_FILE: rundir.json_text(sweep.manifest())})
-                return dataclasses.replace(sweep, opened=rundir.Opened(out, lock, aside))
-            except rundir.AlreadyMade:  # a worker started at the same instant made it: join it
+                return dataclasses.replace(sweep, opened=ownership.Opened(out, lock, aside))
+            except ownership.AlreadyMade:  # a worker started at the same instant made it: join it
                 pass
         rundir.check_marker(out)
         if rundir.marker_kind(out) is None:
@@ -317,9 +315,9 @@ def open_sweep_dir(out: Path, sweep: Sweep, source: Path, force: bool = False, w
             lock.release()
             raise
     except BaseException:
-        rundir.settle(out, aside, False)
+        ownership.settle(out, aside, False)
         raise
-    return dataclasses.replace(sweep, opened=rundir.Opened(out, lock, aside))
+    return dataclasses.replace(sweep, opened=ownership.Opened(out, lock, aside))
 
 
 def _sweep_text(sweep: Sweep, source: Path) -> str:
@@ -437,7 +435,7 @@ def _run_cells(sweep: Sweep, out: Path, accelerator, console, pretrained_from: P
         replaced = None
 
 
-def _claim(cells: list[Cell], out: Path, console, told: set[str]) -> tuple[int | None, rundir.Opened | None]:
+def _claim(cells: list[Cell], out: Path, console, told: set[str]) -> tuple[int | None, ownership.Opened | None]:
     """The index of the cell this worker takes next and its opened run folder (locked), or (None, None)."""
     lock = _take(out, console)
     try:
@@ -450,9 +448,9 @@ def _claim(cells: list[Cell], out: Path, console, told: set[str]) -> tuple[int |
                 continue
             try:
                 opened = open_run_dir(run_dir, cell.config, resume=True)
-            except rundir.FolderInUse:
+            except ownership.FolderInUse:
                 if console is not None and cell.name + " held" not in told:
-                    who = rundir.holder(run_dir) or "another worker"
+                    who = ownership.holder(run_dir) or "another worker"
                     console.print(f"[dim]sweep {i + 1}/{len(cells)} {cell.name}: trained by {escape(who)}[/dim]")
                 told.add(cell.name + " held")
                 continue
@@ -465,15 +463,15 @@ def _claim(cells: list[Cell], out: Path, console, told: set[str]) -> tuple[int |
         lock.release()
 
 
-def _take(out: Path, console) -> rundir.Lock:
+def _take(out: Path, console) -> ownership.Lock:
     """The sweep folder's lock, waited for (another worker's claim holds it a moment; an older bidirect's sweep holds
     it to its end), saying so when it has to wait."""
     try:
-        return rundir.Lock(out).acquire()
-    except rundir.FolderInUse as err:
+        return ownership.Lock(out).acquire()
+    except ownership.FolderInUse as err:
         if console is not None:
             console.print(f"[dim]waiting: {escape(str(err))}[/dim]")
-        return rundir.Lock(out).acquire(wait=True)
+        return ownership.Lock(out).acquire(wait=True)
 
 
 def _finish(sweep: Sweep, out: Path, console) -> dict[str, Any] | None:
@@ -511,7 +509,7 @@ def cell_states(sweep_dir: Path, names: list[str] | None = None) -> dict[str, st
     states = {}
     for name in names:
         run_dir = sweep_dir / name
-        who = rundir.holder(run_dir) if run_dir.is_dir() and not run_dir.is_symlink() else None
+        who = ownership.holder(run_dir) if run_dir.is_dir() and not run_dir.is_symlink() else None
         if who is not None:
             states[name] = f"claimed by {who}"
         elif RunFolder(run_dir).results.is_file():
@@ -596,7 +594,7 @@ def aggregate_seeds(sweep_dirs: list[Path]) -> dict[str, Any]:
 
 def write_summary(sweep_dir: Path, summary: dict[str, Any]) -> Path:
     """Write the sweep's summary.json; one that is not a summary bidirect wrote (a user's file of that name)
-    is refused, not overwritten. The caller holds the sweep's lock (`rundir.writing`)."""
+    is refused, not overwritten. The caller holds the sweep's lock (`ownership.writing`)."""
     path = sweep_dir / SUMMARY_FILE
     check_ours(path, is_summary, "a summary")
     write_json_atomic(path, summary)
@@ -605,7 +603,7 @@ def write_summary(sweep_dir: Path, summary: dict[str, Any]) -> Path:
 
 def summarize(sweep_dir: Path) -> dict[str, Any]:
     """Pool a sweep folder's seeds and write its summary.json, under the folder's lock (`bidirect summary`)."""
-    with rundir.writing(sweep_dir, "sweep"):
+    with ownership.writing(sweep_dir, "sweep"):
         summary = aggregate(sweep_dir)
         write_summary(sweep_dir, summary)
     return summary

@@ -43,15 +43,7 @@ from transformers import PreTrainedModel, get_cosine_with_min_lr_schedule_with_w
 from bidirect.config import ConfigError, TrainConfig
 from bidirect.integrity import write_manifest
 from bidirect.objectives import IGNORE
-from bidirect.rundir import (
-    CHECKPOINTS_DIR,
-    DONE_FILE,
-    LOG_FILE,
-    MODEL_DIR,
-    STATE_FILE,
-    read_json,
-    write_json_atomic,
-)
+from bidirect.rundir import CHECKPOINTS_DIR, DONE_FILE, LOG_FILE, MODEL_DIR, STATE_FILE, read_json, write_json_atomic
 
 LOADER_WORKERS = 4  # per process, on CUDA (see make_loader)
 

@@ -19,7 +19,7 @@ import yaml
 from tiny import ONE_CELL, tiny_config
 
 from bidirect import config as config_lib
-from bidirect import rundir
+from bidirect import ownership, rundir
 from bidirect import sweep as sweep_lib
 from bidirect.rundir import CONFIG_FILE, MARKER, RunDirError
 
@@ -29,7 +29,7 @@ CHILD = textwrap.dedent("""
     import fcntl, os, sys
     from pathlib import Path
     import yaml
-    from bidirect import config as config_lib, rundir, sweep as sweep_lib
+    from bidirect import config as config_lib, ownership, rundir, sweep as sweep_lib
 
     what, target, config_path, stop = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
     steps = [0]
@@ -50,9 +50,9 @@ CHILD = textwrap.dedent("""
     os.open = counted(os.open, lambda path, flags, *a, **k: bool(flags & (os.O_WRONLY | os.O_RDWR)))
     fcntl.flock = counted(fcntl.flock)
     if what == "run":
-        rundir.open_run_dir(target, config_lib.load(config_path)).close()
+        ownership.open_run_dir(target, config_lib.load(config_path)).close()
     elif what == "cell":  # as a sweep opens each cell
-        rundir.open_run_dir(target, config_lib.load(config_path), resume=True).close()
+        ownership.open_run_dir(target, config_lib.load(config_path), resume=True).close()
     else:
         sweep_lib.open_sweep_dir(target, sweep_lib.load(config_path), config_path).opened.close()
     print("steps", steps[0])
@@ -97,7 +97,7 @@ def test_a_run_folder_killed_while_created_is_absent_or_resumable(tmp_path, stud
     def check(stop):
         found = sorted(p.name for p in run.iterdir()) if run.exists() else []
         assert found in ([], [MARKER, CONFIG_FILE]), f"step {stop}: a partial folder {found}"
-        opened = rundir.open_run_dir(run, cfg, resume=True)  # what the sweep (and `run --resume`) does next
+        opened = ownership.open_run_dir(run, cfg, resume=True)  # what the sweep (and `run --resume`) does next
         opened.close()
         assert sorted(p.name for p in run.iterdir()) == [MARKER, CONFIG_FILE], f"step {stop}"
         assert config_lib.load(run / CONFIG_FILE, saved=True).to_dict() == cfg.to_dict()
@@ -117,7 +117,7 @@ def test_a_sweep_folder_killed_while_created_is_absent_or_continued(tmp_path):
         assert found in ([], [MARKER, "sweep.json", "sweep.yaml"]), f"step {stop}: a partial folder {found}"
         sweep_lib.open_sweep_dir(out, sweep, source).opened.close()
         assert sorted(p.name for p in out.iterdir()) == [MARKER, "sweep.json", "sweep.yaml"], f"step {stop}"
-        assert rundir.foreign_entries(out, "sweep") == []
+        assert ownership.foreign_entries(out, "sweep") == []
 
     assert _every_kill_point("sweep", out, source, check) >= 6
 
@@ -127,14 +127,14 @@ def test_a_leftover_creation_is_replaced_but_a_users_folder_of_that_name_is_not(
     cfg = config_lib.load(study)
     assert _kill_after("run", run, study, 3).returncode == 137  # the marker and its lock written, then killed
     assert rundir.temporary_path(run).is_dir() and not run.exists()
-    rundir.open_run_dir(run, cfg).close()
+    ownership.open_run_dir(run, cfg).close()
     assert (run / CONFIG_FILE).is_file() and not rundir.temporary_path(run).exists()
 
     other = tmp_path / "other"
     (rundir.temporary_path(other)).mkdir()
     (rundir.temporary_path(other) / "thesis.tex").write_text("mine")
     with pytest.raises(RunDirError, match=r"\.other\.tmp: holds thesis.tex, which bidirect did not write"):
-        rundir.open_run_dir(other, cfg)
+        ownership.open_run_dir(other, cfg)
     assert (rundir.temporary_path(other) / "thesis.tex").read_text() == "mine" and not other.exists()
 
 
@@ -145,10 +145,10 @@ def test_a_creation_in_progress_is_not_taken_for_a_leftover(tmp_path, study):
     tmp = rundir.temporary_path(run)
     tmp.mkdir()
     rundir.write_marker(tmp, "run")
-    lock = rundir.Lock(tmp).acquire()
+    lock = ownership.Lock(tmp).acquire()
     holder = subprocess.run(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from bidirect import config, rundir; "
-         "rundir.open_run_dir(Path(sys.argv[1]), config.load(sys.argv[2]))", str(run), str(study)],
+        [sys.executable, "-c", "import sys; from pathlib import Path; from bidirect import config, ownership; "
+         "ownership.open_run_dir(Path(sys.argv[1]), config.load(sys.argv[2]))", str(run), str(study)],
         capture_output=True, text=True, timeout=120)
     lock.release()
     assert holder.returncode != 0 and "in use by" in holder.stderr and (tmp / MARKER).is_file()

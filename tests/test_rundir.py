@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bidirect import rundir
+from bidirect import ownership, rundir
 from bidirect.rundir import RunDirError, RunFolder
 
 
@@ -67,7 +67,7 @@ def test_a_link_out_of_the_run_folder_is_refused(tmp_path):
 
 def test_never_the_root_home_or_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert rundir.forbidden(Path("/")) == "it is the root of the file system"
-    assert rundir.forbidden(tmp_path) == "it is the current folder"
-    assert rundir.forbidden(tmp_path.parent) == "it holds the current folder"
-    assert rundir.forbidden(tmp_path / "new") is None
+    assert ownership.forbidden(Path("/")) == "it is the root of the file system"
+    assert ownership.forbidden(tmp_path) == "it is the current folder"
+    assert ownership.forbidden(tmp_path.parent) == "it holds the current folder"
+    assert ownership.forbidden(tmp_path / "new") is None

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from tiny import ONE_CELL, write_config
 
-from bidirect import rundir, study
+from bidirect import ownership, rundir, study
 from bidirect.cli import main
 from bidirect.config import MAX_BIOS, ConfigError, from_dict, load
 from bidirect.rundir import MARKER, RunDirError
@@ -38,7 +38,7 @@ def _snapshot(top: Path) -> dict[str, str]:
 
 def _unlocked(folder: Path) -> bool:
     """Another process can take ``folder``'s lock: nobody holds it (this one has released it)."""
-    code = f"from pathlib import Path; from bidirect.rundir import Lock; Lock(Path({str(folder)!r})).acquire()"
+    code = f"from pathlib import Path; from bidirect.ownership import Lock; Lock(Path({str(folder)!r})).acquire()"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60).returncode == 0
 
 
@@ -79,9 +79,9 @@ def test_force_guard_never_the_root_home_cwd_or_an_ancestor(home_and_cwd, which,
     folder = {"root": Path("/"), "home": home, "cwd": cwd, "dot": Path("."), "ancestor": home / "work",
               "above_home": home.parent, "symlink": link}[which]
     if which != "symlink":
-        assert rundir.forbidden(folder) is not None and why in rundir.forbidden(folder)
+        assert ownership.forbidden(folder) is not None and why in ownership.forbidden(folder)
     with pytest.raises(RunDirError, match=f"--force will not delete it: .*{why}"):
-        rundir.check_replaceable(folder, "run")  # raises before anything: it never deletes
+        ownership.check_replaceable(folder, "run")  # raises before anything: it never deletes
 
 
 @pytest.mark.parametrize("command", ["data", "run"])
@@ -125,15 +125,15 @@ def test_old_run_folder_proved_by_content_not_names(tmp_path, run_copy):
     legacy.mkdir()
     (legacy / "config.yaml").write_text("name: x\n")
     with pytest.raises(RunDirError, match="no .bidirect marker"):
-        rundir.check_replaceable(legacy, "run")
+        ownership.check_replaceable(legacy, "run")
     (legacy / "results.json").write_text("{}")  # what issue 10 took for proof
     with pytest.raises(RunDirError, match="results.json is not a bidirect results file"):
-        rundir.check_replaceable(legacy, "run")
+        ownership.check_replaceable(legacy, "run")
     _, run = run_copy
     (run / MARKER).unlink()  # what runs/ of the repository hold, written before the marker
     assert rundir.folder_kind(run) == "run"
     with pytest.raises(RunDirError, match="before the .bidirect marker, and --force replaces only marked folders"):
-        rundir.check_replaceable(run, "run")
+        ownership.check_replaceable(run, "run")
 
 
 def test_force_replaces_a_bidirect_folder(run_copy, capsys):
@@ -142,12 +142,12 @@ def test_force_replaces_a_bidirect_folder(run_copy, capsys):
     assert code == 0
     assert not (run / "models").exists() and not (run / "results.json").exists()  # replaced: data only
     assert (run / MARKER).is_file() and _unlocked(run)
-    assert not rundir.aside_path(run).exists()
+    assert not ownership.aside_path(run).exists()
 
 
 def test_interrupted_force_leaves_the_old_folder_aside_and_refuses_to_guess(run_copy, capsys):
     config, run = run_copy
-    aside = rundir.aside_path(run)
+    aside = ownership.aside_path(run)
     shutil.copytree(run, aside)  # what a SIGKILL between the move and the delete leaves
     code, text = _run(["run", str(config), "--out", str(run), "--force"], capsys)
     assert code == 2 and f"{aside} holds the folder an interrupted --force replaced" in text
@@ -170,7 +170,7 @@ def test_force_with_a_config_failing_late_keeps_the_finished_run(run_copy, tmp_p
     bad = write_config(tmp_path / "bad.yaml", **{**ONE_CELL, **changes})
     code, text = _run(["run", str(bad), "--out", str(run), "--force"], capsys)
     assert code == 2 and message in text
-    assert _snapshot(run) == before and not rundir.aside_path(run).exists()
+    assert _snapshot(run) == before and not ownership.aside_path(run).exists()
 
 
 def test_sweep_force_with_a_config_failing_late_keeps_the_old_sweep(tmp_path, finished, capsys):
@@ -187,7 +187,7 @@ def test_sweep_force_with_a_config_failing_late_keeps_the_old_sweep(tmp_path, fi
     before = _snapshot(old)
     code, text = _run(["sweep", str(bad), "--out", str(old), "--force"], capsys)
     assert code == 2 and "model.context: 32 tokens is too short" in text
-    assert _snapshot(old) == before and not rundir.aside_path(old).exists()
+    assert _snapshot(old) == before and not ownership.aside_path(old).exists()
 
 
 def test_finetune_batch_checked_before_pretraining(tmp_path, monkeypatch, capsys):
@@ -208,7 +208,7 @@ def _hold(run: Path) -> subprocess.Popen:
     """Another process holding ``run``'s lock, as a second `bidirect run` would."""
     # It holds the lock until it is killed (it waits on a pipe nobody writes), not for a time a busy machine
     # could outlast.
-    code = (f"from pathlib import Path; from bidirect.rundir import Lock; import sys; "
+    code = (f"from pathlib import Path; from bidirect.ownership import Lock; import sys; "
             f"Lock(Path({str(run)!r})).acquire(); print('held', flush=True); sys.stdin.read()")
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
@@ -482,7 +482,7 @@ def test_ctrl_c_stops_cleanly(run_copy, tmp_path, monkeypatch, when, capsys):
     assert f"bidirect run {config} --out {run} --resume" in text
     assert _unlocked(run)
     if when == "force":
-        assert _snapshot(run) == before and not rundir.aside_path(run).exists()
+        assert _snapshot(run) == before and not ownership.aside_path(run).exists()
 
 
 # --------------------------------------------------------------------------- messages

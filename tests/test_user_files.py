@@ -26,7 +26,7 @@ import yaml
 from test_safety import _hold, _run, _snapshot
 from tiny import ONE_CELL, single_study, write_config
 
-from bidirect import rundir
+from bidirect import ownership, rundir
 from bidirect import sweep as sweep_lib
 from bidirect.cli import main
 from bidirect.config import ConfigError
@@ -83,7 +83,7 @@ def test_force_refuses_a_bidirect_run_holding_a_users_file(run_copy, capsys):
     assert code == 2
     assert f"--out {run}: --force will not delete it: it holds 2 entries bidirect did not write (notes.txt, " \
            "thesis.tex); move them out of it, or give another --out" in text
-    assert _snapshot(run) == before and not rundir.aside_path(run).exists()
+    assert _snapshot(run) == before and not ownership.aside_path(run).exists()
 
 
 def test_force_refuses_a_sweep_whose_cell_holds_a_users_file(tmp_path, finished, capsys):
@@ -122,7 +122,7 @@ def test_force_on_an_old_run_folder_moves_nothing_and_says_how_to_mark_it(run_co
     assert _snapshot(run) == before
     advice = text[text.index("`") + 1:text.index("`", text.index("`") + 1)].split()
     assert main(advice[1:]) == 0 and (run / MARKER).is_file()  # the advice works: marked, then replaceable
-    rundir.check_replaceable(run, "run")
+    ownership.check_replaceable(run, "run")
 
 
 def test_legacy_proof_needs_matching_config(run_copy):
@@ -533,7 +533,7 @@ def test_report_keeps_the_loss_figure_it_cannot_draw_again(run_copy, capsys):
     text = (run / "report.md").read_text()
     assert code == 0 and loss.read_bytes() == drawn and "](report/loss.png)" in text
     assert "Drawn by an earlier report from the training logs" in text
-    assert rundir.report_why_not(run / "report.md") is None  # still bidirect's: the next report may replace it
+    assert ownership.report_why_not(run / "report.md") is None  # still bidirect's: the next report may replace it
 
 
 EVIL = "\x1b[31mevil[bold]<script>alert(1)</script><img src=x onerror=alert(2)>|x"

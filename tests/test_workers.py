@@ -18,9 +18,10 @@ from cut import cut_env
 from test_faults import _drop_timing
 from tiny import TINY, single_study
 
-from bidirect import rundir, study, sweep
+from bidirect import ownership, study, sweep
 from bidirect.cli import main
-from bidirect.rundir import SUMMARY_FILE, Lock
+from bidirect.ownership import Lock
+from bidirect.rundir import SUMMARY_FILE
 
 GRID = {"seed": [0, 1], "finetune.steps": [2, 3]}  # four cells
 CELLS = ["finetune.steps=2,seed=0", "finetune.steps=2,seed=1", "finetune.steps=3,seed=0", "finetune.steps=3,seed=1"]
@@ -183,8 +184,8 @@ def test_summary_of_a_sweep_in_progress_names_each_cells_state(tmp_path, capsys)
     assert text.count(": free") == 3 and "no finished cell yet" in text
     first = sweep.Sweep(parsed.study, {"seed": [0]}, parsed.cells[:1])  # seed 0 alone, run to the end
     study.run_study(first.cells[0].config, out / "seed=0", study.make_accelerator(first.cells[0].config, out))
-    rundir.open_run_dir(out / "seed=1", parsed.cells[1].config).close()  # begun, and held by another worker:
-    code = ("from pathlib import Path; from bidirect.rundir import Lock; import sys; "
+    ownership.open_run_dir(out / "seed=1", parsed.cells[1].config).close()  # begun, and held by another worker:
+    code = ("from pathlib import Path; from bidirect.ownership import Lock; import sys; "
             f"Lock(Path({str(out / 'seed=1')!r})).acquire(); print('held', flush=True); sys.stdin.read()")
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

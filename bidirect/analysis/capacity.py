@@ -51,15 +51,9 @@ from bidirect.data.generate import MONTHS, StudyData
 from bidirect.data.pools import Pools, load_pools
 from bidirect.evaluate import first_bio_spans, pad_rows, score_forward
 from bidirect.models import backbone_kind, load_backbone, parameter_counts
+from bidirect.ownership import check_analysis_target, writing
 from bidirect.results import ATTRIBUTES
-from bidirect.rundir import (
-    CAPACITY_FILE,
-    RunFolder,
-    check_analysis_target,
-    read_tokenizer,
-    write_json_atomic,
-    writing,
-)
+from bidirect.rundir import CAPACITY_FILE, RunFolder, read_tokenizer, write_json_atomic
 from bidirect.tokenizer import mention_token_spans
 
 FIELDS = (*ATTRIBUTES, "full_name")

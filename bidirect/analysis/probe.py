@@ -48,16 +48,9 @@ from bidirect.analysis.cells import merge_cells, select_cells
 from bidirect.data.generate import StudyData
 from bidirect.evaluate import first_bio_spans, majority_baseline, score_forward
 from bidirect.models import backbone_kind, load_backbone
+from bidirect.ownership import check_analysis_target, writing
 from bidirect.results import ATTRIBUTES
-from bidirect.rundir import (
-    PROBE_FILE,
-    RunDirError,
-    RunFolder,
-    check_analysis_target,
-    read_tokenizer,
-    write_json_atomic,
-    writing,
-)
+from bidirect.rundir import PROBE_FILE, RunDirError, RunFolder, read_tokenizer, write_json_atomic
 
 MODE_NAMES = {"P": "P", "P_prefix": "P, prefix only", "Q": "Q"}
 RANK = 2

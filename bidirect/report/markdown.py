@@ -27,19 +27,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
-from bidirect import rundir
+from bidirect import ownership, rundir
 from bidirect.protocol import HELD_OUT_LEVELS, INVERSE_LEVELS, LEVELS
 from bidirect.report.tables import LEVEL_NAMES, SHORT, markdown, md, pct, summary_markdown, with_interval
 from bidirect.results import ATTRIBUTES, Run, interval, phase_mode
-from bidirect.rundir import (
-    CAPACITY_FILE,
-    MANIFEST_FILE,
-    REPORT_FILE,
-    SWEEP_FILE,
-    RunDirError,
-    RunFolder,
-    read_results,
-)
+from bidirect.rundir import CAPACITY_FILE, MANIFEST_FILE, REPORT_FILE, SWEEP_FILE, RunDirError, RunFolder, read_results
 from bidirect.sweep import SEED, Cell, aggregate, is_sweep_dir, read_cells, read_manifest, value_label
 
 LEVEL_COLORS = {"bio_recall": "#c6dbef", "name_tied": "#6baed6", "sentence_recall": "#9ecae1",
@@ -47,6 +39,7 @@ LEVEL_COLORS = {"bio_recall": "#c6dbef", "name_tied": "#6baed6", "sentence_recal
                 "qa_train": "#4292c6", "qa_val": "#2171b5",
                 "qa_test": "#08306b",
                 "inverse_train": "#fdae6b", "inverse_val": "#e6550d", "inverse_test": "#a63603"}
+OTHER_LEVEL = "#969696"  # a level added to the protocol draws before it has a colour of its own
 PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
 LINESTYLES = ["-", "--", ":", "-."]
 DPI = 110
@@ -63,7 +56,7 @@ LEVELS_NOTE = ("Bio recall: did it memorize the biographies (context-rich: the r
 
 def _save(fig: Figure, path: Path) -> Path:
     # format: the temporary name's suffix (.tmp) says nothing of it
-    return rundir.save_figure(path, lambda tmp: fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png"))
+    return ownership.save_figure(path, lambda tmp: fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png"))
 
 
 def accuracy_figure(title: str, panels: dict[str, dict[str, dict[str, float]]], baseline: dict[str, float],
@@ -96,14 +89,14 @@ def accuracy_figure(title: str, panels: dict[str, dict[str, dict[str, float]]], 
                 e = [100 * half[a] if half.get(a) is not None else 0.0 for a in groups]
                 up = [min(h, max(100 - y, 0.0)) if y == y else 0.0 for h, y in zip(e, ys)]
                 err = [[min(h, y) if y == y else 0.0 for h, y in zip(e, ys)], up]
-            ax.bar(xs, ys, width, color=LEVEL_COLORS[level], label=LEVEL_NAMES[level], yerr=err,
+            ax.bar(xs, ys, width, color=LEVEL_COLORS.get(level, OTHER_LEVEL), label=LEVEL_NAMES[level], yerr=err,
                    error_kw={"elinewidth": 0.9, "capsize": 2, "ecolor": "#444444"})
             if level == "qa_test":  # the headline: its value over its bar (and over the majority line)
                 for x, y, u, a in zip(xs, ys, up, groups):
                     if y == y:  # not NaN
                         floor = 100 * baseline[a] if baseline.get(a) is not None else 0.0
                         ax.text(x, max(y + u, floor) + 1.5, f"{y:.0f}", ha="center", va="bottom", fontsize=7,
-                                color=LEVEL_COLORS[level])
+                                color=LEVEL_COLORS.get(level, OTHER_LEVEL))
         for j, level in enumerate(shown_inverse):
             x = len(groups) + (j - (len(shown_inverse) - 1) / 2) * width
             stat = levels.get(level, {}).get("mean")
@@ -112,11 +105,11 @@ def accuracy_figure(title: str, panels: dict[str, dict[str, dict[str, float]]], 
                 continue
             y = 100 * stat
             err = None if half is None else [[min(100 * half, y)], [min(100 * half, 100 - y)]]
-            ax.bar([x], [y], width, color=LEVEL_COLORS[level], label=LEVEL_NAMES[level],
+            ax.bar([x], [y], width, color=LEVEL_COLORS.get(level, OTHER_LEVEL), label=LEVEL_NAMES[level],
                    yerr=err, error_kw={"elinewidth": 0.9, "capsize": 2, "ecolor": "#444444"})
             if level == "inverse_test":
                 ax.text(x, y + 1.5, f"{y:.0f}", ha="center", va="bottom", fontsize=7,
-                        color=LEVEL_COLORS[level])
+                        color=LEVEL_COLORS.get(level, OTHER_LEVEL))
         for i, a in enumerate(groups):
             if baseline.get(a) is not None:
                 ax.hlines(100 * baseline[a], i - 0.4, i + 0.4, colors="black", linestyles="--",
@@ -355,7 +348,7 @@ def _undrawable_loss(curves: list[dict[str, Any]]) -> set[str]:
 
 def _loss_lines(title: str, curves: list[dict[str, Any]], fig_dir: Path, base: Path) -> list[str]:
     """The report's lines for the loss figure: drawn from ``curves``, or, where they hold no logged step, the one an
-    earlier report drew from logs this folder no longer holds (kept by `rundir.clear_report`)."""
+    earlier report drew from logs this folder no longer holds (kept by `ownership.clear_report`)."""
     path = fig_dir / LOSS_FIGURE
     if loss_figure(title, curves, path) is not None:
         return [f"![training loss]({_rel(path, base)})", ""]
@@ -376,7 +369,7 @@ def run_report(run_dir: Path, out: Path) -> str:
     results = read_results(run_dir)
     curves = _loss_curves(run_dir, results)
     # the figures of its earlier report, which this one may not redraw; a loss figure it cannot draw (no logs) stays
-    fig_dir = rundir.clear_report(out, keep=_undrawable_loss(curves))
+    fig_dir = ownership.clear_report(out, keep=_undrawable_loss(curves))
     base = out.parent
     cfg = results.config or {}
     data = cfg.get("data", {})
@@ -566,7 +559,7 @@ def sweep_report(sweep_dir: Path, out: Path) -> str:
         other = ",".join(f"{k}={value_label(cell.values[k])}" for k in summary["group_by"])
         curves += _loss_curves(sweep_dir / cell.name, cell.run, alpha=0.75, label_extra=f"{other} " if other else "")
     # the figures of its earlier report, which this one may not redraw; a loss figure it cannot draw (no logs) stays
-    fig_dir = rundir.clear_report(out, keep=_undrawable_loss(curves))
+    fig_dir = ownership.clear_report(out, keep=_undrawable_loss(curves))
     base = out.parent
     rows, keys = summary["rows"], summary["group_by"]
     first = cells[0].run
@@ -678,11 +671,11 @@ def write_report(directory: Path, out: Path | None = None) -> Path:
     # before the marker has none; what the report replaces is proved its own by `check_report_target` either way).
     inside = directory.resolve() in out.resolve().parents
     locked = inside and rundir.marker_kind(directory) is not None
-    with rundir.writing(directory, "sweep" if sweep else "run") if locked else contextlib.nullcontext():
-        rundir.check_report_target(out)  # a report and figures of someone else's are never overwritten
+    with ownership.writing(directory, "sweep" if sweep else "run") if locked else contextlib.nullcontext():
+        ownership.check_report_target(out)  # a report and figures of someone else's are never overwritten
         out.parent.mkdir(parents=True, exist_ok=True)
         text = sweep_report(directory, out) if sweep else run_report(directory, out)
         rundir.write_text_atomic(out, text)
-        rundir.record_report(out, sorted(out.with_suffix("").glob("*.png")))
+        ownership.record_report(out, sorted(out.with_suffix("").glob("*.png")))
     return out
 
