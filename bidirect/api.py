@@ -103,7 +103,7 @@ def run(config: str | Path | dict[str, Any] | StudyConfig | None, out: str | Pat
     accelerator.wait_for_everyone()
     with contextlib.closing(opened) if opened is not None else contextlib.nullcontext():
         return run_in_folder(cfg, run_dir, accelerator, opened, Path(pretrained_from) if reuse else None, workers,
-                             console)
+                             console).to_json()
 
 
 def sweep(config: str | Path | dict[str, Any], out: str | Path, force: bool = False,

@@ -32,6 +32,7 @@ from rich.markup import escape
 
 from bidirect import __version__
 from bidirect.config import ConfigError, StudyConfig
+from bidirect.results import Run
 from bidirect.rundir import CAPACITY_FILE, PROBE_FILE, RunDirError, environment_fault
 
 # Piped or logged output is read by people later and by scripts: no wrapping at 80 columns in the
@@ -69,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     results = run(args.config, args.out, args.set, resume=args.resume, force=args.force,
                   pretrained_from=args.pretrained_from, workers=args.workers, console=console)
     if PartialState().is_main_process:
-        print_results(console, results)
+        print_results(console, Run.from_json(results))
         console.print(f"results: {Path(args.out) / RESULTS_FILE} ({results['wall_seconds']:.0f} s)")
 
 

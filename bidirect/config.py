@@ -509,6 +509,13 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         raise ConfigError(f"seed: must be in [0, 2**32), got {cfg.seed}")
     if not 0.0 < cfg.qa_share < 1.0:
         raise ConfigError(f"qa_share: must be strictly between 0 and 1, got {cfg.qa_share}")
+    # Section by section, in the order they have always run: a config with several errors is told the same first.
+    for check in (_validate_data, _validate_model, _validate_backbones, _validate_masking, _validate_eval):
+        check(cfg)
+    return cfg
+
+
+def _validate_data(cfg: StudyConfig) -> None:
     d = cfg.data
     _positive("data.individuals", d.individuals)
     if d.individuals > MAX_INDIVIDUALS:
@@ -542,6 +549,8 @@ def validate(cfg: StudyConfig) -> StudyConfig:
             raise ConfigError(f"data.augmentations[{i}]: {a.name} writes {a.bios_per_person} bios for each of "
                               f"{d.individuals} individuals, more than the {MAX_BIOS:,} one study can hold in memory")
 
+
+def _validate_model(cfg: StudyConfig) -> None:
     _positive("tokenizer.vocab_size", cfg.tokenizer.vocab_size)
     if cfg.tokenizer.vocab_size > MAX_VOCAB:
         raise ConfigError(f"tokenizer.vocab_size: at most {MAX_VOCAB:,}, got {cfg.tokenizer.vocab_size:,}")
@@ -558,12 +567,14 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout}")
 
+
+def _validate_backbones(cfg: StudyConfig) -> None:
     if not cfg.backbones:
         raise ConfigError(f"backbones: needs at least one of {', '.join(BACKBONE_KINDS)}")
     # The study-wide phases first: an error in them is named where the user wrote it (pretrain.lr),
     # not under the first backbone that inherits it.
-    validate_train(cfg.pretrain, "pretrain", m.width)
-    validate_train(cfg.finetune, "finetune", m.width)
+    validate_train(cfg.pretrain, "pretrain", cfg.model.width)
+    validate_train(cfg.finetune, "finetune", cfg.model.width)
     seen = set()
     for i, b in enumerate(cfg.backbones):
         if b.name not in BACKBONE_KINDS:
@@ -573,13 +584,16 @@ def validate(cfg: StudyConfig) -> StudyConfig:
         seen.add(b.name)
         for phase in ("pretrain", "finetune"):
             train = cfg.train_config(b, phase)
-            validate_train(train, f"backbones.{b.name}.{phase}", m.width)
+            validate_train(train, f"backbones.{b.name}.{phase}", cfg.model.width)
             # LoRA is a way to fine-tune; nothing else reads the field
             if train.finetune_mode == "lora" and not (phase == "finetune" and phase in phases(cfg.protocol)):
                 where = phase if getattr(cfg, phase).finetune_mode == "lora" else f"backbones.{b.name}.{phase}"
                 raise ConfigError(f"{where}.finetune_mode: 'lora' applies to the fine-tuning phase of protocol "
                                   "pretrain_finetune only; pretraining and the mixed stream train every weight")
 
+
+def _validate_masking(cfg: StudyConfig) -> None:
+    """Masking, reverse training and the answer-length rule, which the masking's QA layout decides."""
     if cfg.causal.reverse and not any(BACKBONE_KINDS[b.name] == "causal" for b in cfg.backbones):
         raise ConfigError("causal.reverse: true, but no causal backbone in backbones (it changes only what causal "
                           f"ones train on; causal: {', '.join(k for k, v in BACKBONE_KINDS.items() if v == 'causal')})")
@@ -603,6 +617,9 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     if cfg.eval.masked_length not in rules:
         raise ConfigError(f"eval.masked_length: {cfg.eval.masked_length!r} does not decode a model fine-tuned with "
                           f"masking.answer {mk.answer!r}; allowed with it: {', '.join(map(repr, rules))}")
+
+
+def _validate_eval(cfg: StudyConfig) -> None:
     for i, tracker in enumerate(cfg.tracking.log_with):
         if tracker not in TRACKERS:
             raise ConfigError(f"tracking.log_with[{i}]: unknown tracker {shown(tracker)}; "
@@ -612,7 +629,6 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     _positive("eval.num_beams", cfg.eval.num_beams)
     if cfg.eval.num_beams > MAX_BEAMS:
         raise ConfigError(f"eval.num_beams: at most {MAX_BEAMS}, got {cfg.eval.num_beams} (the paper used 4)")
-    return cfg
 
 
 def validate_train(t: TrainConfig, where: str, width: int | None = None) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
 
 from bidirect import config as config_lib
 from bidirect.config import StudyConfig, shown
@@ -83,11 +82,10 @@ def check_manifest(folder: Path, what: str, advice: str) -> None:
         raise RunDirError(f"{folder / extra[0]}: not part of {what} as it was written (not in {manifest}); {advice}")
 
 
-def check_results(run_dir: Path, cfg: StudyConfig, results: Run | dict[str, Any]) -> None:
+def check_results(run_dir: Path, cfg: StudyConfig, results: Run) -> None:
     """``run_dir``'s config.yaml (loaded as ``cfg``) and data/ are those its results.json was made with: the config
     it recorded, and the data's hash. Results files without them (older versions) are not checked."""
     run = RunFolder(run_dir)
-    results = Run.of(results)
     recorded = results.config
     if isinstance(recorded, dict):
         key = config_lib.first_difference(config_lib.migrate_saved(recorded), cfg.to_dict())

@@ -442,7 +442,7 @@ def _hparams(cfg: StudyConfig) -> dict[str, Any]:
 
 
 def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None = None,
-              opened: ownership.Opened | None = None) -> dict[str, Any]:
+              opened: ownership.Opened | None = None) -> Run:
     """Every cell of the study; results.json is rewritten after each cell trained here, so a killed
     run loses at most the cell in flight (and that one resumes from its last checkpoint), and a
     finished run resumed is left as it was. ``opened``: see `start_study`."""
@@ -475,11 +475,11 @@ def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None =
     if accelerator.log_with:
         accelerator.end_training()
         accelerator.trackers = []  # the next run folder (a sweep's next cell) starts its own
-    return run.to_json()
+    return run
 
 
 def run_in_folder(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator, opened: ownership.Opened | None,
-                  pretrained_from: Path | None = None, workers: int = 1, console: Any = None) -> dict[str, Any]:
+                  pretrained_from: Path | None = None, workers: int = 1, console: Any = None) -> Run:
     """A study in its run folder, made or resumed and locked by the caller (``opened`` in the main process; after a
     ``--force``, the replaced folder waits there for `start_study`): ``pretrained_from``'s finished pretraining copied
     in where the folder has no data yet, the cells trained (in ``workers`` processes side by side, `train_in_workers`)
@@ -520,7 +520,7 @@ def paired_by_augmentation(run: Run) -> dict[str, list[dict[str, Any]]]:
             for aug, cells in run.by_augmentation().items()}
 
 
-def reevaluate(run_dir: Path, accelerator: Accelerator | None = None) -> dict[str, Any]:
+def reevaluate(run_dir: Path, accelerator: Accelerator | None = None) -> Run:
     """Evaluate the saved final models of a run again and rewrite its results.json, holding the run's lock
     (a `bidirect run` writing results.json meanwhile is refused, not raced)."""
     cfg = require_run_dir(run_dir)
@@ -558,4 +558,4 @@ def reevaluate(run_dir: Path, accelerator: Accelerator | None = None) -> dict[st
         run.paired = paired_by_augmentation(run)
         if accelerator.is_main_process:
             write_json_atomic(folder.results, run.to_json())
-    return run.to_json()
+    return run

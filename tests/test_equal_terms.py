@@ -34,7 +34,7 @@ from bidirect.evaluate import (
 )
 from bidirect.objectives import encode_qa, make_objective
 from bidirect.protocol import choose_length
-from bidirect.results import ATTRIBUTES
+from bidirect.results import ATTRIBUTES, Run
 from bidirect.tokenizer import answer_ids, qa_text, train_tokenizer, value_token_span
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -404,7 +404,7 @@ def test_headline_table_puts_the_interval_and_both_baselines_beside_p_test():
         "gbert": {"bio_recall": level(0.95), "name_tied": level(0.3), "qa_train": level(1.0),
                   "qa_test": level(0.1, 0.05, 0.16), "qa_test_given": level(0.2, 0.12, 0.27)}}},
         "majority_baseline": {"mean": 0.021}, "majority_baseline_given_length": {"mean": 0.029}}
-    lines = headline_markdown(results).splitlines()
+    lines = headline_markdown(Run.from_json(results)).splitlines()
     assert lines[0] == "| augmentation | backbone | bio recall | name-tied | QA P_train | QA P_test | QA P_test* |"
     assert lines[2] == "| single | gpt2-rope | 90.0 | 80.0 | 100.0 | **50.0** (42-58) | - |"
     assert lines[3] == "| single | gbert | 95.0 | 30.0 | 100.0 | **10.0** (5-16) | **20.0** (12-27) |"
@@ -424,6 +424,7 @@ def test_runs_table_gives_every_held_out_mean_its_interval_and_both_baselines():
     b = {"results": {"single": {"gbert": {"name_tied": level(0.0), "qa_test": level(0.0, 0.0, 0.0),
                                           "qa_test_given": level(0.02, 0.0, 0.05)}}},
          "majority_baseline": {"mean": 0.021}}
+    a, b = Run.from_json(a), Run.from_json(b)
     lines = runs_markdown({"runs/quick": a, "runs/quick80": b}).splitlines()
     assert lines[0] == ("| study | augmentation | backbone | name-tied | QA P_train | QA P_val | QA P_test "
                         "| QA P_test* | majority |")
@@ -444,14 +445,15 @@ def test_default_study_tables_fit_80_columns_without_cutting_anything():
 
     from bidirect.report.tables import comparison_tables, print_results
 
-    results = json.loads((ROOT / "runs" / "quick" / "results.json").read_text())
+    raw = json.loads((ROOT / "runs" / "quick" / "results.json").read_text())
+    results = Run.from_json(raw)
     for render in (lambda c: print_results(c, results),
                    lambda c: [c.print(t) for t in comparison_tables({"runs/quick": results, "runs/q2": results}, 80)]):
         out = io.StringIO()
         render(Console(width=80, file=out))
         text = out.getvalue()
         assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
-        for levels in results["results"]["multi5+permute+fullname"].values():  # the headline numbers, whole
+        for levels in raw["results"]["multi5+permute+fullname"].values():  # the headline numbers, whole
             assert f"{100 * levels['qa_test']['mean']:.1f}" in text
 
 

@@ -16,6 +16,7 @@ from bidirect.evaluate import evaluate_model
 from bidirect.objectives import encode_qa, make_objective
 from bidirect.protocol import INVERSE_LEVELS
 from bidirect.report import tables as report
+from bidirect.results import Run
 from bidirect.tokenizer import answer_ids, qa_text, question_ids, train_tokenizer
 
 
@@ -213,9 +214,9 @@ def test_leak_guard_catches_a_p_test_inverse_qa(inverse_study, kind):
 
 def test_report_shows_inverse_levels_only_when_present():
     scores = {a: 0.5 for a in ("birth_date", "birth_city", "university", "major", "company", "company_city", "mean")}
-    plain = {"study": "s", "results": {"single": {"gbert": {"qa_train": scores, "qa_test": scores}}}}
-    inverse = {"study": "s", "results": {"single": {"gbert": {
-        "qa_train": scores, "qa_test": scores, "inverse_test": {"full_name": 0.25, "mean": 0.25, "n": 4}}}}}
+    plain = Run.from_json({"study": "s", "results": {"single": {"gbert": {"qa_train": scores, "qa_test": scores}}}})
+    inverse = Run.from_json({"study": "s", "results": {"single": {"gbert": {
+        "qa_train": scores, "qa_test": scores, "inverse_test": {"full_name": 0.25, "mean": 0.25, "n": 4}}}}})
     assert "inverse" not in report.markdown(plain)
     assert "| single | gbert | inverse P_test | - | - | - | - | - | - | **25.0** |" in report.markdown(inverse)
     assert list(report.comparison_tables({"a": plain})[0].columns[0].cells)[-3] == "QA P_test"

@@ -30,6 +30,7 @@ from bidirect import ownership, rundir
 from bidirect import sweep as sweep_lib
 from bidirect.cli import main
 from bidirect.config import ConfigError
+from bidirect.results import Run
 from bidirect.rundir import MARKER, RunDirError
 
 FINETUNE = "models/single/gpt2-rope/finetune"
@@ -415,7 +416,7 @@ def test_markup_in_a_run_name_is_printed_as_written(tmp_path, capsys):
     console = Console(width=200, record=True)
     name = "[bold red]x[/bold red] \x1b[31mred"
     # one cell: a table per augmentation that has one (results.Run keeps no augmentation without a backbone)
-    print_results(console, {"study": name, "results": {"single": {"gpt2-rope": {}}}})
+    print_results(console, Run.from_json({"study": name, "results": {"single": {"gpt2-rope": {}}}}))
     text = console.export_text()
     assert "[bold red]x[/bold red]" in text and "\x1b" not in text
 

@@ -299,10 +299,10 @@ def _rel(path: Path, base: Path) -> str:
     return path.relative_to(base).as_posix()
 
 
-def training_markdown(results: Run | dict[str, Any]) -> str:
+def training_markdown(results: Run) -> str:
     lines = ["| augmentation | backbone | phase | mode | trainable params | steps | labelled tokens | training FLOPs | "
              "final loss | exposures | seconds |", "| --- | --- | --- | --- |" + " ---: |" * 7]
-    for cell in Run.of(results).cells:
+    for cell in results.cells:
         for phase, t in (cell.phases or {}).items():
             mode = phase_mode(t)
             exp = "-" if t.get("exposures") is None else f"{t['exposures']:.1f}"
@@ -315,8 +315,8 @@ def training_markdown(results: Run | dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _leaks(results: list[Run | dict[str, Any]]) -> str:
-    checks = [c.leak_check for r in results for c in Run.of(r).cells if c.leak_check is not None]
+def _leaks(results: list[Run]) -> str:
+    checks = [c.leak_check for r in results for c in r.cells if c.leak_check is not None]
     if not checks:
         return "no leak check recorded"
     leaked = sum(c.get("leaked", 0) for c in checks)
@@ -325,10 +325,10 @@ def _leaks(results: list[Run | dict[str, Any]]) -> str:
             f"checked, {len(checks)} trained model{'s' if len(checks) != 1 else ''})")
 
 
-def _loss_curves(run_dir: Path, results: Run | dict[str, Any], prefix: str = "", alpha: float = 1.0,
+def _loss_curves(run_dir: Path, results: Run, prefix: str = "", alpha: float = 1.0,
                  label_extra: str = "") -> list[dict[str, Any]]:
     curves = []
-    for cell in Run.of(results).cells:
+    for cell in results.cells:
         aug, backbone = cell.augmentation, cell.backbone
         for phase in cell.phases or {}:
             steps, losses = read_log(RunFolder(run_dir).log(aug, backbone, phase))

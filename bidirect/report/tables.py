@@ -30,10 +30,10 @@ BASELINES = dict(zip(BASELINE_KEYS, (("majority", "P_test"), ("majority", f"P_te
 GIVEN_NOTE = f"{RULES[TOLD].mark}: {RULES[TOLD].legend}"
 
 
-def note(results: Run | dict[str, Any]) -> str:
+def note(results: Run) -> str:
     """What the marked rows mean, and which rule a masked model's plain QA rows used (from the run's
     config; older runs chose by ``free``)."""
-    rule = Run.of(results).masked_length
+    rule = results.masked_length
     marks = ", ".join(f"{r.mark}: {r.legend}" for r in RULES.values() if r.name != TOLD)
     return (f"{GIVEN_NOTE}; a masked model's QA rows choose the answer's length by {RULES[rule].words}; {marks}; "
             "len: the share of its answers of the true length")
@@ -110,9 +110,8 @@ def md(text: Any) -> str:
     return html.escape(text, quote=False).replace("|", "\\|")
 
 
-def results_tables(results: Run | dict[str, Any]) -> list[Table]:
+def results_tables(run: Run) -> list[Table]:
     """One table per augmentation: a row per backbone and level, a column per attribute."""
-    run = Run.of(results)
     tables = []
     for aug, cells in run.by_augmentation().items():
         # No vertical rules and one space between columns: the table fits 80 columns.
@@ -148,11 +147,11 @@ def results_tables(results: Run | dict[str, Any]) -> list[Table]:
     return tables
 
 
-def paired_lines(results: Run | dict[str, Any]) -> list[str]:
+def paired_lines(results: Run) -> list[str]:
     """Per augmentation and pair of backbones, their differences on the same people with the paired 95% interval
     (results.json's ``paired``), one line a pair."""
     lines = []
-    for aug, records in (Run.of(results).paired or {}).items():
+    for aug, records in (results.paired or {}).items():
         pairs: dict[tuple[str, str], list[str]] = {}
         for r in records:
             a, b = r["levels"]
@@ -165,16 +164,15 @@ def paired_lines(results: Run | dict[str, Any]) -> list[str]:
     return lines
 
 
-def print_results(console: Console, results: Run | dict[str, Any]) -> None:
+def print_results(console: Console, results: Run) -> None:
     for table in results_tables(results):
         console.print(table)
     for line in paired_lines(results):
         console.print(plain(line))
 
 
-def markdown(results: Run | dict[str, Any]) -> str:
+def markdown(run: Run) -> str:
     """The results tables as Markdown (README, reports)."""
-    run = Run.of(results)
     lines = []
     header = "| augmentation | backbone | level | " + " | ".join(SHORT[a] for a in ATTRIBUTES) + " | mean | 95% CI |"
     lines += [header, "|" + " --- |" * (len(ATTRIBUTES) + 5)]
@@ -205,10 +203,9 @@ def level_cell(level: dict[str, Any] | None, name: str, bold: bool = False) -> s
     return with_interval(level.get("mean"), *bounds, bold=name in HELD_OUT_LEVELS and bold)
 
 
-def headline_markdown(results: Run | dict[str, Any]) -> str:
+def headline_markdown(run: Run) -> str:
     """One row per (augmentation, backbone): each level's mean over the six attributes, P_test with its
     interval over people, and the majority baselines; the table the README and docs lead with."""
-    run = Run.of(results)
     shown = shown_levels(run.levels_present())
     lines = ["| augmentation | backbone | " + " | ".join(LEVEL_NAMES[lv] for lv in shown) + " |",
              "| --- | --- |" + " ---: |" * len(shown)]
@@ -223,11 +220,10 @@ def headline_markdown(results: Run | dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def runs_markdown(runs: dict[str, Run | dict[str, Any]]) -> str:
+def runs_markdown(runs: dict[str, Run]) -> str:
     """Several runs as one Markdown table, a row per (run, augmentation, backbone): each level's mean,
     the held-out levels with their interval over people, and both majority baselines (plain / told the
     length). What `bidirect summary --markdown` prints: the README's table of what changes extraction."""
-    runs = {name: Run.of(r) for name, r in runs.items()}
     shown = shown_levels(lv for r in runs.values() for lv in r.levels_present())
     lines = ["| study | augmentation | backbone | " + " | ".join(LEVEL_NAMES[lv] for lv in shown) + " | majority |",
              "| --- | --- | --- |" + " ---: |" * (len(shown) + 1)]
@@ -241,11 +237,10 @@ def runs_markdown(runs: dict[str, Run | dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def comparison_tables(runs: dict[str, Run | dict[str, Any]], width: int = 80) -> list[Table]:
+def comparison_tables(runs: dict[str, Run], width: int = 80) -> list[Table]:
     """Several runs side by side, a column per (run, augmentation, backbone) and a row per level (its
     mean over the six attributes; held-out levels and P_val with their interval over people), split
     into as many tables as it takes to fit ``width`` columns without cutting a number."""
-    runs = {name: Run.of(r) for name, r in runs.items()}
     shown = shown_levels(lv for r in runs.values() for lv in r.levels_present())
     cells = []
     for name, run in runs.items():
