@@ -10,7 +10,7 @@ manifest existed have none and are not checked (the runs in ``runs/`` hold neith
 
 `check_results` holds a run folder's config.yaml and data/ to what its results.json recorded (the config and
 ``data_sha256``), so that an edited config.yaml or a swapped data/ is not evaluated, probed or resumed as if it
-were the run's; `ownership.check_started` holds an unfinished run's config.yaml to the study its marker recorded
+were the run's; `rundir.check_started` holds an unfinished run's config.yaml to the study its marker recorded
 at start.
 
 Light on purpose (no torch at import), like rundir.
@@ -24,9 +24,16 @@ from pathlib import Path
 
 from bidirect import config as config_lib
 from bidirect.config import StudyConfig, shown
-from bidirect.ownership import check_started
 from bidirect.results import Run, phases
-from bidirect.rundir import CONFIG_FILE, FILES_SHA_FILE, MODEL_CARD_FILE, RESULTS_FILE, RunDirError, RunFolder
+from bidirect.rundir import (
+    CONFIG_FILE,
+    FILES_SHA_FILE,
+    MODEL_CARD_FILE,
+    RESULTS_FILE,
+    RunDirError,
+    RunFolder,
+    check_started,
+)
 
 DATA_SHA = "sha256"  # in a saved data folder: `StudyData.sha256` of the data as generated, which results.json records
 

@@ -49,6 +49,7 @@ from bidirect.rundir import (
     RunDirError,
     RunFolder,
     check_marker,
+    check_started,
     environment_fault,
     few,
     file_sha,
@@ -58,7 +59,6 @@ from bidirect.rundir import (
     marker_kind,
     read_json_regular,
     read_regular,
-    started_config,
     temporary_path,
     write_json_atomic,
     write_marker,
@@ -590,18 +590,3 @@ def open_run_dir(run_dir: Path, cfg: StudyConfig, resume: bool = False, force: b
         settle(run_dir, aside, False)
         raise
     return Opened(run_dir, lock, aside)
-
-
-def check_started(run_dir: Path, cfg: StudyConfig) -> None:
-    """``run_dir``'s config.yaml (loaded as ``cfg``) is the study its marker recorded when the run started: an edited
-    config.yaml of an unfinished run resumed from checkpoints made under the old one (steps 3000 -> 60 resumed at
-    46/60). Markers without it (older versions) are not checked."""
-    recorded = started_config(run_dir)
-    key = None if recorded is None else config_lib.first_difference(config_lib.migrate_saved(recorded), cfg.to_dict())
-    if key is not None:
-        now, then = (config_lib.shown(config_lib.value_at(c, key), 30) for c in (cfg.to_dict(), recorded))
-        raise RunDirError(
-            f"{RunFolder(run_dir).config}: not the config this run started with ({key}: {now} in {CONFIG_FILE}, "
-            f"{then} when it started, recorded in {run_dir / MARKER}); put back the {CONFIG_FILE} this run started "
-            "with, or start a new run folder with the new config"
-        )

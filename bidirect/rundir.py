@@ -329,6 +329,21 @@ class RunFolder:
         return self.phase(augmentation, backbone, phase) / LOG_FILE
 
 
+def check_started(run_dir: Path, cfg: StudyConfig) -> None:
+    """``run_dir``'s config.yaml (loaded as ``cfg``) is the study its marker recorded when the run started: an edited
+    config.yaml of an unfinished run resumed from checkpoints made under the old one (steps 3000 -> 60 resumed at
+    46/60). Markers without it (older versions) are not checked."""
+    recorded = started_config(run_dir)
+    key = None if recorded is None else config_lib.first_difference(config_lib.migrate_saved(recorded), cfg.to_dict())
+    if key is not None:
+        now, then = (config_lib.shown(config_lib.value_at(c, key), 30) for c in (cfg.to_dict(), recorded))
+        raise RunDirError(
+            f"{RunFolder(run_dir).config}: not the config this run started with ({key}: {now} in {CONFIG_FILE}, "
+            f"{then} when it started, recorded in {run_dir / MARKER}); put back the {CONFIG_FILE} this run started "
+            "with, or start a new run folder with the new config"
+        )
+
+
 def _check_is_folder(run_dir: Path) -> None:
     """A file or a missing path given where a run folder belongs, said as what it is."""
     if run_dir.exists() and not run_dir.is_dir():  # a user's notes.txt was "no such run folder"

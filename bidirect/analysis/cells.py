@@ -15,9 +15,8 @@ from typing import Any
 
 from bidirect.config import StudyConfig
 from bidirect.integrity import check_models, check_results
-from bidirect.ownership import check_started
 from bidirect.results import bio_phase, phases
-from bidirect.rundir import RunDirError, RunFolder, read_results, read_tokenizer, require_run_dir
+from bidirect.rundir import RunDirError, RunFolder, check_started, read_results, read_tokenizer, require_run_dir
 
 
 def select_cells(run_dir: Path, augmentation: str | None, backbone: str | None,
