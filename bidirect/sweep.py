@@ -83,7 +83,10 @@ MAX_CELLS = 10_000  # cells of one sweep: far past any grid of studies, and pars
 
 
 @dataclass
-class Cell:
+class SweepCell:
+    """One point of the grid: a run folder of the sweep, named by its values (not a results.Cell, which is one
+    augmentation and backbone of a run)."""
+
     name: str
     values: dict[str, Any]  # dotted path -> value
     config: StudyConfig | None = None  # set where the sweep file lists the cell (it can run)
@@ -94,7 +97,7 @@ class Cell:
 class Sweep:
     study: dict[str, Any]  # the study part of the file, as written
     axes: dict[str, list[Any]]  # dotted path -> values, in the file's order
-    cells: list[Cell] = field(default_factory=list)
+    cells: list[SweepCell] = field(default_factory=list)
     # Set by `open_sweep_dir` in the process that writes the folder: its lock, and after --force the
     # old folder kept aside until the first cell passes its checks (ownership.Opened).
     opened: Any = field(default=None, repr=False, compare=False)
@@ -199,7 +202,7 @@ def parse(raw: Any, where: str = "sweep file") -> Sweep:
         if twin is not None:  # values of several axes that spell one name together
             raise ConfigError(f"sweep: the cells {twin.values} and {values} give one folder name ({name}); make "
                               "the values differ in letters, digits or . _ + = , -")
-        sweep.cells.append(Cell(name, values, cfg))
+        sweep.cells.append(SweepCell(name, values, cfg))
     return sweep
 
 
@@ -348,7 +351,7 @@ def _merge_old(out: Path, sweep: Sweep) -> Sweep:
                 "a sweep folder can only gain values. Use another --out, or --force to start over."
             )
         known = {c.name for c in sweep.cells}
-        extra = [Cell(c["name"], c["values"]) for c in old["cells"] if c["name"] not in known]
+        extra = [SweepCell(c["name"], c["values"]) for c in old["cells"] if c["name"] not in known]
         axes = {}  # the old values first, then the new ones
         for key, values in sweep.axes.items():
             if isinstance(values, dict):  # named variants: a name keeps the settings its cells were run with
@@ -435,7 +438,7 @@ def _run_cells(sweep: Sweep, out: Path, accelerator, console, pretrained_from: P
         replaced = None
 
 
-def _claim(cells: list[Cell], out: Path, console, told: set[str]) -> tuple[int | None, ownership.Opened | None]:
+def _claim(cells: list[SweepCell], out: Path, console, told: set[str]) -> tuple[int | None, ownership.Opened | None]:
     """The index of the cell this worker takes next and its opened run folder (locked), or (None, None)."""
     lock = _take(out, console)
     try:
@@ -522,7 +525,7 @@ def cell_states(sweep_dir: Path, names: list[str] | None = None) -> dict[str, st
 # --------------------------------------------------------------------------- the summary
 
 
-def read_cells(sweep_dir: Path) -> tuple[dict[str, list], list[Cell]]:
+def read_cells(sweep_dir: Path) -> tuple[dict[str, list], list[SweepCell]]:
     """(axes, the finished cells with their values and results) of a sweep folder. Without sweep.json the axes
     are the config fields whose values differ between the run folders."""
     if not sweep_dir.is_dir():
@@ -532,7 +535,7 @@ def read_cells(sweep_dir: Path) -> tuple[dict[str, list], list[Cell]]:
         meta = read_manifest(manifest, "put back a good copy, or delete it: the run folders' own configs then say "
                              "what was swept")
         axes = meta["axes"]
-        found = [Cell(c["name"], c["values"], run=read_results(sweep_dir / c["name"]))
+        found = [SweepCell(c["name"], c["values"], run=read_results(sweep_dir / c["name"]))
                  for c in meta["cells"] if RunFolder(sweep_dir / c["name"]).results.is_file()]
     else:
         runs = {p.parent.name: read_results(p.parent)
@@ -543,7 +546,7 @@ def read_cells(sweep_dir: Path) -> tuple[dict[str, list], list[Cell]]:
         varied = [k for k in keys if len({f.get(k) for f in flat.values()}) > 1]
         axes = {k: sorted({f.get(k) for f in flat.values()}, key=str) for k in varied}
         axes = {k: [json.loads(v) for v in vs] for k, vs in axes.items()}
-        found = [Cell(name, {k: json.loads(flat[name][k]) for k in varied}, run=r) for name, r in runs.items()]
+        found = [SweepCell(name, {k: json.loads(flat[name][k]) for k in varied}, run=r) for name, r in runs.items()]
     if not found:
         raise RunDirError(f"{sweep_dir}: no finished cell yet (no */results.json); run the sweep first")
     return axes, found

@@ -32,7 +32,7 @@ from bidirect.protocol import HELD_OUT_LEVELS, INVERSE_LEVELS, LEVELS
 from bidirect.report.tables import LEVEL_NAMES, SHORT, markdown, md, pct, summary_markdown, with_interval
 from bidirect.results import ATTRIBUTES, Run, interval, phase_mode
 from bidirect.rundir import CAPACITY_FILE, MANIFEST_FILE, REPORT_FILE, SWEEP_FILE, RunDirError, RunFolder, read_results
-from bidirect.sweep import SEED, Cell, aggregate, is_sweep_dir, read_cells, read_manifest, value_label
+from bidirect.sweep import SEED, SweepCell, aggregate, is_sweep_dir, read_cells, read_manifest, value_label
 
 LEVEL_COLORS = {"bio_recall": "#c6dbef", "name_tied": "#6baed6", "sentence_recall": "#9ecae1",
                 "name_and_values": "#dadaeb", "values_only": "#fdd0a2",
@@ -448,7 +448,7 @@ def compute_figure(title: str, points: list[dict[str, Any]], path: Path) -> Path
     return _save(fig, path)
 
 
-def _compute_section(rows: list[dict[str, Any]], cells: list[Cell], keys: list[str], fig_dir: Path,
+def _compute_section(rows: list[dict[str, Any]], cells: list[SweepCell], keys: list[str], fig_dir: Path,
                      base: Path) -> list[str]:
     """Where cells record training FLOPs: each row's held-out accuracy beside its training cost (means over its
     cells), as a table and a figure, so that objectives are compared at equal cost. A row of one seed shows
@@ -503,7 +503,7 @@ def _row_label(row: dict[str, Any], keys: Iterable[str]) -> str:
     return f"{row['backbone']} / {row['augmentation']}" + (f" ({extra})" if extra else "")
 
 
-def _read_capacity(sweep_dir: Path, cells: list[Cell]) -> tuple[dict[str, Any], list[str], set[float]]:
+def _read_capacity(sweep_dir: Path, cells: list[SweepCell]) -> tuple[dict[str, Any], list[str], set[float]]:
     """The cells' capacity.json files (`bidirect capacity`), read before the report writes anything: the series of
     the figure, the table's rows and the ceilings; a damaged file is a `RunDirError` naming it."""
     series: dict[str, dict[str, Any]] = {}
