@@ -1,15 +1,14 @@
 """rundir.py's own pieces: where a run's things are, and how a file is written so that a reader never sees half of
-it. What bidirect may replace or delete, the lock, and damaged or received folders are behaviour suites
-(test_safety.py, test_user_files.py, test_received_folders.py, test_kill_points.py)."""
+it. What bidirect may replace or delete and the lock: test_ownership.py and the behaviour suites (test_safety.py,
+test_user_files.py, test_received_folders.py, test_kill_points.py)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from bidirect import ownership, rundir
+from bidirect import rundir
 from bidirect.rundir import RunDirError, RunFolder
 
 
@@ -63,11 +62,3 @@ def test_a_link_out_of_the_run_folder_is_refused(tmp_path):
     rundir.check_inside(run, run / "data")  # not there yet: inside all the same
     with pytest.raises(RunDirError, match="a symbolic link out of the run folder"):
         rundir.check_inside(run, run / "models" / "single")
-
-
-def test_never_the_root_home_or_current_folder(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert ownership.forbidden(Path("/")) == "it is the root of the file system"
-    assert ownership.forbidden(tmp_path) == "it is the current folder"
-    assert ownership.forbidden(tmp_path.parent) == "it holds the current folder"
-    assert ownership.forbidden(tmp_path / "new") is None
