@@ -292,27 +292,57 @@ class _Parser(argparse.ArgumentParser):
         self.register("action", "store", _Once)
 
 
+def _study_arguments(p: argparse.ArgumentParser) -> None:
+    """A study and where it goes, as `data` and `run` take them."""
+    p.add_argument("config", nargs="?", help="study YAML (default: the embedded quick study)")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override config fields, e.g. --set pretrain.steps=400 data.individuals=200 "
+                        "'backbones=[gpt2-rope]' (values read as YAML, checked like the file; recorded in config.yaml)")
+    p.add_argument("--out", required=True, help="run folder")
+
+
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    """What `bidirect bench` times and on what."""
+    p.add_argument("--backbone", action="append", metavar="NAME",
+                   help="a backbone to time; repeat for several (default: gpt2-rope, gbert, bert)")
+    p.add_argument("--size", default="quick",
+                   help="tiny, quick, gpt2-small, bert-base, LxW (e.g. 8x512) or "
+                        "layers=8,heads=8,width=512,mlp=2048,context=256 (default: quick)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per path (default: 20)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default: 5)")
+    p.add_argument("--batch", type=int, help="windows of `context` tokens per step (default: the size's, 32)")
+    p.add_argument("--individuals", type=int, default=1000, help="people in the bioS corpus (default: 1000)")
+    p.add_argument("--augmentation", default="multi5+permute", help="bios to train on (default: multi5+permute)")
+    p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"],
+                   help="the package path's precision (default: auto, bf16 where the GPU has it)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the package path under torch.compile, with static shapes ('compiled'); on a "
+                        "CPU it has been slower than the package path (docs/speed.md)")
+    p.add_argument("--eval-batch", type=int, default=256, help="evaluation batch size (default: 256)")
+    p.add_argument("--eval-items", type=int, default=0,
+                   help="time the evaluator on this many QA items, P_test's repeated (default: P_test's as generated)")
+    p.add_argument("--peak-tflops", type=float, help="the device's peak for MFU (default: from the GPU's name)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default: one per core); 1 on a CPU shared with other jobs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="JSON report (default: runs/bench/<device>.json)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bidirect", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"bidirect {__version__}")
-    set_help = ("override config fields, e.g. --set pretrain.steps=400 data.individuals=200 "
-                "'backbones=[gpt2-rope]' (values read as YAML, checked like the file; recorded in config.yaml)")
     sections = ", ".join(f.name for f in dataclasses.fields(StudyConfig))
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("data", help="generate the bioS data and tokenizer of a study",
                        epilog=f"config keys: {sections} (defaults: configs/quick.yaml)")
-    p.add_argument("config", nargs="?", help="study YAML (default: the embedded quick study)")
-    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=set_help)
-    p.add_argument("--out", required=True, help="run folder")
+    _study_arguments(p)
     p.add_argument("--force", action="store_true", help="replace a run folder bidirect wrote")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("run", help="run a whole study and print its table",
                        epilog=f"config keys: {sections} (defaults: configs/quick.yaml)")
-    p.add_argument("config", nargs="?", help="study YAML (default: the embedded quick study)")
-    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help=set_help)
-    p.add_argument("--out", required=True, help="run folder")
+    _study_arguments(p)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue a run from its last checkpoint")
     group.add_argument("--force", action="store_true", help="replace a run folder bidirect wrote")
@@ -364,29 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_backbones)
 
     p = sub.add_parser("bench", help="time training per backbone: the package's path against a plain loop")
-    p.add_argument("--backbone", action="append", metavar="NAME",
-                   help="a backbone to time; repeat for several (default: gpt2-rope, gbert, bert)")
-    p.add_argument("--size", default="quick",
-                   help="tiny, quick, gpt2-small, bert-base, LxW (e.g. 8x512) or "
-                        "layers=8,heads=8,width=512,mlp=2048,context=256 (default: quick)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per path (default: 20)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default: 5)")
-    p.add_argument("--batch", type=int, help="windows of `context` tokens per step (default: the size's, 32)")
-    p.add_argument("--individuals", type=int, default=1000, help="people in the bioS corpus (default: 1000)")
-    p.add_argument("--augmentation", default="multi5+permute", help="bios to train on (default: multi5+permute)")
-    p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"],
-                   help="the package path's precision (default: auto, bf16 where the GPU has it)")
-    p.add_argument("--compile", action="store_true",
-                   help="also time the package path under torch.compile, with static shapes ('compiled'); on a "
-                        "CPU it has been slower than the package path (docs/speed.md)")
-    p.add_argument("--eval-batch", type=int, default=256, help="evaluation batch size (default: 256)")
-    p.add_argument("--eval-items", type=int, default=0,
-                   help="time the evaluator on this many QA items, P_test's repeated (default: P_test's as generated)")
-    p.add_argument("--peak-tflops", type=float, help="the device's peak for MFU (default: from the GPU's name)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (default: one per core); 1 on a CPU shared with other jobs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="JSON report (default: runs/bench/<device>.json)")
+    _bench_arguments(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("ask", help="each trained model's answer to a question, by the evaluator's decoding rule")
