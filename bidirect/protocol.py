@@ -14,7 +14,7 @@ Torch-free and importing nothing of bidirect's.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 # --------------------------------------------------------------------------- levels
@@ -112,6 +112,12 @@ HELD_OUT_LEVELS = ("qa_test", *(lv for lv in QA_RULE_LEVELS if lv.startswith("qa
                    *(lv for lv in INVERSE_RULE_LEVELS if lv.startswith("inverse_test_")))
 # What two backbones are compared on, person by person (the second's other rules against the first's qa_test too).
 PAIRED_LEVELS = ("name_tied", "sentence_recall", "name_and_values", "values_only", "qa_test")
+
+
+def in_order(levels: Iterable[str]) -> list[str]:
+    """``levels`` in the order of ALL_LEVELS, the order every table shows them in."""
+    present = set(levels)
+    return [lv for lv in ALL_LEVELS if lv in present]
 
 
 def split_rule(level: str) -> tuple[str, str | None]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bidirect.protocol import ALL_LEVELS
+from bidirect.protocol import in_order
 
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "company", "company_city")
 
@@ -90,7 +90,7 @@ class Cell:
 
     def shown_levels(self) -> list[str]:
         """The cell's levels in the order of ALL_LEVELS."""
-        return [lv for lv in ALL_LEVELS if lv in self.levels]
+        return in_order(self.levels)
 
 
 @dataclass

@@ -454,7 +454,7 @@ def run_study(cfg: StudyConfig, run_dir: Path, accelerator: Accelerator | None =
     # count gives figures within the intervals, not the same ones: the file records it.
     run = Run(cfg.name, cfg.seed, cfg.protocol, saved_sha256(RunFolder(run_dir).data),
               majority_baselines(data, tokenizer), config=cfg.to_dict(), torch_threads=torch.get_num_threads())
-    previous = read_results(run_dir) if path.is_file() else Run.from_json({"results": {}})
+    previous = read_results(run_dir) if path.is_file() else Run()
     check_results(run_dir, cfg, previous)  # cells it holds are kept: they must be of this config and data
     if accelerator.log_with:  # one tracker run per run folder (a sweep's cells share one accelerator)
         accelerator.init_trackers(run_dir.name, config=_hparams(cfg))
@@ -533,7 +533,7 @@ def reevaluate(run_dir: Path, accelerator: Accelerator | None = None) -> Run:
     # Under `accelerate launch` the main process locks; its peers evaluate under its lock (as in a run).
     holding = ownership.writing(run_dir, "run", mark=True) if accelerator.is_main_process else contextlib.nullcontext()
     with holding:
-        run = read_results(run_dir) if folder.results.is_file() else Run.from_json({"results": {}})
+        run = read_results(run_dir) if folder.results.is_file() else Run()
         check_results(run_dir, cfg, run)
         for augmentation in cfg.augmentations():  # each card is rewritten: a models/ linked elsewhere got them
             for backbone in cfg.backbones:

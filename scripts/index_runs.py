@@ -36,7 +36,7 @@ def _pct(scores: dict | None, with_interval: bool = True) -> str:
     return f"{100 * scores['mean']:.1f}{span}"
 
 
-def _run_row(name: str, run: Run) -> list[str]:
+def _run_row(run: Run) -> list[str]:
     cfg = run.config or {}
     data, model = cfg.get("data") or {}, cfg.get("model") or {}
     told_level = "qa_test" if run.masked_length == TOLD else f"qa_test_{TOLD}"
@@ -69,7 +69,7 @@ def row(name: str) -> list[str]:
     link = f"[{name}]({name}/)"
     cfg = f"[configs/{name}.yaml](../configs/{name}.yaml)" if config.is_file() else "-"
     if (folder / "results.json").is_file():
-        return [link, cfg, *_run_row(name, Run.from_json(json.loads((folder / "results.json").read_text())))]
+        return [link, cfg, *_run_row(Run.from_json(json.loads((folder / "results.json").read_text())))]
     if (folder / "summary.json").is_file():
         return [link, cfg, *_sweep_row(folder)]
     files = sorted(p.name for p in folder.iterdir() if p.suffix == ".json")

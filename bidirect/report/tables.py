@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterable
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -15,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from bidirect.protocol import ALL_LEVELS, HELD_OUT_LEVELS, RULES, TOLD, level_name
+from bidirect.protocol import ALL_LEVELS, HELD_OUT_LEVELS, RULES, TOLD, in_order, level_name
 from bidirect.results import ATTRIBUTES, Run, interval
 from bidirect.results import BASELINES as BASELINE_KEYS
 from bidirect.sweep import value_label
@@ -37,12 +36,6 @@ def note(results: Run) -> str:
     marks = ", ".join(f"{r.mark}: {r.legend}" for r in RULES.values() if r.name != TOLD)
     return (f"{GIVEN_NOTE}; a masked model's QA rows choose the answer's length by {RULES[rule].words}; {marks}; "
             "len: the share of its answers of the true length")
-
-
-def shown_levels(present: Iterable[str]) -> list[str]:
-    """The columns of a comparison: the levels present, in the order of ALL_LEVELS."""
-    present = set(present)
-    return [lv for lv in ALL_LEVELS if lv in present]
 
 
 def pct(x: float | None) -> str:
@@ -206,7 +199,7 @@ def level_cell(level: dict[str, Any] | None, name: str, bold: bool = False) -> s
 def headline_markdown(run: Run) -> str:
     """One row per (augmentation, backbone): each level's mean over the six attributes, P_test with its
     interval over people, and the majority baselines; the table the README and docs lead with."""
-    shown = shown_levels(run.levels_present())
+    shown = in_order(run.levels_present())
     lines = ["| augmentation | backbone | " + " | ".join(LEVEL_NAMES[lv] for lv in shown) + " |",
              "| --- | --- |" + " ---: |" * len(shown)]
     for cell in run.cells:
@@ -224,7 +217,7 @@ def runs_markdown(runs: dict[str, Run]) -> str:
     """Several runs as one Markdown table, a row per (run, augmentation, backbone): each level's mean,
     the held-out levels with their interval over people, and both majority baselines (plain / told the
     length). What `bidirect summary --markdown` prints: the README's table of what changes extraction."""
-    shown = shown_levels(lv for r in runs.values() for lv in r.levels_present())
+    shown = in_order(lv for r in runs.values() for lv in r.levels_present())
     lines = ["| study | augmentation | backbone | " + " | ".join(LEVEL_NAMES[lv] for lv in shown) + " | majority |",
              "| --- | --- | --- |" + " ---: |" * (len(shown) + 1)]
     for name, run in runs.items():
@@ -241,7 +234,7 @@ def comparison_tables(runs: dict[str, Run], width: int = 80) -> list[Table]:
     """Several runs side by side, a column per (run, augmentation, backbone) and a row per level (its
     mean over the six attributes; held-out levels and P_val with their interval over people), split
     into as many tables as it takes to fit ``width`` columns without cutting a number."""
-    shown = shown_levels(lv for r in runs.values() for lv in r.levels_present())
+    shown = in_order(lv for r in runs.values() for lv in r.levels_present())
     cells = []
     for name, run in runs.items():
         base = {lv: pct(run.baselines[key]["mean"]) for key, (_, lv) in BASELINES.items() if run.baselines.get(key)}
@@ -282,7 +275,7 @@ def fmt_ci(stat: dict[str, Any] | None, seeds: int | None = None) -> str:
 
 
 def _levels_shown(summary: dict[str, Any]) -> list[str]:
-    return shown_levels(lv for row in summary["rows"] for lv in row["levels"])
+    return in_order(lv for row in summary["rows"] for lv in row["levels"])
 
 
 def summary_table(summary: dict[str, Any]):
